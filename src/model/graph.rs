@@ -1,0 +1,510 @@
+//! The one model representation: a small graph IR shared by built-in architectures and (later)
+//! imported models. Nodes are in topological order; each names its inputs by index. The graph
+//! holds structure only; weights live in [`crate::model::Model`].
+//!
+//! Graphs also arrive from files we do not trust, so [`Graph::validate`] checks every invariant
+//! (order, names, shapes, sizes) before anything is allocated from them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The shape of one sample's activation (the batch dimension is implicit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shape {
+    /// Feature map: channels, height, width.
+    Map([usize; 3]),
+    /// Flat feature vector.
+    Flat(usize),
+}
+
+impl Shape {
+    pub fn numel(&self) -> usize {
+        match *self {
+            Shape::Map([c, h, w]) => c * h * w,
+            Shape::Flat(n) => n,
+        }
+    }
+
+    /// Number of channels: the unit of pruning.
+    pub fn channels(&self) -> usize {
+        match *self {
+            Shape::Map([c, _, _]) => c,
+            Shape::Flat(n) => n,
+        }
+    }
+}
+
+/// The layer vocabulary. Closed on purpose: every pass (training, pruning, export) handles
+/// every variant, and the compiler says where when one is added.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    Input,
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+        groups: usize,
+        bias: bool,
+    },
+    BatchNorm { channels: usize, epsilon: f64, momentum: f64 },
+    Relu,
+    MaxPool { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], ceil_mode: bool },
+    AvgPool {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        ceil_mode: bool,
+        count_include_pad: bool,
+    },
+    GlobalAvgPool,
+    Flatten,
+    Linear { in_features: usize, out_features: usize, bias: bool },
+    /// Element-wise sum of all inputs (residual connections, DeepID's two branches).
+    Add,
+    /// Concatenation along the channel axis.
+    Concat,
+    Dropout { p: f64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    #[serde(flatten)]
+    pub op: Op,
+    pub inputs: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    /// Per-sample input shape: channels, height, width.
+    pub input_shape: [usize; 3],
+    pub nodes: Vec<Node>,
+    /// Index of the node whose output is the logits.
+    pub output: usize,
+    /// The node whose output channels are the "last convolutional layer" in the paper's sense:
+    /// the final activation of the last conv (after its BatchNorm and ReLU).
+    pub prune_site: Option<String>,
+}
+
+/// Largest single dimension or element count we accept from a graph (2^28): far beyond any model
+/// this tool is for, small enough that products of a few of them cannot overflow `usize`.
+pub const MAX_DIM: usize = 1 << 28;
+/// Largest total parameter count (about 1 GiB of f32).
+pub const MAX_PARAMS: usize = 1 << 28;
+
+fn check_dim(what: &str, v: usize) -> Result<usize> {
+    if v == 0 || v > MAX_DIM {
+        return Err(Error::model(format!("{what} = {v} is out of range (1..={MAX_DIM})")));
+    }
+    Ok(v)
+}
+
+fn mul_checked(a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b)
+        .filter(|&v| v <= MAX_DIM)
+        .ok_or_else(|| Error::model(format!("size {a} x {b} is too large")))
+}
+
+/// Output length of a sliding window (conv or pool) along one axis, PyTorch/ONNX semantics.
+fn window_out(len: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> Result<usize> {
+    let span = d * (k - 1) + 1;
+    let padded = len + 2 * p;
+    if padded < span {
+        return Err(Error::model(format!(
+            "window of {span} does not fit input of {len} with padding {p}"
+        )));
+    }
+    let num = padded - span;
+    let mut out = if ceil { num.div_ceil(s) + 1 } else { num / s + 1 };
+    // With ceil mode, the last window must start inside the input or the left padding.
+    if ceil && (out - 1) * s >= len + p {
+        out -= 1;
+    }
+    Ok(out)
+}
+
+impl Op {
+    /// Infers the output shape from the input shapes, checking every constraint the forward
+    /// pass relies on.
+    pub fn output_shape(&self, inputs: &[Shape]) -> Result<Shape> {
+        let one = || -> Result<Shape> {
+            match inputs {
+                [s] => Ok(*s),
+                _ => Err(Error::model(format!("expects 1 input, got {}", inputs.len()))),
+            }
+        };
+        let map = || -> Result<[usize; 3]> {
+            match one()? {
+                Shape::Map(m) => Ok(m),
+                Shape::Flat(_) => Err(Error::model("expects a feature map, got a flat vector")),
+            }
+        };
+        match self {
+            Op::Input => Err(Error::model("an input node has no inputs to infer from")),
+            Op::Conv2d { in_channels, out_channels, kernel, stride, padding, dilation, groups, .. } => {
+                let [c, h, w] = map()?;
+                check_dim("conv out_channels", *out_channels)?;
+                check_dim("conv groups", *groups)?;
+                for v in kernel.iter().chain(stride).chain(dilation) {
+                    check_dim("conv kernel/stride/dilation", *v)?;
+                }
+                if padding.iter().any(|&p| p > MAX_DIM) {
+                    return Err(Error::model("conv padding out of range"));
+                }
+                if c != *in_channels {
+                    return Err(Error::model(format!(
+                        "conv expects {in_channels} input channels, gets {c}"
+                    )));
+                }
+                if c % groups != 0 || out_channels % groups != 0 {
+                    return Err(Error::model(format!(
+                        "conv groups {groups} do not divide channels {c} -> {out_channels}"
+                    )));
+                }
+                let oh = window_out(h, kernel[0], stride[0], padding[0], dilation[0], false)?;
+                let ow = window_out(w, kernel[1], stride[1], padding[1], dilation[1], false)?;
+                Ok(Shape::Map([*out_channels, oh, ow]))
+            }
+            Op::BatchNorm { channels, epsilon, momentum } => {
+                let s = one()?;
+                if s.channels() != *channels {
+                    return Err(Error::model(format!(
+                        "batchnorm has {channels} channels, input has {}",
+                        s.channels()
+                    )));
+                }
+                if !(epsilon.is_finite() && *epsilon > 0.0) || !(0.0..=1.0).contains(momentum) {
+                    return Err(Error::model("batchnorm epsilon/momentum out of range"));
+                }
+                Ok(s)
+            }
+            Op::Relu => one(),
+            Op::Dropout { p } => {
+                if !(0.0..1.0).contains(p) {
+                    return Err(Error::model(format!("dropout p = {p} not in [0, 1)")));
+                }
+                one()
+            }
+            Op::MaxPool { kernel, stride, padding, ceil_mode }
+            | Op::AvgPool { kernel, stride, padding, ceil_mode, .. } => {
+                let [c, h, w] = map()?;
+                for v in kernel.iter().chain(stride) {
+                    check_dim("pool kernel/stride", *v)?;
+                }
+                if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
+                    return Err(Error::model("pool padding must be at most half the kernel"));
+                }
+                let oh = window_out(h, kernel[0], stride[0], padding[0], 1, *ceil_mode)?;
+                let ow = window_out(w, kernel[1], stride[1], padding[1], 1, *ceil_mode)?;
+                Ok(Shape::Map([c, oh, ow]))
+            }
+            Op::GlobalAvgPool => {
+                let [c, _, _] = map()?;
+                Ok(Shape::Map([c, 1, 1]))
+            }
+            Op::Flatten => Ok(Shape::Flat(one()?.numel())),
+            Op::Linear { in_features, out_features, .. } => {
+                check_dim("linear out_features", *out_features)?;
+                match one()? {
+                    Shape::Flat(n) if n == *in_features => Ok(Shape::Flat(*out_features)),
+                    s => Err(Error::model(format!(
+                        "linear expects a flat vector of {in_features}, gets {s:?}"
+                    ))),
+                }
+            }
+            Op::Add => {
+                let first = *inputs.first().ok_or_else(|| Error::model("add has no inputs"))?;
+                if inputs.len() < 2 || inputs.iter().any(|s| *s != first) {
+                    return Err(Error::model(format!("add needs 2+ equal shapes, got {inputs:?}")));
+                }
+                Ok(first)
+            }
+            Op::Concat => {
+                let first = *inputs.first().ok_or_else(|| Error::model("concat has no inputs"))?;
+                let mut total = 0usize;
+                for s in inputs {
+                    total = total
+                        .checked_add(s.channels())
+                        .ok_or_else(|| Error::model("concat too large"))?;
+                    let same_rest = match (first, *s) {
+                        (Shape::Map([_, h, w]), Shape::Map([_, h2, w2])) => h == h2 && w == w2,
+                        (Shape::Flat(_), Shape::Flat(_)) => true,
+                        _ => false,
+                    };
+                    if !same_rest {
+                        return Err(Error::model(format!("concat of mismatched shapes {inputs:?}")));
+                    }
+                }
+                Ok(match first {
+                    Shape::Map([_, h, w]) => Shape::Map([check_dim("concat channels", total)?, h, w]),
+                    Shape::Flat(_) => Shape::Flat(check_dim("concat features", total)?),
+                })
+            }
+        }
+    }
+
+    /// Number of learnable parameters plus running statistics.
+    pub fn param_count(&self) -> usize {
+        match *self {
+            Op::Conv2d { in_channels, out_channels, kernel, groups, bias, .. } => {
+                out_channels * (in_channels / groups) * kernel[0] * kernel[1]
+                    + if bias { out_channels } else { 0 }
+            }
+            Op::BatchNorm { channels, .. } => 4 * channels,
+            Op::Linear { in_features, out_features, bias } => {
+                in_features * out_features + if bias { out_features } else { 0 }
+            }
+            _ => 0,
+        }
+    }
+
+    pub fn is_conv(&self) -> bool {
+        matches!(self, Op::Conv2d { .. })
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | ':'))
+}
+
+impl Graph {
+    /// Checks every structural invariant and returns the per-node output shapes.
+    pub fn validate(&self) -> Result<Vec<Shape>> {
+        let [c, h, w] = self.input_shape;
+        for (what, v) in [("input channels", c), ("input height", h), ("input width", w)] {
+            check_dim(what, v)?;
+        }
+        mul_checked(mul_checked(c, h)?, w)?;
+        if self.nodes.is_empty() || self.nodes[0].op != Op::Input || !self.nodes[0].inputs.is_empty() {
+            return Err(Error::model("node 0 must be the single input node"));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut shapes = Vec::with_capacity(self.nodes.len());
+        let mut params = 0usize;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !valid_name(&node.name) {
+                return Err(Error::model(format!("node {i} has an invalid name {:?}", node.name)));
+            }
+            if !names.insert(node.name.as_str()) {
+                return Err(Error::model(format!("node name {:?} is used twice", node.name)));
+            }
+            let shape = if i == 0 {
+                Shape::Map(self.input_shape)
+            } else {
+                if node.op == Op::Input {
+                    return Err(Error::model(format!("node {:?}: only node 0 may be the input", node.name)));
+                }
+                // Inputs must come earlier: this is what makes the order topological and
+                // rules out cycles.
+                if node.inputs.is_empty() || node.inputs.iter().any(|&j| j >= i) {
+                    return Err(Error::model(format!(
+                        "node {:?} reads {:?}: inputs must be earlier nodes (no cycles, no dangling inputs)",
+                        node.name, node.inputs
+                    )));
+                }
+                let ins: Vec<Shape> = node.inputs.iter().map(|&j| shapes[j]).collect();
+                node.op
+                    .output_shape(&ins)
+                    .map_err(|e| Error::model(format!("node {:?}: {}", node.name, strip(&e))))?
+            };
+            mul_checked(shape.numel(), 1)?;
+            params = params
+                .checked_add(node.op.param_count())
+                .filter(|&p| p <= MAX_PARAMS)
+                .ok_or_else(|| Error::model(format!("more than {MAX_PARAMS} parameters")))?;
+            shapes.push(shape);
+        }
+        if self.output >= self.nodes.len() {
+            return Err(Error::model(format!("output index {} has no node", self.output)));
+        }
+        if !matches!(shapes[self.output], Shape::Flat(_)) {
+            return Err(Error::model("the output node must produce a flat vector of logits"));
+        }
+        if let Some(site) = &self.prune_site {
+            let idx = self.index_of(site)?;
+            if !matches!(shapes[idx], Shape::Map(_)) {
+                return Err(Error::model(format!("prune site {site:?} is not a feature map")));
+            }
+        }
+        Ok(shapes)
+    }
+
+    pub fn index_of(&self, name: &str) -> Result<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| Error::invalid(format!("no layer named {name:?} in the model")))
+    }
+
+    pub fn num_classes(&self) -> Result<usize> {
+        Ok(self.validate()?[self.output].numel())
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.op.param_count()).sum()
+    }
+}
+
+fn strip(e: &Error) -> String {
+    match e {
+        Error::Model(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Builds graphs layer by layer, inferring each layer's input size from the shapes so far.
+/// Architecture code then reads like a layer list.
+pub struct GraphBuilder {
+    graph: Graph,
+    shapes: Vec<Shape>,
+}
+
+impl GraphBuilder {
+    pub fn new(input_shape: [usize; 3]) -> Self {
+        let input = Node { name: "input".into(), op: Op::Input, inputs: vec![] };
+        GraphBuilder {
+            graph: Graph { input_shape, nodes: vec![input], output: 0, prune_site: None },
+            shapes: vec![Shape::Map(input_shape)],
+        }
+    }
+
+    pub fn input(&self) -> usize {
+        0
+    }
+
+    pub fn shape(&self, id: usize) -> Shape {
+        self.shapes[id]
+    }
+
+    /// Adds a node. Panics on an inconsistent layer: builders are our own code, so a mistake
+    /// here is a bug in an architecture definition, caught by its unit test.
+    pub fn add(&mut self, name: &str, op: Op, inputs: &[usize]) -> usize {
+        let ins: Vec<Shape> = inputs.iter().map(|&i| self.shapes[i]).collect();
+        let shape = op
+            .output_shape(&ins)
+            .unwrap_or_else(|e| panic!("architecture bug at {name}: {e}"));
+        self.graph.nodes.push(Node { name: name.into(), op, inputs: inputs.to_vec() });
+        self.shapes.push(shape);
+        self.graph.nodes.len() - 1
+    }
+
+    pub fn conv(&mut self, name: &str, x: usize, out: usize, k: usize, stride: usize, pad: usize) -> usize {
+        self.conv_ext(name, x, out, k, stride, pad, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_ext(&mut self, name: &str, x: usize, out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> usize {
+        let op = Op::Conv2d {
+            in_channels: self.shapes[x].channels(),
+            out_channels: out,
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [pad, pad],
+            dilation: [1, 1],
+            groups: 1,
+            bias,
+        };
+        self.add(name, op, &[x])
+    }
+
+    pub fn bn(&mut self, name: &str, x: usize) -> usize {
+        let channels = self.shapes[x].channels();
+        self.add(name, Op::BatchNorm { channels, epsilon: 1e-5, momentum: 0.1 }, &[x])
+    }
+
+    pub fn relu(&mut self, name: &str, x: usize) -> usize {
+        self.add(name, Op::Relu, &[x])
+    }
+
+    pub fn max_pool(&mut self, name: &str, x: usize, k: usize, stride: usize) -> usize {
+        let op = Op::MaxPool { kernel: [k, k], stride: [stride, stride], padding: [0, 0], ceil_mode: false };
+        self.add(name, op, &[x])
+    }
+
+    pub fn flatten(&mut self, name: &str, x: usize) -> usize {
+        self.add(name, Op::Flatten, &[x])
+    }
+
+    pub fn linear(&mut self, name: &str, x: usize, out: usize) -> usize {
+        let op = Op::Linear { in_features: self.shapes[x].numel(), out_features: out, bias: true };
+        self.add(name, op, &[x])
+    }
+
+    pub fn dropout(&mut self, name: &str, x: usize, p: f64) -> usize {
+        self.add(name, Op::Dropout { p }, &[x])
+    }
+
+    pub fn finish(mut self, output: usize, prune_site: &str) -> Graph {
+        self.graph.output = output;
+        self.graph.prune_site = Some(prune_site.to_string());
+        self.graph.validate().unwrap_or_else(|e| panic!("architecture bug: {e}"));
+        self.graph
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Graph {
+        let mut b = GraphBuilder::new([1, 8, 8]);
+        let c = b.conv("conv", 0, 4, 3, 1, 1);
+        let r = b.relu("relu", c);
+        let p = b.max_pool("pool", r, 2, 2);
+        let f = b.flatten("flat", p);
+        let l = b.linear("fc", f, 3);
+        b.finish(l, "relu")
+    }
+
+    #[test]
+    fn shapes_follow_pytorch_rules() {
+        let g = tiny();
+        let s = g.validate().unwrap();
+        assert_eq!(s[1], Shape::Map([4, 8, 8]));
+        assert_eq!(s[3], Shape::Map([4, 4, 4]));
+        assert_eq!(s[5], Shape::Flat(3));
+        // ceil mode: 5 -> (5-2)/2 ceil = 2, +1 = 3 windows.
+        assert_eq!(window_out(5, 2, 2, 0, 1, true).unwrap(), 3);
+        assert_eq!(window_out(5, 2, 2, 0, 1, false).unwrap(), 2);
+        // ceil mode never starts a window in the right padding.
+        assert_eq!(window_out(4, 2, 2, 1, 1, true).unwrap(), 3);
+    }
+
+    #[test]
+    fn json_round_trip_is_identity() {
+        let g = tiny();
+        let json = serde_json::to_string(&g).unwrap();
+        let back: Graph = serde_json::from_str(&json).unwrap();
+        assert_eq!(g, back);
+    }
+
+    #[test]
+    fn forward_references_and_bad_channels_are_rejected() {
+        let mut g = tiny();
+        g.nodes[2].inputs = vec![3];
+        assert!(g.validate().unwrap_err().to_string().contains("earlier nodes"));
+
+        let mut g = tiny();
+        if let Op::Conv2d { in_channels, .. } = &mut g.nodes[1].op {
+            *in_channels = 2;
+        }
+        assert!(g.validate().unwrap_err().to_string().contains("input channels"));
+
+        let mut g = tiny();
+        g.nodes[4].name = "conv".into();
+        assert!(g.validate().unwrap_err().to_string().contains("used twice"));
+
+        let mut g = tiny();
+        if let Op::Linear { out_features, .. } = &mut g.nodes[5].op {
+            *out_features = MAX_DIM + 1;
+        }
+        assert!(g.validate().is_err());
+    }
+}

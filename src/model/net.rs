@@ -1,0 +1,340 @@
+//! The model as a burn module: the graph's weights plus one interpreter that runs the graph.
+//! The same `forward` trains (on an autodiff device) and evaluates, so there is exactly one
+//! definition of what a model computes.
+
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::activation::relu;
+use burn::tensor::module::{avg_pool2d, batch_norm, batch_norm_train, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::model::graph::{Graph, Op, Shape};
+use crate::rng::Rng;
+
+#[derive(Module, Debug)]
+pub struct ConvParams {
+    /// [out, in/groups, kh, kw], PyTorch/ONNX layout.
+    pub weight: Param<Tensor<4>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+#[derive(Module, Debug)]
+pub struct BatchNormParams {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+    pub running_mean: RunningState<Tensor<1>>,
+    pub running_var: RunningState<Tensor<1>>,
+}
+
+#[derive(Module, Debug)]
+pub struct LinearParams {
+    /// [out, in], PyTorch/ONNX layout (burn's own `Linear` stores [in, out]).
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+/// The weights of one node; at most one field is set, matching the node's op.
+#[derive(Module, Debug)]
+pub struct LayerParams {
+    pub conv: Option<ConvParams>,
+    pub bn: Option<BatchNormParams>,
+    pub linear: Option<LinearParams>,
+}
+
+#[derive(Module, Debug)]
+pub struct Model {
+    /// One entry per graph node, index-aligned with `graph.nodes`.
+    pub layers: Vec<LayerParams>,
+    #[module(skip)]
+    pub graph: Graph,
+}
+
+/// An intermediate value: feature maps are rank 4, flat features rank 2.
+#[derive(Clone, Debug)]
+pub enum Activation {
+    Map(Tensor<4>),
+    Flat(Tensor<2>),
+}
+
+impl Activation {
+    pub fn into_map(self) -> Tensor<4> {
+        match self {
+            Activation::Map(t) => t,
+            Activation::Flat(t) => {
+                let [n, c] = t.dims();
+                t.reshape([n, c, 1, 1])
+            }
+        }
+    }
+
+    pub fn into_flat(self) -> Tensor<2> {
+        match self {
+            Activation::Flat(t) => t,
+            Activation::Map(t) => {
+                let [n, c, h, w] = t.dims();
+                t.reshape([n, c * h * w])
+            }
+        }
+    }
+}
+
+fn param1(values: Vec<f32>, device: &Device) -> Param<Tensor<1>> {
+    let n = values.len();
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, [n]), device))
+}
+
+impl Model {
+    /// Builds a model with freshly initialised weights: He-uniform weights (suited to ReLU
+    /// networks) and PyTorch-style uniform biases, drawn from our own seeded generator so the
+    /// same seed gives the same network on every platform.
+    pub fn init(graph: Graph, seed: u64, device: &Device) -> Result<Model> {
+        graph.validate()?;
+        let mut rng = Rng::new(seed);
+        let mut uniform = |n: usize, bound: f64| -> Vec<f32> {
+            (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect()
+        };
+        let layers = graph
+            .nodes
+            .iter()
+            .map(|node| match node.op {
+                Op::Conv2d { in_channels, out_channels, kernel, groups, bias, .. } => {
+                    let fan_in = (in_channels / groups) * kernel[0] * kernel[1];
+                    let bound = 1.0 / (fan_in as f64).sqrt();
+                    let shape = [out_channels, in_channels / groups, kernel[0], kernel[1]];
+                    let w = uniform(shape.iter().product(), bound * 6f64.sqrt());
+                    let weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, shape), device));
+                    let bias = bias.then(|| param1(uniform(out_channels, bound), device));
+                    LayerParams { conv: Some(ConvParams { weight, bias }), bn: None, linear: None }
+                }
+                Op::BatchNorm { channels, .. } => LayerParams {
+                    conv: None,
+                    bn: Some(BatchNormParams {
+                        gamma: param1(vec![1.0; channels], device),
+                        beta: param1(vec![0.0; channels], device),
+                        running_mean: RunningState::new(Tensor::zeros([channels], device)),
+                        running_var: RunningState::new(Tensor::ones([channels], device)),
+                    }),
+                    linear: None,
+                },
+                Op::Linear { in_features, out_features, bias } => {
+                    let bound = 1.0 / (in_features as f64).sqrt();
+                    let w = uniform(in_features * out_features, bound * 6f64.sqrt());
+                    let weight = Param::from_tensor(Tensor::from_data(
+                        TensorData::new(w, [out_features, in_features]),
+                        device,
+                    ));
+                    let bias = bias.then(|| param1(uniform(out_features, bound), device));
+                    LayerParams { conv: None, bn: None, linear: Some(LinearParams { weight, bias }) }
+                }
+                _ => LayerParams { conv: None, bn: None, linear: None },
+            })
+            .collect();
+        Ok(Model { layers, graph })
+    }
+
+    /// Logits for a batch, in evaluation mode (BatchNorm uses running statistics, no dropout).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let out = self.graph.output;
+        self.run(x, None, &[out]).pop().expect("one output").into_flat()
+    }
+
+    /// Logits for a batch in training mode: BatchNorm uses and updates batch statistics,
+    /// dropout draws its masks from `rng`.
+    pub fn forward_train(&self, x: Tensor<4>, rng: &mut Rng) -> Tensor<2> {
+        let out = self.graph.output;
+        self.run(x, Some(rng), &[out]).pop().expect("one output").into_flat()
+    }
+
+    /// The outputs of the named nodes for a batch (evaluation mode): the named layers and
+    /// per-channel activations that inspection and pruning read.
+    pub fn activations(&self, x: Tensor<4>, nodes: &[usize]) -> Vec<Activation> {
+        self.run(x, None, nodes)
+    }
+
+    /// Runs the graph up to the last of `wanted` and returns their values in order.
+    fn run(&self, x: Tensor<4>, mut rng: Option<&mut Rng>, wanted: &[usize]) -> Vec<Activation> {
+        let nodes = &self.graph.nodes;
+        let stop = wanted.iter().copied().max().unwrap_or(0);
+        // Free each value after its last reader so peak memory is the graph's width, not depth.
+        let mut last_use = vec![0usize; stop + 1];
+        for (i, node) in nodes.iter().enumerate().take(stop + 1) {
+            for &j in &node.inputs {
+                last_use[j] = last_use[j].max(i);
+            }
+        }
+        for &w in wanted {
+            last_use[w] = usize::MAX;
+        }
+        let mut values: Vec<Option<Activation>> = vec![None; stop + 1];
+        values[0] = Some(Activation::Map(x));
+        for i in 1..=stop {
+            let node = &nodes[i];
+            let mut ins: Vec<Activation> = Vec::with_capacity(node.inputs.len());
+            for &j in &node.inputs {
+                let v = if last_use[j] == i { values[j].take() } else { values[j].clone() };
+                ins.push(v.expect("graph validated: inputs computed earlier"));
+            }
+            let out = self.apply(i, ins, rng.as_deref_mut());
+            values[i] = Some(out);
+        }
+        wanted.iter().map(|&w| values[w].clone().expect("computed")).collect()
+    }
+
+    fn apply(&self, i: usize, mut ins: Vec<Activation>, rng: Option<&mut Rng>) -> Activation {
+        let p = &self.layers[i];
+        let train = rng.is_some();
+        match &self.graph.nodes[i].op {
+            Op::Input => unreachable!("node 0 is the input"),
+            Op::Conv2d { stride, padding, dilation, groups, .. } => {
+                let c = p.conv.as_ref().expect("conv params");
+                let opts = ConvOptions::new(*stride, *padding, *dilation, *groups);
+                Activation::Map(conv2d(ins.pop().unwrap().into_map(), c.weight.val(), c.bias.as_ref().map(|b| b.val()), opts))
+            }
+            Op::BatchNorm { epsilon, momentum, .. } => {
+                let bn = p.bn.as_ref().expect("bn params");
+                match ins.pop().unwrap() {
+                    Activation::Map(x) => Activation::Map(batchnorm(bn, x, *epsilon, *momentum, train)),
+                    Activation::Flat(x) => Activation::Flat(batchnorm(bn, x, *epsilon, *momentum, train)),
+                }
+            }
+            Op::Relu => match ins.pop().unwrap() {
+                Activation::Map(t) => Activation::Map(relu(t)),
+                Activation::Flat(t) => Activation::Flat(relu(t)),
+            },
+            Op::MaxPool { kernel, stride, padding, ceil_mode } => {
+                let opts = MaxPoolOptions::new(*kernel)
+                    .with_stride(*stride)
+                    .with_padding(*padding)
+                    .with_ceil_mode(*ceil_mode);
+                Activation::Map(max_pool2d(ins.pop().unwrap().into_map(), opts))
+            }
+            Op::AvgPool { kernel, stride, padding, ceil_mode, count_include_pad } => {
+                let opts = AvgPoolOptions::new(*kernel)
+                    .with_stride(*stride)
+                    .with_padding(*padding)
+                    .with_ceil_mode(*ceil_mode)
+                    .with_count_include_pad(*count_include_pad);
+                Activation::Map(avg_pool2d(ins.pop().unwrap().into_map(), opts))
+            }
+            Op::GlobalAvgPool => {
+                let x = ins.pop().unwrap().into_map();
+                Activation::Map(x.mean_dim(3).mean_dim(2))
+            }
+            Op::Flatten => Activation::Flat(ins.pop().unwrap().into_flat()),
+            Op::Linear { .. } => {
+                let l = p.linear.as_ref().expect("linear params");
+                let y = ins.pop().unwrap().into_flat().matmul(l.weight.val().transpose());
+                Activation::Flat(match &l.bias {
+                    Some(b) => y + b.val().unsqueeze_dim(0),
+                    None => y,
+                })
+            }
+            Op::Add => {
+                let mut it = ins.into_iter();
+                let first = it.next().expect("validated: 2+ inputs");
+                it.fold(first, |acc, v| match (acc, v) {
+                    (Activation::Map(a), b) => Activation::Map(a + b.into_map()),
+                    (Activation::Flat(a), b) => Activation::Flat(a + b.into_flat()),
+                })
+            }
+            Op::Concat => match ins[0] {
+                Activation::Map(_) => Activation::Map(Tensor::cat(ins.into_iter().map(Activation::into_map).collect(), 1)),
+                Activation::Flat(_) => Activation::Flat(Tensor::cat(ins.into_iter().map(Activation::into_flat).collect(), 1)),
+            },
+            Op::Dropout { p: prob } => {
+                let x = ins.pop().unwrap();
+                match rng {
+                    Some(rng) if *prob > 0.0 => dropout(x, *prob, rng),
+                    _ => x,
+                }
+            }
+        }
+    }
+
+    /// Every float parameter and running statistic with its node name and role, in node order
+    /// (PyTorch naming: BatchNorm's gamma/beta are `weight`/`bias`).
+    pub fn named_tensors(&self) -> Vec<(String, TensorData)> {
+        let mut out = Vec::new();
+        for (node, p) in self.graph.nodes.iter().zip(&self.layers) {
+            let mut push = |role: &str, d: TensorData| out.push((format!("{}.{role}", node.name), d));
+            if let Some(c) = &p.conv {
+                push("weight", c.weight.val().into_data());
+                if let Some(b) = &c.bias {
+                    push("bias", b.val().into_data());
+                }
+            }
+            if let Some(bn) = &p.bn {
+                push("weight", bn.gamma.val().into_data());
+                push("bias", bn.beta.val().into_data());
+                push("running_mean", bn.running_mean.value_sync().into_data());
+                push("running_var", bn.running_var.value_sync().into_data());
+            }
+            if let Some(l) = &p.linear {
+                push("weight", l.weight.val().into_data());
+                if let Some(b) = &l.bias {
+                    push("bias", b.val().into_data());
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks that every weight is finite: NaN or infinite weights make every downstream
+    /// number meaningless, so we refuse them with the tensor's name.
+    pub fn check_finite(&self) -> Result<()> {
+        for (name, data) in self.named_tensors() {
+            let values = data.try_to_vec::<f32>().map_err(|e| Error::model(format!("{name}: {e:?}")))?;
+            if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::model(format!("tensor {name} has a non-finite value ({}) at index {pos}", values[pos])));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.graph.num_classes().expect("model graphs are validated when built")
+    }
+
+    pub fn shapes(&self) -> Vec<Shape> {
+        self.graph.validate().expect("model graphs are validated when built")
+    }
+}
+
+fn batchnorm<const D: usize>(bn: &BatchNormParams, x: Tensor<D>, eps: f64, momentum: f64, train: bool) -> Tensor<D> {
+    if train {
+        let out = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), eps);
+        // PyTorch semantics: running statistics track the unbiased batch variance.
+        let n = out.output.dims().iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| *d).product::<usize>();
+        let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
+        let mean = bn.running_mean.value_sync().mul_scalar(1.0 - momentum) + out.mean.detach().mul_scalar(momentum);
+        let var = bn.running_var.value_sync().mul_scalar(1.0 - momentum)
+            + out.variance.detach().mul_scalar(momentum * unbias);
+        bn.running_mean.update(mean.detach());
+        bn.running_var.update(var.detach());
+        out.output
+    } else {
+        batch_norm(x, bn.gamma.val(), bn.beta.val(), bn.running_mean.value(), bn.running_var.value(), eps)
+    }
+}
+
+fn dropout(x: Activation, p: f64, rng: &mut Rng) -> Activation {
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mut mask = |dims: &[usize], device: &Device| {
+        let n: usize = dims.iter().product();
+        let m: Vec<f32> = (0..n).map(|_| if rng.uniform() < p { 0.0 } else { scale }).collect();
+        Tensor::<1>::from_data(TensorData::new(m, [n]), device)
+    };
+    match x {
+        Activation::Map(t) => {
+            let dims = t.dims();
+            let m = mask(&dims, &t.device()).reshape(dims);
+            Activation::Map(t * m)
+        }
+        Activation::Flat(t) => {
+            let dims = t.dims();
+            let m = mask(&dims, &t.device()).reshape(dims);
+            Activation::Flat(t * m)
+        }
+    }
+}

