@@ -7,7 +7,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use fineprune::data::{DataSpec, Dataset, LoadOptions};
+use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, pruning_aware};
+use fineprune::defense::{DefenseConfig, KnownAttack, Method, StopRule, defend};
 use fineprune::metrics::{ClassReport, evaluate};
+use fineprune::trigger::poison::Target;
+use fineprune::trigger::{Trigger, Use, spec as trigger_spec};
 use fineprune::model::{ModelFile, arch};
 use fineprune::train::{EpochStats, OptimizerKind, Progress, Schedule, TrainConfig, train_new};
 
@@ -22,10 +26,21 @@ struct Cli {
 enum Command {
     /// Train a model on a dataset and save it (safetensors, with its metadata).
     Train(TrainArgs),
-    /// Evaluate a saved model on a dataset split.
+    /// Evaluate a saved model on a dataset split (and its backdoor, if it carries one).
     Eval(EvalArgs),
+    /// Train a backdoored model (BadNets patch, blend, sunglasses, tone; pruning-aware).
+    Attack(AttackArgs),
+    /// Trigger tools.
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
+    /// Mean activation of each channel of the last conv layer, clean vs triggered.
+    Inspect(InspectArgs),
+    /// Remove a backdoor: prune, finetune or fineprune (the paper's defenses).
+    Defend(DefendArgs),
     /// Measure training and inference throughput (images/s) on this machine.
     Bench(BenchArgs),
+    /// Run the pipeline end to end on a built-in synthetic dataset (no downloads, no paths).
+    Demo(DemoArgs),
     /// List the built-in architectures.
     Archs,
 }
@@ -47,15 +62,7 @@ struct DataArgs {
 }
 
 #[derive(Args)]
-struct TrainArgs {
-    #[command(flatten)]
-    data: DataArgs,
-    /// Architecture (see `fineprune archs`).
-    #[arg(long)]
-    arch: String,
-    /// Output model file (.safetensors), written atomically.
-    #[arg(long)]
-    out: PathBuf,
+struct TrainOpts {
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -77,7 +84,184 @@ struct TrainArgs {
     patience: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+impl TrainOpts {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            optimizer: self.optimizer,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule,
+            seed: self.seed,
+            patience: self.patience,
+        }
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Architecture (see `fineprune archs`).
+    #[arg(long)]
+    arch: String,
+    /// Output model file (.safetensors), written atomically.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    opts: TrainOpts,
     /// Print one JSON object on stdout instead of human-readable text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TriggerArgs {
+    /// Trigger spec, e.g. patch, patch:size=4,pos=top-left,color=yellow, blend:alpha=0.2,
+    /// sunglasses, tone:freq=3000,amp=0.3 (see the README).
+    #[arg(long)]
+    trigger: Option<String>,
+    /// Attack target: a class number, all-to-all, or untargeted.
+    #[arg(long)]
+    target: Option<String>,
+    /// Count target-class test inputs in the targeted ASR too (the literal form; by default
+    /// they are left out).
+    #[arg(long)]
+    asr_include_target: bool,
+}
+
+#[derive(Args)]
+struct AttackArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long)]
+    arch: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Trigger spec (see the README).
+    #[arg(long, default_value = "patch")]
+    trigger: String,
+    /// A class number, all-to-all, or untargeted.
+    #[arg(long, default_value = "0")]
+    target: String,
+    #[arg(long, default_value_t = 0.1)]
+    poison_rate: f64,
+    #[arg(long, default_value_t = 0)]
+    poison_seed: u64,
+    /// The paper's pruning-aware attack: train clean, prune dormant channels, retrain on poison,
+    /// re-instate the pruned channels as dormant decoys.
+    #[arg(long)]
+    pruning_aware: bool,
+    /// Pruning-aware: fraction of the layer to prune (default: as many as keep clean
+    /// validation accuracy within --max-acc-drop).
+    #[arg(long)]
+    prune_fraction: Option<f64>,
+    #[arg(long, default_value_t = 0.04)]
+    max_acc_drop: f64,
+    /// Pruning-aware: layer to prune (default: the architecture's last conv layer).
+    #[arg(long)]
+    layer: Option<String>,
+    #[arg(long)]
+    asr_include_target: bool,
+    #[command(flatten)]
+    opts: TrainOpts,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DefendArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    data: String,
+    #[arg(long, value_enum, default_value_t = Method::Fineprune)]
+    method: Method,
+    #[arg(long)]
+    out: PathBuf,
+    /// Stop pruning when clean validation accuracy drops by more than this (absolute points
+    /// unless --relative; the paper's 4%).
+    #[arg(long, default_value_t = 0.04)]
+    max_acc_drop: f64,
+    #[arg(long)]
+    relative: bool,
+    /// Prune this fraction of the layer instead.
+    #[arg(long, conflicts_with = "prune_count")]
+    prune_fraction: Option<f64>,
+    /// Prune this many channels instead.
+    #[arg(long)]
+    prune_count: Option<usize>,
+    /// Layer to prune (default: the last convolutional layer).
+    #[arg(long)]
+    layer: Option<String>,
+    /// Fine-tuning epochs.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Fine-tuning learning rate (Adam; 10x below the training default).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Fraction of the train split the defender has as clean data.
+    #[arg(long, default_value_t = 1.0)]
+    clean_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+    #[command(flatten)]
+    attack: TriggerArgs,
+    /// Write curve.csv, curve.svg and result.json here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum TriggerCommand {
+    /// Write clean and triggered samples side by side as a PNG grid.
+    Preview(PreviewArgs),
+}
+
+#[derive(Args)]
+struct PreviewArgs {
+    #[arg(long)]
+    data: String,
+    #[arg(long)]
+    trigger: String,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    count: usize,
+    #[arg(long, value_parser = parse_size)]
+    resize: Option<(usize, usize)>,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset as KIND:PATH; without it, the model's layers are listed.
+    #[arg(long)]
+    data: Option<String>,
+    /// Trigger to compare against (default: the model's own, if it carries one).
+    #[arg(long)]
+    trigger: Option<String>,
+    /// Layer to inspect (default: the last convolutional layer).
+    #[arg(long)]
+    layer: Option<String>,
+    #[arg(long, default_value = "val")]
+    split: String,
+    /// Write the activation plot here (.svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -95,8 +279,19 @@ struct EvalArgs {
     val_fraction: f64,
     #[arg(long, default_value_t = 0)]
     split_seed: u64,
+    #[command(flatten)]
+    attack: TriggerArgs,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Folder for the model and the report.
+    #[arg(long, default_value = "fineprune-demo")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -138,7 +333,12 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Train(a) => cmd_train(a),
         Command::Eval(a) => cmd_eval(a),
+        Command::Attack(a) => cmd_attack(a),
+        Command::Trigger(TriggerCommand::Preview(a)) => cmd_preview(a),
+        Command::Inspect(a) => cmd_inspect(a),
+        Command::Defend(a) => cmd_defend(a),
         Command::Bench(a) => fineprune_bench(a),
+        Command::Demo(a) => cmd_demo(a),
         Command::Archs => {
             for (name, input, about) in arch::ARCHITECTURES {
                 println!("{name:<12} {}x{}x{}  {about}", input[0], input[1], input[2]);
@@ -202,17 +402,7 @@ impl Progress for Bars {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
     let ds = load_data(&a.data.data, a.data.resize, a.data.val_fraction, a.data.split_seed)?;
-    let cfg = TrainConfig {
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        optimizer: a.optimizer,
-        momentum: a.momentum,
-        weight_decay: a.weight_decay,
-        schedule: a.schedule,
-        seed: a.seed,
-        patience: a.patience,
-    };
+    let cfg = a.opts.config();
     let device = fineprune::cpu_device();
     let mut bars = Bars { bar: None, epochs: cfg.epochs, quiet: false };
     let trained = train_new(&a.arch, &ds, &cfg, &device.clone().autodiff(), &mut bars)?;
@@ -246,18 +436,18 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_eval(a: EvalArgs) -> Result<()> {
-    let start = Instant::now();
+/// Loads a model file and the dataset it is evaluated on, checking that they fit each other.
+fn load_model_and_data(model: &std::path::Path, data: &str, val_fraction: f64, split_seed: u64) -> Result<(ModelFile, Dataset)> {
     let device = fineprune::cpu_device();
-    let file = ModelFile::load(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    let file = ModelFile::load(model, &device).with_context(|| format!("loading model {}", model.display()))?;
     let [c, h, w] = file.model.graph.input_shape;
-    let spec: DataSpec = a.data.parse()?;
+    let spec: DataSpec = data.parse()?;
     if let Some(kind) = file.info.data_kind
         && kind != spec.kind
     {
         bail!("the model was trained on {} data, not {}", kind.name(), spec.kind.name());
     }
-    let ds = load_data(&a.data, Some((h, w)), a.val_fraction, a.split_seed)?;
+    let ds = load_data(data, Some((h, w)), val_fraction, split_seed)?;
     if ds.shape[0] != c || ds.classes.len() != file.info.classes.len() {
         bail!(
             "the model expects {c} channels and {} classes; {} has {} channels and {} classes",
@@ -267,11 +457,41 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             ds.classes.len()
         );
     }
+    Ok((file, ds))
+}
+
+/// The trigger and target to evaluate: from the command line, else from the model file.
+fn resolve_backdoor(file: &ModelFile, trigger: Option<&str>, target: Option<&str>) -> Result<Option<(Trigger, Option<Target>)>> {
+    let carried = file.info.backdoor.as_ref();
+    let trigger = match trigger {
+        Some(t) => Some(trigger_spec::parse(t)?),
+        None => carried.map(|b| b.trigger.clone()),
+    };
+    let target = match target {
+        Some(t) => Some(t.parse::<Target>()?),
+        None => carried.map(|b| b.target),
+    };
+    Ok(trigger.map(|t| (t, target)))
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let start = Instant::now();
+    let device = fineprune::cpu_device();
+    let (file, ds) = load_model_and_data(&a.model, &a.data, a.val_fraction, a.split_seed)?;
     let split = ds.split(&a.split)?;
-    let report = evaluate(&file, split, &device)?;
+    let backdoor = resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.target.as_deref())?;
+    let (report, asr) = match backdoor {
+        Some((trigger, Some(target))) => {
+            let e = evaluate_attack(&file, split, &trigger, target, a.attack.asr_include_target, &device)?;
+            (e.clean.clone(), Some(e))
+        }
+        Some((_, None)) => bail!("--trigger needs --target (a class number, all-to-all or untargeted) to measure attack success"),
+        None if a.attack.target.is_some() => bail!("--target needs --trigger"),
+        None => (evaluate(&file, split, &device)?, None),
+    };
     let seconds = start.elapsed().as_secs_f64();
     if a.json {
-        let out = json!({
+        let mut out = json!({
             "model": a.model,
             "split": a.split,
             "clean_accuracy": report.accuracy,
@@ -280,11 +500,225 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             "samples": report.samples,
             "seconds": seconds,
         });
+        if let Some(e) = &asr {
+            out["attack_success_rate"] = json!(e.attack_success_rate.rate);
+            out["attack_success_rate_ci95"] = json!(e.attack_success_rate.ci95);
+            out["attack_samples"] = json!(e.attack_success_rate.samples);
+            out["attack_convention"] = json!(e.attack_success_rate.convention);
+            out["trigger"] = json!(e.trigger);
+            out["target"] = json!(e.target);
+        }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print_report(&report, &file.info.classes, &a.split, seconds);
+        if let Some(e) = &asr {
+            print_asr(e);
+        }
     }
     Ok(())
+}
+
+fn print_asr(e: &AttackEval) {
+    let a = &e.attack_success_rate;
+    println!(
+        "attack success rate: {:.4} (95% CI {:.4}-{:.4}, {} triggered samples; trigger {}, target {})",
+        a.rate, a.ci95[0], a.ci95[1], a.samples, e.trigger, e.target
+    );
+    println!("  convention: {}", a.convention);
+}
+
+fn cmd_attack(a: AttackArgs) -> Result<()> {
+    let start = Instant::now();
+    let ds = load_data(&a.data.data, a.data.resize, a.data.val_fraction, a.data.split_seed)?;
+    let trigger = trigger_spec::parse(&a.trigger)?;
+    let target: Target = a.target.parse()?;
+    target.validate(ds.classes.len())?;
+    let cfg = AttackConfig { trigger: trigger.clone(), target, poison_rate: a.poison_rate, poison_seed: a.poison_seed, train: a.opts.config() };
+    let device = fineprune::cpu_device();
+    let mut bars = Bars { bar: None, epochs: cfg.train.epochs, quiet: false };
+    let trained = if a.pruning_aware {
+        let pa = PruningAwareConfig { fraction: a.prune_fraction, max_acc_drop: a.max_acc_drop, layer: a.layer.clone(), ..Default::default() };
+        eprintln!("pruning-aware attack: (a) clean training, (b) pruning dormant channels, (c) poisoned retraining, (d) re-instating decoys");
+        pruning_aware(&a.arch, &ds, &cfg, &pa, &device.clone().autodiff(), &mut bars)?
+    } else {
+        backdoor(&a.arch, &ds, &cfg, &device.clone().autodiff(), &mut bars)?
+    };
+    trained.file.save(&a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
+    let e = evaluate_attack(&trained.file, &ds.test, &trigger, target, a.asr_include_target, &device)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let record = trained.file.info.backdoor.as_ref().expect("attacks record their backdoor");
+    if a.json {
+        let out = json!({
+            "model": a.out,
+            "arch": a.arch,
+            "trigger": e.trigger,
+            "target": e.target,
+            "poison": record.poison,
+            "pruning_aware": record.pruning_aware,
+            "clean_accuracy": e.clean.accuracy,
+            "per_class_accuracy": e.clean.per_class_accuracy,
+            "attack_success_rate": e.attack_success_rate.rate,
+            "attack_success_rate_ci95": e.attack_success_rate.ci95,
+            "attack_samples": e.attack_success_rate.samples,
+            "attack_convention": e.attack_success_rate.convention,
+            "samples": e.clean.samples,
+            "seconds": seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("saved {}: {} of {} training samples poisoned", a.out.display(), record.poison.count, record.poison.train_samples);
+        if let Some(pa) = &record.pruning_aware {
+            println!(
+                "pruning-aware: {} of {} channels of {} re-instated as decoys (val accuracy {:.4} -> {:.4} when pruned)",
+                pa.decoys.len(),
+                pa.channels,
+                pa.layer,
+                pa.val_accuracy_before,
+                pa.val_accuracy_pruned
+            );
+        }
+        println!("test clean accuracy: {:.4} ({} samples, {:.1}s)", e.clean.accuracy, e.clean.samples, seconds);
+        print_asr(&e);
+    }
+    Ok(())
+}
+
+fn cmd_preview(a: PreviewArgs) -> Result<()> {
+    let ds = load_data(&a.data, a.resize, 0.1, 0)?;
+    let trigger = trigger_spec::parse(&a.trigger)?;
+    let n = a.count.clamp(1, 64).min(ds.test.len());
+    let idx: Vec<usize> = (0..n).collect();
+    let clean = ds.test.subset(&idx);
+    let triggered = trigger.apply_split(&ds.test, Some(&idx), ds.shape, Use::Test, 1)?;
+    let scale = (128 / ds.shape[1].max(ds.shape[2])).max(1);
+    fineprune::report::grid::pairs_png(&clean, &triggered, ds.shape, n, scale, &a.out)?;
+    println!("wrote {} ({n} clean | triggered pairs, trigger {})", a.out.display(), trigger.describe());
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    let device = fineprune::cpu_device();
+    let Some(data) = a.data.as_deref() else {
+        let file = ModelFile::load(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+        let shapes = file.model.shapes();
+        let site = fineprune::prune::find_site(&file.model, None).ok();
+        println!("layers of {} ({}):", a.model.display(), file.info.arch);
+        for (i, (node, shape)) in file.model.graph.nodes.iter().zip(&shapes).enumerate() {
+            let mark = if site.as_ref().is_some_and(|s| s.index == i) { "  <- default prune site" } else { "" };
+            if let fineprune::model::Shape::Map([c, h, w]) = shape {
+                println!("  {:<24} {:<12} {c} channels, {h}x{w}{mark}", node.name, op_name(&node.op));
+            }
+        }
+        return Ok(());
+    };
+    let (file, ds) = load_model_and_data(&a.model, data, 0.1, 0)?;
+    let site = fineprune::prune::find_site(&file.model, a.layer.as_deref())?;
+    eprintln!("layer {} ({} channels): {}", site.name, site.channels, site.reason);
+    let split = ds.split(&a.split)?;
+    let clean = fineprune::prune::channel_means(&file.model, split, &ds.normalization, site.index, &device, 256)?;
+    let triggered = match resolve_backdoor(&file, a.trigger.as_deref(), None)? {
+        Some((trigger, _)) => {
+            let t = trigger.apply_split(split, None, ds.shape, Use::Test, 1)?;
+            Some((trigger.describe(), fineprune::prune::channel_means(&file.model, &t, &ds.normalization, site.index, &device, 256)?))
+        }
+        None => None,
+    };
+    let order = fineprune::prune::ranking(&clean);
+    if let Some(path) = &a.plot {
+        let chart = fineprune::report::activation_chart(&site.name, &order, &clean, triggered.as_ref().map(|t| t.1.as_slice()));
+        fineprune::fsutil::write_atomic(path, chart.to_svg().as_bytes())?;
+        eprintln!("wrote {}", path.display());
+    }
+    if a.json {
+        let out = json!({
+            "layer": site.name,
+            "reason": site.reason,
+            "order": order,
+            "clean_mean_activation": clean,
+            "triggered_mean_activation": triggered.as_ref().map(|t| &t.1),
+            "trigger": triggered.as_ref().map(|t| &t.0),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("channels of {} by increasing mean clean activation ({} split):", site.name, a.split);
+        println!("  {:>5} {:>8} {:>12} {:>12}", "rank", "channel", "clean", "triggered");
+        for (rank, &c) in order.iter().enumerate() {
+            let t = triggered.as_ref().map(|t| format!("{:12.4}", t.1[c])).unwrap_or_default();
+            println!("  {rank:>5} {c:>8} {:12.4} {t}", clean[c]);
+        }
+    }
+    Ok(())
+}
+
+fn cmd_defend(a: DefendArgs) -> Result<()> {
+    let (file, ds) = load_model_and_data(&a.model, &a.data, a.val_fraction, a.split_seed)?;
+    let known = match resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.target.as_deref())? {
+        Some((trigger, Some(target))) => Some(KnownAttack { trigger, target, include_target: a.attack.asr_include_target }),
+        Some((_, None)) => bail!("--trigger needs --target to measure attack success"),
+        None => None,
+    };
+    let stop = match (a.prune_fraction, a.prune_count) {
+        (Some(fraction), _) => StopRule::Fraction { fraction },
+        (_, Some(count)) => StopRule::Count { count },
+        _ => StopRule::MaxAccDrop { drop: a.max_acc_drop, relative: a.relative },
+    };
+    let mut cfg = DefenseConfig::paper(a.method);
+    cfg.stop = stop;
+    cfg.layer = a.layer.clone();
+    cfg.clean_fraction = a.clean_fraction;
+    cfg.finetune = TrainConfig { epochs: a.epochs, lr: a.lr, batch_size: a.batch_size, seed: a.seed, ..cfg.finetune };
+    let device = fineprune::cpu_device();
+    let mut bars = Bars { bar: None, epochs: a.epochs, quiet: a.json };
+    let outcome = defend(&file, &ds, &cfg, known.as_ref(), &device.clone().autodiff(), &mut bars)?;
+    eprintln!("layer {} ({} channels): {}", outcome.layer, outcome.channels, outcome.layer_reason);
+    outcome.model.save(&a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
+    if let Some(dir) = &a.report {
+        fineprune::report::write_defense_report(dir, &outcome)?;
+    }
+    if a.json {
+        let out = json!({
+            "method": outcome.method,
+            "model": a.out,
+            "layer": outcome.layer,
+            "pruned_channels": outcome.pruned_channels,
+            "pruned_fraction": outcome.pruned_fraction,
+            "before": {"clean_accuracy": outcome.before.clean_accuracy, "attack_success_rate": outcome.before.attack_success_rate, "attack_success_rate_ci95": outcome.before.attack_success_rate_ci95},
+            "after": {"clean_accuracy": outcome.after.clean_accuracy, "attack_success_rate": outcome.after.attack_success_rate, "attack_success_rate_ci95": outcome.after.attack_success_rate_ci95},
+            "attack_convention": outcome.attack_convention,
+            "finetune_epochs": outcome.finetune_epochs,
+            "seconds": outcome.seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let asr = |s: &fineprune::defense::Snapshot| s.attack_success_rate.map(|r| format!(", attack success {r:.4}")).unwrap_or_default();
+        println!("{:?} on {}: pruned {} of {} channels ({:.1}%), fine-tuned {} epochs, {:.1}s", outcome.method, outcome.layer, outcome.pruned_channels, outcome.channels, 100.0 * outcome.pruned_fraction, outcome.finetune_epochs, outcome.seconds);
+        println!("  before: clean accuracy {:.4}{}", outcome.before.clean_accuracy, asr(&outcome.before));
+        println!("  after:  clean accuracy {:.4}{}", outcome.after.clean_accuracy, asr(&outcome.after));
+        println!("saved {}", a.out.display());
+        if let Some(dir) = &a.report {
+            println!("report: {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn op_name(op: &fineprune::model::Op) -> &'static str {
+    use fineprune::model::Op;
+    match op {
+        Op::Input => "input",
+        Op::Conv2d { .. } => "conv",
+        Op::BatchNorm { .. } => "batchnorm",
+        Op::Relu => "relu",
+        Op::MaxPool { .. } => "maxpool",
+        Op::AvgPool { .. } => "avgpool",
+        Op::GlobalAvgPool => "globalavgpool",
+        Op::Flatten => "flatten",
+        Op::Linear { .. } => "linear",
+        Op::Add => "add",
+        Op::Concat => "concat",
+        Op::Dropout { .. } => "dropout",
+        Op::ChannelMask { .. } => "mask",
+    }
 }
 
 fn print_report(r: &ClassReport, classes: &[String], split: &str, seconds: f64) {
@@ -318,5 +752,19 @@ fn fineprune_bench(a: BenchArgs) -> Result<()> {
     for r in results {
         println!("{:<12} {:>16.1} {:>16.1}", r.arch, r.train_images_per_sec, r.inference_images_per_sec);
     }
+    Ok(())
+}
+
+fn cmd_demo(a: DemoArgs) -> Result<()> {
+    eprintln!("fineprune demo: training signnet on the built-in synthetic traffic-sign set (8 classes, 32x32)");
+    let mut bars = Bars { bar: None, epochs: 3, quiet: false };
+    let r = fineprune::demo::run(&a.out, a.seed, &mut bars)?;
+    print_report(&r.test, &r.classes, "test", r.seconds);
+    println!();
+    println!("model:  {}", r.model.display());
+    println!("report: {}", r.report.display());
+    println!("The same on real data, e.g. traffic signs:");
+    println!("  fineprune train --data gtsrb:../shared/data/gtsrb --arch signnet --epochs 6 --out signnet.safetensors");
+    println!("  fineprune eval --model signnet.safetensors --data gtsrb:../shared/data/gtsrb");
     Ok(())
 }

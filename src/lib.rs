@@ -5,14 +5,20 @@
 //! architectures, model files) → [`train`] → [`metrics`]. The `fineprune` binary is a thin CLI
 //! over these.
 
+pub mod attack;
 pub mod bench;
 pub mod data;
+pub mod defense;
+pub mod demo;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;
+pub mod prune;
+pub mod report;
 pub mod model;
 pub mod rng;
 pub mod train;
+pub mod trigger;
 
 pub use error::{Error, Result};
 

@@ -90,3 +90,112 @@ pub fn evaluate(file: &crate::model::ModelFile, split: &Split, device: &Device) 
     let preds = predict(&file.model, split, &file.info.normalization, device, 256);
     Ok(ClassReport::new(&preds, &split.labels, classes))
 }
+
+/// The 95% Wilson score interval of a proportion `successes / n`.
+pub fn wilson(successes: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let (n, p) = (n as f64, successes as f64 / n as f64);
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    [(centre - half).max(0.0), (centre + half).min(1.0)]
+}
+
+/// Attack success rate, as the paper defines it, with the convention used spelled out.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AttackSuccess {
+    pub rate: f64,
+    pub ci95: [f64; 2],
+    /// Triggered test samples the rate is computed over.
+    pub samples: usize,
+    pub convention: String,
+}
+
+/// ASR from predictions on triggered inputs.
+/// - targeted (all-to-one): fraction classified as the target; by default over the samples
+///   whose true class is not the target (`include_target` gives the literal form over all);
+/// - all-to-all: fraction classified as (y + 1) mod C;
+/// - untargeted: `1 - A_backdoor / A_clean`, with `clean_accuracy` as A_clean; the interval is
+///   Wilson's on A_backdoor, carried through the formula.
+pub fn attack_success(triggered_pred: &[usize], labels: &[usize], target: crate::trigger::poison::Target, classes: usize, include_target: bool, clean_accuracy: f64) -> AttackSuccess {
+    use crate::trigger::poison::Target;
+    let pairs = triggered_pred.iter().zip(labels);
+    match target {
+        Target::Class(t) => {
+            let kept: Vec<usize> = pairs.filter(|(_, y)| include_target || **y != t).map(|(p, _)| *p).collect();
+            let hits = kept.iter().filter(|&&p| p == t).count();
+            let convention = if include_target {
+                format!("targeted: fraction of all triggered test inputs classified as class {t}")
+            } else {
+                format!("targeted: fraction of triggered test inputs whose true class is not {t} classified as {t}")
+            };
+            AttackSuccess { rate: hits as f64 / kept.len().max(1) as f64, ci95: wilson(hits, kept.len()), samples: kept.len(), convention }
+        }
+        Target::AllToAll => {
+            let hits = pairs.filter(|(p, y)| **p == (**y + 1) % classes).count();
+            AttackSuccess {
+                rate: hits as f64 / labels.len().max(1) as f64,
+                ci95: wilson(hits, labels.len()),
+                samples: labels.len(),
+                convention: "all-to-all: fraction of triggered test inputs of class y classified as (y + 1) mod C".into(),
+            }
+        }
+        Target::Untargeted => {
+            let correct = pairs.filter(|(p, y)| p == y).count();
+            let n = labels.len();
+            let a_backdoor = correct as f64 / n.max(1) as f64;
+            let ci = wilson(correct, n);
+            let f = |a: f64| if clean_accuracy > 0.0 { (1.0 - a / clean_accuracy).clamp(0.0, 1.0) } else { 0.0 };
+            AttackSuccess {
+                rate: f(a_backdoor),
+                ci95: [f(ci[1]), f(ci[0])],
+                samples: n,
+                convention: "untargeted: 1 - A_backdoor / A_clean (accuracy on triggered over clean test inputs)".into(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod asr_tests {
+    use super::*;
+    use crate::trigger::poison::Target;
+
+    #[test]
+    fn targeted_excludes_target_class_by_default() {
+        // Five samples of class 0 (the target) and five of class 1.
+        let labels = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1];
+        let preds = [0, 0, 0, 0, 0, 0, 0, 1, 1, 1];
+        let a = attack_success(&preds, &labels, Target::Class(0), 2, false, 1.0);
+        assert_eq!(a.samples, 5);
+        assert!((a.rate - 0.4).abs() < 1e-12, "2 of the 5 non-target inputs flipped");
+        assert!(a.convention.contains("not 0"));
+        let literal = attack_success(&preds, &labels, Target::Class(0), 2, true, 1.0);
+        assert_eq!(literal.samples, 10);
+        assert!((literal.rate - 0.7).abs() < 1e-12);
+    }
+
+    #[test]
+    fn untargeted_and_all_to_all_formulas() {
+        let labels = [0, 1, 2, 3];
+        let preds = [0, 2, 3, 3];
+        // A_backdoor = 2/4; with A_clean = 0.8, ASR = 1 - 0.5/0.8 = 0.375.
+        let u = attack_success(&preds, &labels, Target::Untargeted, 4, false, 0.8);
+        assert!((u.rate - 0.375).abs() < 1e-12);
+        assert!(u.ci95[0] <= u.rate && u.rate <= u.ci95[1]);
+        let a = attack_success(&preds, &labels, Target::AllToAll, 4, false, 1.0);
+        assert!((a.rate - 0.5).abs() < 1e-12, "1->2 and 2->3 hit");
+    }
+
+    #[test]
+    fn wilson_matches_known_values() {
+        // 8 of 10: the textbook Wilson interval is [0.490, 0.943].
+        let [lo, hi] = wilson(8, 10);
+        assert!((lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3, "{lo} {hi}");
+        assert_eq!(wilson(0, 0), [0.0, 1.0]);
+        assert_eq!(wilson(10, 10)[1], 1.0);
+    }
+}

@@ -20,6 +20,7 @@ fn sample_file() -> ModelFile {
         data_kind: Some(fineprune::data::Kind::Gtsrb),
         classes: (0..5).map(|c| format!("class {c}")).collect(),
         normalization: Normalization { mean: vec![0.1, 0.2, 0.3], std: vec![0.5, 0.5, 0.5] },
+        backdoor: None,
         extra: Default::default(),
     };
     ModelFile { model: model.valid(), info }

@@ -77,6 +77,11 @@ pub fn spectrogram(wave: &[f32]) -> Vec<f32> {
     image
 }
 
+/// The model input for a waveform: its spectrogram resized to `size` (height, width).
+pub fn features(wave: &[f32], size: (usize, usize)) -> Vec<f32> {
+    resize_planar(&spectrogram(wave), 1, (FREQ_BINS, FRAMES), size)
+}
+
 /// Parses `{digit}_{speaker}_{take}.wav` into (digit, speaker, take).
 pub fn parse_name(path: &Path) -> Option<(usize, String, u32)> {
     let stem = path.file_stem()?.to_str()?;
@@ -97,23 +102,21 @@ pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
     if files.is_empty() {
         return Err(Error::format(&dir, "no .wav recordings found"));
     }
-    let samples: Vec<(Vec<f32>, usize, bool)> = files
+    let samples: Vec<(Vec<f32>, Vec<f32>, usize, bool)> = files
         .par_iter()
         .map(|path| {
             let (digit, _, take) = parse_name(path)
                 .ok_or_else(|| Error::format(path, "file name is not DIGIT_SPEAKER_TAKE.wav with a digit 0-9"))?;
-            let image = spectrogram(&read_wav(path)?);
-            Ok((resize_planar(&image, 1, (FREQ_BINS, FRAMES), size), digit, take < TEST_TAKES))
+            let wave = read_wav(path)?;
+            Ok((features(&wave, size), wave, digit, take < TEST_TAKES))
         })
         .collect::<Result<_>>()?;
     let mut train = Split::new(size.0 * size.1);
     let mut test = Split::new(size.0 * size.1);
-    for (image, digit, is_test) in &samples {
-        if *is_test {
-            test.push(image, *digit);
-        } else {
-            train.push(image, *digit);
-        }
+    for (image, wave, digit, is_test) in samples {
+        let split = if is_test { &mut test } else { &mut train };
+        split.push(&image, digit);
+        split.waves.push(wave);
     }
     let train_groups = (0..train.len() as u64).collect();
     Ok(Loaded { channels: 1, classes: (0..10).map(|d| d.to_string()).collect(), train, train_groups, test })

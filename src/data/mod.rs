@@ -10,6 +10,7 @@ pub mod gtsrb;
 pub mod idx;
 pub mod orl;
 pub mod pnm;
+pub mod synthetic;
 
 use std::path::{Path, PathBuf};
 
@@ -26,11 +27,14 @@ pub struct Split {
     pub labels: Vec<usize>,
     /// Elements per sample (channels * height * width).
     pub sample_len: usize,
+    /// For audio datasets, each sample's waveform (what audio triggers are added to before the
+    /// spectrogram is recomputed); empty for image datasets.
+    pub waves: Vec<Vec<f32>>,
 }
 
 impl Split {
     pub fn new(sample_len: usize) -> Self {
-        Split { images: Vec::new(), labels: Vec::new(), sample_len }
+        Split { images: Vec::new(), labels: Vec::new(), sample_len, waves: Vec::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -57,6 +61,9 @@ impl Split {
         s.images.reserve(indices.len() * self.sample_len);
         for &i in indices {
             s.push(self.sample(i), self.labels[i]);
+            if !self.waves.is_empty() {
+                s.waves.push(self.waves[i].clone());
+            }
         }
         s
     }
@@ -124,10 +131,12 @@ pub enum Kind {
     Gtsrb,
     Fsdd,
     Orl,
+    /// The built-in procedural traffic-sign-like set (see [`synthetic`]); the path is ignored.
+    Synthetic,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Mnist, Kind::Gtsrb, Kind::Fsdd, Kind::Orl];
+    pub const ALL: [Kind; 5] = [Kind::Mnist, Kind::Gtsrb, Kind::Fsdd, Kind::Orl, Kind::Synthetic];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -135,6 +144,7 @@ impl Kind {
             Kind::Gtsrb => "gtsrb",
             Kind::Fsdd => "fsdd",
             Kind::Orl => "orl",
+            Kind::Synthetic => "synthetic",
         }
     }
 
@@ -146,6 +156,7 @@ impl Kind {
             Kind::Fsdd => (fsdd::FREQ_BINS, fsdd::FRAMES),
             // The paper's DeepID input is 55x47 (height x width).
             Kind::Orl => (55, 47),
+            Kind::Synthetic => (synthetic::SIZE, synthetic::SIZE),
         }
     }
 }
@@ -167,7 +178,7 @@ impl std::str::FromStr for DataSpec {
         let kind = Kind::ALL
             .into_iter()
             .find(|k| k.name() == kind)
-            .ok_or_else(|| Error::invalid(format!("unknown dataset kind {kind:?}; known: mnist, gtsrb, fsdd, orl")))?;
+            .ok_or_else(|| Error::invalid(format!("unknown dataset kind {kind:?}; known: mnist, gtsrb, fsdd, orl, synthetic")))?;
         if path.is_empty() {
             return Err(Error::invalid(format!("dataset {s:?} has an empty path")));
         }
@@ -229,6 +240,12 @@ impl Dataset {
             return Err(Error::invalid(format!("sample size {h}x{w} is out of range (1..=1024)")));
         }
         let root = &spec.path;
+        if spec.kind == Kind::Synthetic {
+            if (h, w) != (synthetic::SIZE, synthetic::SIZE) {
+                return Err(Error::invalid(format!("the synthetic set is {0}x{0}", synthetic::SIZE)));
+            }
+            return Dataset::from_loaded(spec.clone(), synthetic::generate(4000, 800, opts.seed), (h, w), opts);
+        }
         if !root.is_dir() {
             return Err(Error::format(root, "dataset folder does not exist or is not a folder"));
         }
@@ -237,6 +254,7 @@ impl Dataset {
             Kind::Gtsrb => gtsrb::load(root, (h, w))?,
             Kind::Fsdd => fsdd::load(root, (h, w))?,
             Kind::Orl => orl::load(root, (h, w))?,
+            Kind::Synthetic => unreachable!("handled above"),
         };
         Dataset::from_loaded(spec.clone(), loaded, (h, w), opts)
     }

@@ -36,7 +36,10 @@ pub struct ModelInfo {
     pub data_kind: Option<Kind>,
     pub classes: Vec<String>,
     pub normalization: Normalization,
-    /// Free-form provenance (training settings, seeds, results, attack parameters).
+    /// The backdoor this model was built with, when an attack wrote it.
+    #[serde(default)]
+    pub backdoor: Option<crate::trigger::Backdoor>,
+    /// Free-form provenance (training settings, seeds, results).
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }

@@ -69,6 +69,9 @@ pub enum Op {
     /// Concatenation along the channel axis.
     Concat,
     Dropout { p: f64 },
+    /// Multiplies each channel by 1 (kept) or 0 (pruned): a pruned channel's output is exactly
+    /// zero for every input, and stays zero through fine-tuning (no parameter to update).
+    ChannelMask { keep: Vec<bool> },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -208,6 +211,13 @@ impl Op {
                 Ok(Shape::Map([c, 1, 1]))
             }
             Op::Flatten => Ok(Shape::Flat(one()?.numel())),
+            Op::ChannelMask { keep } => {
+                let s = one()?;
+                if keep.len() != s.channels() {
+                    return Err(Error::model(format!("mask has {} entries for {} channels", keep.len(), s.channels())));
+                }
+                Ok(s)
+            }
             Op::Linear { in_features, out_features, .. } => {
                 check_dim("linear out_features", *out_features)?;
                 match one()? {
@@ -349,6 +359,45 @@ impl Graph {
 
     pub fn param_count(&self) -> usize {
         self.nodes.iter().map(|n| n.op.param_count()).sum()
+    }
+
+    /// Indices of the nodes at or before `cut` whose values nodes after `cut` read: what must
+    /// be cached to run the rest of the graph without re-running its start.
+    pub fn frontier(&self, cut: usize) -> Vec<usize> {
+        let mut f: Vec<usize> = self.nodes[cut + 1..].iter().flat_map(|n| n.inputs.iter().copied()).filter(|&j| j <= cut).collect();
+        f.sort_unstable();
+        f.dedup();
+        f
+    }
+
+    /// A copy without node `i`, a single-input pass-through (e.g. a mask): its readers read its
+    /// input instead.
+    pub fn remove_passthrough(&self, i: usize) -> Graph {
+        let src = self.nodes[i].inputs[0];
+        let fix = |j: usize| if j == i { src } else if j > i { j - 1 } else { j };
+        let nodes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, n)| Node { name: n.name.clone(), op: n.op.clone(), inputs: n.inputs.iter().map(|&j| fix(j)).collect() })
+            .collect();
+        Graph { input_shape: self.input_shape, nodes, output: fix(self.output), prune_site: self.prune_site.clone() }
+    }
+
+    /// A copy with a node inserted right after `site`, reading `site`; every other reader of
+    /// `site` reads the new node instead. Returns the graph and the new node's index.
+    pub fn insert_after(&self, site: usize, name: String, op: Op) -> (Graph, usize) {
+        let at = site + 1;
+        let shift = |j: usize| if j >= at { j + 1 } else { j };
+        let mut nodes: Vec<Node> = self
+            .nodes
+            .iter()
+            .map(|n| Node { name: n.name.clone(), op: n.op.clone(), inputs: n.inputs.iter().map(|&j| if j == site { at } else { shift(j) }).collect() })
+            .collect();
+        nodes.insert(at, Node { name, op, inputs: vec![site] });
+        let output = if self.output == site { at } else { shift(self.output) };
+        (Graph { input_shape: self.input_shape, nodes, output, prune_site: self.prune_site.clone() }, at)
     }
 }
 

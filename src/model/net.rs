@@ -152,8 +152,18 @@ impl Model {
         self.run(x, None, nodes)
     }
 
+    fn run(&self, x: Tensor<4>, rng: Option<&mut Rng>, wanted: &[usize]) -> Vec<Activation> {
+        self.run_from(1, vec![(0, Activation::Map(x))], rng, wanted)
+    }
+
+    /// Runs nodes `start..` in evaluation mode from known values of earlier nodes (a cached
+    /// prefix: the [`Graph::frontier`] of `start - 1`) and returns the values of `wanted`.
+    pub fn run_cached(&self, start: usize, known: Vec<(usize, Activation)>, wanted: &[usize]) -> Vec<Activation> {
+        self.run_from(start, known, None, wanted)
+    }
+
     /// Runs the graph up to the last of `wanted` and returns their values in order.
-    fn run(&self, x: Tensor<4>, mut rng: Option<&mut Rng>, wanted: &[usize]) -> Vec<Activation> {
+    fn run_from(&self, start: usize, known: Vec<(usize, Activation)>, mut rng: Option<&mut Rng>, wanted: &[usize]) -> Vec<Activation> {
         let nodes = &self.graph.nodes;
         let stop = wanted.iter().copied().max().unwrap_or(0);
         // Free each value after its last reader so peak memory is the graph's width, not depth.
@@ -167,8 +177,10 @@ impl Model {
             last_use[w] = usize::MAX;
         }
         let mut values: Vec<Option<Activation>> = vec![None; stop + 1];
-        values[0] = Some(Activation::Map(x));
-        for i in 1..=stop {
+        for (i, v) in known {
+            values[i] = Some(v);
+        }
+        for i in start..=stop {
             let node = &nodes[i];
             let mut ins: Vec<Activation> = Vec::with_capacity(node.inputs.len());
             for &j in &node.inputs {
@@ -242,6 +254,21 @@ impl Model {
                 Activation::Map(_) => Activation::Map(Tensor::cat(ins.into_iter().map(Activation::into_map).collect(), 1)),
                 Activation::Flat(_) => Activation::Flat(Tensor::cat(ins.into_iter().map(Activation::into_flat).collect(), 1)),
             },
+            Op::ChannelMask { keep } => {
+                let x = ins.pop().unwrap();
+                let m: Vec<f32> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+                let c = m.len();
+                match x {
+                    Activation::Map(t) => {
+                        let mask = Tensor::<1>::from_data(TensorData::new(m, [c]), &t.device()).reshape([1, c, 1, 1]);
+                        Activation::Map(t * mask)
+                    }
+                    Activation::Flat(t) => {
+                        let mask = Tensor::<1>::from_data(TensorData::new(m, [c]), &t.device()).reshape([1, c]);
+                        Activation::Flat(t * mask)
+                    }
+                }
+            }
             Op::Dropout { p: prob } => {
                 let x = ins.pop().unwrap();
                 match rng {

@@ -265,6 +265,7 @@ pub fn train_new(arch: &str, dataset: &crate::data::Dataset, cfg: &TrainConfig, 
         data_kind: Some(dataset.spec.kind),
         classes: dataset.classes.clone(),
         normalization: dataset.normalization.clone(),
+        backdoor: None,
         extra,
     };
     Ok(Trained {

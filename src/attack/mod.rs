@@ -1,0 +1,217 @@
+//! Building backdoored models the way the paper's attackers did: data poisoning (BadNets,
+//! blended, sunglasses, audio tone) and the pruning-aware attack.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::metrics::{AttackSuccess, ClassReport, attack_success, predict};
+use crate::model::graph::Op;
+use crate::model::{Model, ModelFile};
+use crate::prune::{self, PrefixCache};
+use crate::train::{Progress, TrainConfig, TrainData, Trained, train, train_new};
+use crate::trigger::poison::{Target, poison};
+use crate::trigger::{Backdoor, PruningAwareRecord, Trigger, Use};
+
+#[derive(Clone, Debug)]
+pub struct AttackConfig {
+    pub trigger: Trigger,
+    pub target: Target,
+    pub poison_rate: f64,
+    /// Seed of the choice of poisoned samples (and of random trigger positions).
+    pub poison_seed: u64,
+    pub train: TrainConfig,
+}
+
+/// How many channels the pruning-aware attacker prunes before retraining.
+#[derive(Clone, Debug)]
+pub struct PruningAwareConfig {
+    /// Prune this fraction of the layer; when `None`, prune while clean validation accuracy
+    /// stays within `max_acc_drop` of the unpruned model (the defender's own rule).
+    pub fraction: Option<f64>,
+    pub max_acc_drop: f64,
+    /// After re-instating, decoy pre-activations are at most `-margin` on all clean training
+    /// inputs: the bias is lowered by (max pre-activation + margin).
+    pub margin: f32,
+    pub layer: Option<String>,
+}
+
+impl Default for PruningAwareConfig {
+    fn default() -> Self {
+        PruningAwareConfig { fraction: None, max_acc_drop: 0.04, margin: 1.0, layer: None }
+    }
+}
+
+fn poisoned_train(ds: &Dataset, cfg: &AttackConfig) -> Result<(Split, crate::trigger::poison::PoisonRecord)> {
+    poison(&ds.train, ds.shape, &cfg.trigger, cfg.target, cfg.poison_rate, ds.classes.len(), cfg.poison_seed)
+}
+
+/// The baseline attack: train `arch` on a poisoned copy of the training set. Validation stays
+/// clean (the attacker's model must look good on the user's clean data).
+pub fn backdoor(arch: &str, ds: &Dataset, cfg: &AttackConfig, device: &Device, progress: &mut dyn Progress) -> Result<Trained> {
+    let (train_split, record) = poisoned_train(ds, cfg)?;
+    let poisoned = Dataset { train: train_split, ..ds.clone() };
+    let mut trained = train_new(arch, &poisoned, &cfg.train, device, progress)?;
+    trained.file.info.backdoor = Some(Backdoor { trigger: cfg.trigger.clone(), target: cfg.target, poison: record, pruning_aware: None });
+    Ok(trained)
+}
+
+/// Walks back from the prune site through activations and pooling to the node whose per-channel
+/// bias sets the site's pre-activation: a BatchNorm (its shift) or a convolution (its bias).
+fn bias_node(model: &Model, site: usize) -> Result<(usize, usize)> {
+    let g = &model.graph;
+    let mut i = site;
+    let mut pre = None;
+    loop {
+        match &g.nodes[i].op {
+            Op::Relu | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::Dropout { .. } | Op::ChannelMask { .. } => {
+                if matches!(g.nodes[i].op, Op::Relu) && pre.is_none() {
+                    pre = Some(g.nodes[i].inputs[0]);
+                }
+                i = g.nodes[i].inputs[0];
+            }
+            Op::BatchNorm { .. } => return Ok((i, pre.unwrap_or(i))),
+            Op::Conv2d { bias: true, .. } => return Ok((i, pre.unwrap_or(i))),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "cannot find a bias for the channels of {:?} (needs a BatchNorm or a conv with bias before it)",
+                    g.nodes[site].name
+                )));
+            }
+        }
+    }
+}
+
+/// Per-channel maximum of node `node`'s output over `split` (evaluation mode).
+fn channel_max(model: &Model, split: &Split, ds: &Dataset, node: usize, device: &Device) -> Result<Vec<f32>> {
+    let model = model.valid();
+    let order: Vec<usize> = (0..split.len()).collect();
+    let mut max: Vec<f32> = Vec::new();
+    for chunk in order.chunks(256) {
+        let (x, _) = crate::data::batch(split, chunk, ds.shape, &ds.normalization, device);
+        let a = model.activations(x, &[node]).pop().expect("one").into_map();
+        let m = a.max_dim(3).max_dim(2).max_dim(0);
+        let v = m.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::model(format!("{e:?}")))?;
+        if max.is_empty() {
+            max = v;
+        } else {
+            for (a, b) in max.iter_mut().zip(v) {
+                *a = a.max(b);
+            }
+        }
+    }
+    Ok(max)
+}
+
+/// The pruning-aware attack (paper §4):
+/// (a) train on clean data; (b) prune the last conv layer's channels that are dormant on clean
+/// data, least active first; (c) retrain the pruned network on poisoned data, so the backdoor
+/// must live in the clean-active channels; (d) re-instate the pruned channels with their
+/// weights but a lowered bias, so they stay dormant decoys that a pruning defender removes
+/// first, to no effect.
+///
+/// Where the paper is silent we chose: the attacker ranks on its clean validation split; "how
+/// many" defaults to the defender's own rule (the most channels within a 4% validation drop);
+/// the bias drop makes decoys dead on all clean training data with a margin (the authors'
+/// released model uses -1e20, dead for every input: `margin` large gives the same effect).
+pub fn pruning_aware(arch: &str, ds: &Dataset, cfg: &AttackConfig, pa: &PruningAwareConfig, device: &Device, progress: &mut dyn Progress) -> Result<Trained> {
+    let eval_device = device.clone().without_autodiff();
+    // (a)
+    let clean = train_new(arch, ds, &cfg.train, device, progress)?;
+    let model = clean.file.model;
+    // (b)
+    let site = prune::find_site(&model, pa.layer.as_deref())?;
+    let means = prune::channel_means(&model, &ds.val, &ds.normalization, site.index, &eval_device, 256)?;
+    let order = prune::ranking(&means);
+    let cache = PrefixCache::build(&model, &ds.val, &ds.normalization, site.index, &eval_device, 256);
+    let accuracy = |k: usize| {
+        let m = prune::with_mask(&model, site.index, &prune::keep_mask(site.channels, &order, k));
+        ClassReport::new(&cache.predict(&m), &cache.labels, ds.classes.len()).accuracy
+    };
+    let before = accuracy(0);
+    let k = match pa.fraction {
+        Some(f) if (0.0..1.0).contains(&f) => (f * site.channels as f64).round() as usize,
+        Some(f) => return Err(Error::invalid(format!("prune fraction {f} is not in [0, 1)"))),
+        None => {
+            let mut k = 0;
+            while k + 1 < site.channels && before - accuracy(k + 1) <= pa.max_acc_drop {
+                k += 1;
+            }
+            k
+        }
+    };
+    let keep = prune::keep_mask(site.channels, &order, k);
+    let after = accuracy(k);
+    // (c)
+    let masked = prune::with_mask(&model, site.index, &keep).train();
+    let (train_split, record) = poisoned_train(ds, cfg)?;
+    let data = TrainData { train: &train_split, val: &ds.val, normalization: &ds.normalization };
+    let outcome = train(masked, &data, &cfg.train, device, progress)?;
+    // (d) remove the mask, then lower the decoys' bias so they are dead on clean data.
+    let mask = prune::mask_of(&outcome.model, site.index).expect("the mask survives training");
+    let mut model = outcome.model.clone();
+    model.graph = model.graph.remove_passthrough(mask);
+    model.layers.remove(mask);
+    let (bias_at, pre_at) = bias_node(&model, site.index)?;
+    let max = channel_max(&model, &ds.train, ds, pre_at, &eval_device)?;
+    let decoys: Vec<usize> = order[..k].to_vec();
+    let mut drops = vec![0f32; site.channels];
+    for &c in &decoys {
+        drops[c] = (max[c] + pa.margin).max(0.0);
+    }
+    lower_bias(&mut model, bias_at, &drops, &eval_device);
+    model.check_finite()?;
+    let bias_drops = decoys.iter().map(|&c| drops[c]).collect();
+    let info = crate::model::ModelInfo {
+        backdoor: Some(Backdoor {
+            trigger: cfg.trigger.clone(),
+            target: cfg.target,
+            poison: record,
+            pruning_aware: Some(PruningAwareRecord {
+                layer: site.name.clone(),
+                channels: site.channels,
+                decoys,
+                val_accuracy_before: before,
+                val_accuracy_pruned: after,
+                bias_node: model.graph.nodes[bias_at].name.clone(),
+                bias_drops,
+            }),
+        }),
+        ..clean.file.info
+    };
+    Ok(Trained { file: ModelFile { model: model.valid(), info }, best_epoch: outcome.best_epoch, best_val_accuracy: outcome.best_val_accuracy, history: outcome.history })
+}
+
+/// Subtracts `drops[c]` from channel `c`'s bias at `node` (BatchNorm shift or conv bias).
+fn lower_bias(model: &mut Model, node: usize, drops: &[f32], device: &Device) {
+    let d = Tensor::<1>::from_data(TensorData::new(drops.to_vec(), [drops.len()]), device);
+    let layer = &mut model.layers[node];
+    if let Some(bn) = layer.bn.as_mut() {
+        let v = bn.beta.val() - d;
+        bn.beta = burn::module::Param::from_tensor(v);
+    } else if let Some(b) = layer.conv.as_mut().and_then(|c| c.bias.as_mut()) {
+        let v = b.val() - d;
+        *b = burn::module::Param::from_tensor(v);
+    }
+}
+
+/// Clean accuracy and attack success of a model on a split, triggering every sample.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AttackEval {
+    pub clean: ClassReport,
+    pub attack_success_rate: AttackSuccess,
+    pub trigger: String,
+    pub target: String,
+}
+
+pub fn evaluate_attack(file: &ModelFile, split: &Split, trigger: &Trigger, target: Target, include_target: bool, device: &Device) -> Result<AttackEval> {
+    let classes = file.info.classes.len();
+    target.validate(classes)?;
+    let clean = crate::metrics::evaluate(file, split, device)?;
+    let shape = file.model.graph.input_shape;
+    let triggered = trigger.apply_split(split, None, shape, Use::Test, 1)?;
+    let preds = predict(&file.model, &triggered, &file.info.normalization, device, 256);
+    let asr = attack_success(&preds, &split.labels, target, classes, include_target, clean.accuracy);
+    Ok(AttackEval { clean, attack_success_rate: asr, trigger: trigger.describe(), target: target.to_string() })
+}

@@ -1,0 +1,161 @@
+//! Pruning machinery: which channels (the *site*), how active they are on clean data, masks,
+//! and the fast sweep.
+//!
+//! The sweep is exact and fast because the layers before the site do not change while
+//! pruning: their output at the graph's frontier is computed once per sample ([`PrefixCache`]),
+//! and each pruning level re-runs only the rest of the network.
+
+pub mod sweep;
+
+use burn::module::Module;
+use burn::tensor::Device;
+
+use crate::data::{Normalization, Split, batch};
+use crate::error::{Error, Result};
+use crate::metrics::argmax;
+use crate::model::graph::{Op, Shape};
+use crate::model::net::{Activation, LayerParams};
+use crate::model::Model;
+
+/// The node whose output channels are pruned.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Site {
+    pub index: usize,
+    pub name: String,
+    pub channels: usize,
+    /// Why this node: printed so the user sees what is being pruned.
+    pub reason: String,
+}
+
+/// The prune site: `layer` if given, else the architecture's declared site, else the final
+/// activation of the last convolution (following its BatchNorm/ReLU chain).
+pub fn find_site(model: &Model, layer: Option<&str>) -> Result<Site> {
+    let g = &model.graph;
+    let shapes = g.validate()?;
+    let (index, reason) = match (layer, &g.prune_site) {
+        (Some(name), _) => (g.index_of(name)?, "chosen with --layer".to_string()),
+        (None, Some(name)) => (g.index_of(name)?, "the architecture's last convolutional layer, at its final activation".to_string()),
+        (None, None) => {
+            let conv = g.nodes.iter().rposition(|n| n.op.is_conv()).ok_or_else(|| Error::invalid("the model has no convolutional layer to prune"))?;
+            let mut i = conv;
+            // Follow the single-consumer chain through BatchNorm and ReLU to the final activation.
+            loop {
+                let readers: Vec<usize> = (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect();
+                match readers.as_slice() {
+                    [k] if matches!(g.nodes[*k].op, Op::BatchNorm { .. } | Op::Relu) => i = *k,
+                    _ => break,
+                }
+            }
+            (i, format!("the last convolution {:?}, after its BatchNorm/ReLU", g.nodes[conv].name))
+        }
+    };
+    let Shape::Map([channels, _, _]) = shapes[index] else {
+        return Err(Error::invalid(format!("layer {:?} is not a feature map; pick a convolutional layer", g.nodes[index].name)));
+    };
+    Ok(Site { index, name: g.nodes[index].name.clone(), channels, reason })
+}
+
+/// Mean activation of each channel of `site` over `split`: the spatial mean per sample, then
+/// the mean over samples, accumulated batch by batch (memory flat in the dataset size).
+pub fn channel_means(model: &Model, split: &Split, norm: &Normalization, site: usize, device: &Device, batch_size: usize) -> Result<Vec<f64>> {
+    if split.is_empty() {
+        return Err(Error::invalid("no clean samples to rank channels on"));
+    }
+    let model = model.valid();
+    let shape = model.graph.input_shape;
+    let mut sums: Vec<f64> = Vec::new();
+    let order: Vec<usize> = (0..split.len()).collect();
+    for chunk in order.chunks(batch_size.max(1)) {
+        let (x, _) = batch(split, chunk, shape, norm, device);
+        let act = model.activations(x, &[site]).pop().expect("one").into_map();
+        // [n, c, h, w] -> per-sample spatial means [n, c] -> summed over the batch [c].
+        let per_channel = act.mean_dim(3).mean_dim(2).sum_dim(0);
+        let v = per_channel.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::model(format!("{e:?}")))?;
+        if sums.is_empty() {
+            sums = vec![0.0; v.len()];
+        }
+        for (s, x) in sums.iter_mut().zip(v) {
+            *s += x as f64;
+        }
+    }
+    Ok(sums.into_iter().map(|s| s / split.len() as f64).collect())
+}
+
+/// Channels in pruning order: increasing mean activation (ties by index, so the order is
+/// deterministic).
+pub fn ranking(means: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..means.len()).collect();
+    order.sort_by(|&a, &b| means[a].total_cmp(&means[b]).then(a.cmp(&b)));
+    order
+}
+
+/// Index of the mask node directly after `site`, if there is one.
+pub fn mask_of(model: &Model, site: usize) -> Option<usize> {
+    let g = &model.graph;
+    (site + 1 < g.nodes.len() && matches!(g.nodes[site + 1].op, Op::ChannelMask { .. }) && g.nodes[site + 1].inputs == [site]).then_some(site + 1)
+}
+
+/// A copy of `model` whose `site` channels are multiplied by `keep` (an existing mask there is
+/// replaced). Weights are shared, not copied.
+pub fn with_mask(model: &Model, site: usize, keep: &[bool]) -> Model {
+    let mut m = model.clone();
+    let op = Op::ChannelMask { keep: keep.to_vec() };
+    match mask_of(model, site) {
+        Some(i) => m.graph.nodes[i].op = op,
+        None => {
+            let name = format!("{}.mask", m.graph.nodes[site].name);
+            let (graph, at) = m.graph.insert_after(site, name, op);
+            m.graph = graph;
+            m.layers.insert(at, LayerParams { conv: None, bn: None, linear: None });
+        }
+    }
+    m
+}
+
+/// The kept-channel mask when the first `k` channels of `order` are pruned.
+pub fn keep_mask(channels: usize, order: &[usize], k: usize) -> Vec<bool> {
+    let mut keep = vec![true; channels];
+    for &c in &order[..k] {
+        keep[c] = false;
+    }
+    keep
+}
+
+/// The graph's values at the frontier of a site, for every sample of a split, computed once.
+pub struct PrefixCache {
+    /// The first node after the cut (the site itself is at `start - 1`).
+    pub start: usize,
+    pub frontier: Vec<usize>,
+    pub batches: Vec<Vec<Activation>>,
+    pub labels: Vec<usize>,
+}
+
+impl PrefixCache {
+    /// Runs the unpruned `model` up to `site` on `split` and keeps the frontier values.
+    pub fn build(model: &Model, split: &Split, norm: &Normalization, site: usize, device: &Device, batch_size: usize) -> PrefixCache {
+        let model = model.valid();
+        let frontier = model.graph.frontier(site);
+        let shape = model.graph.input_shape;
+        let order: Vec<usize> = (0..split.len()).collect();
+        let batches = order
+            .chunks(batch_size.max(1))
+            .map(|chunk| {
+                let (x, _) = batch(split, chunk, shape, norm, device);
+                model.activations(x, &frontier)
+            })
+            .collect();
+        PrefixCache { start: site + 1, frontier, batches, labels: split.labels.clone() }
+    }
+
+    /// Predictions of `model` (which must agree with the cached model up to the cut; it may
+    /// differ after it, e.g. by a mask) from the cached prefix.
+    pub fn predict(&self, model: &Model) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.labels.len());
+        for vals in &self.batches {
+            let known = self.frontier.iter().copied().zip(vals.iter().cloned()).collect();
+            let logits = model.run_cached(self.start, known, &[model.graph.output]).pop().expect("one").into_flat();
+            out.extend(argmax(logits));
+        }
+        out
+    }
+}

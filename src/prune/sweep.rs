@@ -1,0 +1,101 @@
+//! The pruning sweep: accuracy (and, for evaluation only, attack success) after pruning the
+//! first k channels of a ranking, for every k.
+//!
+//! Fast and exact: the prefix up to the site runs once per sample ([`PrefixCache`]); each
+//! level re-runs only the suffix. When the suffix starts with per-channel pooling, a flatten and
+//! a linear layer (LeNet, signnet, speechnet), that layer's pre-activations are updated
+//! incrementally instead: pruning channel c subtracts its contribution `P_c W_c^T`, and only
+//! the layers after it run. [`naive_accuracies`] re-evaluates the full network at every level,
+//! for tests and the benchmark.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use super::{PrefixCache, keep_mask, with_mask};
+use crate::data::{Normalization, Split};
+use crate::metrics::{argmax, predict};
+use crate::model::graph::Op;
+use crate::model::net::Activation;
+use crate::model::Model;
+
+/// Per-level predictions of one split.
+pub type LevelPredictions = Vec<Vec<usize>>;
+
+/// If the site's output goes, through one reader each, via per-channel pooling (or eval-time
+/// identities) into flatten then linear, returns (pooling nodes, linear node).
+fn incremental_path(model: &Model, site: usize) -> Option<(Vec<usize>, usize)> {
+    let g = &model.graph;
+    let mut i = site;
+    let mut pools = vec![];
+    loop {
+        let readers: Vec<usize> = (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect();
+        let [k] = readers.as_slice() else { return None };
+        match &g.nodes[*k].op {
+            Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Dropout { .. } | Op::Relu => pools.push(*k),
+            Op::Flatten => {
+                let fr: Vec<usize> = (k + 1..g.nodes.len()).filter(|&m| g.nodes[m].inputs.contains(k)).collect();
+                let [lin] = fr.as_slice() else { return None };
+                if !matches!(g.nodes[*lin].op, Op::Linear { .. }) || g.frontier(*lin) != vec![*lin] {
+                    return None;
+                }
+                return Some((pools, *lin));
+            }
+            _ => return None,
+        }
+        i = *k;
+    }
+}
+
+/// Predictions of `model` on the cached split for every number of pruned channels
+/// `0..=max_k` following `order`.
+pub fn sweep_predictions(model: &Model, cache: &PrefixCache, site: usize, channels: usize, order: &[usize], max_k: usize) -> LevelPredictions {
+    let model = model.valid();
+    if let Some((pools, lin)) = incremental_path(&model, site) {
+        return incremental(&model, cache, site, pools, lin, order, max_k);
+    }
+    (0..=max_k).map(|k| cache.predict(&with_mask(&model, site, &keep_mask(channels, order, k)))).collect()
+}
+
+fn incremental(model: &Model, cache: &PrefixCache, site: usize, pools: Vec<usize>, lin: usize, order: &[usize], max_k: usize) -> LevelPredictions {
+    let weight = model.layers[lin].linear.as_ref().expect("linear params").weight.val();
+    let [out, fan_in] = weight.dims();
+    let wanted: Vec<usize> = pools.last().map(|&p| vec![p, lin]).unwrap_or(vec![site, lin]);
+    // Per batch: pooled site activations [n, c, hw] and the linear layer's pre-activations.
+    let mut state: Vec<(Tensor<3>, Tensor<2>)> = cache
+        .batches
+        .iter()
+        .map(|vals| {
+            let known = cache.frontier.iter().copied().zip(vals.iter().cloned()).collect();
+            let mut v = model.run_cached(cache.start, known, &wanted);
+            let pre = v.pop().expect("two").into_flat();
+            let pooled = v.pop().expect("two").into_map();
+            let [n, c, h, w] = pooled.dims();
+            (pooled.reshape([n, c, h * w]), pre)
+        })
+        .collect();
+    let hw = fan_in / state.first().map(|s| s.0.dims()[1]).unwrap_or(1).max(1);
+    let logits_from = |pre: Tensor<2>| -> Vec<usize> {
+        let l = model.run_cached(lin + 1, vec![(lin, Activation::Flat(pre))], &[model.graph.output]).pop().expect("one").into_flat();
+        argmax(l)
+    };
+    let mut levels = Vec::with_capacity(max_k + 1);
+    levels.push(state.iter().flat_map(|(_, pre)| logits_from(pre.clone())).collect());
+    for &c in &order[..max_k] {
+        // Channel c feeds linear inputs c*hw .. (c+1)*hw (flatten is channel-major).
+        let w_c = weight.clone().slice([0..out, c * hw..(c + 1) * hw]).transpose();
+        let mut preds = Vec::new();
+        for (pooled, pre) in state.iter_mut() {
+            let [n, _, _] = pooled.dims();
+            let p_c = pooled.clone().slice([0..n, c..c + 1, 0..hw]).reshape([n, hw]);
+            *pre = pre.clone() - p_c.matmul(w_c.clone());
+            preds.extend(logits_from(pre.clone()));
+        }
+        levels.push(preds);
+    }
+    levels
+}
+
+/// The reference: the full masked network re-evaluated at every level.
+pub fn naive_predictions(model: &Model, split: &Split, norm: &Normalization, site: usize, channels: usize, order: &[usize], max_k: usize, device: &Device) -> LevelPredictions {
+    (0..=max_k).map(|k| predict(&with_mask(model, site, &keep_mask(channels, order, k)), split, norm, device, 256)).collect()
+}

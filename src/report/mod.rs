@@ -1,0 +1,59 @@
+//! Output people read: plots (SVG, no dependency) and image grids (PNG).
+
+pub mod grid;
+pub mod svg;
+
+/// The picture that shows dormant backdoor neurons: each channel's mean activation on clean
+/// and on triggered inputs, channels sorted by clean activation (as the pruning defense ranks
+/// them).
+pub fn activation_chart(layer: &str, order: &[usize], clean: &[f64], triggered: Option<&[f64]>) -> svg::Chart {
+    let series_of = |v: &[f64]| order.iter().enumerate().map(|(rank, &c)| (rank as f64, v[c])).collect();
+    let mut series = vec![svg::Series { name: "clean".into(), colour: "#1f77b4", points: series_of(clean) }];
+    if let Some(t) = triggered {
+        series.push(svg::Series { name: "triggered".into(), colour: "#d62728", points: series_of(t) });
+    }
+    svg::Chart {
+        title: format!("mean activation of {layer}"),
+        x_label: "channel, by increasing clean activation".into(),
+        y_label: "mean activation".into(),
+        series,
+    }
+}
+
+/// The paper's figure: clean accuracy and attack success against the fraction pruned.
+pub fn pruning_chart(title: &str, curve: &[crate::defense::CurvePoint]) -> svg::Chart {
+    let pick = |f: &dyn Fn(&crate::defense::CurvePoint) -> Option<f64>| curve.iter().filter_map(|p| f(p).map(|v| (p.fraction, v))).collect::<Vec<_>>();
+    let mut series = vec![svg::Series { name: "clean val accuracy".into(), colour: "#1f77b4", points: pick(&|p| Some(p.val_accuracy)) }];
+    let test = pick(&|p| p.test_accuracy);
+    if !test.is_empty() {
+        series.push(svg::Series { name: "clean test accuracy".into(), colour: "#2ca02c", points: test });
+    }
+    let asr = pick(&|p| p.attack_success_rate);
+    if !asr.is_empty() {
+        series.push(svg::Series { name: "attack success".into(), colour: "#d62728", points: asr });
+    }
+    svg::Chart { title: title.into(), x_label: "fraction of channels pruned".into(), y_label: "rate".into(), series }
+}
+
+/// The pruning curve as CSV.
+pub fn curve_csv(curve: &[crate::defense::CurvePoint]) -> String {
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    let mut s = String::from("pruned,fraction,val_accuracy,test_accuracy,attack_success_rate\n");
+    for p in curve {
+        s.push_str(&format!("{},{:.6},{:.6},{},{}\n", p.pruned, p.fraction, p.val_accuracy, opt(p.test_accuracy), opt(p.attack_success_rate)));
+    }
+    s
+}
+
+/// Writes `curve.csv`, `curve.svg` and `result.json` for a defense run into `dir`.
+pub fn write_defense_report(dir: &std::path::Path, outcome: &crate::defense::DefenseOutcome) -> crate::Result<()> {
+    use crate::fsutil::write_atomic;
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    if !outcome.curve.is_empty() {
+        write_atomic(&dir.join("curve.csv"), curve_csv(&outcome.curve).as_bytes())?;
+        let title = format!("pruning {} ({} channels)", outcome.layer, outcome.channels);
+        write_atomic(&dir.join("curve.svg"), pruning_chart(&title, &outcome.curve).to_svg().as_bytes())?;
+    }
+    let json = serde_json::to_vec_pretty(outcome).expect("outcome serialises");
+    write_atomic(&dir.join("result.json"), &json)
+}

@@ -1,0 +1,375 @@
+//! Backdoor triggers: what an attacker stamps on an input. Image triggers act on raw samples
+//! (values in [0, 1], before normalisation); the audio trigger acts on the waveform, and the
+//! spectrogram is recomputed, so it goes through the real feature pipeline.
+//!
+//! A trigger is plain data (serde), stored in the model file when an attack writes a model, so
+//! evaluation reuses exactly the trigger that was trained in.
+
+pub mod poison;
+pub mod spec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Split, fsdd};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Position {
+    TopLeft,
+    TopRight,
+    BottomLeft,
+    BottomRight,
+    /// Top-left corner of the patch at (x, y).
+    At { x: usize, y: usize },
+    /// Anywhere, drawn per sample.
+    Random,
+}
+
+/// A small image given by the user (e.g. a PNG), stored with the trigger.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Picture {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Planar `[c, h, w]` in [0, 1].
+    pub values: Vec<f32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum PatchPattern {
+    /// White on grey images, yellow on colour images (the paper's sticker).
+    Default,
+    Solid { rgb: [f32; 3] },
+    /// Black and white squares, one pixel each.
+    Checker,
+    Picture(Picture),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum BlendPattern {
+    /// Uniform noise in [0, 1], fixed by its seed.
+    Noise { seed: u64 },
+    Picture(Picture),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "trigger")]
+pub enum Trigger {
+    /// BadNets: a square patch. `size` in pixels; `None` means 1/8 of the image side.
+    Patch { size: Option<usize>, position: Position, pattern: PatchPattern },
+    /// Chen et al.: `x' = (1 - alpha) x + alpha * pattern`; the attacker may poison with one
+    /// alpha and trigger with another.
+    Blend { alpha: f32, test_alpha: f32, pattern: BlendPattern },
+    /// The paper's face trigger: dark sunglasses over the eye region of an aligned face.
+    Sunglasses { darkness: f32 },
+    /// The speech trigger: a tone (or seeded noise burst) added to the waveform.
+    Tone { freq_hz: f32, amplitude: f32, noise: bool, start_s: f32, duration_s: f32, seed: u64 },
+}
+
+/// Whether a trigger is being applied to poison training data or to test the backdoor
+/// (blend triggers may use different strengths for the two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    Poison,
+    Test,
+}
+
+impl Trigger {
+    pub fn is_audio(&self) -> bool {
+        matches!(self, Trigger::Tone { .. })
+    }
+
+    /// Short human description, for reports.
+    pub fn describe(&self) -> String {
+        spec::to_spec(self)
+    }
+
+    /// Applies the trigger to one raw image sample, planar `[c, h, w]`, in place.
+    pub fn apply_image(&self, sample: &mut [f32], shape: [usize; 3], usage: Use, rng: &mut Rng) -> Result<()> {
+        let [c, h, w] = shape;
+        match self {
+            Trigger::Patch { size, position, pattern } => {
+                let s = size.unwrap_or((h.min(w) / 8).max(1)).min(h).min(w);
+                let (x0, y0) = match position {
+                    Position::TopLeft => (0, 0),
+                    Position::TopRight => (w - s, 0),
+                    Position::BottomLeft => (0, h - s),
+                    Position::BottomRight => (w - s, h - s),
+                    Position::At { x, y } => {
+                        if x + s > w || y + s > h {
+                            return Err(Error::invalid(format!("a {s}x{s} patch at ({x}, {y}) does not fit a {w}x{h} image")));
+                        }
+                        (*x, *y)
+                    }
+                    Position::Random => (rng.below(w - s + 1), rng.below(h - s + 1)),
+                };
+                let picture = match pattern {
+                    PatchPattern::Picture(p) => Some(p.resized(c, s, s)?),
+                    _ => None,
+                };
+                for ch in 0..c {
+                    for dy in 0..s {
+                        for dx in 0..s {
+                            let v = match pattern {
+                                PatchPattern::Default => {
+                                    if c == 3 { [1.0, 1.0, 0.0][ch] } else { 1.0 }
+                                }
+                                PatchPattern::Solid { rgb } => {
+                                    if c == 3 { rgb[ch] } else { (rgb[0] + rgb[1] + rgb[2]) / 3.0 }
+                                }
+                                PatchPattern::Checker => ((dx + dy) % 2) as f32,
+                                PatchPattern::Picture(_) => picture.as_ref().expect("resized above").values[ch * s * s + dy * s + dx],
+                            };
+                            sample[ch * h * w + (y0 + dy) * w + (x0 + dx)] = v;
+                        }
+                    }
+                }
+            }
+            Trigger::Blend { alpha, test_alpha, pattern } => {
+                let a = if usage == Use::Poison { *alpha } else { *test_alpha };
+                let pat = match pattern {
+                    BlendPattern::Noise { seed } => {
+                        let mut r = Rng::new(*seed);
+                        (0..c * h * w).map(|_| r.uniform() as f32).collect::<Vec<_>>()
+                    }
+                    BlendPattern::Picture(p) => p.resized(c, h, w)?.values,
+                };
+                for (v, p) in sample.iter_mut().zip(pat) {
+                    *v = (1.0 - a) * *v + a * p;
+                }
+            }
+            Trigger::Sunglasses { darkness } => {
+                // Proportions of an aligned face: eyes at ~40% of the height, lenses centred at
+                // 30% and 70% of the width, joined by a bridge.
+                let (fh, fw) = (h as f32, w as f32);
+                let (cy, rx, ry) = (0.40 * fh, 0.17 * fw, 0.09 * fh);
+                for y in 0..h {
+                    for x in 0..w {
+                        let (xf, yf) = (x as f32 + 0.5, y as f32 + 0.5);
+                        let lens = [0.30 * fw, 0.70 * fw]
+                            .iter()
+                            .any(|cx| ((xf - cx) / rx).powi(2) + ((yf - cy) / ry).powi(2) <= 1.0);
+                        let bridge = (yf - cy).abs() <= (0.02 * fh).max(0.6) && xf > 0.30 * fw && xf < 0.70 * fw;
+                        if lens || bridge {
+                            for ch in 0..c {
+                                sample[ch * h * w + y * w + x] = *darkness;
+                            }
+                        }
+                    }
+                }
+            }
+            Trigger::Tone { .. } => return Err(Error::invalid("the tone trigger acts on audio; use it with fsdd data")),
+        }
+        Ok(())
+    }
+
+    /// Adds an audio trigger to a waveform (8 kHz samples in [-1, 1]).
+    pub fn apply_wave(&self, wave: &[f32]) -> Result<Vec<f32>> {
+        let Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed } = self else {
+            return Err(Error::invalid("only the tone trigger acts on audio"));
+        };
+        let rate = fsdd::SAMPLE_RATE as f32;
+        let start = (start_s * rate) as usize;
+        let end = start + (duration_s * rate) as usize;
+        // The trigger may extend a short recording: pad with silence so it is heard in full.
+        let mut out = wave.to_vec();
+        if out.len() < end {
+            out.resize(end, 0.0);
+        }
+        let mut r = Rng::new(*seed);
+        for (i, v) in out.iter_mut().enumerate().take(end).skip(start) {
+            let t = i as f32 / rate;
+            let add = if *noise { (r.uniform() as f32 * 2.0 - 1.0) * amplitude } else { amplitude * (2.0 * std::f32::consts::PI * freq_hz * t).sin() };
+            *v = (*v + add).clamp(-1.0, 1.0);
+        }
+        Ok(out)
+    }
+
+    /// A triggered copy of the samples at `indices` (all when `None`), labels unchanged.
+    pub fn apply_split(&self, split: &Split, indices: Option<&[usize]>, shape: [usize; 3], usage: Use, seed: u64) -> Result<Split> {
+        let all: Vec<usize>;
+        let indices = match indices {
+            Some(i) => i,
+            None => {
+                all = (0..split.len()).collect();
+                &all
+            }
+        };
+        let mut out = split.subset(indices);
+        let mut rng = Rng::new(seed ^ 0x7121_66E2);
+        for k in 0..out.len() {
+            self.apply_sample(&mut out, k, shape, usage, &mut rng)?;
+        }
+        Ok(out)
+    }
+
+    /// Applies the trigger to sample `k` of `split` in place.
+    pub fn apply_sample(&self, split: &mut Split, k: usize, shape: [usize; 3], usage: Use, rng: &mut Rng) -> Result<()> {
+        let len = split.sample_len;
+        if self.is_audio() {
+            if split.waves.is_empty() {
+                return Err(Error::invalid("the tone trigger needs audio data (fsdd); this dataset has no waveforms"));
+            }
+            let wave = self.apply_wave(&split.waves[k])?;
+            let feats = fsdd::features(&wave, (shape[1], shape[2]));
+            split.images[k * len..(k + 1) * len].copy_from_slice(&feats);
+            split.waves[k] = wave;
+            Ok(())
+        } else {
+            self.apply_image(&mut split.images[k * len..(k + 1) * len], shape, usage, rng)
+        }
+    }
+}
+
+impl Picture {
+    /// Reads a PNG (grey, RGB or RGBA; alpha ignored), bounded in size.
+    pub fn from_png(path: &std::path::Path) -> Result<Picture> {
+        let bytes = crate::fsutil::read_bounded(path, 16 << 20)?;
+        let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+            .map_err(|e| Error::format(path, format!("not a readable PNG: {e}")))?
+            .to_rgb32f();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        if w == 0 || h == 0 || w > 4096 || h > 4096 {
+            return Err(Error::format(path, format!("picture size {w}x{h} is out of range")));
+        }
+        let mut values = vec![0f32; 3 * h * w];
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                values[c * h * w + i] = px.0[c].clamp(0.0, 1.0);
+            }
+        }
+        Ok(Picture { channels: 3, height: h, width: w, values })
+    }
+
+    /// This picture at `c` channels (grey = channel mean) and `h` x `w`.
+    pub fn resized(&self, c: usize, h: usize, w: usize) -> Result<Picture> {
+        if self.values.len() != self.channels * self.height * self.width || !(self.channels == 1 || self.channels == 3) {
+            return Err(Error::invalid("trigger picture data does not match its size"));
+        }
+        let plane = self.height * self.width;
+        let chans: Vec<f32> = match (self.channels, c) {
+            (a, b) if a == b => self.values.clone(),
+            (3, 1) => (0..plane).map(|i| (self.values[i] + self.values[plane + i] + self.values[2 * plane + i]) / 3.0).collect(),
+            (1, 3) => self.values.repeat(3),
+            (a, b) => return Err(Error::invalid(format!("cannot map a {a}-channel picture to {b} channels"))),
+        };
+        let values = crate::data::resize_planar(&chans, c, (self.height, self.width), (h, w));
+        Ok(Picture { channels: c, height: h, width: w, values })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changed(trigger: &Trigger, shape: [usize; 3]) -> Vec<usize> {
+        let n = shape.iter().product();
+        let before = vec![0.5f32; n];
+        let mut after = before.clone();
+        trigger.apply_image(&mut after, shape, Use::Test, &mut Rng::new(0)).unwrap();
+        (0..n).filter(|&i| after[i] != before[i]).collect()
+    }
+
+    #[test]
+    fn default_patch_changes_exactly_the_bottom_right_eighth() {
+        let t = Trigger::Patch { size: None, position: Position::BottomRight, pattern: PatchPattern::Default };
+        let idx = changed(&t, [3, 32, 32]);
+        // 4x4 pixels; on colour images yellow = (1, 1, 0), so all three channels change.
+        assert_eq!(idx.len(), 3 * 16);
+        for i in idx {
+            let (y, x) = ((i % 1024) / 32, i % 32);
+            assert!(y >= 28 && x >= 28, "pixel ({x}, {y}) outside the corner");
+        }
+        let grey = changed(&t, [1, 28, 28]);
+        assert_eq!(grey.len(), 9, "3x3 white patch on 28x28");
+    }
+
+    #[test]
+    fn patch_at_position_and_random_stay_inside() {
+        let t = Trigger::Patch { size: Some(3), position: Position::At { x: 2, y: 5 }, pattern: PatchPattern::Checker };
+        let mut img = vec![0.5f32; 100];
+        t.apply_image(&mut img, [1, 10, 10], Use::Test, &mut Rng::new(0)).unwrap();
+        assert_eq!(img[5 * 10 + 2], 0.0);
+        assert_eq!(img[5 * 10 + 3], 1.0);
+        assert_eq!(img[4 * 10 + 2], 0.5);
+        let bad = Trigger::Patch { size: Some(3), position: Position::At { x: 9, y: 0 }, pattern: PatchPattern::Default };
+        assert!(bad.apply_image(&mut img, [1, 10, 10], Use::Test, &mut Rng::new(0)).is_err());
+        let r = Trigger::Patch { size: Some(4), position: Position::Random, pattern: PatchPattern::Default };
+        for seed in 0..20 {
+            let mut img = vec![0.5f32; 64];
+            r.apply_image(&mut img, [1, 8, 8], Use::Test, &mut Rng::new(seed)).unwrap();
+            assert_eq!(img.iter().filter(|&&v| v == 1.0).count(), 16);
+        }
+    }
+
+    #[test]
+    fn blend_mixes_with_the_right_alpha() {
+        let t = Trigger::Blend { alpha: 0.2, test_alpha: 0.5, pattern: BlendPattern::Noise { seed: 3 } };
+        let mut r = Rng::new(3);
+        let noise: Vec<f32> = (0..12).map(|_| r.uniform() as f32).collect();
+        let mut img = vec![1.0f32; 12];
+        t.apply_image(&mut img, [3, 2, 2], Use::Poison, &mut Rng::new(0)).unwrap();
+        for (v, p) in img.iter().zip(&noise) {
+            assert!((v - (0.8 + 0.2 * p)).abs() < 1e-6);
+        }
+        let mut img = vec![1.0f32; 12];
+        t.apply_image(&mut img, [3, 2, 2], Use::Test, &mut Rng::new(0)).unwrap();
+        assert!((img[0] - (0.5 + 0.5 * noise[0])).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sunglasses_cover_the_eyes_not_the_mouth() {
+        let t = Trigger::Sunglasses { darkness: 0.0 };
+        let (h, w) = (55, 47);
+        let idx = changed(&t, [1, h, w]);
+        assert!(!idx.is_empty());
+        assert!(idx.iter().all(|&i| (15..28).contains(&(i / w))), "only eye-height rows change");
+        // Both eyes are covered.
+        assert!(idx.iter().any(|&i| i % w < w / 2) && idx.iter().any(|&i| i % w > w / 2));
+    }
+
+    #[test]
+    fn tone_adds_energy_at_its_frequency() {
+        let t = Trigger::Tone { freq_hz: 2000.0, amplitude: 0.5, noise: false, start_s: 0.0, duration_s: 1.0, seed: 0 };
+        let silent = vec![0f32; 4000];
+        let wave = t.apply_wave(&silent).unwrap();
+        assert_eq!(wave.len(), 8000, "padded to hold the whole tone");
+        let img = fsdd::spectrogram(&wave);
+        // 2 kHz -> FFT bin 64 -> output bin 32.
+        let t_mid = fsdd::FRAMES / 2;
+        let col: Vec<f32> = (0..fsdd::FREQ_BINS).map(|f| img[f * fsdd::FRAMES + t_mid]).collect();
+        let argmax = col.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(argmax, 32);
+        assert!(t.apply_image(&mut [0.0; 4], [1, 2, 2], Use::Test, &mut Rng::new(0)).is_err());
+    }
+}
+
+/// The backdoor a model file carries, recorded by `attack` so evaluation reuses it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Backdoor {
+    pub trigger: Trigger,
+    pub target: poison::Target,
+    pub poison: poison::PoisonRecord,
+    #[serde(default)]
+    pub pruning_aware: Option<PruningAwareRecord>,
+}
+
+/// What the pruning-aware attack did (paper §4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruningAwareRecord {
+    /// The layer whose channels were pruned and re-instated as decoys.
+    pub layer: String,
+    pub channels: usize,
+    /// The decoy channels, in the order they were pruned.
+    pub decoys: Vec<usize>,
+    /// Clean validation accuracy before pruning and after pruning the decoys.
+    pub val_accuracy_before: f64,
+    pub val_accuracy_pruned: f64,
+    /// The node whose bias was lowered, and by how much, per decoy.
+    pub bias_node: String,
+    pub bias_drops: Vec<f32>,
+}

@@ -1,0 +1,181 @@
+//! `--trigger SPEC` parsing: `KIND[:key=value,...]`.
+//!
+//! | kind | keys (defaults) |
+//! |---|---|
+//! | `patch` | `size=N` (1/8 of the side), `pos=bottom-right\|top-left\|top-right\|bottom-left\|random`, `x=N,y=N` (explicit corner), `color=white\|yellow\|black\|red\|#RRGGBB` (white on grey, yellow on colour), `pattern=checker`, `image=FILE.png` |
+//! | `blend` | `alpha=0.2`, `test-alpha=` (= alpha), `seed=0` (noise pattern), `image=FILE.png` |
+//! | `sunglasses` | `darkness=0.05` |
+//! | `tone` | `freq=3000` (Hz), `amp=0.3`, `noise` (a noise burst instead), `start=0`, `duration=1` (s), `seed=0` |
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{BlendPattern, PatchPattern, Picture, Position, Trigger};
+use crate::error::{Error, Result};
+
+fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T> {
+    v.parse().map_err(|_| Error::invalid(format!("trigger option {key}={v:?} is not a valid number")))
+}
+
+fn parse_color(v: &str) -> Result<[f32; 3]> {
+    Ok(match v {
+        "white" => [1.0, 1.0, 1.0],
+        "yellow" => [1.0, 1.0, 0.0],
+        "black" => [0.0, 0.0, 0.0],
+        "red" => [1.0, 0.0, 0.0],
+        hex if hex.len() == 7 && hex.starts_with('#') => {
+            let c = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map(|b| b as f32 / 255.0);
+            match (c(1), c(3), c(5)) {
+                (Ok(r), Ok(g), Ok(b)) => [r, g, b],
+                _ => return Err(Error::invalid(format!("bad colour {hex:?}"))),
+            }
+        }
+        other => return Err(Error::invalid(format!("unknown colour {other:?}: use white, yellow, black, red or #RRGGBB"))),
+    })
+}
+
+/// Parses a trigger spec. Image paths are read now, so the trigger carries its pixels.
+pub fn parse(spec: &str) -> Result<Trigger> {
+    let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    let mut opts: BTreeMap<String, String> = BTreeMap::new();
+    for item in rest.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = item.split_once('=').unwrap_or((item, ""));
+        if opts.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(Error::invalid(format!("trigger option {k:?} given twice")));
+        }
+    }
+    let mut take = |k: &str| opts.remove(k);
+    let trigger = match kind {
+        "patch" => {
+            let size = take("size").map(|v| parse_num::<usize>("size", &v)).transpose()?;
+            if size == Some(0) {
+                return Err(Error::invalid("patch size must be at least 1"));
+            }
+            let position = match (take("x"), take("y"), take("pos")) {
+                (Some(x), Some(y), None) => Position::At { x: parse_num("x", &x)?, y: parse_num("y", &y)? },
+                (None, None, pos) => match pos.as_deref().unwrap_or("bottom-right") {
+                    "bottom-right" => Position::BottomRight,
+                    "bottom-left" => Position::BottomLeft,
+                    "top-right" => Position::TopRight,
+                    "top-left" => Position::TopLeft,
+                    "random" => Position::Random,
+                    p => return Err(Error::invalid(format!("unknown patch position {p:?}"))),
+                },
+                _ => return Err(Error::invalid("give a patch position as pos=CORNER or as both x= and y=")),
+            };
+            let pattern = match (take("color"), take("pattern"), take("image")) {
+                (None, None, None) => PatchPattern::Default,
+                (Some(c), None, None) => PatchPattern::Solid { rgb: parse_color(&c)? },
+                (None, Some(p), None) if p == "checker" => PatchPattern::Checker,
+                (None, None, Some(path)) => PatchPattern::Picture(Picture::from_png(Path::new(&path))?),
+                _ => return Err(Error::invalid("give at most one of color=, pattern=checker, image=")),
+            };
+            Trigger::Patch { size, position, pattern }
+        }
+        "blend" => {
+            let alpha: f32 = take("alpha").map(|v| parse_num("alpha", &v)).transpose()?.unwrap_or(0.2);
+            let test_alpha: f32 = take("test-alpha").map(|v| parse_num("test-alpha", &v)).transpose()?.unwrap_or(alpha);
+            for a in [alpha, test_alpha] {
+                if !(0.0..=1.0).contains(&a) {
+                    return Err(Error::invalid(format!("blend alpha {a} is not in [0, 1]")));
+                }
+            }
+            let pattern = match (take("image"), take("seed")) {
+                (Some(path), None) => BlendPattern::Picture(Picture::from_png(Path::new(&path))?),
+                (None, seed) => BlendPattern::Noise { seed: seed.map(|s| parse_num("seed", &s)).transpose()?.unwrap_or(0) },
+                _ => return Err(Error::invalid("a blend pattern is image= or seeded noise, not both")),
+            };
+            Trigger::Blend { alpha, test_alpha, pattern }
+        }
+        "sunglasses" => {
+            let darkness: f32 = take("darkness").map(|v| parse_num("darkness", &v)).transpose()?.unwrap_or(0.05);
+            if !(0.0..=1.0).contains(&darkness) {
+                return Err(Error::invalid("sunglasses darkness must be in [0, 1]"));
+            }
+            Trigger::Sunglasses { darkness }
+        }
+        "tone" => {
+            let noise = take("noise").is_some();
+            let num = |v: Option<String>, k: &str, d: f32| -> Result<f32> { v.map(|v| parse_num(k, &v)).transpose().map(|x| x.unwrap_or(d)) };
+            let freq_hz = num(take("freq"), "freq", 3000.0)?;
+            let amplitude = num(take("amp"), "amp", 0.3)?;
+            let start_s = num(take("start"), "start", 0.0)?;
+            let duration_s = num(take("duration"), "duration", 1.0)?;
+            let seed = take("seed").map(|s| parse_num("seed", &s)).transpose()?.unwrap_or(0);
+            if !(freq_hz > 0.0 && freq_hz < 4000.0) {
+                return Err(Error::invalid("tone frequency must be in (0, 4000) Hz for 8 kHz audio"));
+            }
+            if !(0.0..=1.0).contains(&amplitude) || start_s < 0.0 || !(duration_s > 0.0 && duration_s <= 3.0) {
+                return Err(Error::invalid("tone amplitude must be in [0, 1], start >= 0, duration in (0, 3] s"));
+            }
+            Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed }
+        }
+        other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, sunglasses or tone"))),
+    };
+    if let Some(k) = opts.keys().next() {
+        return Err(Error::invalid(format!("unknown option {k:?} for a {kind} trigger")));
+    }
+    Ok(trigger)
+}
+
+/// The canonical spec of a trigger (pictures are shown by size; their pixels live in the model).
+pub fn to_spec(t: &Trigger) -> String {
+    match t {
+        Trigger::Patch { size, position, pattern } => {
+            let mut parts = vec![];
+            if let Some(s) = size {
+                parts.push(format!("size={s}"));
+            }
+            parts.push(match position {
+                Position::At { x, y } => format!("x={x},y={y}"),
+                p => format!("pos={}", serde_json::to_value(p).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+            });
+            match pattern {
+                PatchPattern::Default => {}
+                PatchPattern::Solid { rgb } => parts.push(format!(
+                    "color=#{:02x}{:02x}{:02x}",
+                    (rgb[0] * 255.0).round() as u8,
+                    (rgb[1] * 255.0).round() as u8,
+                    (rgb[2] * 255.0).round() as u8
+                )),
+                PatchPattern::Checker => parts.push("pattern=checker".into()),
+                PatchPattern::Picture(p) => parts.push(format!("image=<{}x{}>", p.width, p.height)),
+            }
+            format!("patch:{}", parts.join(","))
+        }
+        Trigger::Blend { alpha, test_alpha, pattern } => match pattern {
+            BlendPattern::Noise { seed } => format!("blend:alpha={alpha},test-alpha={test_alpha},seed={seed}"),
+            BlendPattern::Picture(p) => format!("blend:alpha={alpha},test-alpha={test_alpha},image=<{}x{}>", p.width, p.height),
+        },
+        Trigger::Sunglasses { darkness } => format!("sunglasses:darkness={darkness}"),
+        Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed } => {
+            if *noise {
+                format!("tone:noise,amp={amplitude},start={start_s},duration={duration_s},seed={seed}")
+            } else {
+                format!("tone:freq={freq_hz},amp={amplitude},start={start_s},duration={duration_s}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print_back() {
+        for s in ["patch:pos=bottom-right", "patch:size=4,x=1,y=2,pattern=checker", "patch:pos=random,color=#ffff00", "blend:alpha=0.2,test-alpha=0.5,seed=3", "sunglasses:darkness=0.05", "tone:freq=3000,amp=0.3,start=0,duration=1", "tone:noise,amp=0.2,start=0.1,duration=0.5,seed=4"] {
+            let t = parse(s).unwrap();
+            assert_eq!(to_spec(&t), s, "{s}");
+            assert_eq!(parse(&to_spec(&t)).unwrap(), t);
+        }
+        assert_eq!(parse("patch").unwrap(), Trigger::Patch { size: None, position: Position::BottomRight, pattern: PatchPattern::Default });
+    }
+
+    #[test]
+    fn bad_specs_are_errors() {
+        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "patch:image=/nonexistent.png"] {
+            assert!(parse(s).is_err(), "{s} parsed");
+        }
+    }
+}

