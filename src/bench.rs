@@ -70,3 +70,35 @@ pub fn throughput(device: &Device, quick: bool) -> Result<Vec<Throughput>> {
     let (lenet_steps, resnet_steps) = if quick { (3, 1) } else { (20, 3) };
     Ok(vec![measure("lenet", 64, lenet_steps, device)?, measure("resnet18", 32, resnet_steps, device)?])
 }
+
+/// The pruning sweep, timed both ways on the same model and data.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SweepBench {
+    pub layer: String,
+    pub channels: usize,
+    pub samples: usize,
+    /// Seconds for the fast sweep (prefix once, then the suffix or the incremental update per
+    /// level), every level 0..=channels.
+    pub fast_seconds: f64,
+    /// Seconds for re-evaluating the full masked network at every level.
+    pub naive_seconds: f64,
+    pub ratio: f64,
+    /// Predictions that differ between the two, over all levels (float rounding on near-ties).
+    pub disagreements: usize,
+}
+
+pub fn sweep(model: &Model, split: &crate::data::Split, norm: &crate::data::Normalization, layer: Option<&str>, device: &Device) -> Result<SweepBench> {
+    use crate::prune::{self, PrefixCache, sweep};
+    let site = prune::find_site(model, layer)?;
+    let means = prune::channel_means(model, split, norm, site.index, device, 256)?;
+    let order = prune::ranking(&means);
+    let t = Instant::now();
+    let cache = PrefixCache::build(model, split, norm, site.index, device, 256);
+    let fast = sweep::sweep_predictions(model, &cache, site.index, site.channels, &order, site.channels);
+    let fast_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let naive = sweep::naive_predictions(model, split, norm, site.index, site.channels, &order, site.channels, device);
+    let naive_seconds = t.elapsed().as_secs_f64();
+    let disagreements = fast.iter().zip(&naive).map(|(f, n)| f.iter().zip(n).filter(|(a, b)| a != b).count()).sum();
+    Ok(SweepBench { layer: site.name, channels: site.channels, samples: split.len(), fast_seconds, naive_seconds, ratio: naive_seconds / fast_seconds, disagreements })
+}

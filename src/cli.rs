@@ -217,6 +217,9 @@ struct DefendArgs {
     split_seed: u64,
     #[command(flatten)]
     attack: TriggerArgs,
+    /// Keep the layer's shape (pruned channels masked to zero) instead of removing them.
+    #[arg(long)]
+    keep_shape: bool,
     /// Write curve.csv, curve.svg and result.json here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -302,6 +305,18 @@ struct BenchArgs {
     /// Measure these architectures instead of the default lenet and resnet18.
     #[arg(long, value_delimiter = ',')]
     arch: Vec<String>,
+    /// Time the pruning sweep on this model (default: a fresh signnet on the built-in set).
+    #[arg(long, requires = "data")]
+    model: Option<PathBuf>,
+    /// Data for the sweep benchmark, KIND:PATH.
+    #[arg(long)]
+    data: Option<String>,
+    /// Samples of the validation split used by the sweep benchmark.
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// Skip the throughput table.
+    #[arg(long)]
+    sweep_only: bool,
 }
 
 fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
@@ -666,6 +681,7 @@ fn cmd_defend(a: DefendArgs) -> Result<()> {
     cfg.stop = stop;
     cfg.layer = a.layer.clone();
     cfg.clean_fraction = a.clean_fraction;
+    cfg.fold = !a.keep_shape;
     cfg.finetune = TrainConfig { epochs: a.epochs, lr: a.lr, batch_size: a.batch_size, seed: a.seed, ..cfg.finetune };
     let device = fineprune::cpu_device();
     let mut bars = Bars { bar: None, epochs: a.epochs, quiet: a.json };
@@ -686,6 +702,7 @@ fn cmd_defend(a: DefendArgs) -> Result<()> {
             "after": {"clean_accuracy": outcome.after.clean_accuracy, "attack_success_rate": outcome.after.attack_success_rate, "attack_success_rate_ci95": outcome.after.attack_success_rate_ci95},
             "attack_convention": outcome.attack_convention,
             "finetune_epochs": outcome.finetune_epochs,
+            "folded": outcome.folded,
             "seconds": outcome.seconds,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -694,7 +711,8 @@ fn cmd_defend(a: DefendArgs) -> Result<()> {
         println!("{:?} on {}: pruned {} of {} channels ({:.1}%), fine-tuned {} epochs, {:.1}s", outcome.method, outcome.layer, outcome.pruned_channels, outcome.channels, 100.0 * outcome.pruned_fraction, outcome.finetune_epochs, outcome.seconds);
         println!("  before: clean accuracy {:.4}{}", outcome.before.clean_accuracy, asr(&outcome.before));
         println!("  after:  clean accuracy {:.4}{}", outcome.after.clean_accuracy, asr(&outcome.after));
-        println!("saved {}", a.out.display());
+        let form = if outcome.folded { "pruned channels removed" } else { "pruned channels masked to zero" };
+        println!("saved {} ({form})", a.out.display());
         if let Some(dir) = &a.report {
             println!("report: {}", dir.display());
         }
@@ -741,17 +759,39 @@ fn print_report(r: &ClassReport, classes: &[String], split: &str, seconds: f64) 
 
 fn fineprune_bench(a: BenchArgs) -> Result<()> {
     let device = fineprune::cpu_device();
-    let results = if a.arch.is_empty() {
-        fineprune::bench::throughput(&device, a.quick)?
-    } else {
-        let steps = if a.quick { 1 } else { 5 };
-        a.arch.iter().map(|name| fineprune::bench::measure(name, 64, steps, &device)).collect::<fineprune::Result<_>>()?
-    };
-    println!("throughput on {} cores (Flex CPU backend)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    println!("{:<12} {:>16} {:>16}", "arch", "train img/s", "inference img/s");
-    for r in results {
-        println!("{:<12} {:>16.1} {:>16.1}", r.arch, r.train_images_per_sec, r.inference_images_per_sec);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if !a.sweep_only {
+        let results = if a.arch.is_empty() {
+            fineprune::bench::throughput(&device, a.quick)?
+        } else {
+            let steps = if a.quick { 1 } else { 5 };
+            a.arch.iter().map(|name| fineprune::bench::measure(name, 64, steps, &device)).collect::<fineprune::Result<_>>()?
+        };
+        println!("throughput on {cores} cores (Flex CPU backend)");
+        println!("{:<12} {:>16} {:>16}", "arch", "train img/s", "inference img/s");
+        for r in results {
+            println!("{:<12} {:>16.1} {:>16.1}", r.arch, r.train_images_per_sec, r.inference_images_per_sec);
+        }
     }
+    let (model, split, norm, what) = match (&a.model, &a.data) {
+        (Some(m), Some(d)) => {
+            let (file, ds) = load_model_and_data(m, d, 0.1, 0)?;
+            let n = a.samples.min(ds.val.len());
+            (file.model, ds.val.subset(&(0..n).collect::<Vec<_>>()), ds.normalization, format!("{} on {d}", m.display()))
+        }
+        _ => {
+            let spec = DataSpec { kind: fineprune::data::Kind::Synthetic, path: "builtin".into() };
+            let ds = Dataset::load(&spec, &LoadOptions::default())?;
+            let g = arch::build("signnet", ds.shape, ds.classes.len())?;
+            let n = a.samples.min(ds.train.len());
+            (fineprune::model::Model::init(g, 0, &device)?, ds.train.subset(&(0..n).collect::<Vec<_>>()), ds.normalization, "a fresh signnet on the built-in set".to_string())
+        }
+    };
+    let s = fineprune::bench::sweep(&model, &split, &norm, None, &device)?;
+    println!("pruning sweep of {} ({} channels, every level 0..={}) over {} samples, {what}:", s.layer, s.channels, s.channels, s.samples);
+    println!("  fast (prefix once + suffix/incremental): {:8.2}s", s.fast_seconds);
+    println!("  naive (full network per level):          {:8.2}s", s.naive_seconds);
+    println!("  ratio: {:.1}x; predictions that differ: {} of {}", s.ratio, s.disagreements, (s.channels + 1) * s.samples);
     Ok(())
 }
 

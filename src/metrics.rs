@@ -101,7 +101,10 @@ pub fn wilson(successes: usize, n: usize) -> [f64; 2] {
     let denom = 1.0 + z * z / n;
     let centre = (p + z * z / (2.0 * n)) / denom;
     let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
-    [(centre - half).max(0.0), (centre + half).min(1.0)]
+    // At p = 0 or 1 the interval touches 0 or 1 exactly; say so without rounding residue.
+    let low = if successes == 0 { 0.0 } else { (centre - half).max(0.0) };
+    let high = if successes as f64 == n { 1.0 } else { (centre + half).min(1.0) };
+    [low, high]
 }
 
 /// Attack success rate, as the paper defines it, with the convention used spelled out.

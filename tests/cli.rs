@@ -28,6 +28,42 @@ fn train_then_eval_json() {
     assert_eq!(v["per_class_accuracy"].as_array().unwrap().len(), 10);
     assert!(v["seconds"].as_f64().unwrap() >= 0.0);
 
+    // Defend it with a trigger given for evaluation: the JSON has before/after numbers and the
+    // report folder its curve.
+    let report = dir.path().join("report");
+    let defended = dir.path().join("defended.safetensors");
+    let (ok, stdout, stderr) = fineprune(&[
+        "defend", "--model", model.to_str().unwrap(), "--data", &data, "--method", "prune", "--trigger", "patch", "--target", "0",
+        "--out", defended.to_str().unwrap(), "--report", report.to_str().unwrap(), "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for key in ["pruned_channels", "pruned_fraction", "layer", "seconds"] {
+        assert!(!v[key].is_null(), "missing {key}");
+    }
+    assert_eq!(v["layer"], "relu2");
+    assert!(v["before"]["attack_success_rate"].as_f64().is_some() && v["after"]["clean_accuracy"].as_f64().is_some());
+    assert!(trained_acc - v["after"]["clean_accuracy"].as_f64().unwrap() < 0.08);
+    let csv = std::fs::read_to_string(report.join("curve.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 51, "header + levels 0..=50");
+    assert!(std::fs::read_to_string(report.join("curve.svg")).unwrap().contains("<polyline"));
+    // The defended model loads with no special flags and evaluates to the reported accuracy.
+    let (ok, stdout, _) = fineprune(&["eval", "--model", defended.to_str().unwrap(), "--data", &data, "--json"]);
+    assert!(ok);
+    let e: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(e["clean_accuracy"], v["after"]["clean_accuracy"]);
+
+    // inspect and trigger preview write their pictures.
+    let plot = dir.path().join("act.svg");
+    let (ok, stdout, stderr) = fineprune(&["inspect", "--model", model.to_str().unwrap(), "--data", &data, "--trigger", "patch", "--plot", plot.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("relu2") && std::fs::read_to_string(&plot).unwrap().matches("<polyline").count() == 2);
+    let png = dir.path().join("grid.png");
+    let (ok, _, stderr) = fineprune(&["trigger", "preview", "--data", &data, "--trigger", "patch:pos=top-left", "--out", png.to_str().unwrap(), "--count", "3"]);
+    assert!(ok, "{stderr}");
+    let img = image::open(&png).unwrap();
+    assert!(img.width() > 2 * 28 && img.height() > 3 * 28);
+
     // The model was trained on mnist; evaluating it on faces is refused, not attempted.
     let orl = format!("orl:{}", common::shared("orl-faces").display());
     let (ok, _, stderr) = fineprune(&["eval", "--model", model.to_str().unwrap(), "--data", &orl]);
@@ -47,6 +83,9 @@ fn bad_inputs_exit_nonzero_with_a_reason() {
         (vec!["train", "--data", "cifar:/x", "--arch", "lenet", "--out", "/tmp/x"], "unknown dataset kind"),
         (vec!["train", "--data", &data, "--arch", "resnet18", "--out", "/tmp/x"], "at least 32x32"),
         (vec!["train", "--data", &data, "--arch", "lenet", "--lr=-1", "--out", "/tmp/x"], "learning rate"),
+        (vec!["attack", "--data", &data, "--arch", "lenet", "--trigger", "laser", "--out", "/tmp/x"], "unknown trigger"),
+        (vec!["attack", "--data", &data, "--arch", "lenet", "--target", "12", "--out", "/tmp/x"], "out of range"),
+        (vec!["defend", "--model", junk.to_str().unwrap(), "--data", &data, "--out", "/tmp/x"], "junk.safetensors"),
     ];
     for (args, expect) in cases {
         let (ok, _, stderr) = fineprune(&args);

@@ -119,9 +119,18 @@ fn masks_survive_fine_tuning_and_the_saved_model() {
     let ds = planted_data();
     let mut cfg = DefenseConfig::paper(Method::Fineprune);
     cfg.finetune = TrainConfig { epochs: 2, lr: 1e-2, batch_size: 8, ..TrainConfig::default() };
+    // Folded output: the pruned channel is gone from the convolution.
+    let folded = defend(&file, &ds, &cfg, Some(&corner_trigger()), &cpu().autodiff(), &mut Silent).unwrap();
+    assert!(folded.folded);
+    assert!(matches!(folded.model.model.graph.nodes[1].op, fineprune::model::Op::Conv2d { out_channels: 2, .. }));
+    assert_eq!(folded.after.attack_success_rate, Some(0.0));
+    // Keep-shape output: the mask is still there after fine-tuning.
+    cfg.fold = false;
     let out = defend(&file, &ds, &cfg, Some(&corner_trigger()), &cpu().autodiff(), &mut Silent).unwrap();
+    assert!(!out.folded);
     assert_eq!(out.pruned, vec![2]);
     assert_eq!(out.finetune_epochs, 2);
+    assert_eq!(out.after.attack_success_rate, folded.after.attack_success_rate);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fp.safetensors");
     out.model.save(&path).unwrap();
@@ -220,4 +229,39 @@ fn bad_defense_inputs_are_clear_errors() {
     g.prune_site = None;
     let no_conv = ModelFile { model: Model::init(g, 0, &cpu()).unwrap(), info: file.info.clone() };
     assert!(run(&DefenseConfig::paper(Method::Prune), &ds, &no_conv).contains("no convolutional layer"));
+}
+
+#[test]
+fn folding_removes_channels_and_keeps_predictions() {
+    let faces = Dataset::load(&DataSpec { kind: Kind::Orl, path: common::shared("orl-faces") }, &LoadOptions::default()).unwrap();
+    for (name, input) in [("lenet", [1, 28, 28]), ("signnet", [3, 32, 32]), ("deepid", faces.shape), ("speechnet", [1, 64, 64]), ("vgg11-small", [3, 32, 32]), ("resnet18", [3, 32, 32])] {
+        let mut m = Model::init(arch::build(name, input, 7).unwrap(), 5, &cpu().autodiff()).unwrap();
+        // One training-mode pass so BatchNorm statistics are not the identity.
+        let mut r = Rng::new(9);
+        let n: usize = 4 * input.iter().product::<usize>();
+        let x: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
+        let _ = m.forward_train(Tensor::from_data(TensorData::new(x.clone(), [4, input[0], input[1], input[2]]), &cpu().autodiff()), &mut r);
+        m = burn::module::Module::valid(&m);
+        let site = prune::find_site(&m, None).unwrap();
+        let keep: Vec<bool> = (0..site.channels).map(|c| c % 3 != 1).collect();
+        let masked = prune::with_mask(&m, site.index, &keep);
+        let x = Tensor::<4>::from_data(TensorData::new(x, [4, input[0], input[1], input[2]]), &cpu());
+        let expect: Vec<f32> = masked.forward(x.clone()).into_data().convert::<f32>().try_to_vec().unwrap();
+        match prune::fold::fold(&masked, site.index) {
+            Some(folded) => {
+                assert!(name != "resnet18", "a site after a residual add cannot be folded");
+                assert!(folded.graph.param_count() < masked.graph.param_count(), "{name}");
+                assert!(prune::mask_of(&folded, site.index).is_none());
+                let got: Vec<f32> = folded.forward(x).into_data().convert::<f32>().try_to_vec().unwrap();
+                for (a, b) in got.iter().zip(&expect) {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{name}: {a} vs {b}");
+                }
+                // And it survives a save/load round trip.
+                let info = ModelInfo { arch: name.into(), data_kind: None, classes: (0..7).map(|c| c.to_string()).collect(), normalization: Normalization::identity(input[0]), backdoor: None, extra: Default::default() };
+                let bytes = ModelFile { model: folded, info }.to_bytes().unwrap();
+                ModelFile::from_bytes(bytes, &cpu()).unwrap();
+            }
+            None => assert_eq!(name, "resnet18", "{name} should fold"),
+        }
+    }
 }

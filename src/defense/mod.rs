@@ -96,6 +96,9 @@ pub struct DefenseConfig {
     /// Fraction of the train split the defender has as clean data for fine-tuning.
     pub clean_fraction: f64,
     pub finetune: TrainConfig,
+    /// Remove pruned channels physically when the site allows it; otherwise (or when false)
+    /// the output keeps the layer's shape with the pruned channels masked to zero.
+    pub fold: bool,
 }
 
 impl DefenseConfig {
@@ -108,6 +111,7 @@ impl DefenseConfig {
             layer: None,
             clean_fraction: 1.0,
             finetune: TrainConfig { epochs: 5, lr: 1e-4, patience: Some(3), ..TrainConfig::default() },
+            fold: true,
         }
     }
 }
@@ -143,6 +147,8 @@ pub struct DefenseOutcome {
     pub after: Snapshot,
     pub curve: Vec<CurvePoint>,
     pub finetune_epochs: usize,
+    /// Whether the pruned channels were removed physically (else they are masked to zero).
+    pub folded: bool,
     pub seconds: f64,
     pub attack_convention: Option<String>,
     #[serde(skip)]
@@ -229,6 +235,13 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
         finetune_epochs = outcome.history.len();
         model = outcome.model;
     }
+    let mut folded = false;
+    if cfg.fold && !pruned.is_empty()
+        && let Some(m) = prune::fold::fold(&model.valid(), site.index)
+    {
+        model = m;
+        folded = true;
+    }
     let mut info = file.info.clone();
     info.extra.insert(
         "defense".into(),
@@ -248,6 +261,7 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
         after,
         curve,
         finetune_epochs,
+        folded,
         seconds: start.elapsed().as_secs_f64(),
         attack_convention: before_eval.map(|e| e.attack_success_rate.convention),
         model: out_file,

@@ -5,6 +5,7 @@
 //! pruning: their output at the graph's frontier is computed once per sample ([`PrefixCache`]),
 //! and each pruning level re-runs only the rest of the network.
 
+pub mod fold;
 pub mod sweep;
 
 use burn::module::Module;
