@@ -37,6 +37,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Remove a backdoor: prune, finetune or fineprune (the paper's defenses).
     Defend(DefendArgs),
+    /// Run the paper's protocol for one task and write results.json and report.html.
+    Reproduce(ReproduceArgs),
     /// Measure training and inference throughput (images/s) on this machine.
     Bench(BenchArgs),
     /// Run the pipeline end to end on a built-in synthetic dataset (no downloads, no paths).
@@ -227,6 +229,21 @@ struct DefendArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct ReproduceArgs {
+    #[arg(long, value_enum)]
+    task: fineprune::reproduce::Task,
+    #[arg(long, default_value = "../shared/data")]
+    data_root: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Fewer epochs and less data (minutes, for tests and a first look).
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
 #[derive(Subcommand)]
 enum TriggerCommand {
     /// Write clean and triggered samples side by side as a PNG grid.
@@ -290,9 +307,13 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// Folder for the model and the report.
+    /// Folder for the models and the report.
     #[arg(long, default_value = "fineprune-demo")]
     out: PathBuf,
+    /// Architecture to backdoor (any that accepts 32x32 colour input). LeNet by default: like
+    /// the paper's networks it has no BatchNorm, which keeps every channel active (see README).
+    #[arg(long, default_value = "lenet")]
+    arch: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -352,6 +373,7 @@ pub fn run() -> Result<()> {
         Command::Trigger(TriggerCommand::Preview(a)) => cmd_preview(a),
         Command::Inspect(a) => cmd_inspect(a),
         Command::Defend(a) => cmd_defend(a),
+        Command::Reproduce(a) => cmd_reproduce(a),
         Command::Bench(a) => fineprune_bench(a),
         Command::Demo(a) => cmd_demo(a),
         Command::Archs => {
@@ -720,6 +742,30 @@ fn cmd_defend(a: DefendArgs) -> Result<()> {
     Ok(())
 }
 
+impl fineprune::reproduce::Stages for Bars {
+    fn stage(&mut self, index: usize, total: usize, what: &str, eta: Option<f64>) {
+        let eta = eta.map(|s| format!(" (about {:.0} min left)", (s / 60.0).ceil())).unwrap_or_default();
+        eprintln!("==> [{index}/{total}] {what}{eta}");
+    }
+}
+
+fn cmd_reproduce(a: ReproduceArgs) -> Result<()> {
+    let mut bars = Bars { bar: None, epochs: 0, quiet: true };
+    let r = fineprune::reproduce::run(a.task, &a.data_root, &a.out, a.quick, a.seed, &mut bars)?;
+    let (json, html) = fineprune::reproduce::write(&a.out, &r)?;
+    println!("{:<40} {:<12} {:>9} {:>9} {:>8}", "attack", "defense", "clean", "ASR", "pruned");
+    for row in &r.rows {
+        let asr = row.attack_success_rate.map(|v| format!("{v:.4}")).unwrap_or("-".into());
+        let pf = row.pruned_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or("-".into());
+        println!("{:<40} {:<12} {:>9.4} {:>9} {:>8}", row.attack, row.defense, row.clean_accuracy, asr, pf);
+    }
+    for f in &r.findings {
+        println!("{f}");
+    }
+    println!("{:.0}s; wrote {} and {}", r.seconds, json.display(), html.display());
+    Ok(())
+}
+
 fn op_name(op: &fineprune::model::Op) -> &'static str {
     use fineprune::model::Op;
     match op {
@@ -795,16 +841,37 @@ fn fineprune_bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+impl fineprune::demo::Stages for Bars {
+    fn stage(&mut self, what: &str) {
+        eprintln!("==> {what}");
+    }
+}
+
 fn cmd_demo(a: DemoArgs) -> Result<()> {
-    eprintln!("fineprune demo: training signnet on the built-in synthetic traffic-sign set (8 classes, 32x32)");
+    eprintln!("fineprune demo: a backdoor planted and removed, on a built-in synthetic traffic-sign set");
     let mut bars = Bars { bar: None, epochs: 3, quiet: false };
-    let r = fineprune::demo::run(&a.out, a.seed, &mut bars)?;
-    print_report(&r.test, &r.classes, "test", r.seconds);
+    let r = fineprune::demo::run(&a.out, &a.arch, a.seed, &mut bars)?;
+    let d = &r.defense;
     println!();
-    println!("model:  {}", r.model.display());
-    println!("report: {}", r.report.display());
+    println!("trigger {} -> class {} ({})", r.trigger, r.target, r.classes[r.target]);
+    println!("{:<28} {:>15} {:>20}", "", "clean accuracy", "attack success rate");
+    println!("{:<28} {:>15.4} {:>20.4}", "backdoored model", r.backdoored_clean_accuracy, r.backdoored_attack_success_rate);
+    println!(
+        "{:<28} {:>15.4} {:>20.4}",
+        format!("after fine-pruning ({}/{} ch.)", d.pruned_channels, d.channels),
+        d.after.clean_accuracy,
+        d.after.attack_success_rate.unwrap_or(f64::NAN)
+    );
+    println!("(attack success: {})", d.attack_convention.as_deref().unwrap_or(""));
+    println!();
+    println!("{:.0}s. Everything is in {}/:", r.seconds, a.out.display());
+    println!("  backdoored.safetensors, repaired.safetensors  the models (fineprune eval --model ...)");
+    println!("  trigger-preview.png                          clean | triggered test images");
+    println!("  activations.svg                              last conv layer, clean vs triggered");
+    println!("  report/curve.svg, curve.csv, result.json     the pruning curve and the numbers");
+    println!("  results.json                                 this summary");
     println!("The same on real data, e.g. traffic signs:");
-    println!("  fineprune train --data gtsrb:../shared/data/gtsrb --arch signnet --epochs 6 --out signnet.safetensors");
-    println!("  fineprune eval --model signnet.safetensors --data gtsrb:../shared/data/gtsrb");
+    println!("  fineprune attack --data gtsrb:../shared/data/gtsrb --arch signnet --trigger patch:color=yellow --target 14 --epochs 5 --out sticker.safetensors");
+    println!("  fineprune defend --model sticker.safetensors --data gtsrb:../shared/data/gtsrb --method fineprune --clean-fraction 0.2 --out repaired.safetensors --report report");
     Ok(())
 }

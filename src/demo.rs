@@ -1,50 +1,84 @@
-//! `fineprune demo`: the whole core pipeline on the built-in synthetic sign set, with no
-//! downloads and no paths: generate data, train, evaluate, save the model and a JSON report.
+//! `fineprune demo`: the whole story on the built-in synthetic sign set, with no downloads and
+//! no paths: train a backdoored model, measure it, fine-prune it, measure again, and write the
+//! models, a trigger preview, the activation plot, the pruning curve and a JSON summary.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::attack::{AttackConfig, backdoor, evaluate_attack};
 use crate::data::{DataSpec, Dataset, Kind, LoadOptions};
+use crate::defense::{DefenseConfig, DefenseOutcome, KnownAttack, Method, defend};
 use crate::error::Result;
-use crate::metrics::{ClassReport, evaluate};
-use crate::train::{EpochStats, Progress, TrainConfig, train_new};
+use crate::train::{Progress, TrainConfig};
+use crate::trigger::poison::Target;
+use crate::trigger::{Trigger, Use, spec};
 
 #[derive(Serialize)]
 pub struct DemoResult {
-    pub model: PathBuf,
-    pub report: PathBuf,
+    pub out_dir: PathBuf,
     pub arch: String,
-    pub train_samples: usize,
-    pub test: ClassReport,
+    pub trigger: String,
+    pub target: usize,
     pub classes: Vec<String>,
-    pub history: Vec<EpochStats>,
+    pub backdoored_clean_accuracy: f64,
+    pub backdoored_attack_success_rate: f64,
+    pub defense: DefenseOutcome,
     pub seconds: f64,
 }
 
-pub fn run(out_dir: &Path, seed: u64, progress: &mut dyn Progress) -> Result<DemoResult> {
+/// What the demo says it is doing, so the CLI can show progress by stage.
+pub trait Stages: Progress {
+    fn stage(&mut self, _what: &str) {}
+}
+
+pub fn run(out_dir: &Path, arch: &str, seed: u64, progress: &mut dyn Stages) -> Result<DemoResult> {
     let start = std::time::Instant::now();
     std::fs::create_dir_all(out_dir).map_err(|e| crate::Error::io(out_dir, e))?;
-    let spec = DataSpec { kind: Kind::Synthetic, path: "builtin".into() };
-    let ds = Dataset::load(&spec, &LoadOptions { seed, ..Default::default() })?;
-    let cfg = TrainConfig { epochs: 3, seed, ..TrainConfig::default() };
+    progress.stage("generating the synthetic traffic-sign set (8 classes, 32x32)");
+    let spec_ = DataSpec { kind: Kind::Synthetic, path: "builtin".into() };
+    let ds = Dataset::load(&spec_, &LoadOptions { seed, ..Default::default() })?;
     let device = crate::cpu_device();
-    let trained = train_new("signnet", &ds, &cfg, &device.clone().autodiff(), progress)?;
-    let model = out_dir.join("model.safetensors");
-    trained.file.save(&model)?;
-    let test = evaluate(&trained.file, &ds.test, &device)?;
-    let report = out_dir.join("results.json");
+    let trigger: Trigger = spec::parse("patch")?;
+    let target = 0;
+    let preview_idx: Vec<usize> = (0..8).collect();
+    let triggered = trigger.apply_split(&ds.test, Some(&preview_idx), ds.shape, Use::Test, 1)?;
+    crate::report::grid::pairs_png(&ds.test.subset(&preview_idx), &triggered, ds.shape, 8, 4, &out_dir.join("trigger-preview.png"))?;
+
+    progress.stage(&format!("training a backdoored {arch} (10% of the training set poisoned with a yellow corner patch -> class 0)"));
+    let cfg = AttackConfig { trigger: trigger.clone(), target: Target::Class(target), poison_rate: 0.1, poison_seed: seed, train: TrainConfig { epochs: 3, seed, ..TrainConfig::default() } };
+    let trained = backdoor(arch, &ds, &cfg, &device.clone().autodiff(), progress)?;
+    trained.file.save(&out_dir.join("backdoored.safetensors"))?;
+    let before = evaluate_attack(&trained.file, &ds.test, &trigger, Target::Class(target), false, &device)?;
+
+    progress.stage("inspecting the last conv layer on clean vs triggered inputs");
+    let site = crate::prune::find_site(&trained.file.model, None)?;
+    let clean_means = crate::prune::channel_means(&trained.file.model, &ds.val, &ds.normalization, site.index, &device, 256)?;
+    let trig_val = trigger.apply_split(&ds.val, None, ds.shape, Use::Test, 1)?;
+    let trig_means = crate::prune::channel_means(&trained.file.model, &trig_val, &ds.normalization, site.index, &device, 256)?;
+    let chart = crate::report::activation_chart(&site.name, &crate::prune::ranking(&clean_means), &clean_means, Some(&trig_means));
+    crate::fsutil::write_atomic(&out_dir.join("activations.svg"), chart.to_svg().as_bytes())?;
+
+    progress.stage("fine-pruning with the paper's settings (4% validation-accuracy budget, then fine-tuning)");
+    let mut dcfg = DefenseConfig::paper(Method::Fineprune);
+    dcfg.clean_fraction = 0.25;
+    dcfg.finetune.seed = seed;
+    let known = KnownAttack { trigger: trigger.clone(), target: Target::Class(target), include_target: false };
+    let defense = defend(&trained.file, &ds, &dcfg, Some(&known), &device.clone().autodiff(), progress)?;
+    defense.model.save(&out_dir.join("repaired.safetensors"))?;
+    crate::report::write_defense_report(&out_dir.join("report"), &defense)?;
     let result = DemoResult {
-        model,
-        report: report.clone(),
-        arch: "signnet".into(),
-        train_samples: ds.train.len(),
-        test,
+        out_dir: out_dir.to_path_buf(),
+        arch: arch.to_string(),
+        trigger: trigger.describe(),
+        target,
         classes: ds.classes.clone(),
-        history: trained.history,
+        backdoored_clean_accuracy: before.clean.accuracy,
+        backdoored_attack_success_rate: before.attack_success_rate.rate,
+        defense,
         seconds: start.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_vec_pretty(&result).expect("result serialises");
-    crate::fsutil::write_atomic(&report, &json)?;
+    crate::fsutil::write_atomic(&out_dir.join("results.json"), &json)?;
     Ok(result)
 }

@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod metrics;
 pub mod prune;
 pub mod report;
+pub mod reproduce;
 pub mod model;
 pub mod rng;
 pub mod train;

@@ -1,6 +1,7 @@
 //! Output people read: plots (SVG, no dependency) and image grids (PNG).
 
 pub mod grid;
+pub mod html;
 pub mod svg;
 
 /// The picture that shows dormant backdoor neurons: each channel's mean activation on clean
@@ -17,11 +18,13 @@ pub fn activation_chart(layer: &str, order: &[usize], clean: &[f64], triggered: 
         x_label: "channel, by increasing clean activation".into(),
         y_label: "mean activation".into(),
         series,
+        y_range: None,
+        marker: None,
     }
 }
 
 /// The paper's figure: clean accuracy and attack success against the fraction pruned.
-pub fn pruning_chart(title: &str, curve: &[crate::defense::CurvePoint]) -> svg::Chart {
+pub fn pruning_chart(title: &str, curve: &[crate::defense::CurvePoint], chosen: Option<f64>) -> svg::Chart {
     let pick = |f: &dyn Fn(&crate::defense::CurvePoint) -> Option<f64>| curve.iter().filter_map(|p| f(p).map(|v| (p.fraction, v))).collect::<Vec<_>>();
     let mut series = vec![svg::Series { name: "clean val accuracy".into(), colour: "#1f77b4", points: pick(&|p| Some(p.val_accuracy)) }];
     let test = pick(&|p| p.test_accuracy);
@@ -32,7 +35,14 @@ pub fn pruning_chart(title: &str, curve: &[crate::defense::CurvePoint]) -> svg::
     if !asr.is_empty() {
         series.push(svg::Series { name: "attack success".into(), colour: "#d62728", points: asr });
     }
-    svg::Chart { title: title.into(), x_label: "fraction of channels pruned".into(), y_label: "rate".into(), series }
+    svg::Chart {
+        title: title.into(),
+        x_label: "fraction of channels pruned".into(),
+        y_label: "rate".into(),
+        series,
+        y_range: Some((0.0, 1.0)),
+        marker: chosen.map(|f| (f, format!("stop: {:.0}% pruned", 100.0 * f))),
+    }
 }
 
 /// The pruning curve as CSV.
@@ -52,7 +62,8 @@ pub fn write_defense_report(dir: &std::path::Path, outcome: &crate::defense::Def
     if !outcome.curve.is_empty() {
         write_atomic(&dir.join("curve.csv"), curve_csv(&outcome.curve).as_bytes())?;
         let title = format!("pruning {} ({} channels)", outcome.layer, outcome.channels);
-        write_atomic(&dir.join("curve.svg"), pruning_chart(&title, &outcome.curve).to_svg().as_bytes())?;
+        let chosen = (outcome.method != crate::defense::Method::Finetune).then_some(outcome.pruned_fraction);
+        write_atomic(&dir.join("curve.svg"), pruning_chart(&title, &outcome.curve, chosen).to_svg().as_bytes())?;
     }
     let json = serde_json::to_vec_pretty(outcome).expect("outcome serialises");
     write_atomic(&dir.join("result.json"), &json)

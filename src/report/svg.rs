@@ -14,6 +14,10 @@ pub struct Chart {
     pub x_label: String,
     pub y_label: String,
     pub series: Vec<Series>,
+    /// Fixed y range (e.g. 0..1 for rates); otherwise from the data.
+    pub y_range: Option<(f64, f64)>,
+    /// A labelled vertical marker, e.g. where pruning stopped.
+    pub marker: Option<(f64, String)>,
 }
 
 fn esc(s: &str) -> String {
@@ -49,6 +53,9 @@ impl Chart {
             (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
         }
         y0 = y0.min(0.0);
+        if let Some((lo, hi)) = self.y_range {
+            (y0, y1) = (lo.min(y0), hi.max(y1));
+        }
         if y1 <= y0 {
             y1 = y0 + 1.0;
         }
@@ -69,6 +76,9 @@ impl Chart {
         let _ = write!(s, r#"<rect x="{ml}" y="{mt}" width="{}" height="{}" fill="none" stroke="black"/>"#, w - ml - mr, h - mt - mb);
         let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, (w - mr + ml) / 2.0, h - 12.0, esc(&self.x_label));
         let _ = write!(s, r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#, (h - mb + mt) / 2.0, (h - mb + mt) / 2.0, esc(&self.y_label));
+        if let Some((x, label)) = &self.marker {
+            let _ = write!(s, r##"<line x1="{0}" x2="{0}" y1="{mt}" y2="{1}" stroke="#555" stroke-dasharray="5,4"/><text x="{2}" y="{3}" fill="#555">{4}</text>"##, px(*x), h - mb, px(*x) + 4.0, mt + 14.0, esc(label));
+        }
         for (i, series) in self.series.iter().enumerate() {
             let path: Vec<String> = series.points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|&(x, y)| format!("{:.2},{:.2}", px(x), py(y))).collect();
             let _ = write!(s, r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#, series.colour, path.join(" "));
@@ -94,6 +104,8 @@ mod tests {
             title: "a < b".into(),
             x_label: "x".into(),
             y_label: "y".into(),
+            y_range: Some((0.0, 1.0)),
+            marker: Some((0.5, "stop".into())),
             series: vec![
                 Series { name: "clean".into(), colour: "#1f77b4", points: vec![(0.0, 1.0), (1.0, 2.0)] },
                 Series { name: "triggered".into(), colour: "#d62728", points: vec![(0.0, 0.5), (1.0, f64::NAN)] },
@@ -103,6 +115,7 @@ mod tests {
         assert!(s.starts_with("<svg") && s.ends_with("</svg>"));
         assert_eq!(s.matches("<polyline").count(), 2);
         assert!(s.contains("a &lt; b") && !s.contains("NaN"));
+        assert!(s.contains("stroke-dasharray") && s.contains(">stop<"));
     }
 
     #[test]

