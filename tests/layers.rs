@@ -141,3 +141,16 @@ fn batchnorm_updates_running_stats_like_pytorch() {
     assert!((mean - 0.35).abs() < 1e-6, "running mean {mean}");
     assert!((var - (0.9 + 0.6)).abs() < 1e-5, "running var {var}");
 }
+
+#[test]
+fn a_kept_snapshot_does_not_follow_later_training() {
+    // Training keeps the best epoch's model while it goes on training; BatchNorm's running
+    // statistics must not leak from the later epochs into that snapshot.
+    let m = model_of(|b| { let c = b.conv("c", 0, 3, 3, 1, 1); b.bn("bn", c) }, [2, 4, 4]);
+    let snapshot = burn::module::Module::valid(&m);
+    let before = snapshot.named_tensors();
+    let x = Tensor::<4>::from_data(TensorData::new((0..64).map(|v| v as f32).collect::<Vec<_>>(), [2, 2, 4, 4]), &device());
+    let _ = m.forward_train(x, &mut Rng::new(0));
+    assert_ne!(m.named_tensors(), before, "training updated the running statistics");
+    assert_eq!(snapshot.named_tensors(), before, "the snapshot changed with the training model");
+}

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use common::{copy_tree, shared};
-use fineprune::data::{self, DataSpec, Dataset, Kind, LoadOptions, carve_validation, fsdd, gtsrb, idx};
+use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions, carve_validation, fsdd, gtsrb, idx};
 
 fn spec(kind: Kind, path: &Path) -> DataSpec {
     DataSpec { kind, path: path.to_path_buf() }
@@ -234,5 +234,4 @@ fn orl_real_files_and_corrupted_copy() {
 fn missing_dataset_folder_is_a_clear_error() {
     let e = load(Kind::Mnist, Path::new("/nonexistent/mnist")).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/mnist") && e.contains("does not exist"), "{e}");
-    let _ = data::Split::new(1);
 }

@@ -424,14 +424,6 @@ impl GraphBuilder {
         }
     }
 
-    pub fn input(&self) -> usize {
-        0
-    }
-
-    pub fn shape(&self, id: usize) -> Shape {
-        self.shapes[id]
-    }
-
     /// Adds a node. Panics on an inconsistent layer: builders are our own code, so a mistake
     /// here is a bug in an architecture definition, caught by its unit test.
     pub fn add(&mut self, name: &str, op: Op, inputs: &[usize]) -> usize {

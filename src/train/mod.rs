@@ -210,7 +210,9 @@ pub fn train(model: Model, data: &TrainData, cfg: &TrainConfig, device: &Device,
         progress.epoch(&stats);
         history.push(stats);
         if best.as_ref().is_none_or(|(acc, _, _)| val_accuracy > *acc) {
-            best = Some((val_accuracy, epoch + 1, model.clone()));
+            // `valid()`, not `clone()`: a clone shares BatchNorm's running statistics with the
+            // model still training, so later epochs would leak into the kept snapshot.
+            best = Some((val_accuracy, epoch + 1, model.valid()));
             since_best = 0;
         } else {
             since_best += 1;
@@ -220,7 +222,7 @@ pub fn train(model: Model, data: &TrainData, cfg: &TrainConfig, device: &Device,
         }
     }
     let (best_val_accuracy, best_epoch, best_model) = best.expect("at least one epoch ran");
-    Ok(TrainOutcome { model: best_model.valid(), best_epoch, best_val_accuracy, history })
+    Ok(TrainOutcome { model: best_model, best_epoch, best_val_accuracy, history })
 }
 
 #[cfg(test)]
