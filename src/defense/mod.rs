@@ -186,11 +186,13 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
     }
     let eval_device = device.clone().without_autodiff();
     let classes = file.info.classes.len();
-    let (before, before_eval) = snapshot(file, &ds.test, known, &eval_device)?;
     let site: Site = prune::find_site(&file.model, cfg.layer.as_deref())?;
     cfg.stop.validate(site.channels)?;
     let mut model = file.model.clone();
     let (mut pruned, mut curve) = (vec![], vec![]);
+    // The unpruned model's test numbers: level 0 of the sweep when pruning (no second pass over
+    // the test split), a direct evaluation otherwise.
+    let mut before: Option<(Snapshot, Option<String>)> = None;
 
     if cfg.method != Method::Finetune {
         let means = prune::channel_means(&model, &ds.val, &ds.normalization, site.index, &eval_device, 256)?;
@@ -203,15 +205,20 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
         let test_cache = PrefixCache::build(&model, &ds.test, &ds.normalization, site.index, &eval_device, 256);
         let test_levels = sweep_predictions(&model, &test_cache, site.index, site.channels, &order, levels);
         let test_acc: Vec<f64> = test_levels.iter().map(|p| ClassReport::new(p, &test_cache.labels, classes).accuracy).collect();
-        let asr: Option<Vec<f64>> = match known {
+        let asr: Option<Vec<crate::metrics::AttackSuccess>> = match known {
             Some(k) => {
                 let triggered = k.trigger.apply_split(&ds.test, None, ds.shape, Use::Test, 1)?;
                 let cache = PrefixCache::build(&model, &triggered, &ds.normalization, site.index, &eval_device, 256);
                 let levels = sweep_predictions(&model, &cache, site.index, site.channels, &order, levels);
-                Some(levels.iter().zip(&test_acc).map(|(p, &clean)| attack_success(p, &ds.test.labels, k.target, classes, k.include_target, clean).rate).collect())
+                Some(levels.iter().zip(&test_acc).map(|(p, &clean)| attack_success(p, &ds.test.labels, k.target, classes, k.include_target, clean)).collect())
             }
             None => None,
         };
+        let a0 = asr.as_ref().map(|a| a[0].clone());
+        before = Some((
+            Snapshot { clean_accuracy: test_acc[0], attack_success_rate: a0.as_ref().map(|a| a.rate), attack_success_rate_ci95: a0.as_ref().map(|a| a.ci95) },
+            a0.map(|a| a.convention),
+        ));
         let k = cfg.stop.choose(&val_acc);
         curve = (0..val_acc.len())
             .map(|j| CurvePoint {
@@ -219,13 +226,20 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
                 fraction: j as f64 / site.channels as f64,
                 val_accuracy: val_acc[j],
                 test_accuracy: Some(test_acc[j]),
-                attack_success_rate: asr.as_ref().map(|a| a[j]),
+                attack_success_rate: asr.as_ref().map(|a| a[j].rate),
             })
             .collect();
         pruned = order[..k].to_vec();
         model = prune::with_mask(&model, site.index, &prune::keep_mask(site.channels, &order, k));
     }
 
+    let (before, attack_convention) = match before {
+        Some(b) => b,
+        None => {
+            let (snap, eval) = snapshot(file, &ds.test, known, &eval_device)?;
+            (snap, eval.map(|e| e.attack_success_rate.convention))
+        }
+    };
     let mut finetune_epochs = 0;
     if cfg.method != Method::Prune {
         let clean_train = defender_split(&ds.train, cfg.clean_fraction, cfg.finetune.seed)?;
@@ -263,7 +277,7 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
         finetune_epochs,
         folded,
         seconds: start.elapsed().as_secs_f64(),
-        attack_convention: before_eval.map(|e| e.attack_success_rate.convention),
+        attack_convention,
         model: out_file,
     })
 }
