@@ -43,6 +43,9 @@ enum Command {
     Bench(BenchArgs),
     /// Run the pipeline end to end on a built-in synthetic dataset (no downloads, no paths).
     Demo(DemoArgs),
+    /// Convert a model between .onnx and .safetensors (also a PyTorch state dict with
+    /// --weights and --arch); masked channels are removed unless --keep-shape.
+    Convert(ConvertArgs),
     /// List the built-in architectures.
     Archs,
 }
@@ -61,6 +64,77 @@ struct DataArgs {
     /// Seed of the validation split.
     #[arg(long, default_value_t = 0)]
     split_seed: u64,
+}
+
+/// Where a model comes from: a fineprune model file, an ONNX file, or a PyTorch state dict of
+/// a built-in architecture; plus what an imported model needs and the limits on hostile files.
+#[derive(Args)]
+struct ModelArgs {
+    /// Model file: a fineprune .safetensors or an .onnx (normalisation from MODEL.toml beside it).
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    model: Option<PathBuf>,
+    /// A PyTorch state dict saved with safetensors, for the architecture given by --arch.
+    #[arg(long, requires = "arch")]
+    weights: Option<PathBuf>,
+    /// Architecture of --weights (see `fineprune archs`).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Per-channel input mean the model expects, e.g. 0.485,0.456,0.406 (overrides MODEL.toml).
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    mean: Vec<f32>,
+    /// Per-channel input std the model expects.
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Vec<f32>,
+    /// Load a model with NaN or infinite weights instead of refusing it.
+    #[arg(long)]
+    allow_non_finite: bool,
+    /// Largest total tensor size accepted from an ONNX file, in bytes (default: a quarter of
+    /// the available memory, at most 4 GiB).
+    #[arg(long)]
+    max_model_bytes: Option<u64>,
+    /// Most elements in any one tensor of an ONNX file.
+    #[arg(long)]
+    max_tensor_elements: Option<usize>,
+}
+
+impl ModelArgs {
+    /// The path the model was named by (for messages).
+    fn path(&self) -> &std::path::Path {
+        self.model.as_deref().or(self.weights.as_deref()).expect("clap requires one")
+    }
+
+    fn load(&self) -> Result<ModelFile> {
+        let device = fineprune::cpu_device();
+        let cli_norm = (!self.mean.is_empty()).then(|| fineprune::data::Normalization { mean: self.mean.clone(), std: self.std.clone() });
+        let file = match (&self.model, &self.weights) {
+            (Some(path), _) => {
+                let mut opts = fineprune::model::onnx::ImportOptions::default();
+                if let Some(b) = self.max_model_bytes {
+                    opts.limits.max_total_bytes = b;
+                }
+                if let Some(n) = self.max_tensor_elements {
+                    opts.limits.max_tensor_elements = n;
+                }
+                opts.limits.allow_non_finite = self.allow_non_finite;
+                if path.extension().is_some_and(|e| e == "onnx") {
+                    opts.sidecar = fineprune::model::onnx::Sidecar::beside(path)?.unwrap_or_default();
+                }
+                if let Some(n) = &cli_norm {
+                    opts.sidecar.mean = Some(n.mean.clone());
+                    opts.sidecar.std = Some(n.std.clone());
+                }
+                let mut file = fineprune::model::store::load(path, &opts, &device)?;
+                if let Some(n) = cli_norm.filter(|_| !path.extension().is_some_and(|e| e == "onnx")) {
+                    n.validate(file.model.graph.input_shape[0])?;
+                    file.info.normalization = n;
+                }
+                file
+            }
+            (None, Some(weights)) => fineprune::model::store::from_state_dict(self.arch.as_deref().expect("clap requires --arch"), weights, None, cli_norm, &device)?,
+            (None, None) => unreachable!("clap requires --model or --weights"),
+        };
+        Ok(file)
+    }
 }
 
 #[derive(Args)]
@@ -177,8 +251,8 @@ struct AttackArgs {
 
 #[derive(Args)]
 struct DefendArgs {
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     #[arg(long)]
     data: String,
     #[arg(long, value_enum, default_value_t = Method::Fineprune)]
@@ -266,8 +340,8 @@ struct PreviewArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Dataset as KIND:PATH; without it, the model's layers are listed.
     #[arg(long)]
     data: Option<String>,
@@ -288,8 +362,8 @@ struct InspectArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Dataset as KIND:PATH.
     #[arg(long)]
     data: String,
@@ -303,6 +377,18 @@ struct EvalArgs {
     attack: TriggerArgs,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output: .onnx (opset 13, weights embedded) or .safetensors; written atomically.
+    #[arg(long)]
+    out: PathBuf,
+    /// Keep pruned channels as zeroed channels instead of removing them.
+    #[arg(long)]
+    keep_shape: bool,
 }
 
 #[derive(Args)]
@@ -376,6 +462,7 @@ pub fn run() -> Result<()> {
         Command::Reproduce(a) => cmd_reproduce(a),
         Command::Bench(a) => fineprune_bench(a),
         Command::Demo(a) => cmd_demo(a),
+        Command::Convert(a) => cmd_convert(a),
         Command::Archs => {
             for (name, input, about) in arch::ARCHITECTURES {
                 println!("{name:<12} {}x{}x{}  {about}", input[0], input[1], input[2]);
@@ -473,10 +560,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads a model file and the dataset it is evaluated on, checking that they fit each other.
-fn load_model_and_data(model: &std::path::Path, data: &str, val_fraction: f64, split_seed: u64) -> Result<(ModelFile, Dataset)> {
-    let device = fineprune::cpu_device();
-    let file = ModelFile::load(model, &device).with_context(|| format!("loading model {}", model.display()))?;
+/// Loads a model and the dataset it is evaluated on, checking that they fit each other. The
+/// model defines the input normalisation (an imported model expects its own).
+fn load_model_and_data(m: &ModelArgs, data: &str, val_fraction: f64, split_seed: u64) -> Result<(ModelFile, Dataset)> {
+    let file = m.load().context("loading the model")?;
     let [c, h, w] = file.model.graph.input_shape;
     let spec: DataSpec = data.parse()?;
     if let Some(kind) = file.info.data_kind
@@ -484,7 +571,8 @@ fn load_model_and_data(model: &std::path::Path, data: &str, val_fraction: f64, s
     {
         bail!("the model was trained on {} data, not {}", kind.name(), spec.kind.name());
     }
-    let ds = load_data(data, Some((h, w)), val_fraction, split_seed)?;
+    let mut ds = load_data(data, Some((h, w)), val_fraction, split_seed)?;
+    ds.normalization = file.info.normalization.clone();
     if ds.shape[0] != c || ds.classes.len() != file.info.classes.len() {
         bail!(
             "the model expects {c} channels and {} classes; {} has {} channels and {} classes",
@@ -529,7 +617,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     if a.json {
         let mut out = json!({
-            "model": a.model,
+            "model": a.model.path(),
             "split": a.split,
             "clean_accuracy": report.accuracy,
             "per_class_accuracy": report.per_class_accuracy,
@@ -636,20 +724,27 @@ fn cmd_preview(a: PreviewArgs) -> Result<()> {
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let device = fineprune::cpu_device();
     let Some(data) = a.data.as_deref() else {
-        let file = ModelFile::load(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+        let file = a.model.load().context("loading the model")?;
+        let g = &file.model.graph;
         let shapes = file.model.shapes();
         let site = fineprune::prune::find_site(&file.model, None).ok();
-        println!("layers of {} ({}):", a.model.display(), file.info.arch);
-        for (i, (node, shape)) in file.model.graph.nodes.iter().zip(&shapes).enumerate() {
-            let mark = if site.as_ref().is_some_and(|s| s.index == i) { "  <- default prune site" } else { "" };
-            if let fineprune::model::Shape::Map([c, h, w]) = shape {
-                println!("  {:<24} {:<12} {c} channels, {h}x{w}{mark}", node.name, op_name(&node.op));
+        let aliases: std::collections::HashMap<&str, &str> = file.info.onnx.iter().flat_map(|io| io.node_names.iter().map(|(k, v)| (v.as_str(), k.as_str()))).collect();
+        println!("{} ({}): input {:?}, {} classes, {} parameters", a.model.path().display(), file.info.arch, g.input_shape, file.info.classes.len(), g.param_count());
+        println!("candidate layers to prune (--layer takes the conv's or the activation's name):");
+        for (conv, act) in fineprune::prune::candidate_sites(g) {
+            let mark = if site.as_ref().is_some_and(|s| s.index == act || s.index == conv) { "  <- default prune site" } else { "" };
+            let alias = aliases.get(g.nodes[conv].name.as_str()).map(|a| format!(" (ONNX node {a})")).unwrap_or_default();
+            if let fineprune::model::Shape::Map([c, h, w]) = shapes[act] {
+                println!("  {:<28} -> {:<28} {c} channels, {h}x{w}{alias}{mark}", g.nodes[conv].name, g.nodes[act].name);
             }
+        }
+        if let Some(s) = site.as_ref().filter(|s| !candidate_sites_contain(g, s.index)) {
+            println!("default prune site: {} ({} channels): {}", s.name, s.channels, s.reason);
         }
         return Ok(());
     };
     let (file, ds) = load_model_and_data(&a.model, data, 0.1, 0)?;
-    let site = fineprune::prune::find_site(&file.model, a.layer.as_deref())?;
+    let site = fineprune::prune::find_site(&file.model, layer_name(&file, a.layer.as_deref()).as_deref())?;
     eprintln!("layer {} ({} channels): {}", site.name, site.channels, site.reason);
     let split = ds.split(&a.split)?;
     let clean = fineprune::prune::channel_means(&file.model, split, &ds.normalization, site.index, &device, 256)?;
@@ -701,7 +796,7 @@ fn cmd_defend(a: DefendArgs) -> Result<()> {
     };
     let mut cfg = DefenseConfig::paper(a.method);
     cfg.stop = stop;
-    cfg.layer = a.layer.clone();
+    cfg.layer = layer_name(&file, a.layer.as_deref());
     cfg.clean_fraction = a.clean_fraction;
     cfg.fold = !a.keep_shape;
     cfg.finetune = TrainConfig { epochs: a.epochs, lr: a.lr, batch_size: a.batch_size, seed: a.seed, ..cfg.finetune };
@@ -709,7 +804,7 @@ fn cmd_defend(a: DefendArgs) -> Result<()> {
     let mut bars = Bars { bar: None, epochs: a.epochs, quiet: a.json };
     let outcome = defend(&file, &ds, &cfg, known.as_ref(), &device.clone().autodiff(), &mut bars)?;
     eprintln!("layer {} ({} channels): {}", outcome.layer, outcome.channels, outcome.layer_reason);
-    outcome.model.save(&a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
+    fineprune::model::store::save(&outcome.model, &a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
     if let Some(dir) = &a.report {
         fineprune::report::write_defense_report(dir, &outcome)?;
     }
@@ -766,23 +861,40 @@ fn cmd_reproduce(a: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
-fn op_name(op: &fineprune::model::Op) -> &'static str {
-    use fineprune::model::Op;
-    match op {
-        Op::Input => "input",
-        Op::Conv2d { .. } => "conv",
-        Op::BatchNorm { .. } => "batchnorm",
-        Op::Relu => "relu",
-        Op::MaxPool { .. } => "maxpool",
-        Op::AvgPool { .. } => "avgpool",
-        Op::GlobalAvgPool => "globalavgpool",
-        Op::Flatten => "flatten",
-        Op::Linear { .. } => "linear",
-        Op::Add => "add",
-        Op::Concat => "concat",
-        Op::Dropout { .. } => "dropout",
-        Op::ChannelMask { .. } => "mask",
+fn cmd_convert(a: ConvertArgs) -> Result<()> {
+    let mut file = a.model.load().context("loading the model")?;
+    let mut removed = 0;
+    if !a.keep_shape {
+        // Fold every mask that can be folded (a model pruned with --keep-shape, or one imported
+        // from an ONNX export with zeroed channels).
+        while let Some(site) = file.model.graph.nodes.iter().find_map(|n| match &n.op {
+            fineprune::model::Op::ChannelMask { keep } if keep.iter().any(|k| !k) => Some(n.inputs[0]),
+            _ => None,
+        }) {
+            match fineprune::prune::fold::fold(&file.model, site) {
+                Some(m) => {
+                    removed += file.model.graph.param_count() - m.graph.param_count();
+                    file.model = m;
+                }
+                None => break,
+            }
+        }
     }
+    fineprune::model::store::save(&file, &a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
+    let extra = if removed > 0 { format!(" ({removed} parameters of pruned channels removed)") } else { String::new() };
+    println!("wrote {}{extra}", a.out.display());
+    Ok(())
+}
+
+fn candidate_sites_contain(g: &fineprune::model::Graph, i: usize) -> bool {
+    fineprune::prune::candidate_sites(g).iter().any(|&(c, a)| c == i || a == i)
+}
+
+/// `--layer` as the graph names it: an imported model's ONNX node names are accepted too.
+fn layer_name(file: &ModelFile, layer: Option<&str>) -> Option<String> {
+    let layer = layer?;
+    let alias = file.info.onnx.as_ref().and_then(|io| io.node_names.get(layer));
+    Some(alias.cloned().unwrap_or_else(|| layer.to_string()))
 }
 
 fn print_report(r: &ClassReport, classes: &[String], split: &str, seconds: f64) {
@@ -821,7 +933,8 @@ fn fineprune_bench(a: BenchArgs) -> Result<()> {
     }
     let (model, split, norm, what) = match (&a.model, &a.data) {
         (Some(m), Some(d)) => {
-            let (file, ds) = load_model_and_data(m, d, 0.1, 0)?;
+            let args = ModelArgs { model: Some(m.clone()), weights: None, arch: None, mean: vec![], std: vec![], allow_non_finite: false, max_model_bytes: None, max_tensor_elements: None };
+            let (file, ds) = load_model_and_data(&args, d, 0.1, 0)?;
             let n = a.samples.min(ds.val.len());
             (file.model, ds.val.subset(&(0..n).collect::<Vec<_>>()), ds.normalization, format!("{} on {d}", m.display()))
         }

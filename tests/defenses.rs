@@ -50,7 +50,7 @@ fn planted(threshold2: f32, target_weights: [f32; 3], target_bias: f32) -> Model
     let [a, bw, cw] = target_weights;
     set2(&mut fc.weight, vec![5.0, -5.0, 0.0, -5.0, 5.0, 0.0, a, bw, cw], [3, 3]);
     set1(fc.bias.as_mut().unwrap(), vec![0.0, 0.0, target_bias]);
-    let info = ModelInfo { arch: "custom".into(), data_kind: None, classes: vec!["bright".into(), "dark".into(), "target".into()], normalization: Normalization::identity(1), backdoor: None, extra: Default::default() };
+    let info = ModelInfo { arch: "custom".into(), data_kind: None, classes: vec!["bright".into(), "dark".into(), "target".into()], normalization: Normalization::identity(1), backdoor: None, extra: Default::default(), onnx: None };
     ModelFile { model: m, info }
 }
 
@@ -257,7 +257,7 @@ fn folding_removes_channels_and_keeps_predictions() {
                     assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{name}: {a} vs {b}");
                 }
                 // And it survives a save/load round trip.
-                let info = ModelInfo { arch: name.into(), data_kind: None, classes: (0..7).map(|c| c.to_string()).collect(), normalization: Normalization::identity(input[0]), backdoor: None, extra: Default::default() };
+                let info = ModelInfo { arch: name.into(), data_kind: None, classes: (0..7).map(|c| c.to_string()).collect(), normalization: Normalization::identity(input[0]), backdoor: None, extra: Default::default(), onnx: None };
                 let bytes = ModelFile { model: folded, info }.to_bytes().unwrap();
                 ModelFile::from_bytes(bytes, &cpu()).unwrap();
             }

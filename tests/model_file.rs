@@ -22,6 +22,7 @@ fn sample_file() -> ModelFile {
         normalization: Normalization { mean: vec![0.1, 0.2, 0.3], std: vec![0.5, 0.5, 0.5] },
         backdoor: None,
         extra: Default::default(),
+        onnx: None,
     };
     ModelFile { model: model.valid(), info }
 }

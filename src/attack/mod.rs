@@ -65,8 +65,8 @@ fn bias_node(model: &Model, site: usize) -> Result<(usize, usize)> {
     let mut pre = None;
     loop {
         match &g.nodes[i].op {
-            Op::Relu | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::Dropout { .. } | Op::ChannelMask { .. } => {
-                if matches!(g.nodes[i].op, Op::Relu) && pre.is_none() {
+            op if op.keeps_zero() && !matches!(op, Op::GlobalAvgPool) => {
+                if op.is_activation() && pre.is_none() {
                     pre = Some(g.nodes[i].inputs[0]);
                 }
                 i = g.nodes[i].inputs[0];

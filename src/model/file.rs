@@ -42,6 +42,9 @@ pub struct ModelInfo {
     /// Free-form provenance (training settings, seeds, results).
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// For models imported from ONNX: the interface to keep when exporting again.
+    #[serde(default)]
+    pub onnx: Option<crate::model::onnx::OnnxIo>,
 }
 
 #[derive(Debug)]

@@ -53,6 +53,9 @@ pub enum Op {
     },
     BatchNorm { channels: usize, epsilon: f64, momentum: f64 },
     Relu,
+    LeakyRelu { alpha: f64 },
+    Sigmoid,
+    Tanh,
     MaxPool { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], ceil_mode: bool },
     AvgPool {
         kernel: [usize; 2],
@@ -186,7 +189,13 @@ impl Op {
                 }
                 Ok(s)
             }
-            Op::Relu => one(),
+            Op::Relu | Op::Sigmoid | Op::Tanh => one(),
+            Op::LeakyRelu { alpha } => {
+                if !alpha.is_finite() {
+                    return Err(Error::model(format!("leaky relu alpha = {alpha} is not finite")));
+                }
+                one()
+            }
             Op::Dropout { p } => {
                 if !(0.0..1.0).contains(p) {
                     return Err(Error::model(format!("dropout p = {p} not in [0, 1)")));
@@ -275,6 +284,27 @@ impl Op {
 
     pub fn is_conv(&self) -> bool {
         matches!(self, Op::Conv2d { .. })
+    }
+
+    /// An element-wise activation function.
+    pub fn is_activation(&self) -> bool {
+        matches!(self, Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh)
+    }
+
+    /// Maps each channel to the same channel, reading no other: a pruned channel stays a
+    /// separate channel through it.
+    pub fn is_per_channel(&self) -> bool {
+        self.is_activation()
+            || matches!(
+                self,
+                Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Dropout { .. } | Op::ChannelMask { .. } | Op::BatchNorm { .. }
+            )
+    }
+
+    /// Per-channel and maps an all-zero channel to an all-zero channel (so a pruned channel
+    /// stays exactly zero through it). Sigmoid (0 -> 0.5) and BatchNorm (0 -> its shift) do not.
+    pub fn keeps_zero(&self) -> bool {
+        self.is_per_channel() && !matches!(self, Op::Sigmoid | Op::BatchNorm { .. })
     }
 }
 

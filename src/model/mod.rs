@@ -5,6 +5,8 @@ pub mod arch;
 pub mod file;
 pub mod graph;
 pub mod net;
+pub mod onnx;
+pub mod store;
 
 pub use file::{ModelFile, ModelInfo};
 pub use graph::{Graph, Node, Op, Shape};

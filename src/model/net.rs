@@ -3,7 +3,7 @@
 //! definition of what a model computes.
 
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{leaky_relu, relu, sigmoid};
 use burn::tensor::module::{avg_pool2d, batch_norm, batch_norm_train, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -210,10 +210,10 @@ impl Model {
                     Activation::Flat(x) => Activation::Flat(batchnorm(bn, x, *epsilon, *momentum, train)),
                 }
             }
-            Op::Relu => match ins.pop().unwrap() {
-                Activation::Map(t) => Activation::Map(relu(t)),
-                Activation::Flat(t) => Activation::Flat(relu(t)),
-            },
+            Op::Relu => elementwise(ins.pop().unwrap(), |t| relu(t), |t| relu(t)),
+            Op::LeakyRelu { alpha } => elementwise(ins.pop().unwrap(), |t| leaky_relu(t, *alpha), |t| leaky_relu(t, *alpha)),
+            Op::Sigmoid => elementwise(ins.pop().unwrap(), |t| sigmoid(t), |t| sigmoid(t)),
+            Op::Tanh => elementwise(ins.pop().unwrap(), |t| t.tanh(), |t| t.tanh()),
             Op::MaxPool { kernel, stride, padding, ceil_mode } => {
                 let opts = MaxPoolOptions::new(*kernel)
                     .with_stride(*stride)
@@ -307,6 +307,49 @@ impl Model {
         out
     }
 
+    /// Replaces one tensor, named by node and PyTorch role (`weight`, `bias`, `running_mean`,
+    /// `running_var`), checking that its shape is the one the graph gives it. How imported
+    /// weights (ONNX initializers, PyTorch state dicts) get into a model.
+    pub fn set_tensor(&mut self, node: usize, role: &str, data: TensorData) -> Result<()> {
+        let name = format!("{}.{role}", self.graph.nodes.get(node).map(|n| n.name.as_str()).unwrap_or("?"));
+        let p = self.layers.get_mut(node).ok_or_else(|| Error::model(format!("{name}: no such node")))?;
+        let given: Vec<usize> = data.shape().iter().copied().collect();
+        let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::model(format!("{name}: {e:?}")))?;
+        fn set<const D: usize>(name: &str, slot: &mut Param<Tensor<D>>, given: &[usize], values: Vec<f32>) -> Result<()> {
+            let t = slot.val();
+            let want = t.dims();
+            // A scalar-free reshape is allowed when the element counts agree and only unit
+            // dimensions differ (e.g. a [1, C] bias for a [C] slot).
+            let squeeze = |d: &[usize]| d.iter().copied().filter(|&x| x != 1).collect::<Vec<_>>();
+            if given != want.as_slice() && squeeze(given) != squeeze(&want) {
+                return Err(Error::model(format!("{name} has shape {given:?}, the graph needs {want:?}")));
+            }
+            *slot = Param::from_tensor(Tensor::from_data(TensorData::new(values, want), &t.device()));
+            Ok(())
+        }
+        fn set_state(name: &str, slot: &mut RunningState<Tensor<1>>, given: &[usize], values: Vec<f32>) -> Result<()> {
+            let t = slot.value_sync();
+            let want = t.dims();
+            if given.iter().product::<usize>() != want[0] || given.iter().filter(|&&d| d != 1).count() > 1 {
+                return Err(Error::model(format!("{name} has shape {given:?}, the graph needs {want:?}")));
+            }
+            *slot = RunningState::new(Tensor::from_data(TensorData::new(values, want), &t.device()));
+            Ok(())
+        }
+        let missing = || Error::model(format!("the graph has no tensor {name}"));
+        match (role, &mut p.conv, &mut p.bn, &mut p.linear) {
+            ("weight", Some(c), _, _) => set(&name, &mut c.weight, &given, values),
+            ("bias", Some(c), _, _) => set(&name, c.bias.as_mut().ok_or_else(missing)?, &given, values),
+            ("weight", _, Some(bn), _) => set(&name, &mut bn.gamma, &given, values),
+            ("bias", _, Some(bn), _) => set(&name, &mut bn.beta, &given, values),
+            ("running_mean", _, Some(bn), _) => set_state(&name, &mut bn.running_mean, &given, values),
+            ("running_var", _, Some(bn), _) => set_state(&name, &mut bn.running_var, &given, values),
+            ("weight", _, _, Some(l)) => set(&name, &mut l.weight, &given, values),
+            ("bias", _, _, Some(l)) => set(&name, l.bias.as_mut().ok_or_else(missing)?, &given, values),
+            _ => Err(missing()),
+        }
+    }
+
     /// Checks that every weight is finite: NaN or infinite weights make every downstream
     /// number meaningless, so we refuse them with the tensor's name.
     pub fn check_finite(&self) -> Result<()> {
@@ -325,6 +368,14 @@ impl Model {
 
     pub fn shapes(&self) -> Vec<Shape> {
         self.graph.validate().expect("model graphs are validated when built")
+    }
+}
+
+/// Applies the same element-wise function to a map or a flat vector.
+fn elementwise(x: Activation, map: impl FnOnce(Tensor<4>) -> Tensor<4>, flat: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Activation {
+    match x {
+        Activation::Map(t) => Activation::Map(map(t)),
+        Activation::Flat(t) => Activation::Flat(flat(t)),
     }
 }
 

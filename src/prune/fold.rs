@@ -15,10 +15,6 @@ use super::mask_of;
 use crate::model::graph::Op;
 use crate::model::Model;
 
-fn per_channel(op: &Op) -> bool {
-    matches!(op, Op::Relu | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Dropout { .. } | Op::ChannelMask { .. } | Op::BatchNorm { .. })
-}
-
 fn index_tensor(idx: &[usize], device: &burn::tensor::Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(idx.iter().map(|&i| i as i64).collect::<Vec<_>>(), [idx.len()]), device)
 }
@@ -45,7 +41,7 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
     let conv = loop {
         match &g.nodes[i].op {
             Op::Conv2d { groups: 1, .. } => break i,
-            op if per_channel(op) && g.nodes[i].inputs.len() == 1 => {
+            op if op.is_per_channel() && g.nodes[i].inputs.len() == 1 => {
                 chain.push(i);
                 i = g.nodes[i].inputs[0];
                 if readers(i).len() != 1 {
@@ -71,7 +67,7 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
                     }
                     to_slice_linear.push((r, lin));
                 }
-                op if per_channel(op) && g.nodes[r].inputs.len() == 1 => {
+                op if op.keeps_zero() && g.nodes[r].inputs.len() == 1 => {
                     downstream.push(r);
                     stack.push(r);
                 }

@@ -34,26 +34,58 @@ pub fn find_site(model: &Model, layer: Option<&str>) -> Result<Site> {
     let g = &model.graph;
     let shapes = g.validate()?;
     let (index, reason) = match (layer, &g.prune_site) {
-        (Some(name), _) => (g.index_of(name)?, "chosen with --layer".to_string()),
+        (Some(name), _) => {
+            let i = g.index_of(name)?;
+            // A convolution's channels are pruned where they take their final form.
+            match candidate_sites(g).into_iter().find(|&(conv, _)| conv == i) {
+                Some((_, act)) if act != i => (act, format!("chosen with --layer: convolution {name:?}, after its BatchNorm/activation")),
+                _ => (i, "chosen with --layer".to_string()),
+            }
+        }
         (None, Some(name)) => (g.index_of(name)?, "the architecture's last convolutional layer, at its final activation".to_string()),
         (None, None) => {
-            let conv = g.nodes.iter().rposition(|n| n.op.is_conv()).ok_or_else(|| Error::invalid("the model has no convolutional layer to prune"))?;
-            let mut i = conv;
-            // Follow the single-consumer chain through BatchNorm and ReLU to the final activation.
-            loop {
-                let readers: Vec<usize> = (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect();
-                match readers.as_slice() {
-                    [k] if matches!(g.nodes[*k].op, Op::BatchNorm { .. } | Op::Relu) => i = *k,
-                    _ => break,
-                }
-            }
-            (i, format!("the last convolution {:?}, after its BatchNorm/ReLU", g.nodes[conv].name))
+            let (conv, i) = last_conv_site(g).ok_or_else(|| Error::invalid("the model has no convolutional layer to prune"))?;
+            (i, format!("the last convolution {:?}, after its BatchNorm/activation (and residual add, if any)", g.nodes[conv].name))
         }
     };
     let Shape::Map([channels, _, _]) = shapes[index] else {
         return Err(Error::invalid(format!("layer {:?} is not a feature map; pick a convolutional layer", g.nodes[index].name)));
     };
     Ok(Site { index, name: g.nodes[index].name.clone(), channels, reason })
+}
+
+/// The last convolution and the node where its channels take their final form: follows the
+/// single-reader chain through BatchNorm, activations and a residual addition (whose output
+/// has the same channels), stopping before pooling, flatten or anything that mixes channels.
+pub fn last_conv_site(g: &crate::model::Graph) -> Option<(usize, usize)> {
+    let conv = g.nodes.iter().rposition(|n| n.op.is_conv())?;
+    let mut i = conv;
+    loop {
+        let readers: Vec<usize> = (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect();
+        match readers.as_slice() {
+            [k] if matches!(g.nodes[*k].op, Op::BatchNorm { .. } | Op::Add) || g.nodes[*k].op.is_activation() => i = *k,
+            _ => break,
+        }
+    }
+    Some((conv, i))
+}
+
+/// Every convolution of the graph with the node where its channels take their final form
+/// (after BatchNorm/activation): the layers a user may pick with `--layer`.
+pub fn candidate_sites(g: &crate::model::Graph) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for conv in (0..g.nodes.len()).filter(|&i| g.nodes[i].op.is_conv()) {
+        let mut i = conv;
+        loop {
+            let readers: Vec<usize> = (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect();
+            match readers.as_slice() {
+                [k] if matches!(g.nodes[*k].op, Op::BatchNorm { .. }) || g.nodes[*k].op.is_activation() => i = *k,
+                _ => break,
+            }
+        }
+        out.push((conv, i));
+    }
+    out
 }
 
 /// Mean activation of each channel of `site` over `split`: the spatial mean per sample, then

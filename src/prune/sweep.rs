@@ -31,7 +31,7 @@ fn incremental_path(model: &Model, site: usize) -> Option<(Vec<usize>, usize)> {
         let readers: Vec<usize> = (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect();
         let [k] = readers.as_slice() else { return None };
         match &g.nodes[*k].op {
-            Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Dropout { .. } | Op::Relu => pools.push(*k),
+            op if op.keeps_zero() && !matches!(op, Op::ChannelMask { .. }) => pools.push(*k),
             Op::Flatten => {
                 let fr: Vec<usize> = (k + 1..g.nodes.len()).filter(|&m| g.nodes[m].inputs.contains(k)).collect();
                 let [lin] = fr.as_slice() else { return None };

@@ -269,6 +269,7 @@ pub fn train_new(arch: &str, dataset: &crate::data::Dataset, cfg: &TrainConfig, 
         normalization: dataset.normalization.clone(),
         backdoor: None,
         extra,
+        onnx: None,
     };
     Ok(Trained {
         file: crate::model::ModelFile { model: outcome.model, info },

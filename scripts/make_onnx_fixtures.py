@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Builds the ONNX test fixtures in tests/fixtures/onnx/ (committed; CI does not run this).
+
+Good models are built with the `onnx` helper API in the shapes PyTorch's and tf2onnx's
+exporters emit (including PyTorch's Shape/Gather/Unsqueeze/Concat/Reshape flatten chain and
+Gemm with transB=1); their reference outputs come from onnxruntime on a fixed input and are
+stored beside them as little-endian f32 (`NAME.in.f32`, `NAME.out.f32`).
+
+Bad models (bad/) are the hostile or broken files the importer must refuse cleanly.
+
+    pip install onnx onnxruntime numpy
+    python3 scripts/make_onnx_fixtures.py
+"""
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "tests", "fixtures", "onnx")
+BAD = os.path.join(OUT, "bad")
+rng = np.random.default_rng(7)
+
+
+def w(name, *shape, scale=None):
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+    scale = scale or (2.0 / fan_in) ** 0.5
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def bn(prefix, c):
+    return [
+        numpy_helper.from_array((1 + 0.1 * rng.standard_normal(c)).astype(np.float32), f"{prefix}.weight"),
+        numpy_helper.from_array((0.1 * rng.standard_normal(c)).astype(np.float32), f"{prefix}.bias"),
+        numpy_helper.from_array((0.1 * rng.standard_normal(c)).astype(np.float32), f"{prefix}.running_mean"),
+        numpy_helper.from_array((0.5 + rng.random(c)).astype(np.float32), f"{prefix}.running_var"),
+    ]
+
+
+def const(name, value, dtype=np.int64):
+    return helper.make_node("Constant", [], [name], name=f"/{name}/Constant", value=numpy_helper.from_array(np.array(value, dtype=dtype), name))
+
+
+def torch_flatten(x, out, tag):
+    """torch.flatten / x.view(x.size(0), -1) as torch.onnx.export writes it (dynamic batch)."""
+    return [
+        helper.make_node("Shape", [x], [f"/{tag}/Shape_output_0"], name=f"/{tag}/Shape"),
+        const(f"{tag}_c0", 0),
+        helper.make_node("Gather", [f"/{tag}/Shape_output_0", f"{tag}_c0"], [f"/{tag}/Gather_output_0"], name=f"/{tag}/Gather", axis=0),
+        const(f"{tag}_axes", [0]),
+        helper.make_node("Unsqueeze", [f"/{tag}/Gather_output_0", f"{tag}_axes"], [f"/{tag}/Unsqueeze_output_0"], name=f"/{tag}/Unsqueeze"),
+        const(f"{tag}_minus1", [-1]),
+        helper.make_node("Concat", [f"/{tag}/Unsqueeze_output_0", f"{tag}_minus1"], [f"/{tag}/Concat_output_0"], name=f"/{tag}/Concat", axis=0),
+        helper.make_node("Reshape", [x, f"/{tag}/Concat_output_0"], [out], name=f"/{tag}/Reshape"),
+    ]
+
+
+def model(nodes, inits, inp, out, name, opset=13):
+    g = helper.make_graph(nodes, name, [inp], [out], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="pytorch", producer_version="2.5.0")
+    m.ir_version = 8
+    return m
+
+
+def tensor_in(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def lenet():
+    nodes = [
+        helper.make_node("Conv", ["input.1", "conv1.weight", "conv1.bias"], ["/conv1/Conv_output_0"], name="/conv1/Conv", kernel_shape=[5, 5], strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1),
+        helper.make_node("Relu", ["/conv1/Conv_output_0"], ["/relu1/Relu_output_0"], name="/relu1/Relu"),
+        helper.make_node("MaxPool", ["/relu1/Relu_output_0"], ["/pool1/MaxPool_output_0"], name="/pool1/MaxPool", kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0], ceil_mode=0),
+        helper.make_node("Conv", ["/pool1/MaxPool_output_0", "conv2.weight", "conv2.bias"], ["/conv2/Conv_output_0"], name="/conv2/Conv", kernel_shape=[5, 5], strides=[1, 1], pads=[0, 0, 0, 0]),
+        helper.make_node("Relu", ["/conv2/Conv_output_0"], ["/relu2/Relu_output_0"], name="/relu2/Relu"),
+        helper.make_node("MaxPool", ["/relu2/Relu_output_0"], ["/pool2/MaxPool_output_0"], name="/pool2/MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    nodes += torch_flatten("/pool2/MaxPool_output_0", "/Reshape_output_0", "flatten")
+    nodes += [
+        helper.make_node("Gemm", ["/Reshape_output_0", "fc1.weight", "fc1.bias"], ["/fc1/Gemm_output_0"], name="/fc1/Gemm", alpha=1.0, beta=1.0, transB=1),
+        helper.make_node("Relu", ["/fc1/Gemm_output_0"], ["/relu3/Relu_output_0"], name="/relu3/Relu"),
+        helper.make_node("Gemm", ["/relu3/Relu_output_0", "fc2.weight", "fc2.bias"], ["logits"], name="/fc2/Gemm", alpha=1.0, beta=1.0, transB=1),
+    ]
+    inits = [w("conv1.weight", 8, 1, 5, 5), w("conv1.bias", 8, scale=0.1), w("conv2.weight", 16, 8, 5, 5), w("conv2.bias", 16, scale=0.1), w("fc1.weight", 32, 256), w("fc1.bias", 32, scale=0.1), w("fc2.weight", 10, 32), w("fc2.bias", 10, scale=0.1)]
+    return model(nodes, inits, tensor_in("input.1", ["batch", 1, 28, 28]), tensor_in("logits", ["batch", 10]), "lenet"), (2, 1, 28, 28)
+
+
+def resnet_block():
+    c = 8
+    nodes = [
+        helper.make_node("Conv", ["x", "stem.weight"], ["s"], name="/stem/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["s", "bn0.weight", "bn0.bias", "bn0.running_mean", "bn0.running_var"], ["s_bn"], name="/bn0/BatchNormalization", epsilon=1e-5, momentum=0.9),
+        helper.make_node("Relu", ["s_bn"], ["s_relu"], name="/relu0/Relu"),
+        helper.make_node("Conv", ["s_relu", "layer1.0.conv1.weight"], ["a"], name="/layer1/layer1.0/conv1/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["a", "layer1.0.bn1.weight", "layer1.0.bn1.bias", "layer1.0.bn1.running_mean", "layer1.0.bn1.running_var"], ["a_bn"], name="/layer1/layer1.0/bn1/BatchNormalization", epsilon=1e-5),
+        helper.make_node("Relu", ["a_bn"], ["a_relu"], name="/layer1/layer1.0/relu/Relu"),
+        helper.make_node("Conv", ["a_relu", "layer1.0.conv2.weight"], ["b"], name="/layer1/layer1.0/conv2/Conv", kernel_shape=[3, 3], pads=[2, 2, 2, 2], dilations=[2, 2], group=2),
+        helper.make_node("BatchNormalization", ["b", "layer1.0.bn2.weight", "layer1.0.bn2.bias", "layer1.0.bn2.running_mean", "layer1.0.bn2.running_var"], ["b_bn"], name="/layer1/layer1.0/bn2/BatchNormalization", epsilon=1e-5),
+        helper.make_node("Add", ["b_bn", "s_relu"], ["sum"], name="/layer1/layer1.0/Add"),
+        helper.make_node("Relu", ["sum"], ["block"], name="/layer1/layer1.0/relu_1/Relu"),
+        helper.make_node("AveragePool", ["block"], ["ap"], name="/pool/AveragePool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=0, count_include_pad=0),
+        helper.make_node("Conv", ["ap", "head.weight", "head.bias"], ["h"], name="/head/Conv", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["h_relu"], name="/head/Relu"),
+        helper.make_node("GlobalAveragePool", ["h_relu"], ["gap"], name="/avgpool/GlobalAveragePool"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="/Flatten", axis=1),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["fc"], name="/fc/Gemm", alpha=0.5, beta=2.0, transB=0),
+        helper.make_node("Softmax", ["fc"], ["probabilities"], name="/Softmax", axis=1),
+    ]
+    inits = [w("stem.weight", c, 3, 3, 3)] + bn("bn0", c) + [w("layer1.0.conv1.weight", c, c, 3, 3)] + bn("layer1.0.bn1", c) + [w("layer1.0.conv2.weight", c, c // 2, 3, 3)] + bn("layer1.0.bn2", c)
+    inits += [w("head.weight", 12, c, 3, 3), w("head.bias", 12, scale=0.1), w("fc.weight", 12, 5), w("fc.bias", 5, scale=0.1)]
+    return model(nodes, inits, tensor_in("x", ["N", 3, 16, 16]), tensor_in("probabilities", ["N", 5]), "resnet_block"), (2, 3, 16, 16)
+
+
+def branches():
+    nodes = [
+        helper.make_node("Conv", ["image", "left.weight", "left.bias"], ["l"], name="left_conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("LeakyRelu", ["l"], ["l_act"], name="left_act", alpha=0.2),
+        helper.make_node("Conv", ["image", "right.weight", "right.bias"], ["r"], name="right_conv", kernel_shape=[1, 1]),
+        helper.make_node("Sigmoid", ["r"], ["r_act"], name="right_act"),
+        helper.make_node("Concat", ["l_act", "r_act"], ["cat"], name="cat", axis=1),
+        helper.make_node("Tanh", ["cat"], ["t"], name="tanh"),
+        helper.make_node("MaxPool", ["t"], ["p"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+        helper.make_node("Dropout", ["p"], ["d"], name="dropout"),
+        helper.make_node("Identity", ["d"], ["i"], name="identity"),
+        helper.make_node("Flatten", ["i"], ["f"], name="flatten", axis=1),
+        helper.make_node("MatMul", ["f", "fc.weight_t"], ["mm"], name="fc_matmul"),
+        helper.make_node("Add", ["mm", "fc.bias"], ["scores"], name="fc_add"),
+    ]
+    inits = [w("left.weight", 6, 2, 3, 3), w("left.bias", 6, scale=0.1), w("right.weight", 4, 2, 1, 1), w("right.bias", 4, scale=0.1), w("fc.weight_t", 10 * 7 * 7, 7), w("fc.bias", 7, scale=0.1)]
+    return model(nodes, inits, tensor_in("image", [None, 2, 12, 12]), tensor_in("scores", [None, 7]), "branches"), (3, 2, 12, 12)
+
+
+def nhwc_tf():
+    nodes = [
+        helper.make_node("Transpose", ["input_1:0"], ["nchw"], name="StatefulPartitionedCall/model/conv/Conv2D__6", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "conv/kernel", "conv/bias"], ["c"], name="StatefulPartitionedCall/model/conv/BiasAdd", kernel_shape=[3, 3], auto_pad="SAME_UPPER"),
+        helper.make_node("Relu", ["c"], ["c_relu"], name="StatefulPartitionedCall/model/conv/Relu"),
+        helper.make_node("GlobalAveragePool", ["c_relu"], ["gap"], name="StatefulPartitionedCall/model/gap"),
+        const("squeeze_axes", [2, 3]),
+        helper.make_node("Squeeze", ["gap", "squeeze_axes"], ["sq"], name="StatefulPartitionedCall/model/squeeze"),
+        helper.make_node("MatMul", ["sq", "dense/kernel"], ["mm"], name="StatefulPartitionedCall/model/dense/MatMul"),
+        helper.make_node("Add", ["mm", "dense/bias"], ["logits"], name="StatefulPartitionedCall/model/dense/BiasAdd"),
+        helper.make_node("Softmax", ["logits"], ["dense"], name="StatefulPartitionedCall/model/dense/Softmax", axis=-1),
+    ]
+    inits = [w("conv/kernel", 6, 3, 3, 3), w("conv/bias", 6, scale=0.1), w("dense/kernel", 6, 4), w("dense/bias", 4, scale=0.1)]
+    m = model(nodes, inits, tensor_in("input_1:0", ["unk__1", 10, 10, 3]), tensor_in("dense", ["unk__1", 4]), "nhwc_tf")
+    m.producer_name = "tf2onnx"
+    return m, (2, 10, 10, 3)
+
+
+def save_good(name, m, shape):
+    onnx.checker.check_model(m)
+    path = os.path.join(OUT, f"{name}.onnx")
+    onnx.save(m, path)
+    x = rng.standard_normal(shape).astype(np.float32)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    y = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.float32)
+    x.tofile(os.path.join(OUT, f"{name}.in.f32"))
+    y.tofile(os.path.join(OUT, f"{name}.out.f32"))
+    print(f"{name}: input {x.shape} output {y.shape}")
+
+
+def save_bad(name, m_or_bytes):
+    path = os.path.join(BAD, f"{name}.onnx")
+    with open(path, "wb") as f:
+        f.write(m_or_bytes if isinstance(m_or_bytes, bytes) else m_or_bytes.SerializeToString())
+
+
+def bad_corpus(good):
+    raw = good.SerializeToString()
+    save_bad("truncated", raw[: len(raw) // 2])
+    save_bad("wrong_magic", b"PK\x03\x04" + bytes(range(256)) * 4)
+    save_bad("empty", b"")
+    save_bad("no_graph", onnx.ModelProto(ir_version=8).SerializeToString())
+
+    def variant(edit):
+        m = onnx.ModelProto()
+        m.CopyFrom(good)
+        edit(m)
+        return m
+
+    def init(m, name):
+        return next(t for t in m.graph.initializer if t.name == name)
+
+    def huge(m):
+        t = init(m, "conv1.weight")
+        del t.dims[:]
+        t.dims.extend([1 << 20, 1 << 20, 1 << 10])
+    save_bad("huge_dims", variant(huge))
+
+    def negative(m):
+        t = init(m, "conv1.bias")
+        del t.dims[:]
+        t.dims.extend([-8])
+    save_bad("negative_dim", variant(negative))
+
+    def short(m):
+        t = init(m, "fc1.weight")
+        t.raw_data = t.raw_data[:100]
+    save_bad("data_length_mismatch", variant(short))
+
+    def external(location):
+        def edit(m):
+            t = init(m, "fc2.weight")
+            t.ClearField("raw_data")
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in [("location", location), ("offset", "0"), ("length", "1280")]:
+                e = t.external_data.add()
+                e.key, e.value = k, v
+        return edit
+    save_bad("external_escape", variant(external("../../etc/passwd")))
+    save_bad("external_absolute", variant(external("/etc/passwd")))
+
+    def nan(m):
+        t = init(m, "conv2.weight")
+        a = numpy_helper.to_array(t).copy()
+        a.flat[17] = np.nan
+        t.CopyFrom(numpy_helper.from_array(a, "conv2.weight"))
+    save_bad("nan_weights", variant(nan))
+
+    def inf(m):
+        t = init(m, "fc2.bias")
+        a = numpy_helper.to_array(t).copy()
+        a[3] = np.inf
+        t.CopyFrom(numpy_helper.from_array(a, "fc2.bias"))
+    save_bad("inf_weights", variant(inf))
+
+    def missing(m):
+        keep = [t for t in m.graph.initializer if t.name != "conv2.weight"]
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(keep)
+    save_bad("missing_initializer", variant(missing))
+
+    def unsupported(m):
+        m.graph.node[1].op_type = "Resize"
+        m.graph.node[4].op_type = "LSTM"
+    save_bad("unsupported_ops", variant(unsupported))
+
+    def custom(m):
+        m.graph.node[1].domain = "com.microsoft"
+        m.graph.node[1].op_type = "FusedRelu"
+    save_bad("custom_domain", variant(custom))
+
+    def cyclic(m):
+        # conv1 reads relu2's output, which depends on conv1.
+        m.graph.node[0].input[0] = "/relu2/Relu_output_0"
+    save_bad("cyclic", variant(cyclic))
+
+    def duplicate(m):
+        m.graph.node[2].output[0] = "/relu1/Relu_output_0"
+    save_bad("duplicate_output", variant(duplicate))
+
+    def string_tensor(m):
+        m.graph.initializer.append(helper.make_tensor("labels", TensorProto.STRING, [2], [b"cat", b"dog"]))
+    save_bad("string_tensor", variant(string_tensor))
+
+    def asymmetric(m):
+        a = next(a for a in m.graph.node[0].attribute if a.name == "pads")
+        del a.ints[:]
+        a.ints.extend([0, 0, 1, 1])
+    save_bad("asymmetric_pads", variant(asymmetric))
+
+    def two_inputs(m):
+        m.graph.input.append(tensor_in("extra", ["batch", 10]))
+    save_bad("two_inputs", variant(two_inputs))
+
+    def dangling_output(m):
+        m.graph.output[0].name = "nowhere"
+    save_bad("dangling_output", variant(dangling_output))
+
+
+if __name__ == "__main__":
+    os.makedirs(BAD, exist_ok=True)
+    good = None
+    for name, make in [("lenet_torch", lenet), ("resnet_block", resnet_block), ("branches", branches), ("nhwc_tf", nhwc_tf)]:
+        m, shape = make()
+        save_good(name, m, shape)
+        if name == "lenet_torch":
+            good = m
+    bad_corpus(good)
+    # A model with one tensor in an external file beside it (allowed: inside the folder).
+    ext = os.path.join(OUT, "external")
+    os.makedirs(ext, exist_ok=True)
+    m = onnx.ModelProto()
+    m.CopyFrom(good)
+    t = next(t for t in m.graph.initializer if t.name == "fc2.weight")
+    with open(os.path.join(ext, "weights.bin"), "wb") as f:
+        f.write(t.raw_data)
+    n = len(t.raw_data)
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in [("location", "weights.bin"), ("offset", "0"), ("length", str(n))]:
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    with open(os.path.join(ext, "model.onnx"), "wb") as f:
+        f.write(m.SerializeToString())
+    total = sum(os.path.getsize(os.path.join(d, f)) for d in (OUT, BAD, os.path.join(OUT, "external")) for f in os.listdir(d) if os.path.isfile(os.path.join(d, f)))
+    print(f"fixtures: {total} bytes")

@@ -1,0 +1,210 @@
+//! Graph IR -> ONNX (opset 13, weights embedded), built with the protobuf types `onnx-ir`
+//! re-exports. The batch dimension is symbolic; the input and output keep the names of the
+//! model the user imported (so code that fed the suspect model feeds the repaired one), and a
+//! model imported with NHWC input or a softmax output gets them back.
+
+use std::collections::{HashMap, HashSet};
+
+use onnx_ir::{AttributeProto, AttributeType, GraphProto, Message, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+
+use super::OnnxIo;
+use crate::error::{Error, Result};
+use crate::model::graph::{Op, Shape};
+use crate::model::ModelFile;
+
+/// The opset we write; 19 when an average pool uses ceil mode (onnx-ir reads AveragePool's
+/// ceil_mode only from opset 19 on).
+pub const OPSET: i64 = 13;
+const OPSET_AVGPOOL_CEIL: i64 = 19;
+
+fn ints(name: &str, v: &[usize]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INTS.into();
+    a.ints = v.iter().map(|&x| x as i64).collect();
+    a
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INT.into();
+    a.i = v;
+    a
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::FLOAT.into();
+    a.f = v;
+    a
+}
+
+fn tensor(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = 1;
+    t.dims = dims.iter().map(|&d| d as i64).collect();
+    t.float_data = values;
+    t
+}
+
+fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    let tt = v.type_.mut_or_insert_default().mut_tensor_type();
+    tt.elem_type = 1;
+    let shape = tt.shape.mut_or_insert_default();
+    for d in dims {
+        shape.dim.push(Default::default());
+        let dim = shape.dim.last_mut().expect("just pushed");
+        match d {
+            Some(n) => dim.set_dim_value(*n as i64),
+            None => dim.set_dim_param("batch".into()),
+        }
+    }
+    v
+}
+
+fn node(op: &str, name: &str, inputs: Vec<String>, output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = name.into();
+    n.input = inputs;
+    n.output = vec![output.into()];
+    n.attribute = attrs;
+    n
+}
+
+/// The ONNX bytes of a model. Masked channels are written as a multiplication by a constant
+/// 0/1 mask (fold the model first to remove them physically).
+pub fn to_onnx_bytes(file: &ModelFile) -> Result<Vec<u8>> {
+    let model = &file.model;
+    let g = &model.graph;
+    let shapes = g.validate()?;
+    let io = file.info.onnx.clone().unwrap_or_else(|| OnnxIo { input_name: "input".into(), output_name: "logits".into(), ..Default::default() });
+    let tensors: HashMap<String, burn::tensor::TensorData> = model.named_tensors().into_iter().collect();
+    let mut graph = GraphProto::new();
+    graph.name = "fineprune".into();
+    let mut used: HashSet<String> = HashSet::from([io.input_name.clone(), io.output_name.clone()]);
+    let mut fresh = |base: &str| {
+        let mut name = base.to_string();
+        let mut k = 2;
+        while used.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        used.insert(name.clone());
+        name
+    };
+    let init = |graph: &mut GraphProto, name: String, role: &str| -> Result<String> {
+        let key = format!("{name}.{role}");
+        let d = tensors.get(&key).ok_or_else(|| Error::model(format!("no tensor {key}")))?;
+        let dims: Vec<usize> = d.shape().iter().copied().collect();
+        let values = d.try_to_vec::<f32>().map_err(|e| Error::model(format!("{key}: {e:?}")))?;
+        graph.initializer.push(tensor(&key, &dims, values));
+        Ok(key)
+    };
+    let [c, h, w] = g.input_shape;
+    let mut value: Vec<String> = Vec::with_capacity(g.nodes.len());
+    if io.nhwc {
+        graph.input.push(value_info(&io.input_name, &[None, Some(h), Some(w), Some(c)]));
+        let t = fresh("input_nchw");
+        graph.node.push(node("Transpose", "input_to_nchw", vec![io.input_name.clone()], &t, vec![ints("perm", &[0, 3, 1, 2])]));
+        value.push(t);
+    } else {
+        graph.input.push(value_info(&io.input_name, &[None, Some(c), Some(h), Some(w)]));
+        value.push(io.input_name.clone());
+    }
+    let last = g.output;
+    for (i, n) in g.nodes.iter().enumerate().skip(1) {
+        let ins: Vec<String> = n.inputs.iter().map(|&j| value[j].clone()).collect();
+        let out = if i == last && !io.softmax_output { io.output_name.clone() } else { fresh(&n.name) };
+        let name = n.name.clone();
+        let emit = |graph: &mut GraphProto, op: &str, inputs: Vec<String>, attrs: Vec<AttributeProto>| graph.node.push(node(op, &name, inputs, &out, attrs));
+        match &n.op {
+            Op::Input => return Err(Error::model("a second input node")),
+            Op::Conv2d { kernel, stride, padding, dilation, groups, bias, .. } => {
+                let mut inputs = vec![ins[0].clone(), init(&mut graph, name.clone(), "weight")?];
+                if *bias {
+                    inputs.push(init(&mut graph, name.clone(), "bias")?);
+                }
+                let attrs = vec![ints("kernel_shape", kernel), ints("strides", stride), ints("pads", &[padding[0], padding[1], padding[0], padding[1]]), ints("dilations", dilation), int("group", *groups as i64)];
+                emit(&mut graph, "Conv", inputs, attrs);
+            }
+            Op::BatchNorm { epsilon, momentum, .. } => {
+                let mut inputs = vec![ins[0].clone()];
+                for role in ["weight", "bias", "running_mean", "running_var"] {
+                    inputs.push(init(&mut graph, name.clone(), role)?);
+                }
+                emit(&mut graph, "BatchNormalization", inputs, vec![float("epsilon", *epsilon as f32), float("momentum", (1.0 - momentum) as f32)]);
+            }
+            Op::Relu => emit(&mut graph, "Relu", ins, vec![]),
+            Op::LeakyRelu { alpha } => emit(&mut graph, "LeakyRelu", ins, vec![float("alpha", *alpha as f32)]),
+            Op::Sigmoid => emit(&mut graph, "Sigmoid", ins, vec![]),
+            Op::Tanh => emit(&mut graph, "Tanh", ins, vec![]),
+            Op::MaxPool { kernel, stride, padding, ceil_mode } => {
+                let attrs = vec![ints("kernel_shape", kernel), ints("strides", stride), ints("pads", &[padding[0], padding[1], padding[0], padding[1]]), int("ceil_mode", *ceil_mode as i64)];
+                emit(&mut graph, "MaxPool", ins, attrs);
+            }
+            Op::AvgPool { kernel, stride, padding, ceil_mode, count_include_pad } => {
+                let attrs = vec![
+                    ints("kernel_shape", kernel),
+                    ints("strides", stride),
+                    ints("pads", &[padding[0], padding[1], padding[0], padding[1]]),
+                    int("ceil_mode", *ceil_mode as i64),
+                    int("count_include_pad", *count_include_pad as i64),
+                ];
+                emit(&mut graph, "AveragePool", ins, attrs);
+            }
+            Op::GlobalAvgPool => emit(&mut graph, "GlobalAveragePool", ins, vec![]),
+            Op::Flatten => emit(&mut graph, "Flatten", ins, vec![int("axis", 1)]),
+            Op::Linear { bias, .. } => {
+                let mut inputs = vec![ins[0].clone(), init(&mut graph, name.clone(), "weight")?];
+                if *bias {
+                    inputs.push(init(&mut graph, name.clone(), "bias")?);
+                }
+                emit(&mut graph, "Gemm", inputs, vec![int("transB", 1)]);
+            }
+            Op::Add => {
+                // Pairwise, so the file uses only operators our importer reads back.
+                let mut acc = ins[0].clone();
+                for (k, other) in ins.iter().enumerate().skip(1) {
+                    let target = if k + 1 == ins.len() { out.clone() } else { fresh(&format!("{name}.partial{k}")) };
+                    graph.node.push(node("Add", &format!("{name}.{k}"), vec![acc, other.clone()], &target, vec![]));
+                    acc = target;
+                }
+            }
+            Op::Concat => emit(&mut graph, "Concat", ins, vec![int("axis", 1)]),
+            // Inference graph: dropout is the identity.
+            Op::Dropout { .. } => emit(&mut graph, "Identity", ins, vec![]),
+            Op::ChannelMask { keep } => {
+                let dims: Vec<usize> = match shapes[i] {
+                    Shape::Map(_) => vec![1, keep.len(), 1, 1],
+                    Shape::Flat(_) => vec![1, keep.len()],
+                };
+                let mask_name = format!("{name}.keep");
+                graph.initializer.push(tensor(&mask_name, &dims, keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect()));
+                emit(&mut graph, "Mul", vec![ins[0].clone(), mask_name], vec![]);
+            }
+        }
+        value.push(out);
+    }
+    let classes = shapes[last].numel();
+    if io.softmax_output {
+        graph.node.push(node("Softmax", "softmax", vec![value[last].clone()], &io.output_name, vec![int("axis", 1)]));
+    } else if value[last] != io.output_name {
+        graph.node.push(node("Identity", "output", vec![value[last].clone()], &io.output_name, vec![]));
+    }
+    graph.output.push(value_info(&io.output_name, &[None, Some(classes)]));
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    m.producer_name = "fineprune".into();
+    m.producer_version = env!("CARGO_PKG_VERSION").into();
+    m.opset_import.push(Default::default());
+    let ceil_avg = g.nodes.iter().any(|n| matches!(n.op, Op::AvgPool { ceil_mode: true, .. }));
+    m.opset_import.last_mut().expect("just pushed").version = if ceil_avg { OPSET_AVGPOOL_CEIL } else { OPSET };
+    *m.graph.mut_or_insert_default() = graph;
+    m.write_to_bytes().map_err(|e| Error::model(format!("encoding ONNX: {e}")))
+}

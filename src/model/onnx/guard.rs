@@ -1,0 +1,325 @@
+//! Checks an ONNX file from someone we do not trust *before* any library builds anything from
+//! it: every tensor's size against the limits, external-data paths kept inside the model's
+//! folder (and the data inlined, so nothing later reads another file), no dangling inputs, no
+//! cycles, no operator outside what the importer understands, and finite weights. What passes
+//! is re-ordered topologically, which ONNX requires and some exporters forget.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Component, Path};
+
+use onnx_ir::{GraphProto, ModelProto, NodeProto, TensorProto};
+
+use super::OnnxLimits;
+use crate::error::{Error, Result};
+
+/// The operators the importer turns into the graph IR (default ONNX domain). Shape, Gather,
+/// Unsqueeze, Concat, Cast, Constant chains are allowed because exporters use them to compute
+/// constant shapes; the importer refuses any that do not fold away.
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Mul",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "BatchNormalization",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Dropout",
+    "Identity",
+    "Softmax",
+    "Constant",
+    "Shape",
+    "Gather",
+    "Cast",
+    "Transpose",
+];
+
+/// Most nodes we accept in one graph: far above any CNN, a bound on the work a file can ask for.
+const MAX_NODES: usize = 100_000;
+
+/// Bytes per element for the ONNX tensor types we can read, by `TensorProto.data_type`.
+fn element_size(data_type: i32) -> Option<usize> {
+    Some(match data_type {
+        1 | 6 | 12 => 4,  // float, int32, uint32
+        2 | 3 | 9 => 1,   // uint8, int8, bool
+        4 | 5 | 10 | 16 => 2, // uint16, int16, float16, bfloat16
+        7 | 11 | 13 => 8, // int64, double, uint64
+        _ => return None,
+    })
+}
+
+fn type_name(data_type: i32) -> String {
+    match data_type {
+        8 => "string".into(),
+        14 | 15 => "complex".into(),
+        t => format!("type {t}"),
+    }
+}
+
+/// Running totals over all tensors of a file.
+struct Budget<'a> {
+    limits: &'a OnnxLimits,
+    total_bytes: u64,
+    dir: Option<&'a Path>,
+}
+
+impl Budget<'_> {
+    /// Checks one tensor (an initializer or a Constant's value): dims, size, stored length,
+    /// external data (inlined here), finiteness.
+    fn tensor(&mut self, t: &mut TensorProto, what: &str) -> Result<()> {
+        let size = element_size(t.data_type).ok_or_else(|| Error::model(format!("{what}: tensors of {} are not supported", type_name(t.data_type))))?;
+        let mut numel: usize = 1;
+        for &d in &t.dims {
+            if d < 0 {
+                return Err(Error::model(format!("{what}: negative dimension {d} in {:?}", t.dims)));
+            }
+            numel = numel
+                .checked_mul(d as usize)
+                .filter(|&n| n <= self.limits.max_tensor_elements)
+                .ok_or_else(|| Error::model(format!("{what}: dims {:?} exceed the limit of {} elements per tensor (see --max-tensor-elements)", t.dims, self.limits.max_tensor_elements)))?;
+        }
+        let bytes = (numel * size) as u64;
+        self.total_bytes += bytes;
+        if self.total_bytes > self.limits.max_total_bytes {
+            return Err(Error::model(format!("{what}: the model's tensors exceed the limit of {} bytes in all (see --max-model-bytes)", self.limits.max_total_bytes)));
+        }
+        if t.data_location.value() == 1 {
+            self.inline_external(t, what, bytes)?;
+        }
+        let stored = if !t.raw_data.is_empty() {
+            if t.raw_data.len() as u64 != bytes {
+                return Err(Error::model(format!("{what}: {} bytes of data for dims {:?} ({bytes} bytes expected)", t.raw_data.len(), t.dims)));
+            }
+            numel
+        } else {
+            match t.data_type {
+                1 => t.float_data.len(),
+                7 => t.int64_data.len(),
+                11 => t.double_data.len(),
+                12 | 13 => t.uint64_data.len(),
+                _ => t.int32_data.len(),
+            }
+        };
+        if stored != numel {
+            return Err(Error::model(format!("{what}: {stored} values stored for dims {:?} ({numel} expected)", t.dims)));
+        }
+        if !self.limits.allow_non_finite {
+            check_finite(t, what)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a tensor's external data into the tensor itself, refusing any location that is
+    /// absolute, climbs out of the model's folder (also through a symlink), or does not hold
+    /// exactly the bytes the dims need.
+    fn inline_external(&mut self, t: &mut TensorProto, what: &str, bytes: u64) -> Result<()> {
+        let entry = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.clone());
+        let location = entry("location").ok_or_else(|| Error::model(format!("{what}: external data without a location")))?;
+        let offset: u64 = entry("offset").map(|v| v.parse()).transpose().map_err(|_| Error::model(format!("{what}: external data offset is not a number")))?.unwrap_or(0);
+        let length: Option<u64> = entry("length").map(|v| v.parse()).transpose().map_err(|_| Error::model(format!("{what}: external data length is not a number")))?;
+        let rel = Path::new(&location);
+        let escapes = location.is_empty()
+            || location.contains('\0')
+            || location.contains('\\')
+            || rel.is_absolute()
+            || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+        if escapes {
+            return Err(Error::model(format!("{what}: external data location {location:?} is absolute or leaves the model's folder; refused")));
+        }
+        let dir = self.dir.ok_or_else(|| Error::model(format!("{what}: external data {location:?} but the model was not read from a folder")))?;
+        let canon_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(rel);
+        let canon = path.canonicalize().map_err(|e| Error::io(&path, e))?;
+        if !canon.starts_with(&canon_dir) {
+            return Err(Error::model(format!("{what}: external data {location:?} resolves outside the model's folder (symlink?); refused")));
+        }
+        let mut f = std::fs::File::open(&canon).map_err(|e| Error::io(&path, e))?;
+        let file_len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let length = length.unwrap_or(file_len.saturating_sub(offset));
+        if length != bytes || offset.checked_add(length).is_none_or(|end| end > file_len) {
+            return Err(Error::format(&path, format!("{what}: external data range {offset}+{length} does not hold the {bytes} bytes the dims need (file has {file_len})")));
+        }
+        let mut buf = vec![0u8; bytes as usize];
+        f.seek(SeekFrom::Start(offset)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| Error::io(&path, e))?;
+        t.raw_data = buf.into();
+        t.external_data.clear();
+        t.data_location = Default::default();
+        Ok(())
+    }
+}
+
+fn check_finite(t: &TensorProto, what: &str) -> Result<()> {
+    let bad = |i: usize, v: f64| Error::model(format!("{what}: non-finite weight {v} at index {i} (use --allow-non-finite to load it anyway)"));
+    match t.data_type {
+        1 if !t.raw_data.is_empty() => {
+            for (i, c) in t.raw_data.chunks_exact(4).enumerate() {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                if !v.is_finite() {
+                    return Err(bad(i, v as f64));
+                }
+            }
+        }
+        1 => {
+            if let Some((i, v)) = t.float_data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(bad(i, *v as f64));
+            }
+        }
+        11 if !t.raw_data.is_empty() => {
+            for (i, c) in t.raw_data.chunks_exact(8).enumerate() {
+                let v = f64::from_le_bytes(c.try_into().expect("8 bytes"));
+                if !v.is_finite() {
+                    return Err(bad(i, v));
+                }
+            }
+        }
+        11 => {
+            if let Some((i, v)) = t.double_data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(bad(i, *v));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn node_label(n: &NodeProto, i: usize) -> String {
+    if n.name.is_empty() { format!("#{i} ({})", n.op_type) } else { format!("{:?} ({})", n.name, n.op_type) }
+}
+
+/// Checks `model` in place (inlining external data from `dir`, re-ordering nodes
+/// topologically). Errors say what is wrong and where; the caller adds the file name.
+pub fn check(model: &mut ModelProto, dir: Option<&Path>, limits: &OnnxLimits) -> Result<()> {
+    if !model.functions.is_empty() {
+        let names: Vec<&str> = model.functions.iter().map(|f| f.name.as_str()).collect();
+        return Err(Error::model(format!("model-local functions are not supported: {}", names.join(", "))));
+    }
+    let graph: &mut GraphProto = model.graph.as_mut().ok_or_else(|| Error::model("not an ONNX model: it has no graph"))?;
+    if graph.node.is_empty() {
+        return Err(Error::model("not an ONNX model: the graph has no nodes"));
+    }
+    if graph.node.len() > MAX_NODES {
+        return Err(Error::model(format!("{} nodes, more than the {MAX_NODES} we accept", graph.node.len())));
+    }
+    if !graph.sparse_initializer.is_empty() {
+        return Err(Error::model("sparse initializers are not supported"));
+    }
+    // Operators first: one message that lists everything unsupported.
+    let unsupported: Vec<String> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !(matches!(n.domain.as_str(), "" | "ai.onnx") && SUPPORTED_OPS.contains(&n.op_type.as_str())))
+        .map(|(i, n)| if n.domain.is_empty() { node_label(n, i) } else { format!("{} in domain {:?}", node_label(n, i), n.domain) })
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(Error::model(format!("unsupported operators: {}", unsupported.join(", "))));
+    }
+    let mut budget = Budget { limits, total_bytes: 0, dir };
+    let mut defined: HashSet<String> = HashSet::new();
+    for t in graph.initializer.iter_mut() {
+        let what = format!("initializer {:?}", t.name);
+        budget.tensor(t, &what)?;
+        if !defined.insert(t.name.clone()) {
+            return Err(Error::model(format!("{what} is defined twice")));
+        }
+    }
+    for (i, n) in graph.node.iter_mut().enumerate() {
+        let label = node_label(n, i);
+        for a in n.attribute.iter_mut() {
+            if a.g.is_some() || !a.graphs.is_empty() {
+                return Err(Error::model(format!("node {label}: subgraph attributes are not supported")));
+            }
+            if let Some(t) = a.t.as_mut() {
+                budget.tensor(t, &format!("node {label} attribute {:?}", a.name))?;
+            }
+            for t in a.tensors.iter_mut() {
+                budget.tensor(t, &format!("node {label} attribute {:?}", a.name))?;
+            }
+        }
+    }
+    for input in &graph.input {
+        defined.insert(input.name.clone());
+    }
+    // Producers, then dangling inputs and cycles.
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            if defined.contains(o) || producer.insert(o.as_str(), i).is_some() {
+                return Err(Error::model(format!("value {o:?} is produced more than once (node {})", node_label(n, i))));
+            }
+        }
+    }
+    let mut deps: Vec<Vec<usize>> = Vec::with_capacity(graph.node.len());
+    for (i, n) in graph.node.iter().enumerate() {
+        let mut d = Vec::new();
+        for name in n.input.iter().filter(|s| !s.is_empty()) {
+            match producer.get(name.as_str()) {
+                Some(&p) => d.push(p),
+                None if defined.contains(name) => {}
+                None => return Err(Error::model(format!("node {} reads {name:?}, which no node, input or initializer defines", node_label(n, i)))),
+            }
+        }
+        deps.push(d);
+    }
+    for o in &graph.output {
+        if !producer.contains_key(o.name.as_str()) && !defined.contains(&o.name) {
+            return Err(Error::model(format!("graph output {:?} is not produced by any node", o.name)));
+        }
+    }
+    let order = topological_order(&deps).map_err(|stuck| {
+        let names: Vec<String> = stuck.iter().take(5).map(|&i| node_label(&graph.node[i], i)).collect();
+        Error::model(format!("the graph has a cycle through {}", names.join(", ")))
+    })?;
+    if order.iter().enumerate().any(|(k, &i)| k != i) {
+        let mut nodes: Vec<Option<NodeProto>> = std::mem::take(&mut graph.node).into_iter().map(Some).collect();
+        graph.node = order.iter().map(|&i| nodes[i].take().expect("each once")).collect();
+    }
+    Ok(())
+}
+
+/// Kahn's algorithm, stable (keeps the file's order where it is valid). On a cycle, returns
+/// the nodes that could not be ordered.
+fn topological_order(deps: &[Vec<usize>]) -> std::result::Result<Vec<usize>, Vec<usize>> {
+    let n = deps.len();
+    let mut pending: Vec<usize> = deps.iter().map(|d| d.len()).collect();
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, d) in deps.iter().enumerate() {
+        for &p in d {
+            readers[p].push(i);
+        }
+    }
+    let mut ready: std::collections::BTreeSet<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &r in &readers[i] {
+            pending[r] -= 1;
+            if pending[r] == 0 {
+                ready.insert(r);
+            }
+        }
+    }
+    if order.len() == n { Ok(order) } else { Err((0..n).filter(|&i| pending[i] > 0).collect()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topological_order;
+
+    #[test]
+    fn orders_and_finds_cycles() {
+        assert_eq!(topological_order(&[vec![1], vec![], vec![0, 1]]), Ok(vec![1, 0, 2]));
+        assert_eq!(topological_order(&[vec![2], vec![0], vec![1], vec![]]), Err(vec![0, 1, 2]));
+    }
+}

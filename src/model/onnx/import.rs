@@ -1,0 +1,601 @@
+//! ONNX -> graph IR. The file is checked by [`super::guard`] first; `onnx-ir` then does the
+//! ONNX semantics (attribute defaults per opset, shape inference, folding of constant
+//! Shape/Gather chains, Gemm and MatMul+Add fused to Linear), and this module maps its typed
+//! nodes onto our closed set of ops, collecting every form it cannot map so the user sees them
+//! all at once.
+//!
+//! onnx-ir renames nodes (`conv2d3`); we name layers after their weight initializer instead
+//! (`layer4.1.conv2` from `layer4.1.conv2.weight`), which for PyTorch exports are the module
+//! paths the user knows, and keep the file's own node names as aliases for `--layer`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use burn::tensor::TensorData;
+use onnx_ir::{ArgType, Argument, ModelProto, Node, OnnxGraph};
+
+use super::OnnxIo;
+use crate::error::{Error, Result};
+use crate::model::graph::{Graph, Op, Shape};
+
+/// The graph, the tensors to put in it (node, role, data), and its ONNX interface.
+pub struct Converted {
+    pub graph: Graph,
+    pub tensors: Vec<(usize, &'static str, TensorData)>,
+    pub io: OnnxIo,
+}
+
+/// FNV-1a over f32 bit patterns: identifies a weight tensor's contents across onnx-ir's
+/// renaming (two different layers with bit-identical weights would share a name; we then
+/// fall back to onnx-ir's name for the second).
+fn digest(values: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in values {
+        for b in v.to_bits().to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Float initializers of the (checked) file by content digest: (initializer name, the name of
+/// the node that reads it).
+fn initializer_names(proto: &ModelProto) -> HashMap<u64, (String, String)> {
+    let mut out = HashMap::new();
+    let Some(g) = proto.graph.as_ref() else { return out };
+    let mut reader: HashMap<&str, &str> = HashMap::new();
+    for n in &g.node {
+        for i in &n.input {
+            reader.entry(i.as_str()).or_insert(n.name.as_str());
+        }
+    }
+    for t in g.initializer.iter().filter(|t| t.data_type == 1) {
+        let values: Vec<f32> = if t.raw_data.is_empty() {
+            t.float_data.clone()
+        } else {
+            t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        out.entry(digest(&values)).or_insert((t.name.clone(), reader.get(t.name.as_str()).unwrap_or(&"").to_string()));
+    }
+    out
+}
+
+/// Makes a name valid for the graph IR (letters, digits, `_ . - / :`, at most 128 bytes).
+fn clean_name(name: &str) -> String {
+    let s: String = name.trim_start_matches('/').chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | ':') { c } else { '_' }).collect();
+    let s: String = s.chars().take(120).collect();
+    if s.is_empty() { "node".into() } else { s }
+}
+
+struct Builder {
+    graph: Graph,
+    shapes: Vec<Shape>,
+    tensors: Vec<(usize, &'static str, TensorData)>,
+    names: HashSet<String>,
+    /// onnx-ir value name -> our node index.
+    values: HashMap<String, usize>,
+    /// Our node name -> the file's node name, for aliases.
+    aliases: BTreeMap<String, String>,
+    weight_names: HashMap<u64, (String, String)>,
+    used_weight_names: HashSet<u64>,
+    unsupported: Vec<String>,
+}
+
+fn f32s(data: &TensorData) -> Result<Vec<f32>> {
+    data.clone().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::model(format!("reading a constant: {e:?}")))
+}
+
+fn dims(data: &TensorData) -> Vec<usize> {
+    data.shape().iter().copied().collect()
+}
+
+impl Builder {
+    fn input(&self, arg: &Argument) -> Option<usize> {
+        self.values.get(&arg.name).copied()
+    }
+
+    fn unique(&mut self, base: &str) -> String {
+        let base = clean_name(base);
+        let mut name = base.clone();
+        let mut k = 2;
+        while self.names.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.names.insert(name.clone());
+        name
+    }
+
+    /// Names a layer after its weight initializer when the weight can be traced back to one.
+    fn layer_name(&mut self, onnx_name: &str, weight: &[f32]) -> String {
+        let d = digest(weight);
+        if !self.used_weight_names.contains(&d)
+            && let Some((init, node)) = self.weight_names.get(&d).cloned()
+        {
+            self.used_weight_names.insert(d);
+            let base = init.strip_suffix(".weight").unwrap_or(&init).to_string();
+            let name = self.unique(&base);
+            if !node.is_empty() {
+                self.aliases.insert(node, name.clone());
+            }
+            return name;
+        }
+        self.unique(onnx_name)
+    }
+
+    fn add(&mut self, name: String, op: Op, inputs: Vec<usize>, out: &Argument) -> Result<usize> {
+        let in_shapes: Vec<Shape> = inputs.iter().map(|&i| self.shapes[i]).collect();
+        let shape = op.output_shape(&in_shapes).map_err(|e| Error::model(format!("node {name}: {e}")))?;
+        self.graph.nodes.push(crate::model::Node { name, op, inputs });
+        self.shapes.push(shape);
+        let i = self.graph.nodes.len() - 1;
+        self.values.insert(out.name.clone(), i);
+        Ok(i)
+    }
+
+    fn add_named(&mut self, base: &str, op: Op, inputs: Vec<usize>, out: &Argument) -> Result<usize> {
+        let name = self.unique(base);
+        self.add(name, op, inputs, out)
+    }
+
+    fn unsupported(&mut self, node: &Node, why: impl std::fmt::Display) {
+        self.unsupported.push(format!("{} ({}): {why}", node.name(), node.node_type()));
+    }
+}
+
+/// Symmetric padding from onnx-ir's (top, left, bottom, right), or why not.
+fn symmetric(p: &onnx_ir::node::padding::PaddingConfig2d) -> std::result::Result<[usize; 2], String> {
+    let (t, l, b, r) = p.as_tuple();
+    if t != b || l != r { Err(format!("asymmetric padding {:?}", (t, l, b, r))) } else { Ok([t, l]) }
+}
+
+/// Padding for `auto_pad` SAME_* when it comes out symmetric (odd totals do not).
+fn same_padding(auto: &onnx_ir::node::padding::AutoPad, input: [usize; 2], k: [usize; 2], s: [usize; 2], d: [usize; 2]) -> std::result::Result<Option<[usize; 2]>, String> {
+    use onnx_ir::node::padding::AutoPad;
+    match auto {
+        AutoPad::NotSet => Ok(None),
+        AutoPad::Valid => Ok(Some([0, 0])),
+        AutoPad::SameUpper | AutoPad::SameLower => {
+            let mut out = [0; 2];
+            for a in 0..2 {
+                let o = input[a].div_ceil(s[a]);
+                let total = ((o - 1) * s[a] + (k[a] - 1) * d[a] + 1).saturating_sub(input[a]);
+                if total % 2 == 1 {
+                    return Err(format!("auto_pad {auto} needs asymmetric padding here"));
+                }
+                out[a] = total / 2;
+            }
+            Ok(Some(out))
+        }
+    }
+}
+
+fn hw(shape: Shape) -> [usize; 2] {
+    match shape {
+        Shape::Map([_, h, w]) => [h, w],
+        Shape::Flat(_) => [1, 1],
+    }
+}
+
+/// Is this value a float tensor (as opposed to a shape, an index, a scalar)?
+fn is_float_tensor(arg: &Argument) -> bool {
+    matches!(&arg.ty, ArgType::Tensor(t) if matches!(t.dtype, burn::tensor::DType::F32 | burn::tensor::DType::F64 | burn::tensor::DType::F16 | burn::tensor::DType::BF16))
+}
+
+/// Converts a parsed graph. `proto` is the checked file (for layer names and the interface).
+pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
+    let pg = proto.graph.as_ref().ok_or_else(|| Error::model("no graph"))?;
+    let initializers: HashSet<&str> = pg.initializer.iter().map(|t| t.name.as_str()).collect();
+    let real_inputs: Vec<&onnx_ir::ValueInfoProto> = pg.input.iter().filter(|i| !initializers.contains(i.name.as_str())).collect();
+    if g.inputs.len() != 1 || real_inputs.len() != 1 {
+        return Err(Error::model(format!("the model has {} inputs; fineprune handles image classifiers with one input", real_inputs.len())));
+    }
+    if g.outputs.len() != 1 || pg.output.len() != 1 {
+        return Err(Error::model(format!("the model has {} outputs; fineprune handles classifiers with one output", pg.output.len())));
+    }
+    let input = &g.inputs[0];
+    let in_dims = input.ty.static_shape().cloned().unwrap_or_default();
+    if input.ty.rank() != 4 || in_dims.len() != 4 || in_dims[1..].iter().any(|d| d.is_none()) {
+        return Err(Error::model(format!("input {:?} has type {}; expected a 4-d image batch with known channels, height and width", real_inputs[0].name, input.ty)));
+    }
+    let d: Vec<usize> = in_dims[1..].iter().map(|d| d.expect("checked")).collect();
+    // A tf2onnx model takes NHWC and transposes at once; we run NCHW and drop the transpose.
+    let nhwc_transpose = g.nodes.iter().find_map(|n| match n {
+        Node::Transpose(t) if t.inputs[0].name == input.name && t.config.perm == [0, 3, 1, 2] => Some(t.outputs[0].name.clone()),
+        _ => None,
+    });
+    let input_shape = if nhwc_transpose.is_some() { [d[2], d[0], d[1]] } else { [d[0], d[1], d[2]] };
+    let graph = Graph { input_shape, nodes: vec![crate::model::Node { name: "input".into(), op: Op::Input, inputs: vec![] }], output: 0, prune_site: None };
+    let mut b = Builder {
+        graph,
+        shapes: vec![Shape::Map(input_shape)],
+        tensors: vec![],
+        names: HashSet::from(["input".to_string()]),
+        values: HashMap::from([(input.name.clone(), 0)]),
+        aliases: BTreeMap::new(),
+        weight_names: initializer_names(proto),
+        used_weight_names: HashSet::new(),
+        unsupported: vec![],
+    };
+    if let Some(t) = &nhwc_transpose {
+        b.values.insert(t.clone(), 0);
+    }
+    let output_name = &g.outputs[0].name;
+    let mut softmax_output = false;
+    // How many nodes read each value: a bias may only be folded into a layer nobody else reads.
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for n in &g.nodes {
+        for i in n.inputs() {
+            *readers.entry(i.name.as_str()).or_default() += 1;
+        }
+    }
+
+    let mut failed: HashSet<String> = HashSet::new();
+    for node in &g.nodes {
+        let out = &node.outputs()[0];
+        if b.values.contains_key(&out.name) {
+            continue; // the NHWC transpose
+        }
+        // Shape arithmetic left over from exporters (Shape/Gather/Unsqueeze/Concat/Cast on
+        // integer values) feeds only Reshape's shape input; skip it, and refuse any float value
+        // that depends on it (it will be missing below).
+        if !node.outputs().iter().any(is_float_tensor) || matches!(node, Node::Constant(_)) {
+            continue;
+        }
+        // The first input must be a value we computed.
+        if node.inputs().iter().any(|a| failed.contains(&a.name)) {
+            // Downstream of a node already reported: one message per cause.
+            failed.extend(node.outputs().iter().map(|o| o.name.clone()));
+            continue;
+        }
+        let x = node.inputs().first().and_then(|a| b.input(a));
+        let Some(x) = x else {
+            failed.extend(node.outputs().iter().map(|o| o.name.clone()));
+            let name = node.inputs().first().map(|a| a.name.clone()).unwrap_or_default();
+            b.unsupported(node, format!("reads {name:?}, which is not computed from the model input (a constant or shape expression that did not fold)"));
+            continue;
+        };
+        let xs = b.shapes[x];
+        let result: std::result::Result<(), String> = (|| -> std::result::Result<(), String> {
+            match node {
+                Node::Conv2d(n) => {
+                    let c = &n.config;
+                    let w = n.inputs.get(1).and_then(|a| a.value()).ok_or("the weight is not a constant")?;
+                    let bias = n.inputs.get(2).filter(|a| !a.is_optional()).map(|a| a.value().ok_or("the bias is not a constant")).transpose()?;
+                    let padding = match same_padding(&c.auto_pad, hw(xs), c.kernel_size, c.stride, c.dilation)? {
+                        Some(p) => p,
+                        None => symmetric(&c.padding)?,
+                    };
+                    let wv = f32s(&w).map_err(|e| e.to_string())?;
+                    let wd = dims(&w);
+                    if wd.len() != 4 {
+                        return Err(format!("weight has shape {wd:?}"));
+                    }
+                    let op = Op::Conv2d { in_channels: xs.channels(), out_channels: wd[0], kernel: c.kernel_size, stride: c.stride, padding, dilation: c.dilation, groups: c.groups, bias: bias.is_some() };
+                    let name = b.layer_name(&n.name, &wv);
+                    let i = b.add(name, op, vec![x], out).map_err(|e| e.to_string())?;
+                    b.tensors.push((i, "weight", w));
+                    if let Some(bias) = bias {
+                        b.tensors.push((i, "bias", bias));
+                    }
+                }
+                Node::BatchNormalization(n) => {
+                    let onnx_ir::node::batch_norm::BatchNormConfig::Static(c) = &n.config else { return Err("statistics are not constants".into()) };
+                    let get = |k: usize| n.inputs.get(k).and_then(|a| a.value()).ok_or("statistics are not constants");
+                    let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+                    let name = b.layer_name(&n.name, &f32s(&gamma).map_err(|e| e.to_string())?);
+                    // ONNX momentum weights the running value; ours (PyTorch's) the new batch.
+                    let momentum = if (0.0..=1.0).contains(&c.momentum) { 1.0 - c.momentum } else { 0.1 };
+                    let i = b.add(name, Op::BatchNorm { channels: xs.channels(), epsilon: c.epsilon, momentum }, vec![x], out).map_err(|e| e.to_string())?;
+                    b.tensors.extend([(i, "weight", gamma), (i, "bias", beta), (i, "running_mean", mean), (i, "running_var", var)]);
+                }
+                Node::Relu(n) => drop(b.add_named(&n.name, Op::Relu, vec![x], out).map_err(|e| e.to_string())?),
+                Node::Sigmoid(n) => drop(b.add_named(&n.name, Op::Sigmoid, vec![x], out).map_err(|e| e.to_string())?),
+                Node::Tanh(n) => drop(b.add_named(&n.name, Op::Tanh, vec![x], out).map_err(|e| e.to_string())?),
+                Node::LeakyRelu(n) => drop(b.add_named(&n.name, Op::LeakyRelu { alpha: n.config.alpha }, vec![x], out).map_err(|e| e.to_string())?),
+                Node::MaxPool2d(n) => {
+                    let c = &n.config;
+                    if c.dilation != [1, 1] {
+                        return Err(format!("dilation {:?}", c.dilation));
+                    }
+                    let padding = match same_padding(&c.auto_pad, hw(xs), c.kernel_size, c.strides, [1, 1])? {
+                        Some(p) => p,
+                        None => symmetric(&c.padding)?,
+                    };
+                    let op = Op::MaxPool { kernel: c.kernel_size, stride: c.strides, padding, ceil_mode: c.ceil_mode };
+                    b.add_named(&n.name, op, vec![x], out).map_err(|e| e.to_string())?;
+                }
+                Node::AveragePool2d(n) => {
+                    let c = &n.config;
+                    if c.dilation != [1, 1] {
+                        return Err(format!("dilation {:?}", c.dilation));
+                    }
+                    let padding = match same_padding(&c.auto_pad, hw(xs), c.kernel_size, c.strides, [1, 1])? {
+                        Some(p) => p,
+                        None => symmetric(&c.padding)?,
+                    };
+                    let op = Op::AvgPool { kernel: c.kernel_size, stride: c.strides, padding, ceil_mode: c.ceil_mode, count_include_pad: c.count_include_pad };
+                    b.add_named(&n.name, op, vec![x], out).map_err(|e| e.to_string())?;
+                }
+                Node::GlobalAveragePool(n) => drop(b.add_named(&n.name, Op::GlobalAvgPool, vec![x], out).map_err(|e| e.to_string())?),
+                Node::Flatten(n) => {
+                    if n.config.axis != 1 {
+                        return Err(format!("axis {} (only 1, keeping the batch, is supported)", n.config.axis));
+                    }
+                    b.add_named(&n.name, Op::Flatten, vec![x], out).map_err(|e| e.to_string())?;
+                }
+                Node::Reshape(_) | Node::Squeeze(_) | Node::Unsqueeze(_) => reshape_like(&mut b, node, x, xs, out)?,
+                Node::Linear(n) => {
+                    let w = n.inputs.get(1).and_then(|a| a.value()).ok_or("the weight is not a constant")?;
+                    let wd = dims(&w);
+                    let wv = f32s(&w).map_err(|e| e.to_string())?;
+                    if wd.len() != 2 {
+                        return Err(format!("weight has shape {wd:?}"));
+                    }
+                    // Gemm-sourced weights are [out, in] already; MatMul-sourced are [in, out].
+                    let (weight, out_f) = if n.config.transpose_weight { (wv.clone(), wd[0]) } else { (transpose(&wv, wd[0], wd[1]), wd[1]) };
+                    let bias = n.inputs.get(2).filter(|a| !a.is_optional()).map(|a| a.value().ok_or("the bias is not a constant")).transpose()?;
+                    let name = b.layer_name(&n.name, &wv);
+                    let i = linear(&mut b, name, x, xs, out_f, weight, bias.map(|d| f32s(&d)).transpose().map_err(|e| e.to_string())?, out)?;
+                    let _ = i;
+                }
+                Node::Gemm(n) => {
+                    let c = &n.config;
+                    if c.trans_a != 0 {
+                        return Err("transA=1 (the batch would be transposed)".into());
+                    }
+                    let w = n.inputs.get(1).and_then(|a| a.value()).ok_or("B is not a constant")?;
+                    let wd = dims(&w);
+                    let wv = f32s(&w).map_err(|e| e.to_string())?;
+                    if wd.len() != 2 {
+                        return Err(format!("B has shape {wd:?}"));
+                    }
+                    let (mut weight, out_f) = if c.trans_b != 0 { (wv.clone(), wd[0]) } else { (transpose(&wv, wd[0], wd[1]), wd[1]) };
+                    weight.iter_mut().for_each(|v| *v *= c.alpha);
+                    let bias = match n.inputs.get(2).filter(|a| !a.is_optional()) {
+                        Some(a) => {
+                            let cv = f32s(&a.value().ok_or("C is not a constant")?).map_err(|e| e.to_string())?;
+                            let full: Vec<f32> = match cv.len() {
+                                1 => vec![cv[0]; out_f],
+                                n if n == out_f => cv,
+                                n => return Err(format!("C has {n} values for {out_f} outputs")),
+                            };
+                            Some(full.into_iter().map(|v| v * c.beta).collect())
+                        }
+                        None => None,
+                    };
+                    let name = b.layer_name(&n.name, &wv);
+                    linear(&mut b, name, x, xs, out_f, weight, bias, out)?;
+                }
+                Node::MatMul(n) => {
+                    let w = n.inputs.get(1).and_then(|a| a.value()).ok_or("the second operand is not a constant")?;
+                    let wd = dims(&w);
+                    let wv = f32s(&w).map_err(|e| e.to_string())?;
+                    if wd.len() != 2 {
+                        return Err(format!("second operand has shape {wd:?}"));
+                    }
+                    let name = b.layer_name(&n.name, &wv);
+                    linear(&mut b, name, x, xs, wd[1], transpose(&wv, wd[0], wd[1]), None, out)?;
+                }
+                Node::Add(n) => {
+                    let other = &n.inputs[1];
+                    match (b.input(other), other.value()) {
+                        (Some(y), _) => drop(b.add_named(&n.name, Op::Add, vec![x, y], out).map_err(|e| e.to_string())?),
+                        (None, Some(c)) => fold_bias(&mut b, x, &n.inputs[0].name, &readers, f32s(&c).map_err(|e| e.to_string())?, out)?,
+                        (None, None) => return Err(format!("reads {:?}, which is not computed from the model input", other.name)),
+                    }
+                }
+                Node::Mul(n) => {
+                    // Only a 0/1 per-channel constant: the channel mask of a `--keep-shape` export.
+                    let c = n.inputs.get(1).and_then(|a| a.value()).ok_or("multiplies by something other than a constant")?;
+                    let v = f32s(&c).map_err(|e| e.to_string())?;
+                    if v.len() != xs.channels() || v.iter().any(|&m| m != 0.0 && m != 1.0) {
+                        return Err("multiplies by something other than a per-channel 0/1 mask".into());
+                    }
+                    let keep = v.iter().map(|&m| m == 1.0).collect();
+                    b.add_named(&n.name, Op::ChannelMask { keep }, vec![x], out).map_err(|e| e.to_string())?;
+                }
+                Node::Concat(n) => {
+                    if n.config.axis != 1 {
+                        return Err(format!("axis {} (only the channel axis 1 is supported)", n.config.axis));
+                    }
+                    let ins: Option<Vec<usize>> = n.inputs.iter().map(|a| b.input(a)).collect();
+                    let ins = ins.ok_or("an input is not computed from the model input")?;
+                    b.add_named(&n.name, Op::Concat, ins, out).map_err(|e| e.to_string())?;
+                }
+                Node::Dropout(n) => {
+                    let onnx_ir::node::dropout::DropoutInput::Static(p) = n.config.prob else { return Err("the ratio is not a constant".into()) };
+                    b.add_named(&n.name, Op::Dropout { p }, vec![x], out).map_err(|e| e.to_string())?;
+                }
+                Node::Identity(_) => {
+                    b.values.insert(out.name.clone(), x);
+                }
+                Node::Softmax(_) if &out.name == output_name => {
+                    // Training and attack success need logits; export puts the softmax back.
+                    softmax_output = true;
+                    b.values.insert(out.name.clone(), x);
+                }
+                Node::Softmax(_) => return Err("softmax is supported only as the model's output".into()),
+                _ => return Err("this form is not supported".into()),
+            }
+            Ok(())
+        })();
+        if let Err(why) = result {
+            failed.extend(node.outputs().iter().map(|o| o.name.clone()));
+            b.unsupported(node, why);
+        }
+    }
+    if !b.unsupported.is_empty() {
+        return Err(Error::model(format!("cannot import: {}", b.unsupported.join("; "))));
+    }
+    let out = *b.values.get(output_name).ok_or_else(|| Error::model(format!("the output {output_name:?} is not computed from the input")))?;
+    if !matches!(b.shapes[out], Shape::Flat(_)) {
+        // A classifier's output map [N, K, 1, 1] becomes logits [N, K].
+        let i = b.add_named("output_flatten", Op::Flatten, vec![out], &Argument::from_name(String::new()))?;
+        b.graph.output = i;
+    } else {
+        b.graph.output = out;
+    }
+    let mut graph = b.graph;
+    // Drop nodes that do not reach the output (onnx-ir keeps what the file had).
+    graph = prune_dead(graph, &mut b.tensors);
+    graph.validate()?;
+    let io = OnnxIo {
+        input_name: real_inputs[0].name.clone(),
+        output_name: pg.output[0].name.clone(),
+        nhwc: nhwc_transpose.is_some(),
+        softmax_output,
+        node_names: b.aliases,
+    };
+    Ok(Converted { graph, tensors: b.tensors, io })
+}
+
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+/// A linear layer from a weight in [out, in] order; flattens a map input first.
+#[allow(clippy::too_many_arguments)]
+fn linear(b: &mut Builder, name: String, x: usize, xs: Shape, out_f: usize, weight: Vec<f32>, bias: Option<Vec<f32>>, out: &Argument) -> std::result::Result<usize, String> {
+    let mut x = x;
+    if matches!(xs, Shape::Map(_)) {
+        // Gemm/MatMul on [N, C, 1, 1] only happens after a flatten the exporter folded away.
+        let flat = b.unique(&format!("{name}.flatten"));
+        let in_shapes = [xs];
+        let shape = Op::Flatten.output_shape(&in_shapes).map_err(|e| e.to_string())?;
+        b.graph.nodes.push(crate::model::Node { name: flat, op: Op::Flatten, inputs: vec![x] });
+        b.shapes.push(shape);
+        x = b.graph.nodes.len() - 1;
+    }
+    let in_f = b.shapes[x].numel();
+    if weight.len() != in_f * out_f {
+        return Err(format!("weight has {} values for {in_f} inputs x {out_f} outputs", weight.len()));
+    }
+    let has_bias = bias.is_some();
+    let i = b.add(name, Op::Linear { in_features: in_f, out_features: out_f, bias: has_bias }, vec![x], out).map_err(|e| e.to_string())?;
+    b.tensors.push((i, "weight", TensorData::new(weight, [out_f, in_f])));
+    if let Some(bias) = bias {
+        b.tensors.push((i, "bias", TensorData::new(bias, [out_f])));
+    }
+    Ok(i)
+}
+
+/// `Add(layer_output, constant)`: folds the constant into the bias of the layer that produced
+/// `x` (a linear layer, or a convolution with a per-channel constant), when nothing else reads
+/// that layer's output.
+fn fold_bias(b: &mut Builder, x: usize, x_name: &str, readers: &HashMap<&str, usize>, c: Vec<f32>, out: &Argument) -> std::result::Result<(), String> {
+    if readers.get(x_name).copied().unwrap_or(0) != 1 {
+        return Err("adds a constant to a value that other nodes also read".into());
+    }
+    let channels = b.shapes[x].channels();
+    let full: Vec<f32> = match c.len() {
+        1 => vec![c[0]; channels],
+        n if n == channels => c,
+        n => return Err(format!("adds a constant of {n} values to {channels} channels (only per-channel constants fold into a bias)")),
+    };
+    let node = &mut b.graph.nodes[x];
+    match &mut node.op {
+        Op::Linear { bias, .. } | Op::Conv2d { bias, .. } => {
+            if let Some(existing) = b.tensors.iter_mut().find(|(i, role, _)| *i == x && *role == "bias") {
+                let old = f32s(&existing.2).map_err(|e| e.to_string())?;
+                existing.2 = TensorData::new(old.iter().zip(&full).map(|(a, b)| a + b).collect::<Vec<f32>>(), [channels]);
+            } else {
+                *bias = true;
+                b.tensors.push((x, "bias", TensorData::new(full, [channels])));
+            }
+            b.values.insert(out.name.clone(), x);
+            Ok(())
+        }
+        _ => Err("adds a constant to something other than a linear or convolution output".into()),
+    }
+}
+
+/// Reshape, Squeeze, Unsqueeze: a flatten when the result is [batch, features], nothing when
+/// the per-sample shape does not change; anything else is refused.
+fn reshape_like(b: &mut Builder, node: &Node, x: usize, xs: Shape, out: &Argument) -> std::result::Result<(), String> {
+    let rank = out.ty.rank();
+    let known = out.ty.static_shape().cloned();
+    let per_sample: Option<Vec<usize>> = known.as_ref().and_then(|s| s.get(1..).map(|r| r.iter().copied().collect::<Option<Vec<usize>>>())).flatten();
+    // The static reshape target, when onnx-ir folded it, resolves -1 and 0 itself.
+    let target: Option<Vec<i64>> = match node {
+        Node::Reshape(n) => match &n.config.shape {
+            onnx_ir::node::reshape::ReshapeInput::Static(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    if rank == 2 {
+        let features = per_sample.and_then(|p| p.first().copied()).or_else(|| {
+            target.as_ref().and_then(|t| match t.get(1) {
+                Some(&v) if v > 0 => Some(v as usize),
+                _ => None,
+            })
+        });
+        if features.is_some_and(|f| f != xs.numel()) {
+            return Err(format!("reshapes {} values per sample into {features:?}; only flattening is supported", xs.numel()));
+        }
+        if let Some(t) = &target
+            && t.first().is_some_and(|&d| d > 1)
+        {
+            return Err(format!("target shape {t:?} folds the batch dimension"));
+        }
+        b.add_named(node.name(), Op::Flatten, vec![x], out).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let same = match (xs, per_sample.as_deref()) {
+        (Shape::Map([c, h, w]), Some(p)) => p == [c, h, w],
+        (Shape::Flat(n), Some(p)) => p == [n],
+        _ => false,
+    };
+    if same {
+        b.values.insert(out.name.clone(), x);
+        return Ok(());
+    }
+    Err(format!("reshape to rank {rank} ({known:?}); only flattening to [batch, features] is supported"))
+}
+
+/// Removes nodes whose values never reach the output, renumbering inputs and tensors.
+fn prune_dead(mut g: Graph, tensors: &mut Vec<(usize, &'static str, TensorData)>) -> Graph {
+    let n = g.nodes.len();
+    let mut live = vec![false; n];
+    live[g.output] = true;
+    live[0] = true;
+    for i in (0..n).rev() {
+        if live[i] {
+            for &j in &g.nodes[i].inputs {
+                live[j] = true;
+            }
+        }
+    }
+    if live.iter().all(|&l| l) {
+        return g;
+    }
+    let mut new_index = vec![usize::MAX; n];
+    let mut k = 0;
+    for i in 0..n {
+        if live[i] {
+            new_index[i] = k;
+            k += 1;
+        }
+    }
+    g.nodes = g
+        .nodes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| live[*i])
+        .map(|(_, mut node)| {
+            node.inputs.iter_mut().for_each(|j| *j = new_index[*j]);
+            node
+        })
+        .collect();
+    g.output = new_index[g.output];
+    tensors.retain(|(i, _, _)| live[*i]);
+    tensors.iter_mut().for_each(|t| t.0 = new_index[t.0]);
+    g
+}

