@@ -88,8 +88,8 @@ struct ModelArgs {
     /// Load a model with NaN or infinite weights instead of refusing it.
     #[arg(long)]
     allow_non_finite: bool,
-    /// Largest total tensor size accepted from an ONNX file, in bytes (default: a quarter of
-    /// the available memory, at most 4 GiB).
+    /// Largest total tensor size accepted from an ONNX file, in bytes; the file itself may be
+    /// 16 MiB more (default: a quarter of the available memory, at most 4 GiB).
     #[arg(long)]
     max_model_bytes: Option<u64>,
     /// Most elements in any one tensor of an ONNX file.
@@ -111,6 +111,7 @@ impl ModelArgs {
                 let mut opts = fineprune::model::onnx::ImportOptions::default();
                 if let Some(b) = self.max_model_bytes {
                     opts.limits.max_total_bytes = b;
+                    opts.limits.max_file_bytes = fineprune::model::onnx::file_bound(b);
                 }
                 if let Some(n) = self.max_tensor_elements {
                     opts.limits.max_tensor_elements = n;

