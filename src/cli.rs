@@ -58,12 +58,25 @@ struct DataArgs {
     /// Sample size HxW (default: the dataset kind's own, e.g. 32x32 for gtsrb).
     #[arg(long, value_parser = parse_size)]
     resize: Option<(usize, usize)>,
+    #[command(flatten)]
+    split: SplitArgs,
+}
+
+/// How the validation split is carved from the training set.
+#[derive(Args)]
+struct SplitArgs {
     /// Fraction of the train split held out for validation (by track for gtsrb).
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
     /// Seed of the validation split.
     #[arg(long, default_value_t = 0)]
     split_seed: u64,
+}
+
+impl Default for SplitArgs {
+    fn default() -> Self {
+        SplitArgs { val_fraction: 0.1, split_seed: 0 }
+    }
 }
 
 /// Where a model comes from: a fineprune model file, an ONNX file, or a PyTorch state dict of
@@ -288,10 +301,8 @@ struct DefendArgs {
     clean_fraction: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 0.1)]
-    val_fraction: f64,
-    #[arg(long, default_value_t = 0)]
-    split_seed: u64,
+    #[command(flatten)]
+    split: SplitArgs,
     #[command(flatten)]
     attack: TriggerArgs,
     /// Keep the layer's shape (pruned channels masked to zero) instead of removing them.
@@ -370,10 +381,8 @@ struct EvalArgs {
     data: String,
     #[arg(long, default_value = "test")]
     split: String,
-    #[arg(long, default_value_t = 0.1)]
-    val_fraction: f64,
-    #[arg(long, default_value_t = 0)]
-    split_seed: u64,
+    #[command(flatten)]
+    carve: SplitArgs,
     #[command(flatten)]
     attack: TriggerArgs,
     #[arg(long)]
@@ -526,7 +535,7 @@ impl Progress for Bars {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
-    let ds = load_data(&a.data.data, a.data.resize, a.data.val_fraction, a.data.split_seed)?;
+    let ds = load_data(&a.data.data, a.data.resize, a.data.split.val_fraction, a.data.split.split_seed)?;
     let cfg = a.opts.config();
     let device = fineprune::cpu_device();
     let mut bars = Bars { bar: None, epochs: cfg.epochs, quiet: false };
@@ -563,7 +572,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 /// Loads a model and the dataset it is evaluated on, checking that they fit each other. The
 /// model defines the input normalisation (an imported model expects its own).
-fn load_model_and_data(m: &ModelArgs, data: &str, val_fraction: f64, split_seed: u64) -> Result<(ModelFile, Dataset)> {
+fn load_model_and_data(m: &ModelArgs, data: &str, split: &SplitArgs) -> Result<(ModelFile, Dataset)> {
     let file = m.load().context("loading the model")?;
     let [c, h, w] = file.model.graph.input_shape;
     let spec: DataSpec = data.parse()?;
@@ -572,7 +581,7 @@ fn load_model_and_data(m: &ModelArgs, data: &str, val_fraction: f64, split_seed:
     {
         bail!("the model was trained on {} data, not {}", kind.name(), spec.kind.name());
     }
-    let mut ds = load_data(data, Some((h, w)), val_fraction, split_seed)?;
+    let mut ds = load_data(data, Some((h, w)), split.val_fraction, split.split_seed)?;
     ds.normalization = file.info.normalization.clone();
     if ds.shape[0] != c || ds.classes.len() != file.info.classes.len() {
         bail!(
@@ -603,7 +612,7 @@ fn resolve_backdoor(file: &ModelFile, trigger: Option<&str>, target: Option<&str
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let start = Instant::now();
     let device = fineprune::cpu_device();
-    let (file, ds) = load_model_and_data(&a.model, &a.data, a.val_fraction, a.split_seed)?;
+    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve)?;
     let split = ds.split(&a.split)?;
     let backdoor = resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.target.as_deref())?;
     let (report, asr) = match backdoor {
@@ -655,7 +664,7 @@ fn print_asr(e: &AttackEval) {
 
 fn cmd_attack(a: AttackArgs) -> Result<()> {
     let start = Instant::now();
-    let ds = load_data(&a.data.data, a.data.resize, a.data.val_fraction, a.data.split_seed)?;
+    let ds = load_data(&a.data.data, a.data.resize, a.data.split.val_fraction, a.data.split.split_seed)?;
     let trigger = trigger_spec::parse(&a.trigger)?;
     let target: Target = a.target.parse()?;
     target.validate(ds.classes.len())?;
@@ -744,7 +753,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let (file, ds) = load_model_and_data(&a.model, data, 0.1, 0)?;
+    let (file, ds) = load_model_and_data(&a.model, data, &SplitArgs::default())?;
     let site = fineprune::prune::find_site(&file.model, layer_name(&file, a.layer.as_deref()).as_deref())?;
     eprintln!("layer {} ({} channels): {}", site.name, site.channels, site.reason);
     let split = ds.split(&a.split)?;
@@ -784,7 +793,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn cmd_defend(a: DefendArgs) -> Result<()> {
-    let (file, ds) = load_model_and_data(&a.model, &a.data, a.val_fraction, a.split_seed)?;
+    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split)?;
     let known = match resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.target.as_deref())? {
         Some((trigger, Some(target))) => Some(KnownAttack { trigger, target, include_target: a.attack.asr_include_target }),
         Some((_, None)) => bail!("--trigger needs --target to measure attack success"),
@@ -935,7 +944,7 @@ fn fineprune_bench(a: BenchArgs) -> Result<()> {
     let (model, split, norm, what) = match (&a.model, &a.data) {
         (Some(m), Some(d)) => {
             let args = ModelArgs { model: Some(m.clone()), weights: None, arch: None, mean: vec![], std: vec![], allow_non_finite: false, max_model_bytes: None, max_tensor_elements: None };
-            let (file, ds) = load_model_and_data(&args, d, 0.1, 0)?;
+            let (file, ds) = load_model_and_data(&args, d, &SplitArgs::default())?;
             let n = a.samples.min(ds.val.len());
             (file.model, ds.val.subset(&(0..n).collect::<Vec<_>>()), ds.normalization, format!("{} on {d}", m.display()))
         }

@@ -335,8 +335,7 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                     let (weight, out_f) = if n.config.transpose_weight { (wv.clone(), wd[0]) } else { (transpose(&wv, wd[0], wd[1]), wd[1]) };
                     let bias = n.inputs.get(2).filter(|a| !a.is_optional()).map(|a| a.value().ok_or("the bias is not a constant")).transpose()?;
                     let name = b.layer_name(&n.name, &wv);
-                    let i = linear(&mut b, name, x, xs, out_f, weight, bias.map(|d| f32s(&d)).transpose().map_err(|e| e.to_string())?, out)?;
-                    let _ = i;
+                    linear(&mut b, name, x, xs, out_f, weight, bias.map(|d| f32s(&d)).transpose().map_err(|e| e.to_string())?, out)?;
                 }
                 Node::Gemm(n) => {
                     let c = &n.config;
