@@ -34,7 +34,7 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
         return None;
     }
     let g = &model.graph;
-    let readers = |i: usize| -> Vec<usize> { (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect() };
+    let readers = |i: usize| g.readers(i);
     // Upstream: per-channel nodes back to one convolution, each read only along the chain.
     let mut chain = vec![];
     let mut i = site;

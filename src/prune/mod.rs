@@ -54,38 +54,31 @@ pub fn find_site(model: &Model, layer: Option<&str>) -> Result<Site> {
     Ok(Site { index, name: g.nodes[index].name.clone(), channels, reason })
 }
 
-/// The last convolution and the node where its channels take their final form: follows the
-/// single-reader chain through BatchNorm, activations and a residual addition (whose output
-/// has the same channels), stopping before pooling, flatten or anything that mixes channels.
-pub fn last_conv_site(g: &crate::model::Graph) -> Option<(usize, usize)> {
-    let conv = g.nodes.iter().rposition(|n| n.op.is_conv())?;
+/// Where the channels of convolution `conv` take their final form: the single-reader chain
+/// through BatchNorm and activations (and, with `through_add`, a residual addition, whose
+/// output has the same channels), stopping before pooling, flatten or anything that mixes
+/// channels.
+fn final_form(g: &crate::model::Graph, conv: usize, through_add: bool) -> usize {
     let mut i = conv;
     loop {
-        let readers: Vec<usize> = (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect();
-        match readers.as_slice() {
-            [k] if matches!(g.nodes[*k].op, Op::BatchNorm { .. } | Op::Add) || g.nodes[*k].op.is_activation() => i = *k,
-            _ => break,
+        match g.readers(i).as_slice() {
+            [k] if matches!(g.nodes[*k].op, Op::BatchNorm { .. }) || g.nodes[*k].op.is_activation() || (through_add && g.nodes[*k].op == Op::Add) => i = *k,
+            _ => return i,
         }
     }
-    Some((conv, i))
 }
 
-/// Every convolution of the graph with the node where its channels take their final form
-/// (after BatchNorm/activation): the layers a user may pick with `--layer`.
+/// The last convolution and where its channels take their final form (after a residual
+/// addition too): the paper's prune site when the graph does not name one.
+pub fn last_conv_site(g: &crate::model::Graph) -> Option<(usize, usize)> {
+    let conv = g.nodes.iter().rposition(|n| n.op.is_conv())?;
+    Some((conv, final_form(g, conv, true)))
+}
+
+/// Every convolution with the node where its channels take their final form (after
+/// BatchNorm/activation): the layers a user may pick with `--layer`.
 pub fn candidate_sites(g: &crate::model::Graph) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    for conv in (0..g.nodes.len()).filter(|&i| g.nodes[i].op.is_conv()) {
-        let mut i = conv;
-        loop {
-            let readers: Vec<usize> = (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect();
-            match readers.as_slice() {
-                [k] if matches!(g.nodes[*k].op, Op::BatchNorm { .. }) || g.nodes[*k].op.is_activation() => i = *k,
-                _ => break,
-            }
-        }
-        out.push((conv, i));
-    }
-    out
+    (0..g.nodes.len()).filter(|&i| g.nodes[i].op.is_conv()).map(|conv| (conv, final_form(g, conv, false))).collect()
 }
 
 /// Mean activation of each channel of `site` over `split`: the spatial mean per sample, then

@@ -28,12 +28,12 @@ fn incremental_path(model: &Model, site: usize) -> Option<(Vec<usize>, usize)> {
     let mut i = site;
     let mut pools = vec![];
     loop {
-        let readers: Vec<usize> = (i + 1..g.nodes.len()).filter(|&k| g.nodes[k].inputs.contains(&i)).collect();
+        let readers = g.readers(i);
         let [k] = readers.as_slice() else { return None };
         match &g.nodes[*k].op {
             op if op.keeps_zero() && !matches!(op, Op::ChannelMask { .. }) => pools.push(*k),
             Op::Flatten => {
-                let fr: Vec<usize> = (k + 1..g.nodes.len()).filter(|&m| g.nodes[m].inputs.contains(k)).collect();
+                let fr = g.readers(*k);
                 let [lin] = fr.as_slice() else { return None };
                 if !matches!(g.nodes[*lin].op, Op::Linear { .. }) || g.frontier(*lin) != vec![*lin] {
                     return None;

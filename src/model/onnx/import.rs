@@ -325,16 +325,11 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                 }
                 Node::Reshape(_) | Node::Squeeze(_) | Node::Unsqueeze(_) => reshape_like(&mut b, node, x, xs, out)?,
                 Node::Linear(n) => {
-                    let w = n.inputs.get(1).and_then(|a| a.value()).ok_or("the weight is not a constant")?;
-                    let wd = dims(&w);
-                    let wv = f32s(&w).map_err(|e| e.to_string())?;
-                    if wd.len() != 2 {
-                        return Err(format!("weight has shape {wd:?}"));
-                    }
-                    // Gemm-sourced weights are [out, in] already; MatMul-sourced are [in, out].
-                    let (weight, out_f) = if n.config.transpose_weight { (wv.clone(), wd[0]) } else { (transpose(&wv, wd[0], wd[1]), wd[1]) };
-                    let bias = n.inputs.get(2).filter(|a| !a.is_optional()).map(|a| a.value().ok_or("the bias is not a constant")).transpose()?;
+                    let (wv, [rows, cols]) = matrix(n.inputs.get(1), "the weight")?;
                     let name = b.layer_name(&n.name, &wv);
+                    // Gemm-sourced weights are [out, in] already; MatMul-sourced are [in, out].
+                    let (weight, out_f) = if n.config.transpose_weight { (wv, rows) } else { (transpose(&wv, rows, cols), cols) };
+                    let bias = n.inputs.get(2).filter(|a| !a.is_optional()).map(|a| a.value().ok_or("the bias is not a constant")).transpose()?;
                     linear(&mut b, name, x, xs, out_f, weight, bias.map(|d| f32s(&d)).transpose().map_err(|e| e.to_string())?, out)?;
                 }
                 Node::Gemm(n) => {
@@ -342,13 +337,9 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                     if c.trans_a != 0 {
                         return Err("transA=1 (the batch would be transposed)".into());
                     }
-                    let w = n.inputs.get(1).and_then(|a| a.value()).ok_or("B is not a constant")?;
-                    let wd = dims(&w);
-                    let wv = f32s(&w).map_err(|e| e.to_string())?;
-                    if wd.len() != 2 {
-                        return Err(format!("B has shape {wd:?}"));
-                    }
-                    let (mut weight, out_f) = if c.trans_b != 0 { (wv.clone(), wd[0]) } else { (transpose(&wv, wd[0], wd[1]), wd[1]) };
+                    let (wv, [rows, cols]) = matrix(n.inputs.get(1), "B")?;
+                    let name = b.layer_name(&n.name, &wv);
+                    let (mut weight, out_f) = if c.trans_b != 0 { (wv, rows) } else { (transpose(&wv, rows, cols), cols) };
                     weight.iter_mut().for_each(|v| *v *= c.alpha);
                     let bias = match n.inputs.get(2).filter(|a| !a.is_optional()) {
                         Some(a) => {
@@ -362,18 +353,12 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                         }
                         None => None,
                     };
-                    let name = b.layer_name(&n.name, &wv);
                     linear(&mut b, name, x, xs, out_f, weight, bias, out)?;
                 }
                 Node::MatMul(n) => {
-                    let w = n.inputs.get(1).and_then(|a| a.value()).ok_or("the second operand is not a constant")?;
-                    let wd = dims(&w);
-                    let wv = f32s(&w).map_err(|e| e.to_string())?;
-                    if wd.len() != 2 {
-                        return Err(format!("second operand has shape {wd:?}"));
-                    }
+                    let (wv, [rows, cols]) = matrix(n.inputs.get(1), "the second operand")?;
                     let name = b.layer_name(&n.name, &wv);
-                    linear(&mut b, name, x, xs, wd[1], transpose(&wv, wd[0], wd[1]), None, out)?;
+                    linear(&mut b, name, x, xs, cols, transpose(&wv, rows, cols), None, out)?;
                 }
                 Node::Add(n) => {
                     let other = &n.inputs[1];
@@ -446,6 +431,15 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
         node_names: b.aliases,
     };
     Ok(Converted { graph, tensors: b.tensors, io })
+}
+
+/// A constant 2-d operand (a linear layer's weight): its values and shape.
+fn matrix(arg: Option<&Argument>, what: &str) -> std::result::Result<(Vec<f32>, [usize; 2]), String> {
+    let w = arg.and_then(|a| a.value()).ok_or_else(|| format!("{what} is not a constant"))?;
+    match dims(&w)[..] {
+        [rows, cols] => Ok((f32s(&w).map_err(|e| e.to_string())?, [rows, cols])),
+        ref d => Err(format!("{what} has shape {d:?}")),
+    }
 }
 
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
