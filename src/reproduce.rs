@@ -294,10 +294,12 @@ fn compare_under_pruning(rows: &[Row], pruned: &[(String, f64)]) -> Vec<String> 
         if i > 0 {
             out.push(format!("Under pruning alone, attack success went from {:.4} to {after:.4} for the baseline attack ({name}).", before(name)));
         }
-        out.push(if *after > 0.5 {
-            format!("Pruning alone did not remove the {name} backdoor here (in the paper it did): on this network it is carried by channels that are active on clean inputs too; see the activation plots.")
+        // Relative to the undefended model: a weak backdoor (speech's all-to-all tone starts
+        // near 0.4) is not "removed" by staying under an absolute 0.5.
+        out.push(if *after <= 0.5 * before(name) {
+            format!("As in the paper, pruning alone cut the {name} backdoor's attack success by more than half.")
         } else {
-            format!("As in the paper, pruning alone removed most of the {name} backdoor.")
+            format!("Pruning alone did not remove the {name} backdoor here (in the paper it did): channels that are active on clean inputs carry it too; see the activation plots.")
         });
     }
     out
@@ -331,7 +333,11 @@ mod tests {
         assert!(f[1].starts_with("Unlike the paper"), "{f:?}");
         assert!(f.iter().any(|s| s.contains("did not remove the targeted backdoor")), "{f:?}");
         assert!(f.iter().any(|s| s.contains("from 0.9800 to 0.1000 for the baseline attack (untargeted)")), "{f:?}");
-        assert!(f.iter().any(|s| s == "As in the paper, pruning alone removed most of the untargeted backdoor."), "{f:?}");
+        assert!(f.iter().any(|s| s == "As in the paper, pruning alone cut the untargeted backdoor's attack success by more than half."), "{f:?}");
+        // A weak backdoor that pruning only dents is not called removed.
+        let weak = [undefended("tone", 0.43), undefended("pruning-aware (tone)", 0.86)];
+        let f = compare_under_pruning(&weak, &[("tone".to_string(), 0.25), ("pruning-aware (tone)".to_string(), 0.65)]);
+        assert!(f.iter().any(|s| s.contains("did not remove the tone backdoor")), "{f:?}");
         assert!(compare_under_pruning(&rows, &pruned[2..]).is_empty(), "a pruning-aware row alone has no baseline to compare");
     }
 }

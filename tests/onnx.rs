@@ -140,7 +140,7 @@ fn pruned_export_has_fewer_channels_and_the_same_predictions() {
         assert_eq!(out_channels, expected, "{what}: conv2 channels in the export");
     }
     let shapes = folded_file.model.shapes();
-    assert!(shapes.iter().any(|s| *s == Shape::Map([10, 8, 8])), "folded conv2 has 10 channels");
+    assert!(shapes.contains(&Shape::Map([10, 8, 8])), "folded conv2 has 10 channels");
 }
 
 fn fineprune_cmd(args: &[&str]) -> (i32, String, String) {

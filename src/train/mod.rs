@@ -225,22 +225,6 @@ pub fn train(model: Model, data: &TrainData, cfg: &TrainConfig, device: &Device,
     Ok(TrainOutcome { model: best_model, best_epoch, best_val_accuracy, history })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedules() {
-        assert_eq!(Schedule::Constant.rate(0.1, 5, 10), 0.1);
-        let s = Schedule::Step { every: 2, gamma: 0.5 };
-        assert_eq!(s.rate(1.0, 0, 10), 1.0);
-        assert_eq!(s.rate(1.0, 3, 10), 0.5);
-        assert_eq!(s.rate(1.0, 4, 10), 0.25);
-        assert!((Schedule::Cosine.rate(1.0, 5, 10) - 0.5).abs() < 1e-12);
-        assert_eq!(Schedule::Cosine.rate(1.0, 0, 10), 1.0);
-    }
-}
-
 /// Everything a `train` run produces: the model file (weights, graph, provenance) and the
 /// per-epoch history.
 pub struct Trained {
@@ -277,4 +261,20 @@ pub fn train_new(arch: &str, dataset: &crate::data::Dataset, cfg: &TrainConfig, 
         best_val_accuracy: outcome.best_val_accuracy,
         history: outcome.history,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        assert_eq!(Schedule::Constant.rate(0.1, 5, 10), 0.1);
+        let s = Schedule::Step { every: 2, gamma: 0.5 };
+        assert_eq!(s.rate(1.0, 0, 10), 1.0);
+        assert_eq!(s.rate(1.0, 3, 10), 0.5);
+        assert_eq!(s.rate(1.0, 4, 10), 0.25);
+        assert!((Schedule::Cosine.rate(1.0, 5, 10) - 0.5).abs() < 1e-12);
+        assert_eq!(Schedule::Cosine.rate(1.0, 0, 10), 1.0);
+    }
 }
