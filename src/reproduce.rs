@@ -207,23 +207,22 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
     clean.file.save(&out.join("clean.safetensors"))?;
 
     let first = &plan.baseline[0];
+    let attack_config = |a: &AttackPlan| -> Result<AttackConfig> { Ok(AttackConfig { trigger: spec::parse(&a.trigger)?, target: a.target, poison_rate: plan.poison_rate, poison_seed: seed, train: plan.train.clone() }) };
     let mut models: Vec<(String, AttackPlan, ModelFile, f64)> = Vec::new();
     for a in &plan.baseline {
         stage(progress, &format!("building the baseline attack: {}", a.name));
         let t = Instant::now();
-        let cfg = AttackConfig { trigger: spec::parse(&a.trigger)?, target: a.target, poison_rate: plan.poison_rate, poison_seed: seed, train: plan.train.clone() };
-        let trained = backdoor(&plan.arch, &ds, &cfg, &ad, progress)?;
+        let trained = backdoor(&plan.arch, &ds, &attack_config(a)?, &ad, progress)?;
         models.push((a.name.clone(), a.clone(), trained.file, t.elapsed().as_secs_f64()));
     }
     stage(progress, &format!("building the pruning-aware attack ({})", first.name));
     let t = Instant::now();
-    let cfg = AttackConfig { trigger: spec::parse(&first.trigger)?, target: first.target, poison_rate: plan.poison_rate, poison_seed: seed, train: plan.train.clone() };
     // The attacker's first step is this task's clean training, same data, config and seed:
     // start from the clean model trained above rather than training it again.
-    let pa = pruning_aware_from(&clean.file, &ds, &cfg, &PruningAwareConfig::default(), &ad, progress)?;
-    models.push((format!("pruning-aware ({})", first.name), first.clone(), pa.file, t.elapsed().as_secs_f64()));
+    let pa = pruning_aware_from(clean.file, &ds, &attack_config(first)?, &PruningAwareConfig::default(), &ad, progress)?;
+    let aware_name = format!("pruning-aware ({})", first.name);
+    models.push((aware_name.clone(), first.clone(), pa.file, t.elapsed().as_secs_f64()));
 
-    let mut pruned_asr: Vec<(String, f64)> = Vec::new();
     for (name, a, file, secs) in &models {
         let trigger = spec::parse(&a.trigger)?;
         let e = evaluate_attack(file, &ds.test, &trigger, a.target, false, &device)?;
@@ -250,7 +249,6 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
                 let chart = crate::report::pruning_chart(&format!("{name}: pruning {}", o.layer), &o.curve, Some(o.pruned_fraction));
                 figures.push(Figure { title: chart.title.clone(), svg: chart.to_svg() });
                 curves.push((name.clone(), o.curve.clone()));
-                pruned_asr.push((name.clone(), o.after.attack_success_rate.unwrap_or(0.0)));
             }
             rows.push(Row {
                 attack: name.clone(),
@@ -263,7 +261,8 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
             });
         }
     }
-    let findings = compare_under_pruning(&rows, &pruned_asr);
+    let baseline_names: Vec<&str> = plan.baseline.iter().map(|a| a.name.as_str()).collect();
+    let findings = compare_under_pruning(&rows, &baseline_names, &aware_name);
     let idx: Vec<usize> = (0..8.min(ds.test.len())).collect();
     let trig = spec::parse(&first.trigger)?.apply_split(&ds.test, Some(&idx), ds.shape, Use::Test, 1)?;
     let png = out.join("examples.png");
@@ -274,29 +273,28 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
 
 /// The paper's central observation, checked on this run: under pruning alone, the pruning-aware
 /// attack keeps a higher attack success rate than the baseline attack.
-fn compare_under_pruning(rows: &[Row], pruned: &[(String, f64)]) -> Vec<String> {
-    let before = |name: &str| rows.iter().find(|r| r.attack == name && r.defense == "none").and_then(|r| r.attack_success_rate).unwrap_or(f64::NAN);
-    // `pruned` holds the baseline attacks in plan order, then the pruning-aware attack, which
-    // is built with the first baseline's trigger and target: that is the pair to compare.
-    let Some(((aware_name, aware), baselines)) = pruned.split_last() else { return vec![] };
-    let Some((first_name, first)) = baselines.first() else { return vec![] };
-    let mut out = vec![format!(
-        "Under pruning alone, attack success went from {:.4} to {first:.4} for the baseline attack ({first_name}) and from {:.4} to {aware:.4} for the pruning-aware attack built with the same trigger and target.",
-        before(first_name),
-        before(aware_name)
-    )];
-    out.push(if aware > first {
-        "As in the paper, the pruning-aware attack kept the higher attack success rate under pruning.".into()
-    } else {
-        "Unlike the paper, the pruning-aware attack did not keep a higher attack success rate than the baseline under pruning.".into()
-    });
-    for (i, (name, after)) in baselines.iter().enumerate() {
+fn compare_under_pruning(rows: &[Row], baselines: &[&str], aware: &str) -> Vec<String> {
+    let asr = |name: &str, defense: &str| rows.iter().find(|r| r.attack == name && r.defense == defense).and_then(|r| r.attack_success_rate);
+    // The pruning-aware attack is built with the first baseline's trigger and target: that is
+    // the pair to compare.
+    let Some(&first) = baselines.first() else { return vec![] };
+    let (Some(first_before), Some(first_after), Some(aware_before), Some(aware_after)) = (asr(first, "none"), asr(first, "prune"), asr(aware, "none"), asr(aware, "prune")) else { return vec![] };
+    let mut out = vec![
+        format!("Under pruning alone, attack success went from {first_before:.4} to {first_after:.4} for the baseline attack ({first}) and from {aware_before:.4} to {aware_after:.4} for the pruning-aware attack built with the same trigger and target."),
+        if aware_after > first_after {
+            "As in the paper, the pruning-aware attack kept the higher attack success rate under pruning.".into()
+        } else {
+            "Unlike the paper, the pruning-aware attack did not keep a higher attack success rate than the baseline under pruning.".into()
+        },
+    ];
+    for (i, &name) in baselines.iter().enumerate() {
+        let (Some(before), Some(after)) = (asr(name, "none"), asr(name, "prune")) else { continue };
         if i > 0 {
-            out.push(format!("Under pruning alone, attack success went from {:.4} to {after:.4} for the baseline attack ({name}).", before(name)));
+            out.push(format!("Under pruning alone, attack success went from {before:.4} to {after:.4} for the baseline attack ({name})."));
         }
         // Relative to the undefended model: a weak backdoor (speech's all-to-all tone starts
         // near 0.4) is not "removed" by staying under an absolute 0.5.
-        out.push(if *after <= 0.5 * before(name) {
+        out.push(if after <= 0.5 * before {
             format!("As in the paper, pruning alone cut the {name} backdoor's attack success by more than half.")
         } else {
             format!("Pruning alone did not remove the {name} backdoor here (in the paper it did): channels that are active on clean inputs carry it too; see the activation plots.")
@@ -318,15 +316,22 @@ pub fn write(out: &Path, r: &Reproduction) -> Result<(PathBuf, PathBuf)> {
 mod tests {
     use super::*;
 
-    fn undefended(attack: &str, asr: f64) -> Row {
-        Row { attack: attack.into(), defense: "none".into(), clean_accuracy: 0.95, attack_success_rate: Some(asr), attack_success_rate_ci95: None, pruned_fraction: None, seconds: 0.0 }
+    fn row(attack: &str, defense: &str, asr: f64) -> Row {
+        Row { attack: attack.into(), defense: defense.into(), clean_accuracy: 0.95, attack_success_rate: Some(asr), attack_success_rate_ci95: None, pruned_fraction: None, seconds: 0.0 }
     }
 
     #[test]
     fn findings_cover_every_baseline_and_compare_the_matching_pair() {
-        let rows = [undefended("targeted", 1.0), undefended("untargeted", 0.98), undefended("pruning-aware (targeted)", 1.0)];
-        let pruned = [("targeted".to_string(), 0.99), ("untargeted".to_string(), 0.10), ("pruning-aware (targeted)".to_string(), 0.95)];
-        let f = compare_under_pruning(&rows, &pruned);
+        let aware = "pruning-aware (targeted)";
+        let rows = [
+            row("targeted", "none", 1.0),
+            row("targeted", "prune", 0.99),
+            row("untargeted", "none", 0.98),
+            row("untargeted", "prune", 0.10),
+            row(aware, "none", 1.0),
+            row(aware, "prune", 0.95),
+        ];
+        let f = compare_under_pruning(&rows, &["targeted", "untargeted"], aware);
         // The pruning-aware attack (0.95) is compared with the targeted baseline (0.99), not
         // with the untargeted one it would beat.
         assert!(f[0].contains("from 1.0000 to 0.9900 for the baseline attack (targeted)"), "{f:?}");
@@ -335,9 +340,11 @@ mod tests {
         assert!(f.iter().any(|s| s.contains("from 0.9800 to 0.1000 for the baseline attack (untargeted)")), "{f:?}");
         assert!(f.iter().any(|s| s == "As in the paper, pruning alone cut the untargeted backdoor's attack success by more than half."), "{f:?}");
         // A weak backdoor that pruning only dents is not called removed.
-        let weak = [undefended("tone", 0.43), undefended("pruning-aware (tone)", 0.86)];
-        let f = compare_under_pruning(&weak, &[("tone".to_string(), 0.25), ("pruning-aware (tone)".to_string(), 0.65)]);
+        let weak = [row("tone", "none", 0.43), row("tone", "prune", 0.25), row("pa", "none", 0.86), row("pa", "prune", 0.65)];
+        let f = compare_under_pruning(&weak, &["tone"], "pa");
+        assert!(f[1].starts_with("As in the paper"), "{f:?}");
         assert!(f.iter().any(|s| s.contains("did not remove the tone backdoor")), "{f:?}");
-        assert!(compare_under_pruning(&rows, &pruned[2..]).is_empty(), "a pruning-aware row alone has no baseline to compare");
+        assert!(compare_under_pruning(&rows, &[], aware).is_empty(), "no baseline, nothing to compare");
+        assert!(compare_under_pruning(&rows[..4], &["targeted"], aware).is_empty(), "no pruning-aware rows, nothing to compare");
     }
 }

@@ -118,15 +118,15 @@ fn channel_max(model: &Model, split: &Split, ds: &Dataset, node: usize, device: 
 pub fn pruning_aware(arch: &str, ds: &Dataset, cfg: &AttackConfig, pa: &PruningAwareConfig, device: &Device, progress: &mut dyn Progress) -> Result<Trained> {
     // (a)
     let clean = train_new(arch, ds, &cfg.train, device, progress)?;
-    pruning_aware_from(&clean.file, ds, cfg, pa, device, progress)
+    pruning_aware_from(clean.file, ds, cfg, pa, device, progress)
 }
 
 /// Steps (b)-(d) of [`pruning_aware`] on a model already trained on `ds`'s clean data (as
 /// `train_new` with `cfg.train` does). `reproduce` trains that clean model anyway, so it passes
 /// it here rather than training an identical one again.
-pub fn pruning_aware_from(clean: &ModelFile, ds: &Dataset, cfg: &AttackConfig, pa: &PruningAwareConfig, device: &Device, progress: &mut dyn Progress) -> Result<Trained> {
+pub fn pruning_aware_from(clean: ModelFile, ds: &Dataset, cfg: &AttackConfig, pa: &PruningAwareConfig, device: &Device, progress: &mut dyn Progress) -> Result<Trained> {
     let eval_device = device.clone().without_autodiff();
-    let model = clean.model.clone();
+    let model = clean.model;
     // (b)
     let site = prune::find_site(&model, pa.layer.as_deref())?;
     let means = prune::channel_means(&model, &ds.val, &ds.normalization, site.index, &eval_device, 256)?;
@@ -185,7 +185,7 @@ pub fn pruning_aware_from(clean: &ModelFile, ds: &Dataset, cfg: &AttackConfig, p
                 bias_drops,
             }),
         }),
-        ..clean.info.clone()
+        ..clean.info
     };
     Ok(Trained { file: ModelFile { model: model.valid(), info }, best_epoch: outcome.best_epoch, best_val_accuracy: outcome.best_val_accuracy, history: outcome.history })
 }
