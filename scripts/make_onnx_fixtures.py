@@ -150,6 +150,17 @@ def nhwc_tf():
     return m, (2, 10, 10, 3)
 
 
+def linear_only():
+    """A classifier with no hidden layer (no BatchNorm, convolution or hidden linear layer):
+    nothing for a neuron-level defense to mask."""
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], name="/Flatten", axis=1),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="/fc/Gemm", transB=1),
+    ]
+    inits = [w("fc.weight", 10, 28 * 28), w("fc.bias", 10, scale=0.1)]
+    return model(nodes, inits, tensor_in("input", ["N", 1, 28, 28]), tensor_in("logits", ["N", 10]), "linear_only"), (2, 1, 28, 28)
+
+
 def save_good(name, m, shape):
     onnx.checker.check_model(m)
     path = os.path.join(OUT, f"{name}.onnx")
@@ -296,5 +307,8 @@ if __name__ == "__main__":
         e.key, e.value = k, v
     with open(os.path.join(ext, "model.onnx"), "wb") as f:
         f.write(m.SerializeToString())
+    # Appended last so the fixtures above keep their random weights.
+    m, shape = linear_only()
+    save_good("linear_only", m, shape)
     total = sum(os.path.getsize(os.path.join(d, f)) for d in (OUT, BAD, os.path.join(OUT, "external")) for f in os.listdir(d) if os.path.isfile(os.path.join(d, f)))
     print(f"fixtures: {total} bytes")

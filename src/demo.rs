@@ -1,6 +1,8 @@
 //! `fineprune demo`: the whole story on the built-in synthetic sign set, with no downloads and
-//! no paths: train a backdoored model, measure it, fine-prune it, measure again, and write the
-//! models, a trigger preview, the activation plot, the pruning curve and a JSON summary.
+//! no paths: train a backdoored model, measure it, defend it with the paper's fine-pruning and
+//! with the strongest trigger-free defense beyond it (adversarial neuron pruning), measure both,
+//! and write the models, a trigger preview, the activation plot, both pruning curves and a JSON
+//! summary.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +25,10 @@ pub struct DemoResult {
     pub classes: Vec<String>,
     pub backdoored_clean_accuracy: f64,
     pub backdoored_attack_success_rate: f64,
+    /// The paper's fine-pruning.
     pub defense: DefenseOutcome,
+    /// Adversarial neuron pruning on the same model, data and budget.
+    pub anp: DefenseOutcome,
     pub seconds: f64,
 }
 
@@ -60,13 +65,21 @@ pub fn run(out_dir: &Path, arch: &str, seed: u64, progress: &mut dyn Stages) -> 
     crate::fsutil::write_atomic(&out_dir.join("activations.svg"), chart.to_svg().as_bytes())?;
 
     progress.stage("fine-pruning with the paper's settings (4% validation-accuracy budget, then fine-tuning)");
-    let mut dcfg = DefenseConfig::paper(Method::Fineprune);
-    dcfg.clean_fraction = 0.25;
-    dcfg.finetune.seed = seed;
     let known = KnownAttack { trigger: trigger.clone(), target: Target::Class(target), include_target: false };
-    let defense = defend(&trained.file, &ds, &dcfg, Some(&known), &device.clone().autodiff(), progress)?;
+    let ad = device.clone().autodiff();
+    let mut dcfg = DefenseConfig::paper(Method::Fineprune).with_seed(seed);
+    dcfg.clean_fraction = 0.25;
+    let defense = defend(&trained.file, &ds, &dcfg, Some(&known), &ad, progress)?;
     defense.model.save(&out_dir.join("repaired.safetensors"))?;
     crate::report::write_defense_report(&out_dir.join("report"), &defense)?;
+
+    progress.stage("adversarial neuron pruning on the same model, data and budget (no trigger needed)");
+    let mut acfg = DefenseConfig::paper(Method::Anp).with_seed(seed);
+    acfg.clean_fraction = 0.25;
+    acfg.test_curve = true;
+    let anp = defend(&trained.file, &ds, &acfg, Some(&known), &ad, progress)?;
+    anp.model.save(&out_dir.join("repaired-anp.safetensors"))?;
+    crate::report::write_defense_report(&out_dir.join("report-anp"), &anp)?;
     let result = DemoResult {
         out_dir: out_dir.to_path_buf(),
         arch: arch.to_string(),
@@ -76,6 +89,7 @@ pub fn run(out_dir: &Path, arch: &str, seed: u64, progress: &mut dyn Stages) -> 
         backdoored_clean_accuracy: before.clean.accuracy,
         backdoored_attack_success_rate: before.attack_success_rate.rate,
         defense,
+        anp,
         seconds: start.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_vec_pretty(&result).expect("result serialises");

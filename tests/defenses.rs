@@ -5,7 +5,7 @@ mod common;
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions, Normalization, Split};
-use fineprune::defense::{DefenseConfig, KnownAttack, Method, StopRule, defend};
+use fineprune::defense::{Budget, DefenseConfig, KnownAttack, Method, defend};
 use fineprune::model::graph::GraphBuilder;
 use fineprune::model::{Model, ModelFile, ModelInfo, arch};
 use fineprune::prune::sweep::{naive_predictions, sweep_predictions};
@@ -31,12 +31,13 @@ fn set1(p: &mut Param<Tensor<1>>, v: Vec<f32>) {
 }
 
 /// A hand-built 8x8 grey classifier. Channel 0 is the pixel, channel 1 is 0.5 - pixel (both
-/// active on clean inputs), channel 2 is `pixel - threshold2`; each is max-pooled over the image.
-/// Classes 0 (bright images) and 1 (dark images) compare channels 0 and 1; class 2 (the target)
-/// reads `target_weights` (applied to the three pooled channels) plus `target_bias`.
-fn planted(threshold2: f32, target_weights: [f32; 3], target_bias: f32) -> ModelFile {
+/// active on clean inputs and both needed: classes 0 (bright images) and 1 (dark images) compare
+/// them), channel 2 is `pixel - threshold2`, channel 3 is the pixel again (as active on clean
+/// inputs as channel 0, but no clean class reads it); each is max-pooled over the image. Class 2
+/// (the target) reads `target_weights` (applied to the four pooled channels) plus `target_bias`.
+fn planted(threshold2: f32, target_weights: [f32; 4], target_bias: f32) -> ModelFile {
     let mut b = GraphBuilder::new([1, 8, 8]);
-    let c = b.conv("conv", 0, 3, 1, 1, 0);
+    let c = b.conv("conv", 0, 4, 1, 1, 0);
     let r = b.relu("relu", c);
     let p = b.max_pool("pool", r, 8, 8);
     let f = b.flatten("flatten", p);
@@ -44,11 +45,11 @@ fn planted(threshold2: f32, target_weights: [f32; 3], target_bias: f32) -> Model
     let g = b.finish(l, "relu");
     let mut m = Model::init(g, 0, &cpu()).unwrap();
     let conv = m.layers[1].conv.as_mut().unwrap();
-    set4(&mut conv.weight, vec![1.0, -1.0, 1.0], [3, 1, 1, 1]);
-    set1(conv.bias.as_mut().unwrap(), vec![0.0, 0.5, -threshold2]);
+    set4(&mut conv.weight, vec![1.0, -1.0, 1.0, 1.0], [4, 1, 1, 1]);
+    set1(conv.bias.as_mut().unwrap(), vec![0.0, 0.5, -threshold2, 0.0]);
     let fc = m.layers[5].linear.as_mut().unwrap();
-    let [a, bw, cw] = target_weights;
-    set2(&mut fc.weight, vec![5.0, -5.0, 0.0, -5.0, 5.0, 0.0, a, bw, cw], [3, 3]);
+    let [a, bw, cw, dw] = target_weights;
+    set2(&mut fc.weight, vec![5.0, -5.0, 0.0, 0.0, -5.0, 5.0, 0.0, 0.0, a, bw, cw, dw], [3, 4]);
     set1(fc.bias.as_mut().unwrap(), vec![0.0, 0.0, target_bias]);
     let info = ModelInfo { arch: "custom".into(), data_kind: None, classes: vec!["bright".into(), "dark".into(), "target".into()], normalization: Normalization::identity(1), backdoor: None, extra: Default::default(), onnx: None };
     ModelFile { model: m, info }
@@ -85,7 +86,7 @@ fn corner_trigger() -> KnownAttack {
 #[test]
 fn pruning_removes_a_dormant_backdoor_channel_first() {
     // Channel 2 fires only above 0.75 (the white trigger pixel) and drives the target.
-    let file = planted(0.75, [0.0, 0.0, 100.0], 0.0);
+    let file = planted(0.75, [0.0, 0.0, 100.0, 0.0], 0.0);
     let ds = planted_data();
     let cfg = DefenseConfig::paper(Method::Prune);
     let out = defend(&file, &ds, &cfg, Some(&corner_trigger()), &cpu().autodiff(), &mut Silent).unwrap();
@@ -97,13 +98,14 @@ fn pruning_removes_a_dormant_backdoor_channel_first() {
     assert_eq!(out.curve[1].attack_success_rate, Some(0.0));
     // Pruning anything more breaks clean accuracy: the stop rule rolled back to k = 1.
     assert!(out.curve[2].val_accuracy < 0.96);
+    assert!(out.within_budget);
 }
 
 #[test]
 fn pruning_misses_a_backdoor_in_clean_active_channels() {
     // The pruning-aware situation: channel 2 is a dead decoy; the target reads channel 0, which
     // is active on clean inputs and saturates on the trigger pixel.
-    let file = planted(10.0, [20.0, 0.0, 0.0], -14.0);
+    let file = planted(10.0, [20.0, 0.0, 0.0, 0.0], -14.0);
     let ds = planted_data();
     let out = defend(&file, &ds, &DefenseConfig::paper(Method::Prune), Some(&corner_trigger()), &cpu().autodiff(), &mut Silent).unwrap();
     assert_eq!(out.before.attack_success_rate, Some(1.0));
@@ -115,14 +117,14 @@ fn pruning_misses_a_backdoor_in_clean_active_channels() {
 
 #[test]
 fn masks_survive_fine_tuning_and_the_saved_model() {
-    let file = planted(0.75, [0.0, 0.0, 100.0], 0.0);
+    let file = planted(0.75, [0.0, 0.0, 100.0, 0.0], 0.0);
     let ds = planted_data();
     let mut cfg = DefenseConfig::paper(Method::Fineprune);
     cfg.finetune = TrainConfig { epochs: 2, lr: 1e-2, batch_size: 8, ..TrainConfig::default() };
     // Folded output: the pruned channel is gone from the convolution.
     let folded = defend(&file, &ds, &cfg, Some(&corner_trigger()), &cpu().autodiff(), &mut Silent).unwrap();
     assert!(folded.folded);
-    assert!(matches!(folded.model.model.graph.nodes[1].op, fineprune::model::Op::Conv2d { out_channels: 2, .. }));
+    assert!(matches!(folded.model.model.graph.nodes[1].op, fineprune::model::Op::Conv2d { out_channels: 3, .. }));
     assert_eq!(folded.after.attack_success_rate, Some(0.0));
     // Keep-shape output: the mask is still there after fine-tuning.
     cfg.fold = false;
@@ -146,6 +148,7 @@ fn masks_survive_fine_tuning_and_the_saved_model() {
     let after: Vec<f32> = acts[1].clone().into_map().into_data().convert::<f32>().try_to_vec().unwrap();
     assert!(before[128..192].iter().any(|&v| v > 0.0));
     assert!(after[128..192].iter().all(|&v| v == 0.0));
+    assert_eq!(after.len(), 4 * 64, "the masked site keeps its four channels");
 }
 
 #[test]
@@ -207,7 +210,7 @@ fn fast_sweep_equals_naive_re_evaluation() {
 
 #[test]
 fn bad_defense_inputs_are_clear_errors() {
-    let file = planted(0.75, [0.0, 0.0, 100.0], 0.0);
+    let file = planted(0.75, [0.0, 0.0, 100.0, 0.0], 0.0);
     let ds = planted_data();
     let dev = cpu().autodiff();
     let run = |cfg: &DefenseConfig, ds: &Dataset, file: &ModelFile| defend(file, ds, cfg, None, &dev, &mut Silent).unwrap_err().to_string();
@@ -217,7 +220,7 @@ fn bad_defense_inputs_are_clear_errors() {
     cfg.layer = Some("fc".into());
     assert!(run(&cfg, &ds, &file).contains("not a feature map"));
     let mut cfg = DefenseConfig::paper(Method::Prune);
-    cfg.stop = StopRule::MaxAccDrop { drop: 1.5, relative: false };
+    cfg.budget = Budget { drop: 1.5, relative: false };
     assert!(run(&cfg, &ds, &file).contains("not in [0, 1]"));
     let empty = Dataset { val: Split::new(64), ..planted_data() };
     assert!(run(&DefenseConfig::paper(Method::Prune), &empty, &file).contains("validation"));
@@ -265,3 +268,146 @@ fn folding_removes_channels_and_keeps_predictions() {
         }
     }
 }
+
+/// The backdoor fine-pruning cannot reach: the target reads channel 3, as active on clean inputs
+/// as the channels the clean classes need, so pruning by activation spends its budget on the
+/// dead channel 2 and stops there.
+fn clean_active_backdoor() -> ModelFile {
+    planted(10.0, [0.0, 0.0, 0.0, 20.0], -14.0)
+}
+
+/// The paper's settings with the batch sizes cut to the planted set's 60 training samples.
+fn small_batches(method: Method) -> DefenseConfig {
+    let mut cfg = DefenseConfig::paper(method);
+    cfg.anp.batch_size = 16;
+    cfg.fst.batch_size = 16;
+    cfg
+}
+
+#[test]
+fn anp_removes_a_backdoor_in_a_clean_active_channel_that_fine_pruning_misses() {
+    let file = clean_active_backdoor();
+    let ds = planted_data();
+    let dev = cpu().autodiff();
+    let fp = defend(&file, &ds, &small_batches(Method::Fineprune), Some(&corner_trigger()), &dev, &mut Silent).unwrap();
+    assert_eq!(fp.before.attack_success_rate, Some(1.0));
+    assert_eq!(fp.before.clean_accuracy, 1.0);
+    assert_eq!(fp.pruned, vec![2], "fine-pruning spends its budget on the dead channel");
+    assert_eq!(fp.after.attack_success_rate, Some(1.0), "and the backdoor survives");
+
+    let anp = defend(&file, &ds, &small_batches(Method::Anp), Some(&corner_trigger()), &dev, &mut Silent).unwrap();
+    assert_eq!(anp.after.attack_success_rate, Some(0.0), "{:?}", anp.anp);
+    assert!(anp.within_budget);
+    assert!(anp.after.val_accuracy >= anp.before.val_accuracy - 0.04);
+    assert_eq!(anp.after.clean_accuracy, 1.0);
+    let conv = &anp.pruned_by_layer[0];
+    assert_eq!(conv.layer, "conv");
+    assert!(conv.pruned.contains(&3), "the backdoor channel is pruned: {:?}", anp.pruned_by_layer);
+    assert!(!conv.pruned.contains(&0) && !conv.pruned.contains(&1), "the channels clean classes need are kept");
+    let report = anp.anp.as_ref().unwrap();
+    let mask = &report.layers[0].mask;
+    assert!(mask[3] < 0.5 && mask[0] > 0.9 && mask[1] > 0.9, "masks {mask:?}");
+    // Folded away: the convolution lost the pruned channels.
+    assert!(anp.folded);
+    let fineprune::model::Op::Conv2d { out_channels, .. } = anp.model.model.graph.nodes[1].op else { panic!() };
+    assert_eq!(out_channels, 4 - conv.pruned.len());
+}
+
+#[test]
+fn fst_keeps_the_head_norm_and_removes_the_planted_backdoor() {
+    let file = clean_active_backdoor();
+    let ds = planted_data();
+    let dev = cpu().autodiff();
+    // With the default learning rate, 10 epochs of 4 steps are too few for the re-initialised
+    // head to relearn even this toy's two classes (the backdoor is gone, but so is class 0):
+    // the default alpha (capped at 1.25 / |W0|^2 = 1.25 / 500) and half of it both miss the
+    // budget, and the outcome says so instead of passing a ruined model off as repaired.
+    let ruined = defend(&file, &ds, &small_batches(Method::Fst), Some(&corner_trigger()), &dev, &mut Silent).unwrap();
+    assert!(!ruined.within_budget);
+    let fst = ruined.fst.as_ref().unwrap();
+    assert_eq!((fst.head.as_str(), fst.tried.len()), ("fc", 2), "the default, then half of it");
+    assert!((fst.head_norm_sq - 500.0).abs() < 1e-3 && (fst.tried[0].0 - 1.25 / 500.0).abs() < 1e-9, "{fst:?}");
+    assert!(ruined.notes.iter().any(|n| n.contains("no setting kept clean validation accuracy within the budget")), "{:?}", ruined.notes);
+
+    // A learning rate and length that suit the toy: the new head learns the clean classes and
+    // not the backdoor.
+    let mut cfg = small_batches(Method::Fst);
+    cfg.fst.lr = 0.1;
+    cfg.fst.epochs = Some(40);
+    let out = defend(&file, &ds, &cfg, Some(&corner_trigger()), &dev, &mut Silent).unwrap();
+    assert!(out.within_budget, "{:?}", out.notes);
+    assert_eq!(out.after.attack_success_rate, Some(0.0), "{:?}", out.fst);
+    let norm = |f: &ModelFile| {
+        let l = f.model.layers[5].linear.as_ref().unwrap();
+        let v: Vec<f32> = l.weight.val().into_data().convert::<f32>().try_to_vec().unwrap();
+        (v.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt(), v)
+    };
+    let (n0, w0) = norm(&file);
+    let (n1, w1) = norm(&out.model);
+    assert!((n0 - n1).abs() < 1e-3 * n0, "the head keeps its norm: {n0} vs {n1}");
+    let inner: f64 = w0.iter().zip(&w1).map(|(a, b)| (a * b) as f64).sum();
+    assert!(inner < 0.5 * n0 * n0, "the head moved away from the backdoored one");
+}
+
+#[test]
+fn defense_choices_never_read_the_test_split_or_the_trigger() {
+    let file = clean_active_backdoor();
+    let ds = planted_data();
+    // The same data with the test split replaced by noise (and noise labels), no trigger given.
+    let mut noisy = planted_data();
+    let mut r = Rng::new(99);
+    let mut test = Split::new(64);
+    for _ in 0..40 {
+        let img: Vec<f32> = (0..64).map(|_| r.uniform() as f32).collect();
+        test.push(&img, r.below(3));
+    }
+    noisy.test = test;
+    let dev = cpu().autodiff();
+    for method in [Method::Fineprune, Method::Anp, Method::Fst, Method::AnpFst] {
+        let a = defend(&file, &ds, &small_batches(method), Some(&corner_trigger()), &dev, &mut Silent).unwrap();
+        let b = defend(&file, &noisy, &small_batches(method), None, &dev, &mut Silent).unwrap();
+        let choices = |o: &fineprune::defense::DefenseOutcome| {
+            serde_json::json!({
+                "pruned": o.pruned_by_layer,
+                "threshold": o.anp.as_ref().map(|r| r.threshold),
+                "masks": o.anp.as_ref().map(|r| r.layers.iter().map(|l| l.mask.clone()).collect::<Vec<_>>()),
+                "fst": o.fst.as_ref().map(|f| (f.alpha, f.best_epoch)),
+                "val_curve": o.curve.iter().map(|p| p.val_accuracy).collect::<Vec<_>>(),
+                "val_after": o.after.val_accuracy,
+            })
+        };
+        assert_eq!(choices(&a), choices(&b), "{method}: a choice depended on the test split or the trigger");
+        assert_ne!(a.after.clean_accuracy, b.after.clean_accuracy, "{method}: the test split is read, but only to measure");
+    }
+}
+
+#[test]
+fn bad_trigger_free_defense_inputs_are_clear_errors() {
+    let file = clean_active_backdoor();
+    let ds = planted_data();
+    let dev = cpu().autodiff();
+    let run = |cfg: &DefenseConfig, file: &ModelFile| defend(file, &ds, cfg, None, &dev, &mut Silent).unwrap_err().to_string();
+    let mut cfg = small_batches(Method::Anp);
+    cfg.anp.threshold = Some(1.5);
+    assert!(run(&cfg, &file).contains("threshold 1.5 is not in [0, 1]"));
+    // The default batch of 128 is more than the 60 clean samples.
+    assert!(run(&DefenseConfig::paper(Method::Anp), &file).contains("fewer than one batch of 128"));
+    // No layer to mask: the input flattened straight into the classifier.
+    let mut b = GraphBuilder::new([1, 8, 8]);
+    let f = b.flatten("flatten", 0);
+    let l = b.linear("fc", f, 3);
+    let mut g = b.finish(l, "input");
+    g.prune_site = None;
+    let bare = ModelFile { model: Model::init(g, 0, &cpu()).unwrap(), info: file.info.clone() };
+    assert!(run(&small_batches(Method::Anp), &bare).contains("ANP needs layers to mask"));
+    // FST needs a linear classifier head.
+    let mut b = GraphBuilder::new([1, 8, 8]);
+    let f = b.flatten("flatten", 0);
+    let l = b.linear("fc", f, 3);
+    let r = b.relu("relu", l);
+    let mut g = b.finish(r, "input");
+    g.prune_site = None;
+    let headless = ModelFile { model: Model::init(g, 0, &cpu()).unwrap(), info: file.info.clone() };
+    assert!(run(&small_batches(Method::Fst), &headless).contains("not a linear layer"));
+}
+

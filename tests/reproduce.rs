@@ -19,14 +19,19 @@ fn quick(task: &str, baselines: &[(&str, f64)], min_clean: f64) -> (tempfile::Te
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    // Clean model, then (baselines..., pruning-aware) x (none, prune, finetune, fineprune).
-    assert_eq!(rows.len(), 1 + (baselines.len() + 1) * 4);
+    // Clean model, then (baselines..., pruning-aware) x (none, then every defense).
+    let defenses: Vec<&str> = v["plan"]["defenses"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    assert_eq!(defenses, ["prune", "finetune", "fineprune", "anp", "fst"]);
+    assert_eq!(rows.len(), 1 + (baselines.len() + 1) * (1 + defenses.len()));
     let aware = format!("pruning-aware ({})", baselines[0].0);
     for attack in baselines.iter().map(|b| b.0).chain([aware.as_str()]) {
-        for defense in ["none", "prune", "finetune", "fineprune"] {
+        for defense in defenses.iter().copied().chain(["none"]) {
             let row = rows.iter().find(|r| r["attack"] == attack && r["defense"] == defense).unwrap_or_else(|| panic!("no row {attack} / {defense}"));
-            assert!(row["clean_accuracy"].as_f64().unwrap() > min_clean, "{task}: {row}");
             assert!(row["attack_success_rate"].as_f64().is_some());
+            // A defense either keeps clean accuracy within its budget or says it did not.
+            if row["within_budget"] != false {
+                assert!(row["clean_accuracy"].as_f64().unwrap() > min_clean, "{task}: {row}");
+            }
         }
     }
     for (attack, min_asr) in baselines {
@@ -36,6 +41,10 @@ fn quick(task: &str, baselines: &[(&str, f64)], min_clean: f64) -> (tempfile::Te
     // The central observation is stated either way.
     let findings: Vec<&str> = v["findings"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     assert!(findings.iter().any(|f| f.contains("the pruning-aware attack kept the higher") || f.contains("did not keep a higher")));
+    // And, per attacked model, which defense removed the backdoor (or that none did).
+    for attack in baselines.iter().map(|b| b.0).chain([aware.as_str()]) {
+        assert!(findings.iter().any(|f| f.contains(&format!("The {attack} backdoor was removed")) || f.contains(&format!("No defense removed the {attack} backdoor"))), "{attack}: {findings:?}");
+    }
     assert!(v["input_digest"].as_str().unwrap().starts_with("fnv1a64:"));
     (dir, v)
 }
@@ -57,7 +66,7 @@ fn mnist_quick_reproduction_and_report() {
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert!(html.starts_with("<!doctype html>") && html.ends_with("</html>"));
     assert_eq!(html.matches("<tr>").count(), 1 + rows.len(), "header + one row per result");
-    assert!(html.matches("<svg").count() >= 4, "activation and pruning plots for both attacks");
+    assert!(html.matches("<svg").count() >= 6, "activation, pruning and ANP plots for both attacks");
     assert!(html.contains("data:image/png;base64,"));
     assert!(!html.contains("http://") || html.matches("http://").count() == html.matches("http://www.w3.org/2000/svg").count(), "no network references");
 

@@ -50,6 +50,25 @@ pub struct Model {
     pub graph: Graph,
 }
 
+/// Rewrites node outputs as the interpreter produces them: how a defense puts learnable or noisy
+/// per-neuron scales beside frozen weights (adversarial neuron pruning) without copying the
+/// model or adding graph nodes.
+pub trait NodeHook {
+    /// Called with node `node`'s output; returns the value every later node reads instead.
+    fn after(&self, node: usize, out: Activation) -> Activation;
+}
+
+/// How a run treats the layers that behave differently in training.
+pub enum Mode<'a> {
+    /// BatchNorm uses its running statistics, dropout is the identity.
+    Eval,
+    /// BatchNorm uses and updates batch statistics, dropout draws its masks from the generator.
+    Train(&'a mut Rng),
+    /// BatchNorm normalises with batch statistics but leaves its running statistics alone;
+    /// dropout is the identity (a frozen model probed in training-mode normalisation).
+    BatchStats,
+}
+
 /// An intermediate value: feature maps are rank 4, flat features rank 2.
 #[derive(Clone, Debug)]
 pub enum Activation {
@@ -152,18 +171,28 @@ impl Model {
         self.run(x, None, nodes)
     }
 
+    /// Logits for a batch with `hook` applied to every node's output.
+    pub fn forward_hooked(&self, x: Tensor<4>, mode: Mode, hook: &dyn NodeHook) -> Tensor<2> {
+        let out = self.graph.output;
+        self.run_from(1, vec![(0, Activation::Map(x))], mode, Some(hook), &[out]).pop().expect("one output").into_flat()
+    }
+
     fn run(&self, x: Tensor<4>, rng: Option<&mut Rng>, wanted: &[usize]) -> Vec<Activation> {
-        self.run_from(1, vec![(0, Activation::Map(x))], rng, wanted)
+        let mode = match rng {
+            Some(r) => Mode::Train(r),
+            None => Mode::Eval,
+        };
+        self.run_from(1, vec![(0, Activation::Map(x))], mode, None, wanted)
     }
 
     /// Runs nodes `start..` in evaluation mode from known values of earlier nodes (a cached
     /// prefix: the [`Graph::frontier`] of `start - 1`) and returns the values of `wanted`.
     pub fn run_cached(&self, start: usize, known: Vec<(usize, Activation)>, wanted: &[usize]) -> Vec<Activation> {
-        self.run_from(start, known, None, wanted)
+        self.run_from(start, known, Mode::Eval, None, wanted)
     }
 
     /// Runs the graph up to the last of `wanted` and returns their values in order.
-    fn run_from(&self, start: usize, known: Vec<(usize, Activation)>, mut rng: Option<&mut Rng>, wanted: &[usize]) -> Vec<Activation> {
+    fn run_from(&self, start: usize, known: Vec<(usize, Activation)>, mut mode: Mode, hook: Option<&dyn NodeHook>, wanted: &[usize]) -> Vec<Activation> {
         let nodes = &self.graph.nodes;
         let stop = wanted.iter().copied().max().unwrap_or(0);
         // Free each value after its last reader so peak memory is the graph's width, not depth.
@@ -187,15 +216,22 @@ impl Model {
                 let v = if last_use[j] == i { values[j].take() } else { values[j].clone() };
                 ins.push(v.expect("graph validated: inputs computed earlier"));
             }
-            let out = self.apply(i, ins, rng.as_deref_mut());
-            values[i] = Some(out);
+            let out = self.apply(i, ins, &mut mode);
+            values[i] = Some(match hook {
+                Some(h) => h.after(i, out),
+                None => out,
+            });
         }
         wanted.iter().map(|&w| values[w].clone().expect("computed")).collect()
     }
 
-    fn apply(&self, i: usize, mut ins: Vec<Activation>, rng: Option<&mut Rng>) -> Activation {
+    fn apply(&self, i: usize, mut ins: Vec<Activation>, mode: &mut Mode) -> Activation {
         let p = &self.layers[i];
-        let train = rng.is_some();
+        let (batch_stats, update) = match mode {
+            Mode::Eval => (false, false),
+            Mode::Train(_) => (true, true),
+            Mode::BatchStats => (true, false),
+        };
         match &self.graph.nodes[i].op {
             Op::Input => unreachable!("node 0 is the input"),
             Op::Conv2d { stride, padding, dilation, groups, .. } => {
@@ -206,8 +242,8 @@ impl Model {
             Op::BatchNorm { epsilon, momentum, .. } => {
                 let bn = p.bn.as_ref().expect("bn params");
                 match ins.pop().unwrap() {
-                    Activation::Map(x) => Activation::Map(batchnorm(bn, x, *epsilon, *momentum, train)),
-                    Activation::Flat(x) => Activation::Flat(batchnorm(bn, x, *epsilon, *momentum, train)),
+                    Activation::Map(x) => Activation::Map(batchnorm(bn, x, *epsilon, *momentum, batch_stats, update)),
+                    Activation::Flat(x) => Activation::Flat(batchnorm(bn, x, *epsilon, *momentum, batch_stats, update)),
                 }
             }
             Op::Relu => elementwise(ins.pop().unwrap(), |t| relu(t), |t| relu(t)),
@@ -271,8 +307,8 @@ impl Model {
             }
             Op::Dropout { p: prob } => {
                 let x = ins.pop().unwrap();
-                match rng {
-                    Some(rng) if *prob > 0.0 => dropout(x, *prob, rng),
+                match mode {
+                    Mode::Train(rng) if *prob > 0.0 => dropout(x, *prob, rng),
                     _ => x,
                 }
             }
@@ -379,9 +415,12 @@ fn elementwise(x: Activation, map: impl FnOnce(Tensor<4>) -> Tensor<4>, flat: im
     }
 }
 
-fn batchnorm<const D: usize>(bn: &BatchNormParams, x: Tensor<D>, eps: f64, momentum: f64, train: bool) -> Tensor<D> {
-    if train {
+fn batchnorm<const D: usize>(bn: &BatchNormParams, x: Tensor<D>, eps: f64, momentum: f64, batch_stats: bool, update: bool) -> Tensor<D> {
+    if batch_stats {
         let out = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), eps);
+        if !update {
+            return out.output;
+        }
         // PyTorch semantics: running statistics track the unbiased batch variance.
         let n = out.output.dims().iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| *d).product::<usize>();
         let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };

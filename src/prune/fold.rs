@@ -4,9 +4,9 @@
 //! flatten. The folded model computes the same function as the masked one, with fewer
 //! weights.
 //!
-//! Folding needs a site reached from one convolution through per-channel layers only
-//! (BatchNorm, ReLU, pooling, dropout). A site after a residual addition cannot be folded (the
-//! skip path carries the channel too); [`fold`] then returns `None` and the mask stays.
+//! Folding needs a site reached from one convolution or linear layer through per-channel layers
+//! only (BatchNorm, ReLU, pooling, dropout). A site after a residual addition cannot be folded
+//! (the skip path carries the channel too); [`fold`] then returns `None` and the mask stays.
 
 use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -38,9 +38,9 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
     // Upstream: per-channel nodes back to one convolution, each read only along the chain.
     let mut chain = vec![];
     let mut i = site;
-    let conv = loop {
+    let producer = loop {
         match &g.nodes[i].op {
-            Op::Conv2d { groups: 1, .. } => break i,
+            Op::Conv2d { groups: 1, .. } | Op::Linear { .. } => break i,
             op if op.is_per_channel() && g.nodes[i].inputs.len() == 1 => {
                 chain.push(i);
                 i = g.nodes[i].inputs[0];
@@ -53,6 +53,7 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
     };
     // Downstream from the mask: per-channel nodes, then consumers to slice.
     let mut to_slice_conv = vec![];
+    // (flatten node, if the linear layer reads the channels through one; linear node)
     let mut to_slice_linear = vec![];
     let mut downstream = vec![];
     let mut stack = vec![mask];
@@ -65,8 +66,9 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
                     if !matches!(g.nodes[lin].op, Op::Linear { .. }) {
                         return None;
                     }
-                    to_slice_linear.push((r, lin));
+                    to_slice_linear.push((Some(r), lin));
                 }
+                Op::Linear { .. } => to_slice_linear.push((None, r)),
                 op if op.keeps_zero() && g.nodes[r].inputs.len() == 1 => {
                     downstream.push(r);
                     stack.push(r);
@@ -77,20 +79,34 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
     }
     let shapes = g.validate().ok()?;
     let mut m = model.clone();
-    let device = m.layers[conv].conv.as_ref()?.weight.val().device();
-    let idx = index_tensor(&kept, &device);
     let n = kept.len();
-    // The producing convolution: output channels.
-    {
-        let c = m.layers[conv].conv.as_mut()?;
-        c.weight = Param::from_tensor(c.weight.val().select(0, idx.clone()));
-        if let Some(b) = c.bias.as_mut() {
-            *b = select1(b, &kept);
+    // The producer: a convolution's output channels or a linear layer's output units (rows).
+    let layer = &mut m.layers[producer];
+    let device = match (&mut layer.conv, &mut layer.linear) {
+        (Some(c), _) => {
+            let device = c.weight.val().device();
+            c.weight = Param::from_tensor(c.weight.val().select(0, index_tensor(&kept, &device)));
+            if let Some(b) = c.bias.as_mut() {
+                *b = select1(b, &kept);
+            }
+            device
         }
-        if let Op::Conv2d { out_channels, .. } = &mut m.graph.nodes[conv].op {
-            *out_channels = n;
+        (_, Some(l)) => {
+            let device = l.weight.val().device();
+            l.weight = Param::from_tensor(l.weight.val().select(0, index_tensor(&kept, &device)));
+            if let Some(b) = l.bias.as_mut() {
+                *b = select1(b, &kept);
+            }
+            device
         }
+        _ => return None,
+    };
+    match &mut m.graph.nodes[producer].op {
+        Op::Conv2d { out_channels, .. } => *out_channels = n,
+        Op::Linear { out_features, .. } => *out_features = n,
+        _ => return None,
     }
+    let idx = index_tensor(&kept, &device);
     for &node in chain.iter().chain(&downstream) {
         if let Some(bn) = m.layers[node].bn.as_mut() {
             bn.gamma = select1(&bn.gamma, &kept);
@@ -102,7 +118,8 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
         }
         match &mut m.graph.nodes[node].op {
             Op::BatchNorm { channels, .. } => *channels = n,
-            Op::ChannelMask { keep } => *keep = vec![true; n],
+            // Another mask on the chain keeps its own pruned channels (of those still kept).
+            Op::ChannelMask { keep: other } => *other = kept.iter().map(|&c| other[c]).collect(),
             _ => {}
         }
     }
@@ -114,7 +131,7 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
         }
     }
     for &(flat, lin) in &to_slice_linear {
-        let hw = shapes[g.nodes[flat].inputs[0]].numel() / keep.len();
+        let hw = flat.map_or(1, |f| shapes[g.nodes[f].inputs[0]].numel() / keep.len());
         let cols: Vec<usize> = kept.iter().flat_map(|&c| c * hw..(c + 1) * hw).collect();
         let l = m.layers[lin].linear.as_mut()?;
         l.weight = Param::from_tensor(l.weight.val().select(1, index_tensor(&cols, &device)));
@@ -127,4 +144,28 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
     m.layers.remove(mask);
     m.graph.validate().ok()?;
     Some(m)
+}
+
+/// Folds every mask that can be folded (fine-pruning's one site or a neuron defense's many);
+/// masks that cannot (after a residual addition) stay. Returns the model and whether any mask
+/// was folded.
+pub fn fold_all(model: &Model) -> (Model, bool) {
+    let mut m = model.clone();
+    let mut folded = false;
+    // Each fold removes a mask node and renumbers the graph: look the next one up afresh, and
+    // skip the sites already found unfoldable (by name, which folding keeps).
+    let mut stuck: Vec<String> = vec![];
+    while let Some(site) = m.graph.nodes.iter().find_map(|n| match &n.op {
+        Op::ChannelMask { keep } if keep.iter().any(|k| !k) && !stuck.contains(&n.name) => Some((n.inputs[0], n.name.clone())),
+        _ => None,
+    }) {
+        match fold(&m, site.0) {
+            Some(next) => {
+                m = next;
+                folded = true;
+            }
+            None => stuck.push(site.1),
+        }
+    }
+    (m, folded)
 }

@@ -6,6 +6,7 @@
 //! and each pruning level re-runs only the rest of the network.
 
 pub mod fold;
+pub mod neurons;
 pub mod sweep;
 
 use burn::module::Module;

@@ -49,15 +49,20 @@ pub fn reproduction(r: &Reproduction) -> String {
         if r.quick { ", not comparable to a full run" } else { "" },
         r.seconds
     );
-    h.push_str("<h2>Results</h2><table><tr><th>attack</th><th>defense</th><th>clean accuracy</th><th>attack success rate</th><th>95% CI</th><th>fraction pruned</th><th>seconds</th></tr>");
+    h.push_str("<h2>Results</h2><table><tr><th>attack</th><th>defense</th><th>clean accuracy</th><th>attack success rate</th><th>95% CI</th><th>fraction pruned</th><th>within budget</th><th>seconds</th></tr>");
     for row in &r.rows {
         let asr = row.attack_success_rate.map(|a| format!("{a:.4}")).unwrap_or("—".into());
         let ci = row.attack_success_rate_ci95.map(|c| format!("{:.4}–{:.4}", c[0], c[1])).unwrap_or("—".into());
         let pf = row.pruned_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or("—".into());
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{asr}</td><td>{ci}</td><td>{pf}</td><td>{:.1}</td></tr>", esc(&row.attack), esc(&row.defense), row.clean_accuracy, row.seconds);
+        let budget = match row.within_budget {
+            Some(true) => "yes",
+            Some(false) => "<b>no</b>",
+            None => "—",
+        };
+        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{asr}</td><td>{ci}</td><td>{pf}</td><td>{budget}</td><td>{:.1}</td></tr>", esc(&row.attack), esc(&row.defense), row.clean_accuracy, row.seconds);
     }
     h.push_str("</table>");
-    h.push_str("<p>Attack success rate: targeted — fraction of triggered test inputs whose true class is not the target classified as the target; all-to-all — fraction of class-y inputs classified as (y+1) mod C; untargeted — 1 − A<sub>backdoor</sub>/A<sub>clean</sub>. Defenses stop pruning at a 4% drop in clean <i>validation</i> accuracy; the trigger is used only to measure.</p>");
+    h.push_str("<p>Attack success rate: targeted — fraction of triggered test inputs whose true class is not the target classified as the target; all-to-all — fraction of class-y inputs classified as (y+1) mod C; untargeted — 1 − A<sub>backdoor</sub>/A<sub>clean</sub>. Every defense is held to the same budget: at most a 4-point drop in clean <i>validation</i> accuracy (fine-pruning's channels, ANP's mask threshold, FST's epoch and alpha are chosen on it); the trigger is used only to measure. Defenses: <i>prune</i>, <i>finetune</i>, <i>fineprune</i> (the paper); <i>anp</i> (adversarial neuron pruning, Wu &amp; Wang 2021); <i>fst</i> (feature-shift tuning, Min et al. 2023); <i>anp+fst</i> (the first, then the second).</p>");
     h.push_str("<h2>What this run shows</h2><ul>");
     for f in &r.findings {
         let _ = write!(h, "<li>{}</li>", esc(f));

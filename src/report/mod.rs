@@ -23,8 +23,9 @@ pub fn activation_chart(layer: &str, order: &[usize], clean: &[f64], triggered: 
     }
 }
 
-/// The paper's figure: clean accuracy and attack success against the fraction pruned.
-pub fn pruning_chart(title: &str, curve: &[crate::defense::CurvePoint], chosen: Option<f64>) -> svg::Chart {
+/// The paper's figure: clean accuracy and attack success against the fraction of `unit`s
+/// (channels, neurons) pruned.
+pub fn pruning_chart(title: &str, curve: &[crate::defense::CurvePoint], chosen: Option<f64>, unit: &str) -> svg::Chart {
     let pick = |f: &dyn Fn(&crate::defense::CurvePoint) -> Option<f64>| curve.iter().filter_map(|p| f(p).map(|v| (p.fraction, v))).collect::<Vec<_>>();
     let mut series = vec![svg::Series { name: "clean val accuracy".into(), colour: "#1f77b4", points: pick(&|p| Some(p.val_accuracy)) }];
     let test = pick(&|p| p.test_accuracy);
@@ -37,7 +38,7 @@ pub fn pruning_chart(title: &str, curve: &[crate::defense::CurvePoint], chosen: 
     }
     svg::Chart {
         title: title.into(),
-        x_label: "fraction of channels pruned".into(),
+        x_label: format!("fraction of {unit} pruned"),
         y_label: "rate".into(),
         series,
         y_range: Some((0.0, 1.0)),
@@ -48,9 +49,9 @@ pub fn pruning_chart(title: &str, curve: &[crate::defense::CurvePoint], chosen: 
 /// The pruning curve as CSV.
 pub fn curve_csv(curve: &[crate::defense::CurvePoint]) -> String {
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
-    let mut s = String::from("pruned,fraction,val_accuracy,test_accuracy,attack_success_rate\n");
+    let mut s = String::from("pruned,fraction,threshold,val_accuracy,test_accuracy,attack_success_rate\n");
     for p in curve {
-        s.push_str(&format!("{},{:.6},{:.6},{},{}\n", p.pruned, p.fraction, p.val_accuracy, opt(p.test_accuracy), opt(p.attack_success_rate)));
+        s.push_str(&format!("{},{:.6},{},{:.6},{},{}\n", p.pruned, p.fraction, opt(p.threshold), p.val_accuracy, opt(p.test_accuracy), opt(p.attack_success_rate)));
     }
     s
 }
@@ -61,9 +62,9 @@ pub fn write_defense_report(dir: &std::path::Path, outcome: &crate::defense::Def
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     if !outcome.curve.is_empty() {
         write_atomic(&dir.join("curve.csv"), curve_csv(&outcome.curve).as_bytes())?;
-        let title = format!("pruning {} ({} channels)", outcome.layer, outcome.channels);
-        let chosen = (outcome.method != crate::defense::Method::Finetune).then_some(outcome.pruned_fraction);
-        write_atomic(&dir.join("curve.svg"), pruning_chart(&title, &outcome.curve, chosen).to_svg().as_bytes())?;
+        let unit = if outcome.method.uses_anp() { "neurons" } else { "channels" };
+        let title = format!("{}: pruning {} ({} {unit})", outcome.method, outcome.layer, outcome.channels);
+        write_atomic(&dir.join("curve.svg"), pruning_chart(&title, &outcome.curve, Some(outcome.pruned_fraction), unit).to_svg().as_bytes())?;
     }
     let json = serde_json::to_vec_pretty(outcome).expect("outcome serialises");
     write_atomic(&dir.join("result.json"), &json)

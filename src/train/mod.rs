@@ -127,14 +127,42 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
 pub trait Progress {
     fn batch(&mut self, _epoch: usize, _done: usize, _total: usize, _loss: f64, _acc: f64) {}
     fn epoch(&mut self, _stats: &EpochStats) {}
+    /// Training of `epochs` epochs starts (bars and logs count epochs from here).
+    fn training(&mut self, _epochs: usize) {}
+    /// A phase of work that is not an epoch of training starts (`total` steps, reported through
+    /// `batch` with epoch 0), e.g. "ANP: optimising neuron masks".
+    fn phase(&mut self, _label: &str, _total: usize) {}
+    /// A plain statement for the user (a choice made, a budget missed).
+    fn note(&mut self, _msg: &str) {}
 }
 
 pub struct Silent;
 impl Progress for Silent {}
 
+/// What a defense adds to the training loop: an extra loss term, and a projection of the
+/// weights after every optimiser step (feature-shift tuning uses both).
+pub trait TrainHooks {
+    /// Added to the batch's cross-entropy (`model` is the autodiff model being trained).
+    fn extra_loss(&self, _model: &Model) -> Option<Tensor<1>> {
+        None
+    }
+    fn after_step(&self, model: Model) -> Model {
+        model
+    }
+}
+
+/// Plain training.
+pub struct NoHooks;
+impl TrainHooks for NoHooks {}
+
 /// Trains `model` on `data.train`, choosing the epoch by accuracy on `data.val`. `device` must
 /// be an autodiff device; evaluation runs on its plain counterpart.
 pub fn train(model: Model, data: &TrainData, cfg: &TrainConfig, device: &Device, progress: &mut dyn Progress) -> Result<TrainOutcome> {
+    train_with(model, data, cfg, &NoHooks, device, progress)
+}
+
+/// [`train`] with a defense's extra loss term and post-step projection.
+pub fn train_with(model: Model, data: &TrainData, cfg: &TrainConfig, hooks: &dyn TrainHooks, device: &Device, progress: &mut dyn Progress) -> Result<TrainOutcome> {
     cfg.validate()?;
     if data.train.is_empty() {
         return Err(Error::invalid("the training split is empty"));
@@ -167,6 +195,7 @@ pub fn train(model: Model, data: &TrainData, cfg: &TrainConfig, device: &Device,
     let mut best: Option<(f64, usize, Model)> = None;
     let mut history = Vec::new();
     let mut since_best = 0;
+    progress.training(cfg.epochs);
     for epoch in 0..cfg.epochs {
         let start = Instant::now();
         let lr = cfg.schedule.rate(cfg.lr, epoch, cfg.epochs);
@@ -182,7 +211,10 @@ pub fn train(model: Model, data: &TrainData, cfg: &TrainConfig, device: &Device,
             let logits = model.forward_train(x, &mut rng);
             let preds = argmax(logits.clone().detach());
             correct += preds.iter().zip(idx.iter()).filter(|(p, i)| **p == data.train.labels[**i]).count();
-            let loss = cross_entropy(logits, y);
+            let loss = match hooks.extra_loss(&model) {
+                Some(extra) => cross_entropy(logits, y) + extra,
+                None => cross_entropy(logits, y),
+            };
             let loss_value = loss.clone().detach().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
                 return Err(Error::invalid(format!("training diverged at epoch {} (loss {loss_value}); try a smaller learning rate", epoch + 1)));
@@ -190,7 +222,7 @@ pub fn train(model: Model, data: &TrainData, cfg: &TrainConfig, device: &Device,
             loss_sum += loss_value * idx.len() as f64;
             seen += idx.len();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
+            model = hooks.after_step(optim.step(lr, model, grads));
             progress.batch(epoch, b + 1, batches.len(), loss_sum / seen as f64, correct as f64 / seen as f64);
         }
         let val_accuracy = if data.val.is_empty() {

@@ -60,6 +60,19 @@ fn initializer_names(proto: &ModelProto) -> HashMap<u64, (String, String)> {
     out
 }
 
+/// The PyTorch module a node of a TorchScript export belongs to: `/features/features.0/Conv`
+/// is `features.0`, `/layer1/layer1.0/conv1/Conv` is `layer1.0.conv1` (each scope is named by
+/// its attribute, the first by its full path).
+fn module_path(node: &str) -> Option<String> {
+    let mut scopes: Vec<&str> = node.split('/').filter(|s| !s.is_empty()).collect();
+    scopes.pop()?; // the operator
+    let last = *scopes.last()?;
+    Some(match scopes.len() {
+        n if n >= 2 && !last.contains('.') => format!("{}.{last}", scopes[n - 2]),
+        _ => last.to_string(),
+    })
+}
+
 /// Makes a name valid for the graph IR (letters, digits, `_ . - / :`, at most 128 bytes).
 fn clean_name(name: &str) -> String {
     let s: String = name.trim_start_matches('/').chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | ':') { c } else { '_' }).collect();
@@ -113,7 +126,12 @@ impl Builder {
             && let Some((init, node)) = self.weight_names.get(&d).cloned()
         {
             self.used_weight_names.insert(d);
-            let base = init.strip_suffix(".weight").unwrap_or(&init).to_string();
+            // PyTorch names a weight it computed on export (BatchNorm folded into a
+            // convolution) `onnx::Conv_39`: the node's module path names the layer better.
+            let base = match init.strip_prefix("onnx::").and_then(|_| module_path(&node)) {
+                Some(path) => path,
+                None => init.strip_suffix(".weight").unwrap_or(&init).to_string(),
+            };
             let name = self.unique(&base);
             if !node.is_empty() {
                 self.aliases.insert(node, name.clone());
@@ -590,4 +608,17 @@ fn prune_dead(mut g: Graph, tensors: &mut Vec<(usize, &'static str, TensorData)>
     tensors.retain(|(i, _, _)| live[*i]);
     tensors.iter_mut().for_each(|t| t.0 = new_index[t.0]);
     g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::module_path;
+
+    #[test]
+    fn module_paths_of_torchscript_node_names() {
+        assert_eq!(module_path("/features/features.0/Conv").as_deref(), Some("features.0"));
+        assert_eq!(module_path("/layer1/layer1.0/conv1/Conv").as_deref(), Some("layer1.0.conv1"));
+        assert_eq!(module_path("/conv1/Conv").as_deref(), Some("conv1"));
+        assert_eq!(module_path("Conv_3"), None);
+    }
 }

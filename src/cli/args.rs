@@ -1,0 +1,254 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::*;
+
+#[derive(Args)]
+pub(super) struct DataArgs {
+    /// Dataset as KIND:PATH, KIND one of mnist, gtsrb, fsdd, orl.
+    #[arg(long)]
+    pub(super) data: String,
+    /// Sample size HxW (default: the dataset kind's own, e.g. 32x32 for gtsrb).
+    #[arg(long, value_parser = parse_size)]
+    pub(super) resize: Option<(usize, usize)>,
+    #[command(flatten)]
+    pub(super) split: SplitArgs,
+}
+
+/// How the validation split is carved from the training set.
+#[derive(Args)]
+pub(super) struct SplitArgs {
+    /// Fraction of the train split held out for validation (by track for gtsrb).
+    #[arg(long, default_value_t = 0.1)]
+    pub(super) val_fraction: f64,
+    /// Seed of the validation split.
+    #[arg(long, default_value_t = 0)]
+    pub(super) split_seed: u64,
+}
+
+impl Default for SplitArgs {
+    fn default() -> Self {
+        SplitArgs { val_fraction: 0.1, split_seed: 0 }
+    }
+}
+
+/// Where a model comes from: a fineprune model file, an ONNX file, or a PyTorch state dict of
+/// a built-in architecture; plus what an imported model needs and the limits on hostile files.
+#[derive(Args)]
+pub(super) struct ModelArgs {
+    /// Model file: a fineprune .safetensors or an .onnx (normalisation from MODEL.toml beside it).
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    pub(super) model: Option<PathBuf>,
+    /// A PyTorch state dict saved with safetensors, for the architecture given by --arch.
+    #[arg(long, requires = "arch")]
+    pub(super) weights: Option<PathBuf>,
+    /// Architecture of --weights (see `fineprune archs`).
+    #[arg(long)]
+    pub(super) arch: Option<String>,
+    /// Per-channel input mean the model expects, e.g. 0.485,0.456,0.406 (overrides MODEL.toml).
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    pub(super) mean: Vec<f32>,
+    /// Per-channel input std the model expects.
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    pub(super) std: Vec<f32>,
+    /// Load a model with NaN or infinite weights instead of refusing it.
+    #[arg(long)]
+    pub(super) allow_non_finite: bool,
+    /// Largest total tensor size accepted from an ONNX file, in bytes; the file itself may be
+    /// 16 MiB more (default: a quarter of the available memory, at most 4 GiB).
+    #[arg(long)]
+    pub(super) max_model_bytes: Option<u64>,
+    /// Most elements in any one tensor of an ONNX file.
+    #[arg(long)]
+    pub(super) max_tensor_elements: Option<usize>,
+}
+
+impl ModelArgs {
+    /// The path the model was named by (for messages).
+    pub(super) fn path(&self) -> &std::path::Path {
+        self.model.as_deref().or(self.weights.as_deref()).expect("clap requires one")
+    }
+
+    pub(super) fn load(&self) -> Result<ModelFile> {
+        let device = fineprune::cpu_device();
+        let cli_norm = (!self.mean.is_empty()).then(|| fineprune::data::Normalization { mean: self.mean.clone(), std: self.std.clone() });
+        let file = match (&self.model, &self.weights) {
+            (Some(path), _) => {
+                let mut opts = fineprune::model::onnx::ImportOptions::default();
+                if let Some(b) = self.max_model_bytes {
+                    opts.limits.max_total_bytes = b;
+                    opts.limits.max_file_bytes = fineprune::model::onnx::file_bound(b);
+                }
+                if let Some(n) = self.max_tensor_elements {
+                    opts.limits.max_tensor_elements = n;
+                }
+                opts.limits.allow_non_finite = self.allow_non_finite;
+                if path.extension().is_some_and(|e| e == "onnx") {
+                    opts.sidecar = fineprune::model::onnx::Sidecar::beside(path)?.unwrap_or_default();
+                }
+                if let Some(n) = &cli_norm {
+                    opts.sidecar.mean = Some(n.mean.clone());
+                    opts.sidecar.std = Some(n.std.clone());
+                }
+                let mut file = fineprune::model::store::load(path, &opts, &device)?;
+                if let Some(n) = cli_norm.filter(|_| !path.extension().is_some_and(|e| e == "onnx")) {
+                    n.validate(file.model.graph.input_shape[0])?;
+                    file.info.normalization = n;
+                }
+                file
+            }
+            (None, Some(weights)) => fineprune::model::store::from_state_dict(self.arch.as_deref().expect("clap requires --arch"), weights, None, cli_norm, &device)?,
+            (None, None) => unreachable!("clap requires --model or --weights"),
+        };
+        Ok(file)
+    }
+}
+
+#[derive(Args)]
+pub(super) struct TrainOpts {
+    #[arg(long, default_value_t = 10)]
+    pub(super) epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub(super) lr: f64,
+    #[arg(long, default_value_t = 64)]
+    pub(super) batch_size: usize,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    pub(super) optimizer: OptimizerKind,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub(super) momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub(super) weight_decay: f64,
+    /// Learning-rate schedule: constant, cosine, or step:EVERY:GAMMA (e.g. step:5:0.1).
+    #[arg(long, default_value = "constant", value_parser = parse_schedule)]
+    pub(super) schedule: Schedule,
+    /// Stop after this many epochs without a better validation accuracy.
+    #[arg(long)]
+    pub(super) patience: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+}
+
+impl TrainOpts {
+    pub(super) fn config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            optimizer: self.optimizer,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule,
+            seed: self.seed,
+            patience: self.patience,
+        }
+    }
+}
+
+#[derive(Args)]
+pub(super) struct TriggerArgs {
+    /// Trigger spec, e.g. patch, patch:size=4,pos=top-left,color=yellow, blend:alpha=0.2,
+    /// sunglasses, tone:freq=3000,amp=0.3 (see the README).
+    #[arg(long)]
+    pub(super) trigger: Option<String>,
+    /// Attack target: a class number, all-to-all, or untargeted.
+    #[arg(long)]
+    pub(super) target: Option<String>,
+    /// Count target-class test inputs in the targeted ASR too (the literal form; by default
+    /// they are left out).
+    #[arg(long)]
+    pub(super) asr_include_target: bool,
+}
+
+pub(super) fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (h, w) = s.split_once('x').ok_or("size must be HxW, e.g. 32x32")?;
+    let h = h.parse().map_err(|_| format!("bad height {h:?}"))?;
+    let w = w.parse().map_err(|_| format!("bad width {w:?}"))?;
+    Ok((h, w))
+}
+
+pub(super) fn parse_schedule(s: &str) -> std::result::Result<Schedule, String> {
+    match s {
+        "constant" => Ok(Schedule::Constant),
+        "cosine" => Ok(Schedule::Cosine),
+        _ => {
+            let parts: Vec<&str> = s.split(':').collect();
+            match parts.as_slice() {
+                ["step", every, gamma] => Ok(Schedule::Step {
+                    every: every.parse().map_err(|_| format!("bad step interval {every:?}"))?,
+                    gamma: gamma.parse().map_err(|_| format!("bad step factor {gamma:?}"))?,
+                }),
+                _ => Err(format!("unknown schedule {s:?}: use constant, cosine or step:EVERY:GAMMA")),
+            }
+        }
+    }
+}
+
+pub(super) fn load_data(spec: &str, size: Option<(usize, usize)>, val_fraction: f64, seed: u64) -> Result<Dataset> {
+    let spec: DataSpec = spec.parse()?;
+    let t = Instant::now();
+    let opts = LoadOptions { size, val_fraction, seed };
+    let ds = Dataset::load(&spec, &opts).with_context(|| format!("loading dataset {spec}"))?;
+    eprintln!(
+        "loaded {spec}: {} train / {} val / {} test samples of {}x{}x{}, {} classes ({:.1}s)",
+        ds.train.len(),
+        ds.val.len(),
+        ds.test.len(),
+        ds.shape[0],
+        ds.shape[1],
+        ds.shape[2],
+        ds.classes.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(ds)
+}
+
+/// Loads a model and the dataset it is evaluated on, checking that they fit each other. The
+/// model defines the input normalisation (an imported model expects its own).
+pub(super) fn load_model_and_data(m: &ModelArgs, data: &str, split: &SplitArgs) -> Result<(ModelFile, Dataset)> {
+    let file = m.load().context("loading the model")?;
+    let [c, h, w] = file.model.graph.input_shape;
+    let spec: DataSpec = data.parse()?;
+    if let Some(kind) = file.info.data_kind
+        && kind != spec.kind
+    {
+        bail!("the model was trained on {} data, not {}", kind.name(), spec.kind.name());
+    }
+    let mut ds = load_data(data, Some((h, w)), split.val_fraction, split.split_seed)?;
+    ds.normalization = file.info.normalization.clone();
+    if ds.shape[0] != c || ds.classes.len() != file.info.classes.len() {
+        bail!(
+            "the model expects {c} channels and {} classes; {} has {} channels and {} classes",
+            file.info.classes.len(),
+            spec,
+            ds.shape[0],
+            ds.classes.len()
+        );
+    }
+    Ok((file, ds))
+}
+
+/// The trigger and target to evaluate: from the command line, else from the model file.
+pub(super) fn resolve_backdoor(file: &ModelFile, trigger: Option<&str>, target: Option<&str>) -> Result<Option<(Trigger, Option<Target>)>> {
+    let carried = file.info.backdoor.as_ref();
+    let trigger = match trigger {
+        Some(t) => Some(trigger_spec::parse(t)?),
+        None => carried.map(|b| b.trigger.clone()),
+    };
+    let target = match target {
+        Some(t) => Some(t.parse::<Target>()?),
+        None => carried.map(|b| b.target),
+    };
+    Ok(trigger.map(|t| (t, target)))
+}
+
+/// `--layer` as the graph names it: an imported model's ONNX node names are accepted too.
+pub(super) fn layer_name(file: &ModelFile, layer: Option<&str>) -> Option<String> {
+    let layer = layer?;
+    let alias = file.info.onnx.as_ref().and_then(|io| io.node_names.get(layer));
+    Some(alias.cloned().unwrap_or_else(|| layer.to_string()))
+}
+

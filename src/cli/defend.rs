@@ -1,0 +1,213 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use super::*;
+
+#[derive(Args)]
+pub(super) struct DefendArgs {
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
+    /// The defender's clean data, KIND:PATH (the model's own dataset kind).
+    #[arg(long)]
+    pub(super) data: String,
+    /// The defense: the paper's prune, finetune, fineprune; or the trigger-free anp (adversarial
+    /// neuron pruning), fst (feature-shift tuning), anp+fst.
+    #[arg(long, value_enum, default_value_t = Method::Fineprune)]
+    pub(super) method: Method,
+    /// Output model (.safetensors or .onnx), written atomically.
+    #[arg(long)]
+    pub(super) out: PathBuf,
+    /// The clean-accuracy budget every method's choices are held to: the most clean validation
+    /// accuracy the defense may cost (absolute points unless --relative; the paper's 4%).
+    #[arg(long, default_value_t = 0.04)]
+    pub(super) max_acc_drop: f64,
+    /// Read --max-acc-drop as a fraction of the suspect model's validation accuracy.
+    #[arg(long)]
+    pub(super) relative: bool,
+    /// prune/fineprune: prune this fraction of the layer instead.
+    #[arg(long, conflicts_with = "prune_count")]
+    pub(super) prune_fraction: Option<f64>,
+    /// prune/fineprune: prune this many channels instead.
+    #[arg(long)]
+    pub(super) prune_count: Option<usize>,
+    /// prune/fineprune: layer to prune (default: the last convolutional layer).
+    #[arg(long)]
+    pub(super) layer: Option<String>,
+    /// finetune/fineprune: fine-tuning epochs.
+    #[arg(long, default_value_t = 5)]
+    pub(super) epochs: usize,
+    /// finetune/fineprune: learning rate (Adam; 10x below the training default).
+    #[arg(long, default_value_t = 1e-4)]
+    pub(super) lr: f64,
+    /// finetune/fineprune: batch size.
+    #[arg(long, default_value_t = 64)]
+    pub(super) batch_size: usize,
+    /// Fraction of the train split the defender has as clean data.
+    #[arg(long, default_value_t = 1.0)]
+    pub(super) clean_fraction: f64,
+    /// Seed of the defender's data subset, shuffles, noise and re-initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+    #[command(flatten)]
+    pub(super) anp: AnpArgs,
+    #[command(flatten)]
+    pub(super) fst: FstArgs,
+    #[command(flatten)]
+    pub(super) split: SplitArgs,
+    #[command(flatten)]
+    pub(super) attack: TriggerArgs,
+    /// Keep the layers' shapes (pruned channels masked to zero) instead of removing them.
+    #[arg(long)]
+    pub(super) keep_shape: bool,
+    /// Write curve.csv, curve.svg and result.json here.
+    #[arg(long)]
+    pub(super) report: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of human-readable text.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+/// Adversarial neuron pruning's settings (defaults: the reference implementation's).
+#[derive(Args)]
+pub(super) struct AnpArgs {
+    /// anp: bound of the adversarial neuron noise.
+    #[arg(long, default_value_t = 0.4)]
+    pub(super) anp_eps: f64,
+    /// anp: weight of the clean loss against the perturbed loss.
+    #[arg(long, default_value_t = 0.2)]
+    pub(super) anp_alpha: f64,
+    /// anp: learning rate of the masks (SGD, momentum 0.9).
+    #[arg(long, default_value_t = 0.2)]
+    pub(super) anp_lr: f64,
+    /// anp: clean samples per mask step.
+    #[arg(long, default_value_t = 128)]
+    pub(super) anp_batch_size: usize,
+    /// anp: mask steps (default: one pass over the clean set, between 100 and 500 steps).
+    #[arg(long)]
+    pub(super) anp_iterations: Option<usize>,
+    /// anp: prune neurons whose mask is at most this, instead of choosing the threshold on
+    /// clean validation data.
+    #[arg(long)]
+    pub(super) anp_threshold: Option<f64>,
+    /// anp: normalise BatchNorm with its running statistics while optimising the masks,
+    /// instead of batch statistics as the reference does.
+    #[arg(long)]
+    pub(super) anp_running_stats: bool,
+}
+
+/// Feature-shift tuning's settings (defaults: the authors').
+#[derive(Args)]
+pub(super) struct FstArgs {
+    /// fst: weight of the penalty on the head's alignment with its old weights (default: the
+    /// authors' 0.2 up to 10 classes, 0.1 beyond, capped at 1.25/|W0|^2; halved once if the
+    /// default misses the budget).
+    #[arg(long)]
+    pub(super) fst_alpha: Option<f64>,
+    /// fst: epochs (SGD, momentum 0.9, cosine schedule; the best validation epoch is kept;
+    /// default 10 up to 10 classes, 20 beyond).
+    #[arg(long)]
+    pub(super) fst_epochs: Option<usize>,
+    /// fst: learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    pub(super) fst_lr: f64,
+    /// fst: batch size.
+    #[arg(long, default_value_t = 128)]
+    pub(super) fst_batch_size: usize,
+}
+
+pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
+    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split)?;
+    let known = match resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.target.as_deref())? {
+        Some((trigger, Some(target))) => Some(KnownAttack { trigger, target, include_target: a.attack.asr_include_target }),
+        Some((_, None)) => bail!("--trigger needs --target to measure attack success"),
+        None => None,
+    };
+    let mut cfg = DefenseConfig::paper(a.method).with_seed(a.seed);
+    cfg.budget = Budget { drop: a.max_acc_drop, relative: a.relative };
+    cfg.stop = match (a.prune_fraction, a.prune_count) {
+        (Some(fraction), _) => StopRule::Fraction { fraction },
+        (_, Some(count)) => StopRule::Count { count },
+        _ => StopRule::WithinBudget,
+    };
+    cfg.layer = layer_name(&file, a.layer.as_deref());
+    cfg.clean_fraction = a.clean_fraction;
+    cfg.fold = !a.keep_shape;
+    // A report draws the curves; without one only the before and after numbers are shown.
+    cfg.test_curve = a.report.is_some();
+    cfg.finetune = TrainConfig { epochs: a.epochs, lr: a.lr, batch_size: a.batch_size, ..cfg.finetune };
+    cfg.anp = AnpConfig {
+        eps: a.anp.anp_eps,
+        alpha: a.anp.anp_alpha,
+        lr: a.anp.anp_lr,
+        batch_size: a.anp.anp_batch_size,
+        iterations: a.anp.anp_iterations,
+        threshold: a.anp.anp_threshold,
+        batch_stats: !a.anp.anp_running_stats,
+        ..cfg.anp
+    };
+    cfg.fst = FstConfig { alpha: a.fst.fst_alpha, epochs: a.fst.fst_epochs, lr: a.fst.fst_lr, batch_size: a.fst.fst_batch_size, ..cfg.fst };
+    let device = fineprune::cpu_device();
+    let mut bars = Bars::new(a.json);
+    let outcome = defend(&file, &ds, &cfg, known.as_ref(), &device.clone().autodiff(), &mut bars)?;
+    eprintln!("layer {} ({} units): {}", outcome.layer, outcome.channels, outcome.layer_reason);
+    for n in &outcome.notes {
+        eprintln!("note: {n}");
+    }
+    fineprune::model::store::save(&outcome.model, &a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
+    if let Some(dir) = &a.report {
+        fineprune::report::write_defense_report(dir, &outcome)?;
+    }
+    if a.json {
+        let snap = |s: &fineprune::defense::Snapshot| json!({"val_accuracy": s.val_accuracy, "clean_accuracy": s.clean_accuracy, "attack_success_rate": s.attack_success_rate, "attack_success_rate_ci95": s.attack_success_rate_ci95});
+        let out = json!({
+            "method": outcome.method,
+            "model": a.out,
+            "layer": outcome.layer,
+            "pruned_channels": outcome.pruned_channels,
+            "pruned_fraction": outcome.pruned_fraction,
+            "pruned_by_layer": outcome.pruned_by_layer,
+            "before": snap(&outcome.before),
+            "after": snap(&outcome.after),
+            "within_budget": outcome.within_budget,
+            "budget": outcome.budget,
+            "attack_convention": outcome.attack_convention,
+            "finetune_epochs": outcome.finetune_epochs,
+            "anp": outcome.anp.as_ref().map(|r| json!({"iterations": r.iterations, "threshold": r.threshold, "rule": r.rule, "clean_samples": r.clean_samples})),
+            "fst": outcome.fst,
+            "folded": outcome.folded,
+            "notes": outcome.notes,
+            "seconds": outcome.seconds,
+            "seconds_by_stage": outcome.seconds_by_stage.iter().map(|(k, v)| json!({"stage": k, "seconds": v})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let asr = |s: &fineprune::defense::Snapshot| s.attack_success_rate.map(|r| format!(", attack success {r:.4}")).unwrap_or_default();
+        let mut what = vec![];
+        if outcome.channels > 0 {
+            what.push(format!("pruned {} of {} units ({:.1}%)", outcome.pruned_channels, outcome.channels, 100.0 * outcome.pruned_fraction));
+        }
+        if let Some(t) = outcome.anp.as_ref().and_then(|r| r.threshold) {
+            what.push(format!("mask threshold {t:.2}"));
+        }
+        if outcome.finetune_epochs > 0 {
+            what.push(format!("tuned {} epochs", outcome.finetune_epochs));
+        }
+        println!("{} on {}: {}; {:.1}s", outcome.method, outcome.layer, what.join(", "), outcome.seconds);
+        println!("  before: val accuracy {:.4}, test accuracy {:.4}{}", outcome.before.val_accuracy, outcome.before.clean_accuracy, asr(&outcome.before));
+        println!("  after:  val accuracy {:.4}, test accuracy {:.4}{}", outcome.after.val_accuracy, outcome.after.clean_accuracy, asr(&outcome.after));
+        if !outcome.within_budget {
+            println!("  NOT within the clean-accuracy budget (see the note above)");
+        }
+        let stages: Vec<String> = outcome.seconds_by_stage.iter().map(|(k, v)| format!("{k} {v:.1}s")).collect();
+        println!("  time: {}", stages.join(", "));
+        let form = if outcome.folded { "pruned channels removed" } else if outcome.pruned_channels > 0 { "pruned channels masked to zero" } else { "nothing pruned" };
+        println!("saved {} ({form})", a.out.display());
+        if let Some(dir) = &a.report {
+            println!("report: {}", dir.display());
+        }
+    }
+    Ok(())
+}

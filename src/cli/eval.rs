@@ -1,0 +1,96 @@
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use super::*;
+
+#[derive(Args)]
+pub(super) struct EvalArgs {
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
+    /// Dataset as KIND:PATH.
+    #[arg(long)]
+    pub(super) data: String,
+    #[arg(long, default_value = "test")]
+    pub(super) split: String,
+    #[command(flatten)]
+    pub(super) carve: SplitArgs,
+    #[command(flatten)]
+    pub(super) attack: TriggerArgs,
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+pub(super) fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let start = Instant::now();
+    let device = fineprune::cpu_device();
+    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve)?;
+    let split = ds.split(&a.split)?;
+    let backdoor = resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.target.as_deref())?;
+    let (report, asr) = match backdoor {
+        Some((trigger, Some(target))) => {
+            let e = evaluate_attack(&file, split, &trigger, target, a.attack.asr_include_target, &device)?;
+            (e.clean.clone(), Some(e))
+        }
+        Some((_, None)) => bail!("--trigger needs --target (a class number, all-to-all or untargeted) to measure attack success"),
+        None if a.attack.target.is_some() => bail!("--target needs --trigger"),
+        None => (evaluate(&file, split, &device)?, None),
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    if a.json {
+        let mut out = json!({
+            "model": a.model.path(),
+            "split": a.split,
+            "clean_accuracy": report.accuracy,
+            "per_class_accuracy": report.per_class_accuracy,
+            "confusion_matrix": report.confusion,
+            "samples": report.samples,
+            "seconds": seconds,
+        });
+        if let Some(e) = &asr {
+            out["attack_success_rate"] = json!(e.attack_success_rate.rate);
+            out["attack_success_rate_ci95"] = json!(e.attack_success_rate.ci95);
+            out["attack_samples"] = json!(e.attack_success_rate.samples);
+            out["attack_convention"] = json!(e.attack_success_rate.convention);
+            out["trigger"] = json!(e.trigger);
+            out["target"] = json!(e.target);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_report(&report, &file.info.classes, &a.split, seconds);
+        if let Some(e) = &asr {
+            print_asr(e);
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn print_asr(e: &AttackEval) {
+    let a = &e.attack_success_rate;
+    println!(
+        "attack success rate: {:.4} (95% CI {:.4}-{:.4}, {} triggered samples; trigger {}, target {})",
+        a.rate, a.ci95[0], a.ci95[1], a.samples, e.trigger, e.target
+    );
+    println!("  convention: {}", a.convention);
+}
+
+pub(super) fn print_report(r: &ClassReport, classes: &[String], split: &str, seconds: f64) {
+    println!("{split} accuracy: {:.4} ({} samples, {:.1}s)", r.accuracy, r.samples, seconds);
+    println!("per-class accuracy:");
+    for (name, acc) in classes.iter().zip(&r.per_class_accuracy) {
+        match acc {
+            Some(a) => println!("  {name:<36} {a:.4}"),
+            None => println!("  {name:<36} (no samples)"),
+        }
+    }
+    if classes.len() <= 20 {
+        println!("confusion matrix (rows: true class, columns: predicted):");
+        for (name, row) in classes.iter().zip(&r.confusion) {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:>5}")).collect();
+            println!("  {name:>6} {}", cells.join(""));
+        }
+    }
+}
+

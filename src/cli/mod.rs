@@ -1,0 +1,98 @@
+//! The command line: one module per subcommand, over the library. Parsing, progress display
+//! and output formatting only; no logic of its own.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use fineprune::data::{DataSpec, Dataset, LoadOptions};
+use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, pruning_aware};
+use fineprune::defense::{AnpConfig, Budget, DefenseConfig, FstConfig, KnownAttack, Method, StopRule, defend};
+use fineprune::metrics::{ClassReport, evaluate};
+use fineprune::trigger::poison::Target;
+use fineprune::trigger::{Trigger, Use, spec as trigger_spec};
+use fineprune::model::{ModelFile, arch};
+use fineprune::train::{OptimizerKind, Schedule, TrainConfig, train_new};
+
+#[derive(Parser)]
+#[command(name = "fineprune", version, about = "Find and remove backdoors in neural networks (Fine-Pruning, RAID 2018)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on a dataset and save it (safetensors, with its metadata).
+    Train(TrainArgs),
+    /// Evaluate a saved model on a dataset split (and its backdoor, if it carries one).
+    Eval(EvalArgs),
+    /// Train a backdoored model (BadNets patch, blend, sunglasses, tone; pruning-aware).
+    Attack(AttackArgs),
+    /// Trigger tools.
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
+    /// Mean activation of each channel of the last conv layer, clean vs triggered.
+    Inspect(InspectArgs),
+    /// Remove a backdoor: prune, finetune or fineprune (the paper's defenses).
+    Defend(DefendArgs),
+    /// Run the paper's protocol for one task and write results.json and report.html.
+    Reproduce(ReproduceArgs),
+    /// Measure training and inference throughput (images/s) on this machine.
+    Bench(BenchArgs),
+    /// Run the pipeline end to end on a built-in synthetic dataset (no downloads, no paths).
+    Demo(DemoArgs),
+    /// Convert a model between .onnx and .safetensors (also a PyTorch state dict with
+    /// --weights and --arch); masked channels are removed unless --keep-shape.
+    Convert(ConvertArgs),
+    /// List the built-in architectures.
+    Archs,
+}
+
+
+mod args;
+mod progress;
+mod train;
+mod eval;
+mod attack;
+mod trigger;
+mod inspect;
+mod defend;
+mod reproduce;
+mod convert;
+mod bench;
+mod demo;
+
+use args::*;
+use progress::*;
+use train::*;
+use eval::*;
+use attack::*;
+use trigger::*;
+use inspect::*;
+use defend::*;
+use reproduce::*;
+use convert::*;
+use bench::*;
+use demo::*;
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Attack(a) => cmd_attack(a),
+        Command::Trigger(TriggerCommand::Preview(a)) => cmd_preview(a),
+        Command::Inspect(a) => cmd_inspect(a),
+        Command::Defend(a) => cmd_defend(a),
+        Command::Reproduce(a) => cmd_reproduce(a),
+        Command::Bench(a) => fineprune_bench(a),
+        Command::Demo(a) => cmd_demo(a),
+        Command::Convert(a) => cmd_convert(a),
+        Command::Archs => {
+            for (name, input, about) in arch::ARCHITECTURES {
+                println!("{name:<12} {}x{}x{}  {about}", input[0], input[1], input[2]);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,40 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::*;
+
+#[derive(Args)]
+pub(super) struct ReproduceArgs {
+    #[arg(long, value_enum)]
+    pub(super) task: fineprune::reproduce::Task,
+    #[arg(long, default_value = "../shared/data")]
+    pub(super) data_root: PathBuf,
+    #[arg(long)]
+    pub(super) out: PathBuf,
+    /// Fewer epochs and less data (minutes, for tests and a first look).
+    #[arg(long)]
+    pub(super) quick: bool,
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+}
+
+pub(super) fn cmd_reproduce(a: ReproduceArgs) -> Result<()> {
+    let mut bars = Bars::new(true);
+    let r = fineprune::reproduce::run(a.task, &a.data_root, &a.out, a.quick, a.seed, &mut bars)?;
+    let (json, html) = fineprune::reproduce::write(&a.out, &r)?;
+    println!("{:<40} {:<12} {:>9} {:>9} {:>8}", "attack", "defense", "clean", "ASR", "pruned");
+    for row in &r.rows {
+        let asr = row.attack_success_rate.map(|v| format!("{v:.4}")).unwrap_or("-".into());
+        let pf = row.pruned_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or("-".into());
+        let budget = if row.within_budget == Some(false) { "  outside the budget" } else { "" };
+        println!("{:<40} {:<12} {:>9.4} {:>9} {:>8}{budget}", row.attack, row.defense, row.clean_accuracy, asr, pf);
+    }
+    for f in &r.findings {
+        println!("{f}");
+    }
+    println!("{:.0}s; wrote {} and {}", r.seconds, json.display(), html.display());
+    Ok(())
+}
+

@@ -1,0 +1,88 @@
+//! Neurons across the whole network: the units a neuron-level defense (adversarial neuron
+//! pruning) scores and prunes. A *neuron layer* is every BatchNorm (its channels), and, where no
+//! BatchNorm follows, every convolution's output channels and every hidden linear layer's units
+//! on the pre-activation, the form an exporter leaves when it folds BatchNorm into the
+//! convolution. Pruning many layers at once is the same [`ChannelMask`](crate::model::Op) as
+//! fine-pruning's one site, inserted after each neuron layer.
+
+use serde::Serialize;
+
+use super::{mask_of, with_mask};
+use crate::model::graph::{Graph, Op};
+use crate::model::Model;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NeuronKind {
+    BatchNorm,
+    Conv,
+    Linear,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NeuronLayer {
+    pub node: usize,
+    pub name: String,
+    pub units: usize,
+    pub kind: NeuronKind,
+}
+
+/// Every neuron layer of `g` in node order. The output layer is left out: its units are the
+/// class scores, and pruning one would delete a class, not a feature.
+pub fn neuron_layers(g: &Graph) -> Vec<NeuronLayer> {
+    let mut out = vec![];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if i == g.output {
+            continue;
+        }
+        let readers = g.readers(i);
+        let feeds_bn = !readers.is_empty() && readers.iter().all(|&r| matches!(g.nodes[r].op, Op::BatchNorm { .. }));
+        let (kind, units) = match n.op {
+            Op::BatchNorm { channels, .. } => (NeuronKind::BatchNorm, channels),
+            Op::Conv2d { out_channels, .. } if !feeds_bn => (NeuronKind::Conv, out_channels),
+            Op::Linear { out_features, .. } if !feeds_bn => (NeuronKind::Linear, out_features),
+            _ => continue,
+        };
+        out.push(NeuronLayer { node: i, name: n.name.clone(), units, kind });
+    }
+    out
+}
+
+/// A copy of `model` with a mask after each given node (`(node, keep)`); a mask already there
+/// keeps its pruned channels pruned. Weights are shared, not copied.
+pub fn with_masks(model: &Model, masks: &[(usize, Vec<bool>)]) -> Model {
+    let mut sorted: Vec<&(usize, Vec<bool>)> = masks.iter().filter(|(_, keep)| keep.iter().any(|k| !k)).collect();
+    // Inserting a node shifts every later index: go from the last node back.
+    sorted.sort_by_key(|(node, _)| std::cmp::Reverse(*node));
+    let mut m = model.clone();
+    for (node, keep) in sorted {
+        let merged: Vec<bool> = match mask_of(&m, *node).map(|i| &m.graph.nodes[i].op) {
+            Some(Op::ChannelMask { keep: old }) => old.iter().zip(keep).map(|(a, b)| *a && *b).collect(),
+            _ => keep.clone(),
+        };
+        m = with_mask(&m, *node, &merged);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::arch;
+
+    #[test]
+    fn batchnorm_layers_stand_for_their_convolutions_and_the_output_is_left_out() {
+        let lenet = arch::build("lenet", [1, 28, 28], 10).unwrap();
+        let names: Vec<String> = neuron_layers(&lenet).into_iter().map(|l| l.name).collect();
+        assert_eq!(names, ["conv1", "conv2", "fc1"], "no BatchNorm: conv and hidden linear pre-activations");
+        let signnet = arch::build("signnet", [3, 32, 32], 43).unwrap();
+        let layers = neuron_layers(&signnet);
+        assert!(layers.iter().filter(|l| l.kind == NeuronKind::BatchNorm).count() >= 3);
+        for l in &layers {
+            assert!(l.node != signnet.output);
+            if l.kind == NeuronKind::Conv {
+                panic!("{}: a conv followed by BatchNorm is masked at its BatchNorm", l.name);
+            }
+        }
+    }
+}
