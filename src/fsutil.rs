@@ -19,6 +19,20 @@ pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
+/// Memory the kernel says is available now (Linux `MemAvailable`); `None` elsewhere.
+pub fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The most bytes a dataset's decoded samples may take: a quarter of the available memory
+/// (training copies batches beside them), at least 256 MiB, at most 16 GiB.
+pub fn data_budget() -> u64 {
+    (available_memory().unwrap_or(4 << 30) / 4).clamp(256 << 20, 16 << 30)
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to disk,
 /// then renamed over the target. Readers see the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -351,11 +351,19 @@ fn which_defense_removed(rows: &[Row]) -> Vec<String> {
             let budget = if r.within_budget == Some(false) { ", outside the clean-accuracy budget" } else { "" };
             format!("{} (attack success {before:.4} -> {asr:.4}, clean accuracy {:.4} -> {:.4}, {:+.1} points{budget})", r.defense, base.clean_accuracy, r.clean_accuracy, 100.0 * (r.clean_accuracy - base.clean_accuracy))
         };
-        let removed: Vec<String> = defended.iter().filter(|r| r.attack_success_rate.is_some_and(|a| a <= 0.5 * before && a < 0.1)).map(|r| describe(r)).collect();
+        let low = |r: &&&Row| r.attack_success_rate.is_some_and(|a| a <= 0.5 * before && a < 0.1);
+        // A defense that reached a low attack success only by leaving the budget ruined the
+        // model; that is said, but it is not a removal.
+        let removed: Vec<String> = defended.iter().filter(|r| low(r) && r.within_budget != Some(false)).map(|r| describe(r)).collect();
+        let ruined: Vec<String> = defended.iter().filter(|r| low(r) && r.within_budget == Some(false)).map(|r| describe(r)).collect();
+        if !ruined.is_empty() {
+            out.push(format!("Attack success on the {name} backdoor fell below 0.1 only outside the clean-accuracy budget, which the defense reported (not counted as a removal): {}.", ruined.join("; ")));
+        }
+        let defended: Vec<&Row> = defended.into_iter().filter(|r| r.within_budget != Some(false)).collect();
         if removed.is_empty() {
             let best = defended.iter().min_by(|a, b| a.attack_success_rate.partial_cmp(&b.attack_success_rate).unwrap_or(std::cmp::Ordering::Equal));
             out.push(match best {
-                Some(b) => format!("No defense removed the {name} backdoor (attack success at least halved and below 0.1); the lowest was {}.", describe(b)),
+                Some(b) => format!("No defense removed the {name} backdoor within the budget (attack success at least halved and below 0.1); the lowest was {}.", describe(b)),
                 None => format!("No defense was run on the {name} backdoor."),
             });
         } else {
@@ -392,12 +400,13 @@ mod tests {
         ruinous.within_budget = Some(false);
         let rows = [row("patch", "none", 0.99), row("patch", "fineprune", 0.83), cheap, ruinous, row("tone", "none", 0.43), row("tone", "prune", 0.25), row("tone", "anp", 0.12)];
         let f = which_defense_removed(&rows);
-        assert_eq!(f.len(), 2, "{f:?}");
-        assert!(f[0].starts_with("The patch backdoor was removed") && f[0].contains("anp (attack success 0.9900 -> 0.0100, clean accuracy 0.9500 -> 0.9400, -1.0 points)"), "{f:?}");
-        assert!(f[0].contains("fst") && f[0].contains("outside the clean-accuracy budget"), "{f:?}");
-        assert!(!f[0].contains("fineprune"), "0.83 is not removed: {f:?}");
+        assert_eq!(f.len(), 3, "{f:?}");
+        // A ruined model is reported, never counted as a removal.
+        assert!(f[0].contains("only outside the clean-accuracy budget") && f[0].contains("fst (attack success 0.9900 -> 0.0000"), "{f:?}");
+        assert!(f[1].starts_with("The patch backdoor was removed") && f[1].contains("anp (attack success 0.9900 -> 0.0100, clean accuracy 0.9500 -> 0.9400, -1.0 points)"), "{f:?}");
+        assert!(!f[1].contains("fst") && !f[1].contains("fineprune"), "0.83 is not removed, fst is out of budget: {f:?}");
         // Halved but not below 0.1 (0.12), or below 0.1 without halving: not removed.
-        assert!(f[1].starts_with("No defense removed the tone backdoor") && f[1].contains("the lowest was anp"), "{f:?}");
+        assert!(f[2].starts_with("No defense removed the tone backdoor") && f[2].contains("the lowest was anp"), "{f:?}");
     }
 
     #[test]

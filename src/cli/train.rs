@@ -26,7 +26,7 @@ pub(super) struct TrainArgs {
 
 pub(super) fn cmd_train(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
-    let ds = load_data(&a.data.data, a.data.resize, a.data.split.val_fraction, a.data.split.split_seed)?;
+    let ds = load_data(&a.data.data, &a.data.split.options(a.data.resize))?;
     let cfg = a.opts.config();
     let device = fineprune::cpu_device();
     let mut bars = Bars::new(false);

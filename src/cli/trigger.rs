@@ -13,20 +13,25 @@ pub(super) enum TriggerCommand {
 
 #[derive(Args)]
 pub(super) struct PreviewArgs {
+    /// Dataset as KIND:PATH.
     #[arg(long)]
     pub(super) data: String,
+    /// Trigger spec (see the README).
     #[arg(long)]
     pub(super) trigger: String,
+    /// Write the PNG grid here.
     #[arg(long)]
     pub(super) out: PathBuf,
+    /// Number of samples shown.
     #[arg(long, default_value_t = 8)]
     pub(super) count: usize,
+    /// Resize samples to HxW first.
     #[arg(long, value_parser = parse_size)]
     pub(super) resize: Option<(usize, usize)>,
 }
 
 pub(super) fn cmd_preview(a: PreviewArgs) -> Result<()> {
-    let ds = load_data(&a.data, a.resize, 0.1, 0)?;
+    let ds = load_data(&a.data, &LoadOptions { size: a.resize, ..LoadOptions::default() })?;
     let trigger = trigger_spec::parse(&a.trigger)?;
     let n = a.count.clamp(1, 64).min(ds.test.len());
     let idx: Vec<usize> = (0..n).collect();

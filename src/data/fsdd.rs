@@ -119,7 +119,7 @@ pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
         split.waves.push(wave);
     }
     let train_groups = (0..train.len() as u64).collect();
-    Ok(Loaded { channels: 1, classes: (0..10).map(|d| d.to_string()).collect(), train, train_groups, test })
+    Ok(Loaded { channels: 1, classes: (0..10).map(|d| d.to_string()).collect(), train, train_groups, val: None, test })
 }
 
 #[cfg(test)]

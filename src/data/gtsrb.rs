@@ -148,5 +148,5 @@ pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
     let test_dir = root.join("Final_Test/Images");
     let test_rows = read_csv(&root.join("Final_Test/GT-final_test.csv"), &test_dir)?;
     let test = load_rows(&test_rows, size)?;
-    Ok(Loaded { channels: 3, classes: CLASS_NAMES.iter().map(|s| s.to_string()).collect(), train, train_groups: groups, test })
+    Ok(Loaded { channels: 3, classes: CLASS_NAMES.iter().map(|s| s.to_string()).collect(), train, train_groups: groups, val: None, test })
 }

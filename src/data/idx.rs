@@ -17,7 +17,7 @@ pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
     let (train, _) = read_pair(root, "train", size)?;
     let (test, _) = read_pair(root, "t10k", size)?;
     let train_groups = (0..train.len() as u64).collect();
-    Ok(Loaded { channels: 1, classes: (0..10).map(|d| d.to_string()).collect(), train, train_groups, test })
+    Ok(Loaded { channels: 1, classes: (0..10).map(|d| d.to_string()).collect(), train, train_groups, val: None, test })
 }
 
 fn find(root: &Path, stem: &str) -> Result<PathBuf> {

@@ -1,13 +1,19 @@
-//! Datasets: four real-data loaders behind one [`Dataset`] type, addressed as `KIND:PATH`.
+//! Datasets: the four real-data loaders the project ships, the user's own data (image
+//! folders, NumPy arrays, CIFAR binaries) and a built-in synthetic set, behind one [`Dataset`]
+//! type, addressed as `KIND:PATH`.
 //!
 //! Every loader yields a train and a test split of raw samples (images in [0, 1], or
-//! log-spectrograms); a validation split is then carved from train here, seeded and by
-//! *group* (a GTSRB track, or a single sample elsewhere) so near-duplicates never straddle
-//! train and validation. Normalisation statistics come from the final train split only.
+//! log-spectrograms), and a validation split if the data fixes one; otherwise validation is
+//! carved from train here, seeded and by *group* (a GTSRB track, or a single sample elsewhere)
+//! so near-duplicates never straddle train and validation. Normalisation statistics come from
+//! the final train split only.
 
+pub mod cifar;
+pub mod folder;
 pub mod fsdd;
 pub mod gtsrb;
 pub mod idx;
+pub mod npz;
 pub mod orl;
 pub mod pnm;
 pub mod synthetic;
@@ -133,10 +139,16 @@ pub enum Kind {
     Orl,
     /// The built-in procedural traffic-sign-like set (see [`synthetic`]); the path is ignored.
     Synthetic,
+    /// An `ImageFolder` tree (see [`folder`]).
+    Folder,
+    /// NumPy arrays (see [`npz`]).
+    Npz,
+    Cifar10,
+    Cifar100,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Mnist, Kind::Gtsrb, Kind::Fsdd, Kind::Orl, Kind::Synthetic];
+    pub const ALL: [Kind; 9] = [Kind::Mnist, Kind::Gtsrb, Kind::Fsdd, Kind::Orl, Kind::Synthetic, Kind::Folder, Kind::Npz, Kind::Cifar10, Kind::Cifar100];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -145,20 +157,40 @@ impl Kind {
             Kind::Fsdd => "fsdd",
             Kind::Orl => "orl",
             Kind::Synthetic => "synthetic",
+            Kind::Folder => "folder",
+            Kind::Npz => "npz",
+            Kind::Cifar10 => "cifar10",
+            Kind::Cifar100 => "cifar100",
         }
     }
 
-    /// The sample size (height, width) a loader produces when none is asked for.
-    pub fn default_size(self) -> (usize, usize) {
+    /// Whether this kind names one particular dataset (so a model trained on it should not be
+    /// evaluated on another), rather than a format any data can come in.
+    pub fn is_named_dataset(self) -> bool {
+        matches!(self, Kind::Mnist | Kind::Gtsrb | Kind::Fsdd | Kind::Orl | Kind::Synthetic | Kind::Cifar10 | Kind::Cifar100)
+    }
+
+    /// The sample size (height, width) a loader produces when none is asked for; `None` when
+    /// it comes from the data (folders: the first image; arrays: their shape).
+    pub fn default_size(self) -> Option<(usize, usize)> {
         match self {
-            Kind::Mnist => (28, 28),
-            Kind::Gtsrb => (32, 32),
-            Kind::Fsdd => (fsdd::FREQ_BINS, fsdd::FRAMES),
+            Kind::Mnist => Some((28, 28)),
+            Kind::Gtsrb => Some((32, 32)),
+            Kind::Fsdd => Some((fsdd::FREQ_BINS, fsdd::FRAMES)),
             // The paper's DeepID input is 55x47 (height x width).
-            Kind::Orl => (55, 47),
-            Kind::Synthetic => (synthetic::SIZE, synthetic::SIZE),
+            Kind::Orl => Some((55, 47)),
+            Kind::Synthetic => Some((synthetic::SIZE, synthetic::SIZE)),
+            Kind::Cifar10 | Kind::Cifar100 => Some((cifar::SIDE, cifar::SIDE)),
+            Kind::Folder | Kind::Npz => None,
         }
     }
+}
+
+/// How an image array is laid out (NumPy data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    Nhwc,
+    Nchw,
 }
 
 /// A dataset address, `KIND:PATH`, as the CLI takes it.
@@ -178,7 +210,10 @@ impl std::str::FromStr for DataSpec {
         let kind = Kind::ALL
             .into_iter()
             .find(|k| k.name() == kind)
-            .ok_or_else(|| Error::invalid(format!("unknown dataset kind {kind:?}; known: mnist, gtsrb, fsdd, orl, synthetic")))?;
+            .ok_or_else(|| {
+                let known: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                Error::invalid(format!("unknown dataset kind {kind:?}; known: {}", known.join(", ")))
+            })?;
         if path.is_empty() {
             return Err(Error::invalid(format!("dataset {s:?} has an empty path")));
         }
@@ -198,15 +233,25 @@ pub struct LoadOptions {
     pub size: Option<(usize, usize)>,
     /// Fraction of the train split's groups (per class) moved to validation.
     pub val_fraction: f64,
-    /// Seed of the validation carve.
+    /// Seed of the validation carve (and of the test carve for data without a test split).
     pub seed: u64,
+    /// Channels wanted (the model's); folders and arrays are converted to it (grey ↔ RGB).
+    /// `None`: folders give RGB (torchvision's default loader), arrays their own.
+    pub channels: Option<usize>,
+    /// Classes the model has; labels of arrays must be below it. `None`: the largest label + 1.
+    pub classes: Option<usize>,
+    /// Layout of array data; `None` infers it.
+    pub layout: Option<Layout>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { size: None, val_fraction: 0.1, seed: 0 }
+        LoadOptions { size: None, val_fraction: 0.1, seed: 0, channels: None, classes: None, layout: None }
     }
 }
+
+/// Fraction of each class carved out as the test split when the data has none.
+pub const TEST_FRACTION: f64 = 0.2;
 
 /// What a loader returns before the validation carve.
 pub struct Loaded {
@@ -215,6 +260,8 @@ pub struct Loaded {
     pub train: Split,
     /// Group of each train sample; samples of one group go to the same split.
     pub train_groups: Vec<u64>,
+    /// A validation split the data fixes; `None` carves one from train.
+    pub val: Option<Split>,
     pub test: Split,
 }
 
@@ -235,28 +282,40 @@ impl Dataset {
         if !(0.0..1.0).contains(&opts.val_fraction) {
             return Err(Error::invalid(format!("validation fraction {} is not in [0, 1)", opts.val_fraction)));
         }
-        let (h, w) = opts.size.unwrap_or(spec.kind.default_size());
-        if h == 0 || w == 0 || h > 1024 || w > 1024 {
+        let size = opts.size.or(spec.kind.default_size());
+        if let Some((h, w)) = size
+            && (h == 0 || w == 0 || h > 1024 || w > 1024)
+        {
             return Err(Error::invalid(format!("sample size {h}x{w} is out of range (1..=1024)")));
         }
         let root = &spec.path;
-        if spec.kind == Kind::Synthetic {
-            if (h, w) != (synthetic::SIZE, synthetic::SIZE) {
-                return Err(Error::invalid(format!("the synthetic set is {0}x{0}", synthetic::SIZE)));
+        let (loaded, size) = match spec.kind {
+            Kind::Synthetic => {
+                if size != Some((synthetic::SIZE, synthetic::SIZE)) {
+                    return Err(Error::invalid(format!("the synthetic set is {0}x{0}", synthetic::SIZE)));
+                }
+                (synthetic::generate(4000, 800, opts.seed), (synthetic::SIZE, synthetic::SIZE))
             }
-            return Dataset::from_loaded(spec.clone(), synthetic::generate(4000, 800, opts.seed), (h, w), opts);
-        }
-        if !root.is_dir() {
-            return Err(Error::format(root, "dataset folder does not exist or is not a folder"));
-        }
-        let loaded = match spec.kind {
-            Kind::Mnist => idx::load(root, (h, w))?,
-            Kind::Gtsrb => gtsrb::load(root, (h, w))?,
-            Kind::Fsdd => fsdd::load(root, (h, w))?,
-            Kind::Orl => orl::load(root, (h, w))?,
-            Kind::Synthetic => unreachable!("handled above"),
+            Kind::Npz => load_arrays(root, opts, size)?,
+            Kind::Folder => load_folder(root, opts, size)?,
+            kind => {
+                let size = size.expect("named datasets have a default size");
+                if !root.is_dir() {
+                    return Err(Error::format(root, "dataset folder does not exist or is not a folder"));
+                }
+                let loaded = match kind {
+                    Kind::Mnist => idx::load(root, size)?,
+                    Kind::Gtsrb => gtsrb::load(root, size)?,
+                    Kind::Fsdd => fsdd::load(root, size)?,
+                    Kind::Orl => orl::load(root, size)?,
+                    Kind::Cifar10 => cifar::load(root, cifar::Variant::Cifar10, size)?,
+                    Kind::Cifar100 => cifar::load(root, cifar::Variant::Cifar100, size)?,
+                    Kind::Synthetic | Kind::Npz | Kind::Folder => unreachable!("handled above"),
+                };
+                (loaded, size)
+            }
         };
-        Dataset::from_loaded(spec.clone(), loaded, (h, w), opts)
+        Dataset::from_loaded(spec.clone(), loaded, size, opts)
     }
 
     /// Carves validation from train and computes normalisation. Public so in-memory datasets
@@ -272,9 +331,13 @@ impl Dataset {
                 return Err(Error::format(&spec.path, format!("label {bad} in the {name} split is out of range (0..{n_classes})")));
             }
         }
-        let (train_idx, val_idx) = carve_validation(&loaded.train.labels, &loaded.train_groups, opts.val_fraction, opts.seed);
-        let train = loaded.train.subset(&train_idx);
-        let val = loaded.train.subset(&val_idx);
+        let (train, val) = match loaded.val {
+            Some(val) => (loaded.train, val),
+            None => {
+                let (train_idx, val_idx) = carve_validation(&loaded.train.labels, &loaded.train_groups, opts.val_fraction, opts.seed);
+                (loaded.train.subset(&train_idx), loaded.train.subset(&val_idx))
+            }
+        };
         let normalization = Normalization::from_split(&train, shape[0]);
         Ok(Dataset { spec, shape, classes: loaded.classes, train, val, test: loaded.test, normalization })
     }
@@ -287,6 +350,77 @@ impl Dataset {
             _ => Err(Error::invalid(format!("unknown split {name:?}; use train, val or test"))),
         }
     }
+}
+
+/// A train split with no test split beside it: carve [`TEST_FRACTION`] of each class out as
+/// test, seeded (a different stream from the validation carve's).
+fn carve_test(all: Split, seed: u64) -> (Split, Split) {
+    let groups: Vec<u64> = (0..all.len() as u64).collect();
+    let (train_idx, test_idx) = carve_validation(&all.labels, &groups, TEST_FRACTION, seed ^ 0x7e57_5eed);
+    (all.subset(&train_idx), all.subset(&test_idx))
+}
+
+fn no_groups(split: &Split) -> Vec<u64> {
+    (0..split.len() as u64).collect()
+}
+
+/// `npz:` data: the arrays, converted to the wanted channels and size.
+fn load_arrays(path: &Path, opts: &LoadOptions, size: Option<(usize, usize)>) -> Result<(Loaded, (usize, usize))> {
+    let arrays = npz::read(&npz::Source::parse(path)?, crate::fsutil::data_budget())?;
+    let origin = &arrays.origin;
+    let (train, channels, size) = npz::to_split(origin, &arrays.train, opts.layout, opts.channels, size, opts.classes)?;
+    let other = |pair: &Option<(npz::Array<f32>, npz::Array<i64>)>| -> Result<Option<Split>> {
+        pair.as_ref().map(|p| npz::to_split(origin, p, opts.layout, Some(channels), Some(size), opts.classes).map(|r| r.0)).transpose()
+    };
+    let (val, test) = (other(&arrays.val)?, other(&arrays.test)?);
+    let (train, test) = match test {
+        Some(test) => (train, test),
+        None => carve_test(train, opts.seed),
+    };
+    let classes = opts.classes.unwrap_or_else(|| {
+        let max = [Some(&train), val.as_ref(), Some(&test)].into_iter().flatten().flat_map(|s| s.labels.iter().copied()).max();
+        max.map_or(0, |m| m + 1)
+    });
+    let loaded = Loaded { channels, classes: (0..classes).map(|c| c.to_string()).collect(), train_groups: no_groups(&train), train, val, test };
+    Ok((loaded, size))
+}
+
+/// `folder:` data: an `ImageFolder` tree, or `train/`, `val/`, `test/` trees.
+fn load_folder(root: &Path, opts: &LoadOptions, size: Option<(usize, usize)>) -> Result<(Loaded, (usize, usize))> {
+    if !root.is_dir() {
+        return Err(Error::format(root, "image folder does not exist or is not a folder"));
+    }
+    let trees = folder::scan(root)?;
+    let channels = opts.channels.unwrap_or(3);
+    let budget = crate::fsutil::data_budget();
+    let (train, size) = folder::load_tree(&trees.train, channels, size, budget)?;
+    let other = |t: &Option<folder::Tree>| -> Result<Option<Split>> { t.as_ref().map(|t| folder::load_tree(t, channels, Some(size), budget).map(|r| r.0)).transpose() };
+    let (val, test) = (other(&trees.val)?, other(&trees.test)?);
+    let (train, test) = match test {
+        Some(test) => (train, test),
+        None => carve_test(train, opts.seed),
+    };
+    let loaded = Loaded { channels, classes: trees.train.classes, train_groups: no_groups(&train), train, val, test };
+    Ok((loaded, size))
+}
+
+/// Converts a planar `[c, h, w]` image to `channels` channels and `size`: grey is repeated
+/// into colour; colour becomes grey as PIL's `L` (0.299 R + 0.587 G + 0.114 B); extra
+/// channels (alpha) are dropped.
+pub fn fit_image(planar: &[f32], c: usize, (h, w): (usize, usize), channels: usize, size: (usize, usize)) -> Vec<f32> {
+    let plane = h * w;
+    let converted: Vec<f32> = if c == channels {
+        planar.to_vec()
+    } else if c == 1 {
+        planar.repeat(channels)
+    } else if channels == 1 {
+        let (r, g, b) = (&planar[..plane], &planar[plane..2 * plane], &planar[2 * plane..3 * plane]);
+        (0..plane).map(|p| 0.299 * r[p] + 0.587 * g[p] + 0.114 * b[p]).collect()
+    } else {
+        // More channels than wanted (RGBA → RGB), or fewer (grey+alpha → RGB: the first repeated).
+        (0..channels).flat_map(|k| planar[(k.min(c - 1)) * plane..(k.min(c - 1) + 1) * plane].iter().copied()).collect()
+    };
+    resize_planar(&converted, channels, (h, w), size)
 }
 
 /// Splits sample indices into (train, validation). Per class, whole groups are shuffled with

@@ -30,5 +30,5 @@ pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
             }
         }
     }
-    Ok(Loaded { channels: 1, classes: (1..=PEOPLE).map(|p| format!("s{p}")).collect(), train, train_groups: groups, test })
+    Ok(Loaded { channels: 1, classes: (1..=PEOPLE).map(|p| format!("s{p}")).collect(), train, train_groups: groups, val: None, test })
 }

@@ -68,7 +68,7 @@ pub fn generate(n_train: usize, n_test: usize, seed: u64) -> Loaded {
     let train = split(n_train, &mut rng.fork(1));
     let test = split(n_test, &mut rng.fork(2));
     let train_groups = (0..n_train as u64).collect();
-    Loaded { channels: 3, classes: class_names(), train, train_groups, test }
+    Loaded { channels: 3, classes: class_names(), train, train_groups, val: None, test }
 }
 
 #[cfg(test)]

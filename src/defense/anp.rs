@@ -87,7 +87,7 @@ impl AnpConfig {
 
     /// The default number of mask steps for a clean set of `n` samples: one pass, at least 100
     /// and at most 500 steps. The reference runs 2000 steps on 500 CIFAR images; measured here
-    /// (LeNet, MNIST BadNets, 13,500 clean digits) 100 steps left 0.006 attack success while 200,
+    /// (LeNet, MNIST BadNets, 1,800 clean digits) 100 steps left 0.006 attack success while 200,
     /// 400 and 800 left 0.19, 0.58 and 0.28 — longer optimisation let the budget-bound threshold
     /// prune clean-feature neurons instead of the backdoor's — and each step costs a forward and
     /// two backward passes (1.7 s on a 312k-weight residual net).

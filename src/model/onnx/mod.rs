@@ -54,7 +54,7 @@ impl Default for OnnxLimits {
     /// Sized for the machine: the tensors may take at most a quarter of the memory available
     /// now (the model is copied a few times on its way in), and never more than 4 GiB.
     fn default() -> Self {
-        let available = available_memory().unwrap_or(4 << 30);
+        let available = crate::fsutil::available_memory().unwrap_or(4 << 30);
         let max_total_bytes = (available / 4).clamp(64 << 20, 4 << 30);
         OnnxLimits { max_file_bytes: file_bound(max_total_bytes), max_total_bytes, max_tensor_elements: crate::model::graph::MAX_PARAMS, allow_non_finite: false }
     }
@@ -64,13 +64,6 @@ impl Default for OnnxLimits {
 /// within protobuf's 2 GiB.
 pub fn file_bound(max_total_bytes: u64) -> u64 {
     max_total_bytes.saturating_add(16 << 20).min(2 << 30)
-}
-
-fn available_memory() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// What the user tells us about an imported model that ONNX does not carry: the input

@@ -1,0 +1,103 @@
+//! CIFAR-10 and CIFAR-100, the official binary versions: each record is the label byte(s) and
+//! a 32×32 RGB image stored as three 1024-byte planes. CIFAR-10: `data_batch_1.bin` ..
+//! `data_batch_5.bin` and `test_batch.bin` (names in `batches.meta.txt`); CIFAR-100:
+//! `train.bin` and `test.bin` with a coarse then a fine label (the fine one is used; names in
+//! `fine_label_names.txt`). The files may sit in PATH or in the archive's own sub-folder.
+
+use std::path::{Path, PathBuf};
+
+use super::{Loaded, Split, resize_planar};
+use crate::error::{Error, Result};
+use crate::fsutil::read_bounded;
+
+pub const SIDE: usize = 32;
+const PIXELS: usize = 3 * SIDE * SIDE;
+/// A CIFAR batch file is 30,730,000 bytes (CIFAR-100's train.bin 150,110,000).
+const MAX_FILE: u64 = 200 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Cifar10,
+    Cifar100,
+}
+
+impl Variant {
+    fn classes(self) -> usize {
+        match self {
+            Variant::Cifar10 => 10,
+            Variant::Cifar100 => 100,
+        }
+    }
+
+    /// Label bytes before each image.
+    fn label_bytes(self) -> usize {
+        match self {
+            Variant::Cifar10 => 1,
+            Variant::Cifar100 => 2,
+        }
+    }
+
+    fn files(self) -> (Vec<&'static str>, &'static str, &'static str) {
+        match self {
+            Variant::Cifar10 => (vec!["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"], "test_batch.bin", "batches.meta.txt"),
+            Variant::Cifar100 => (vec!["train.bin"], "test.bin", "fine_label_names.txt"),
+        }
+    }
+
+    fn subfolder(self) -> &'static str {
+        match self {
+            Variant::Cifar10 => "cifar-10-batches-bin",
+            Variant::Cifar100 => "cifar-100-binary",
+        }
+    }
+}
+
+pub fn load(root: &Path, variant: Variant, size: (usize, usize)) -> Result<Loaded> {
+    let (train_files, test_file, names_file) = variant.files();
+    let dir = if root.join(test_file).is_file() { root.to_path_buf() } else { root.join(variant.subfolder()) };
+    if !dir.join(test_file).is_file() {
+        return Err(Error::format(root, format!("no {test_file} here or in {}/", variant.subfolder())));
+    }
+    let mut train = Split::new(PIXELS / (SIDE * SIDE) * size.0 * size.1);
+    for name in &train_files {
+        read_file(&dir.join(name), variant, size, &mut train)?;
+    }
+    let mut test = Split::new(train.sample_len);
+    read_file(&dir.join(test_file), variant, size, &mut test)?;
+    let classes = class_names(&dir.join(names_file), variant.classes());
+    let train_groups = (0..train.len() as u64).collect();
+    Ok(Loaded { channels: 3, classes, train, train_groups, val: None, test })
+}
+
+fn read_file(path: &PathBuf, variant: Variant, size: (usize, usize), split: &mut Split) -> Result<()> {
+    let bytes = read_bounded(path, MAX_FILE)?;
+    let record = variant.label_bytes() + PIXELS;
+    if bytes.is_empty() || bytes.len() % record != 0 {
+        return Err(Error::format(path, format!("{} bytes is not a whole number of {record}-byte CIFAR records", bytes.len())));
+    }
+    let mut planar = vec![0f32; PIXELS];
+    for (i, rec) in bytes.chunks(record).enumerate() {
+        let label = rec[variant.label_bytes() - 1] as usize;
+        if label >= variant.classes() {
+            return Err(Error::format(path, format!("record {i} has label {label}, out of range (0..{})", variant.classes())));
+        }
+        for (p, &b) in planar.iter_mut().zip(&rec[variant.label_bytes()..]) {
+            *p = b as f32 / 255.0;
+        }
+        split.push(&resize_planar(&planar, 3, (SIDE, SIDE), size), label);
+    }
+    Ok(())
+}
+
+/// Class names from the archive's names file, one per line; numbers if it is missing or does
+/// not list exactly the right number.
+fn class_names(path: &Path, n: usize) -> Vec<String> {
+    let names: Option<Vec<String>> = read_bounded(path, 1 << 20)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(|s| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect());
+    match names {
+        Some(v) if v.len() == n => v,
+        _ => (0..n).map(|c| c.to_string()).collect(),
+    }
+}

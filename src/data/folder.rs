@@ -1,0 +1,164 @@
+//! Image folders in torchvision's `ImageFolder` layout: one sub-folder per class, the class
+//! index being the folder name's position in sorted order (torchvision's rule, so labels
+//! match a model trained with it), images found recursively inside each class folder. If the
+//! root has `train/` (and optionally `val/`, `test/`), those are the splits; otherwise the
+//! whole tree is the train split and the caller carves the rest.
+//!
+//! Images are decoded in parallel, converted to the requested channels (grey is repeated into
+//! RGB; RGB becomes grey as PIL's `L`; alpha is dropped) and resized with a triangle filter
+//! (PIL's bilinear, what torchvision's `Resize` uses). Nothing outside the root is read: a
+//! symbolic link that leads out of it is an error.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::{Split, fit_image, sorted_entries};
+use crate::error::{Error, Result};
+
+/// torchvision's `IMG_EXTENSIONS`. TIFF is not decoded (not built in): such a file is an
+/// error naming it, not silently skipped.
+const EXTENSIONS: [&str; 10] = ["jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff"];
+const MAX_FILE: u64 = 64 << 20;
+const MAX_SIDE: u32 = 16384;
+
+/// A class tree: the class names and every image with its label, in torchvision's order.
+pub struct Tree {
+    pub classes: Vec<String>,
+    pub files: Vec<(PathBuf, usize)>,
+}
+
+/// The splits a root holds: `train/`, `val/`, `test/` if present, else the root as train.
+pub struct Splits {
+    pub train: Tree,
+    pub val: Option<Tree>,
+    pub test: Option<Tree>,
+}
+
+pub fn scan(root: &Path) -> Result<Splits> {
+    let canonical_root = root.canonicalize().map_err(|e| Error::io(root, e))?;
+    let sub = |name: &str| -> Result<Option<Tree>> {
+        let dir = root.join(name);
+        if dir.is_dir() { Ok(Some(tree(&dir, &canonical_root)?)) } else { Ok(None) }
+    };
+    let Some(train) = sub("train")? else {
+        return Ok(Splits { train: tree(root, &canonical_root)?, val: None, test: None });
+    };
+    let (val, test) = (sub("val")?, sub("test")?);
+    for (t, name) in [(&val, "val"), (&test, "test")] {
+        if let Some(t) = t
+            && t.classes != train.classes
+        {
+            return Err(Error::format(root.join(name), format!("has classes {:?}, train/ has {:?}; the labels would not agree", t.classes, train.classes)));
+        }
+    }
+    Ok(Splits { train, val, test })
+}
+
+fn tree(dir: &Path, root: &Path) -> Result<Tree> {
+    let mut classes = Vec::new();
+    for entry in sorted_entries(dir)? {
+        if inside(&entry, root)?.is_dir() {
+            let name = entry.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::format(&entry, "class folder name is not UTF-8"))?;
+            classes.push((name.to_string(), entry));
+        }
+    }
+    if classes.is_empty() {
+        return Err(Error::format(dir, "no class folders (ImageFolder layout: one sub-folder of images per class)"));
+    }
+    let mut files = Vec::new();
+    for (label, (_, class_dir)) in classes.iter().enumerate() {
+        let before = files.len();
+        walk(class_dir, root, label, &mut files, 0)?;
+        if files.len() == before {
+            return Err(Error::format(class_dir, format!("class folder has no images ({})", EXTENSIONS.join(", "))));
+        }
+    }
+    Ok(Tree { classes: classes.into_iter().map(|(n, _)| n).collect(), files })
+}
+
+/// Resolves `path` and refuses it if it leads outside `root`; returns the resolved path.
+fn inside(path: &Path, root: &Path) -> Result<PathBuf> {
+    let real = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    if !real.starts_with(root) {
+        return Err(Error::format(path, format!("leads outside the data folder (to {})", real.display())));
+    }
+    Ok(real)
+}
+
+fn walk(dir: &Path, root: &Path, label: usize, out: &mut Vec<(PathBuf, usize)>, depth: usize) -> Result<()> {
+    if depth > 32 {
+        return Err(Error::format(dir, "folders nested more than 32 deep"));
+    }
+    for entry in sorted_entries(dir)? {
+        let real = inside(&entry, root)?;
+        if real.is_dir() {
+            walk(&entry, root, label, out, depth + 1)?;
+        } else if has_image_extension(&entry) {
+            out.push((entry, label));
+        }
+    }
+    Ok(())
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str()))
+}
+
+/// Decodes one image to planar `[c, h, w]` in [0, 1], with c = 1 for grey images and 3
+/// otherwise (alpha dropped).
+pub fn decode(path: &Path) -> Result<(Vec<f32>, usize, (usize, usize))> {
+    let bytes = crate::fsutil::read_bounded(path, MAX_FILE)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(512 << 20);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| Error::format(path, format!("cannot decode the image: {e}")))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if img.color().has_color() {
+        let rgb = img.to_rgb8();
+        let mut planar = vec![0f32; 3 * h * w];
+        for (p, px) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                planar[c * h * w + p] = px[c] as f32 / 255.0;
+            }
+        }
+        Ok((planar, 3, (h, w)))
+    } else {
+        let grey = img.to_luma8();
+        Ok((grey.as_raw().iter().map(|&v| v as f32 / 255.0).collect(), 1, (h, w)))
+    }
+}
+
+/// Decodes a tree's images in parallel into a split of `channels` × `size` samples. Without a
+/// size, the first image's is used.
+pub fn load_tree(tree: &Tree, channels: usize, size: Option<(usize, usize)>, max_bytes: u64) -> Result<(Split, (usize, usize))> {
+    let size = match size {
+        Some(s) => s,
+        None => decode(&tree.files[0].0)?.2,
+    };
+    let sample_len = channels * size.0 * size.1;
+    let bytes = (tree.files.len() as u64).saturating_mul(sample_len as u64 * 4);
+    if bytes > max_bytes {
+        return Err(Error::invalid(format!("{} images of {channels}x{}x{} take {bytes} bytes decoded, more than the {max_bytes} allowed", tree.files.len(), size.0, size.1)));
+    }
+    let samples: Vec<Vec<f32>> = tree
+        .files
+        .par_iter()
+        .map(|(path, _)| {
+            let (planar, c, hw) = decode(path)?;
+            Ok(fit_image(&planar, c, hw, channels, size))
+        })
+        .collect::<Result<_>>()?;
+    let mut split = Split::new(sample_len);
+    split.images.reserve(tree.files.len() * sample_len);
+    for (sample, (_, label)) in samples.iter().zip(&tree.files) {
+        split.push(sample, *label);
+    }
+    Ok((split, size))
+}
