@@ -14,7 +14,7 @@ use crate::defense::{DefenseConfig, DefenseOutcome, KnownAttack, Method, defend}
 use crate::error::Result;
 use crate::train::{Progress, TrainConfig};
 use crate::trigger::poison::Target;
-use crate::trigger::{Trigger, Use, spec};
+use crate::trigger::{Trigger, Triggered, Use, spec};
 
 #[derive(Serialize)]
 pub struct DemoResult {
@@ -65,7 +65,7 @@ pub fn run(out_dir: &Path, arch: &str, seed: u64, progress: &mut dyn Stages) -> 
     crate::fsutil::write_atomic(&out_dir.join("activations.svg"), chart.to_svg().as_bytes())?;
 
     progress.stage("fine-pruning with the paper's settings (4% validation-accuracy budget, then fine-tuning)");
-    let known = KnownAttack { trigger: trigger.clone(), target: Target::Class(target), include_target: false };
+    let known = KnownAttack { trigger: Triggered::Synthesised(trigger.clone()), target: Target::Class(target), include_target: false };
     let ad = device.clone().autodiff();
     let mut dcfg = DefenseConfig::paper(Method::Fineprune).with_seed(seed);
     dcfg.clean_fraction = 0.25;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::ModelFile;
 use crate::train::{TrainConfig, train_new};
 use crate::trigger::poison::Target;
-use crate::trigger::{Use, spec};
+use crate::trigger::{Triggered, Use, spec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -255,7 +255,7 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
         let mut chart = crate::report::activation_chart(&site.name, &crate::prune::ranking(&clean_means), &clean_means, Some(&trig_means));
         chart.title = format!("{name}: mean activation of {}", site.name);
         figures.push(Figure { title: chart.title.clone(), svg: chart.to_svg() });
-        let known = KnownAttack { trigger, target: a.target, include_target: false };
+        let known = KnownAttack { trigger: Triggered::Synthesised(trigger), target: a.target, include_target: false };
         for &method in &plan.defenses {
             stage(progress, &format!("{name}: {method}"));
             let o = defend(file, &ds, &defense_config(&plan, method, ds.train.len()), Some(&known), &ad, progress)?;

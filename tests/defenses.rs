@@ -13,7 +13,7 @@ use fineprune::prune::{self, PrefixCache};
 use fineprune::rng::Rng;
 use fineprune::train::{Silent, TrainConfig, train_new};
 use fineprune::trigger::poison::Target;
-use fineprune::trigger::{PatchPattern, Position, Trigger};
+use fineprune::trigger::{PatchPattern, Position, Trigger, Triggered};
 
 fn cpu() -> burn::tensor::Device {
     fineprune::cpu_device()
@@ -80,7 +80,7 @@ fn planted_data() -> Dataset {
 }
 
 fn corner_trigger() -> KnownAttack {
-    KnownAttack { trigger: Trigger::Patch { size: Some(1), position: Position::At { x: 7, y: 7 }, pattern: PatchPattern::Default }, target: Target::Class(2), include_target: false }
+    KnownAttack { trigger: Triggered::Synthesised(Trigger::Patch { size: Some(1), position: Position::At { x: 7, y: 7 }, pattern: PatchPattern::Default }), target: Target::Class(2), include_target: false }
 }
 
 #[test]

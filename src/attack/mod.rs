@@ -12,7 +12,7 @@ use crate::model::{Model, ModelFile};
 use crate::prune::{self, PrefixCache};
 use crate::train::{Progress, TrainConfig, TrainData, Trained, train, train_new};
 use crate::trigger::poison::{Target, poison};
-use crate::trigger::{Backdoor, PruningAwareRecord, Trigger, Use};
+use crate::trigger::{Backdoor, PruningAwareRecord, Trigger, Triggered};
 
 #[derive(Clone, Debug)]
 pub struct AttackConfig {
@@ -213,12 +213,17 @@ pub struct AttackEval {
 }
 
 pub fn evaluate_attack(file: &ModelFile, split: &Split, trigger: &Trigger, target: Target, include_target: bool, device: &Device) -> Result<AttackEval> {
+    evaluate_triggered(file, split, &Triggered::Synthesised(trigger.clone()), target, include_target, device)
+}
+
+/// Clean accuracy on `split` and attack success on the triggered inputs (synthesised from
+/// `split`, or given), whose labels are the inputs' true classes.
+pub fn evaluate_triggered(file: &ModelFile, split: &Split, triggered: &Triggered, target: Target, include_target: bool, device: &Device) -> Result<AttackEval> {
     let classes = file.info.classes.len();
     target.validate(classes)?;
     let clean = crate::metrics::evaluate(file, split, device)?;
-    let shape = file.model.graph.input_shape;
-    let triggered = trigger.apply_split(split, None, shape, Use::Test, 1)?;
-    let preds = predict(&file.model, &triggered, &file.info.normalization, device, 256);
-    let asr = attack_success(&preds, &split.labels, target, classes, include_target, clean.accuracy);
-    Ok(AttackEval { clean, attack_success_rate: asr, trigger: trigger.describe(), target: target.to_string() })
+    let inputs = triggered.inputs(split, file.model.graph.input_shape)?;
+    let preds = predict(&file.model, &inputs, &file.info.normalization, device, 256);
+    let asr = attack_success(&preds, &inputs.labels, target, classes, include_target, clean.accuracy);
+    Ok(AttackEval { clean, attack_success_rate: asr, trigger: triggered.describe(), target: target.to_string() })
 }

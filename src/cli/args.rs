@@ -171,6 +171,10 @@ pub(super) struct TriggerArgs {
     /// sunglasses, tone:freq=3000,amp=0.3 (see the README).
     #[arg(long)]
     pub(super) trigger: Option<String>,
+    /// Triggered inputs given as data (KIND:PATH, labelled with their true classes), made by
+    /// any attack, instead of synthesising them with --trigger; needs --target.
+    #[arg(long, conflicts_with = "trigger")]
+    pub(super) asr_data: Option<String>,
     /// Attack target: a class number, all-to-all, or untargeted.
     #[arg(long)]
     pub(super) target: Option<String>,
@@ -252,18 +256,36 @@ pub(super) fn load_model_and_data(m: &ModelArgs, data: &str, split: &SplitArgs) 
     Ok((file, ds))
 }
 
-/// The trigger and target to evaluate: from the command line, else from the model file.
-pub(super) fn resolve_backdoor(file: &ModelFile, trigger: Option<&str>, target: Option<&str>) -> Result<Option<(Trigger, Option<Target>)>> {
+/// The triggered inputs and target to evaluate: `--asr-data` (inputs given), else `--trigger`,
+/// else the model file's own trigger.
+pub(super) fn resolve_backdoor(file: &ModelFile, trigger: Option<&str>, asr_data: Option<&str>, target: Option<&str>, layout: Option<Layout>) -> Result<Option<(Triggered, Option<Target>)>> {
     let carried = file.info.backdoor.as_ref();
-    let trigger = match trigger {
-        Some(t) => Some(trigger_spec::parse(t)?),
-        None => carried.map(|b| b.trigger.clone()),
+    let triggered = match (asr_data, trigger) {
+        (Some(data), _) => Some(load_triggered(file, data, layout)?),
+        (None, Some(t)) => Some(Triggered::Synthesised(trigger_spec::parse(t)?)),
+        (None, None) => carried.map(|b| Triggered::Synthesised(b.trigger.clone())),
     };
     let target = match target {
         Some(t) => Some(t.parse::<Target>()?),
-        None => carried.map(|b| b.target),
+        None if asr_data.is_none() => carried.map(|b| b.target),
+        None => None,
     };
-    Ok(trigger.map(|t| (t, target)))
+    Ok(triggered.map(|t| (t, target)))
+}
+
+/// A set of triggered inputs given as data (every split of it), in the model's input shape,
+/// labelled with their true classes.
+fn load_triggered(file: &ModelFile, data: &str, layout: Option<Layout>) -> Result<Triggered> {
+    let [c, h, w] = file.model.graph.input_shape;
+    let spec: DataSpec = data.parse()?;
+    let opts = LoadOptions { size: Some((h, w)), val_fraction: 0.0, channels: Some(c), classes: Some(file.info.classes.len()), layout, ..LoadOptions::default() };
+    let ds = Dataset::load(&spec, &opts).with_context(|| format!("loading the triggered inputs {spec}"))?;
+    if ds.shape != [c, h, w] || ds.classes.len() != file.info.classes.len() {
+        bail!("the model expects {c}x{h}x{w} inputs of {} classes; {spec} has {:?} and {} classes", file.info.classes.len(), ds.shape, ds.classes.len());
+    }
+    let inputs = ds.into_all();
+    eprintln!("triggered inputs {spec}: {} samples", inputs.len());
+    Ok(Triggered::Given { inputs, source: spec.to_string() })
 }
 
 /// `--layer` as the graph names it: an imported model's ONNX node names are accepted too.

@@ -120,9 +120,9 @@ pub(super) struct FstArgs {
 
 pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
     let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split)?;
-    let known = match resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.target.as_deref())? {
+    let known = match resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.asr_data.as_deref(), a.attack.target.as_deref(), a.split.layout)? {
         Some((trigger, Some(target))) => Some(KnownAttack { trigger, target, include_target: a.attack.asr_include_target }),
-        Some((_, None)) => bail!("--trigger needs --target to measure attack success"),
+        Some((_, None)) => bail!("--trigger and --asr-data need --target to measure attack success"),
         None => None,
     };
     let mut cfg = DefenseConfig::paper(a.method).with_seed(a.seed);

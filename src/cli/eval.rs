@@ -30,13 +30,13 @@ pub(super) fn cmd_eval(a: EvalArgs) -> Result<()> {
     let device = fineprune::cpu_device();
     let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve)?;
     let split = ds.split(&a.split)?;
-    let backdoor = resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.target.as_deref())?;
+    let backdoor = resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.asr_data.as_deref(), a.attack.target.as_deref(), a.carve.layout)?;
     let (report, asr) = match backdoor {
-        Some((trigger, Some(target))) => {
-            let e = evaluate_attack(&file, split, &trigger, target, a.attack.asr_include_target, &device)?;
+        Some((triggered, Some(target))) => {
+            let e = evaluate_triggered(&file, split, &triggered, target, a.attack.asr_include_target, &device)?;
             (e.clean.clone(), Some(e))
         }
-        Some((_, None)) => bail!("--trigger needs --target (a class number, all-to-all or untargeted) to measure attack success"),
+        Some((_, None)) => bail!("--trigger and --asr-data need --target (a class number, all-to-all or untargeted) to measure attack success"),
         None if a.attack.target.is_some() => bail!("--target needs --trigger"),
         None => (evaluate(&file, split, &device)?, None),
     };

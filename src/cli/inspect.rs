@@ -16,6 +16,12 @@ pub(super) struct InspectArgs {
     /// Trigger to compare against (default: the model's own, if it carries one).
     #[arg(long)]
     pub(super) trigger: Option<String>,
+    /// Triggered inputs given as data (KIND:PATH) to compare against, instead of --trigger.
+    #[arg(long, conflicts_with = "trigger")]
+    pub(super) asr_data: Option<String>,
+    /// npz data: layout of x (default: inferred).
+    #[arg(long, value_enum)]
+    pub(super) layout: Option<Layout>,
     /// Layer to inspect (default: the last convolutional layer).
     #[arg(long)]
     pub(super) layer: Option<String>,
@@ -52,15 +58,15 @@ pub(super) fn cmd_inspect(a: InspectArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let (file, ds) = load_model_and_data(&a.model, data, &SplitArgs::default())?;
+    let (file, ds) = load_model_and_data(&a.model, data, &SplitArgs { layout: a.layout, ..SplitArgs::default() })?;
     let site = fineprune::prune::find_site(&file.model, layer_name(&file, a.layer.as_deref()).as_deref())?;
     eprintln!("layer {} ({} channels): {}", site.name, site.channels, site.reason);
     let split = ds.split(&a.split)?;
     let clean = fineprune::prune::channel_means(&file.model, split, &ds.normalization, site.index, &device, 256)?;
-    let triggered = match resolve_backdoor(&file, a.trigger.as_deref(), None)? {
-        Some((trigger, _)) => {
-            let t = trigger.apply_split(split, None, ds.shape, Use::Test, 1)?;
-            Some((trigger.describe(), fineprune::prune::channel_means(&file.model, &t, &ds.normalization, site.index, &device, 256)?))
+    let triggered = match resolve_backdoor(&file, a.trigger.as_deref(), a.asr_data.as_deref(), None, a.layout)? {
+        Some((triggered, _)) => {
+            let t = triggered.inputs(split, ds.shape)?;
+            Some((triggered.describe(), fineprune::prune::channel_means(&file.model, &t, &ds.normalization, site.index, &device, 256)?))
         }
         None => None,
     };

@@ -5,11 +5,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use fineprune::data::{DataSpec, Dataset, Layout, LoadOptions};
-use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, pruning_aware};
+use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, evaluate_triggered, pruning_aware};
 use fineprune::defense::{AnpConfig, Budget, DefenseConfig, FstConfig, KnownAttack, Method, StopRule, defend};
 use fineprune::metrics::{ClassReport, evaluate};
 use fineprune::trigger::poison::Target;
-use fineprune::trigger::{Trigger, Use, spec as trigger_spec};
+use fineprune::trigger::{Triggered, Use, spec as trigger_spec};
 use fineprune::model::{ModelFile, arch};
 use fineprune::train::{OptimizerKind, Schedule, TrainConfig, train_new};
 

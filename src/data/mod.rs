@@ -342,6 +342,17 @@ impl Dataset {
         Ok(Dataset { spec, shape, classes: loaded.classes, train, val, test: loaded.test, normalization })
     }
 
+    /// Every sample of every split, as one split (a set given for measurement, not training).
+    pub fn into_all(self) -> Split {
+        let mut all = self.train;
+        for s in [self.val, self.test] {
+            all.images.extend_from_slice(&s.images);
+            all.labels.extend_from_slice(&s.labels);
+            all.waves.extend(s.waves);
+        }
+        all
+    }
+
     pub fn split(&self, name: &str) -> Result<&Split> {
         match name {
             "train" => Ok(&self.train),

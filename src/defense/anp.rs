@@ -28,7 +28,6 @@ use crate::model::{Model, ModelFile};
 use crate::prune::neurons::{NeuronKind, NeuronLayer, neuron_layers, with_masks};
 use crate::rng::Rng;
 use crate::train::{Progress, cross_entropy};
-use crate::trigger::Use;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AnpConfig {
@@ -345,7 +344,7 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
     let classes = file.info.classes.len();
     let first_out = val_acc.iter().position(|&a| !cfg.budget.allows(val_acc[0], a)).unwrap_or(thresholds.len());
     let measured = first_out.max(chosen);
-    let triggered = known.filter(|_| cfg.test_curve).map(|k| k.trigger.apply_split(&ds.test, None, ds.shape, Use::Test, 1)).transpose()?;
+    let triggered = known.filter(|_| cfg.test_curve).map(|k| k.trigger.inputs(&ds.test, ds.shape)).transpose()?;
     let mut curve: Vec<CurvePoint> = Vec::with_capacity(thresholds.len() + 1);
     let mut before = None;
     for j in 0..=thresholds.len() {
@@ -363,7 +362,7 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
         let m = if j == 0 { model.clone() } else { masked(&model, &layers, &keeps[j - 1]) };
         let test_acc = ClassReport::new(&predict(&m, &ds.test, &ds.normalization, &eval_device, 256), &ds.test.labels, classes).accuracy;
         let asr = match (known, &triggered) {
-            (Some(k), Some(t)) => Some(attack_success(&predict(&m, t, &ds.normalization, &eval_device, 256), &ds.test.labels, k.target, classes, k.include_target, test_acc)),
+            (Some(k), Some(t)) => Some(attack_success(&predict(&m, t, &ds.normalization, &eval_device, 256), &t.labels, k.target, classes, k.include_target, test_acc)),
             _ => None,
         };
         if j == 0 {

@@ -18,14 +18,14 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use crate::attack::{AttackEval, evaluate_attack};
+use crate::attack::{AttackEval, evaluate_triggered};
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::metrics::{ClassReport, predict};
 use crate::model::ModelFile;
 use crate::rng::Rng;
 use crate::train::{Progress, TrainConfig};
-use crate::trigger::Trigger;
+use crate::trigger::Triggered;
 use crate::trigger::poison::Target;
 
 pub use anp::AnpConfig;
@@ -170,7 +170,7 @@ impl StopRule {
 /// What the evaluator knows about the attack (never shown to the defense's choices).
 #[derive(Clone, Debug)]
 pub struct KnownAttack {
-    pub trigger: Trigger,
+    pub trigger: Triggered,
     pub target: Target,
     pub include_target: bool,
 }
@@ -318,7 +318,7 @@ pub(crate) fn accuracy(model: &crate::model::Model, split: &Split, ds: &Dataset,
 fn snapshot(file: &ModelFile, ds: &Dataset, val_accuracy: f64, known: Option<&KnownAttack>, device: &Device) -> Result<(Snapshot, Option<AttackEval>)> {
     match known {
         Some(k) => {
-            let e = evaluate_attack(file, &ds.test, &k.trigger, k.target, k.include_target, device)?;
+            let e = evaluate_triggered(file, &ds.test, &k.trigger, k.target, k.include_target, device)?;
             let s = Snapshot { val_accuracy, clean_accuracy: e.clean.accuracy, attack_success_rate: Some(e.attack_success_rate.rate), attack_success_rate_ci95: Some(e.attack_success_rate.ci95) };
             Ok((s, Some(e)))
         }

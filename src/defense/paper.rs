@@ -12,7 +12,6 @@ use crate::model::{Model, ModelFile};
 use crate::prune::sweep::sweep_predictions;
 use crate::prune::{self, PrefixCache, Site};
 use crate::train::{Progress, TrainData, train};
-use crate::trigger::Use;
 
 /// Ranks the site's channels by mean clean validation activation and prunes the least active
 /// ones as the stop rule says; measures the whole curve on the way (the test split and a known
@@ -36,10 +35,10 @@ pub(super) fn prune_site(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, kn
     let test_acc: Vec<f64> = test_levels.iter().map(|p| ClassReport::new(p, &test_cache.labels, classes).accuracy).collect();
     let asr: Option<Vec<crate::metrics::AttackSuccess>> = match known {
         Some(a) => {
-            let triggered = a.trigger.apply_split(&ds.test, None, ds.shape, Use::Test, 1)?;
+            let triggered = a.trigger.inputs(&ds.test, ds.shape)?;
             let cache = PrefixCache::build(model, &triggered, &ds.normalization, site.index, device, 256);
             let levels = sweep_predictions(model, &cache, site.index, site.channels, &order, levels);
-            Some(levels.iter().zip(&test_acc).map(|(p, &clean)| attack_success(p, &ds.test.labels, a.target, classes, a.include_target, clean)).collect())
+            Some(levels.iter().zip(&test_acc).map(|(p, &clean)| attack_success(p, &triggered.labels, a.target, classes, a.include_target, clean)).collect())
         }
         None => None,
     };

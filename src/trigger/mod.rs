@@ -225,6 +225,33 @@ impl Trigger {
     }
 }
 
+/// Where the triggered inputs that attack success is measured on come from: a trigger
+/// applied to clean test inputs, or a set the user was given (made by any attack, labelled
+/// with each input's true class).
+#[derive(Clone, Debug)]
+pub enum Triggered {
+    Synthesised(Trigger),
+    Given { inputs: Split, source: String },
+}
+
+impl Triggered {
+    /// The triggered inputs for a clean split: the trigger applied to all of it, or the given
+    /// set (whatever the clean split).
+    pub fn inputs<'a>(&'a self, clean: &Split, shape: [usize; 3]) -> Result<std::borrow::Cow<'a, Split>> {
+        match self {
+            Triggered::Synthesised(t) => Ok(std::borrow::Cow::Owned(t.apply_split(clean, None, shape, Use::Test, 1)?)),
+            Triggered::Given { inputs, .. } => Ok(std::borrow::Cow::Borrowed(inputs)),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Triggered::Synthesised(t) => t.describe(),
+            Triggered::Given { source, .. } => format!("given inputs {source}"),
+        }
+    }
+}
+
 impl Picture {
     /// Reads a PNG (grey, RGB or RGBA; alpha ignored), bounded in size.
     pub fn from_png(path: &std::path::Path) -> Result<Picture> {
