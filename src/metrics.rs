@@ -76,6 +76,13 @@ mod tests {
 
 /// Evaluates a model file on a split of a dataset, checking first that the data fits the model.
 pub fn evaluate(file: &crate::model::ModelFile, split: &Split, device: &Device) -> crate::Result<ClassReport> {
+    check_fits(file, split)?;
+    let preds = predict(&file.model, split, &file.info.normalization, device, 256);
+    Ok(ClassReport::new(&preds, &split.labels, file.info.classes.len()))
+}
+
+/// Refuses samples of another size than the model's input, or labels beyond its classes.
+pub fn check_fits(file: &crate::model::ModelFile, split: &Split) -> crate::Result<()> {
     let shape = file.model.graph.input_shape;
     if split.sample_len != shape.iter().product::<usize>() {
         return Err(crate::Error::invalid(format!(
@@ -87,8 +94,7 @@ pub fn evaluate(file: &crate::model::ModelFile, split: &Split, device: &Device) 
     if let Some(&bad) = split.labels.iter().find(|&&l| l >= classes) {
         return Err(crate::Error::invalid(format!("label {bad} is out of range for a model with {classes} classes")));
     }
-    let preds = predict(&file.model, split, &file.info.normalization, device, 256);
-    Ok(ClassReport::new(&preds, &split.labels, classes))
+    Ok(())
 }
 
 /// The 95% Wilson score interval of a proportion `successes / n`.

@@ -68,6 +68,14 @@ fn image_folder_has_torchvision_label_order_and_converts_channels_and_size() {
         }
     }
     assert!((0..3).all(|c| ds.test.labels.contains(&c)), "the test split is carved per class");
+    // Streamed evaluation picks the same files for every split, and decodes them the same way.
+    for (name, split) in [("train", &ds.train), ("val", &ds.val), ("test", &ds.test)] {
+        let (classes, files) = fineprune::data::folder_split_files(root, name, &opts).unwrap();
+        assert_eq!(classes, ds.classes);
+        let streamed: Vec<Split> = fineprune::data::folder::chunks(&files, 3, (8, 8), 4).collect::<Result<_, _>>().unwrap();
+        assert_eq!(streamed.iter().flat_map(|s| s.labels.clone()).collect::<Vec<_>>(), split.labels, "{name}");
+        assert_eq!(streamed.iter().flat_map(|s| s.images.clone()).collect::<Vec<_>>(), split.images, "{name}");
+    }
     // Grey wanted: colour images are converted; the same seed gives the same splits.
     let grey = load(Kind::Folder, root, &LoadOptions { channels: Some(1), ..opts.clone() }).unwrap();
     assert_eq!(grey.shape, [1, 8, 8]);

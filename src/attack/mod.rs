@@ -1,6 +1,8 @@
 //! Building backdoored models the way the paper's attackers did: data poisoning (BadNets,
 //! blended, sunglasses, audio tone) and the pruning-aware attack.
 
+use std::borrow::Cow;
+
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -219,11 +221,41 @@ pub fn evaluate_attack(file: &ModelFile, split: &Split, trigger: &Trigger, targe
 /// Clean accuracy on `split` and attack success on the triggered inputs (synthesised from
 /// `split`, or given), whose labels are the inputs' true classes.
 pub fn evaluate_triggered(file: &ModelFile, split: &Split, triggered: &Triggered, target: Target, include_target: bool, device: &Device) -> Result<AttackEval> {
+    let (_, e) = evaluate_chunks(file, std::iter::once(Ok(Cow::Borrowed(split))), Some((triggered, target, include_target)), device)?;
+    Ok(e.expect("an attack was given"))
+}
+
+/// Clean accuracy over a split read in chunks, and attack success when an attack is given
+/// (a synthesised trigger is applied chunk by chunk; given inputs are evaluated once), so
+/// memory holds one chunk at a time. Every chunk is checked against the model first.
+pub fn evaluate_chunks<'a>(file: &ModelFile, chunks: impl Iterator<Item = Result<Cow<'a, Split>>>, attack: Option<(&Triggered, Target, bool)>, device: &Device) -> Result<(ClassReport, Option<AttackEval>)> {
     let classes = file.info.classes.len();
-    target.validate(classes)?;
-    let clean = crate::metrics::evaluate(file, split, device)?;
-    let inputs = triggered.inputs(split, file.model.graph.input_shape)?;
-    let preds = predict(&file.model, &inputs, &file.info.normalization, device, 256);
-    let asr = attack_success(&preds, &inputs.labels, target, classes, include_target, clean.accuracy);
-    Ok(AttackEval { clean, attack_success_rate: asr, trigger: triggered.describe(), target: target.to_string() })
+    let shape = file.model.graph.input_shape;
+    if let Some((_, target, _)) = attack {
+        target.validate(classes)?;
+    }
+    let norm = &file.info.normalization;
+    let (mut preds, mut labels) = (Vec::new(), Vec::new());
+    let (mut trig_preds, mut trig_labels) = (Vec::new(), Vec::new());
+    for chunk in chunks {
+        let chunk = chunk?;
+        crate::metrics::check_fits(file, &chunk)?;
+        preds.extend(predict(&file.model, &chunk, norm, device, 256));
+        labels.extend_from_slice(&chunk.labels);
+        if let Some((t @ Triggered::Synthesised(_), _, _)) = attack {
+            let inputs = t.inputs(&chunk, shape)?;
+            trig_preds.extend(predict(&file.model, &inputs, norm, device, 256));
+            trig_labels.extend_from_slice(&inputs.labels);
+        }
+    }
+    let clean = ClassReport::new(&preds, &labels, classes);
+    let Some((triggered, target, include_target)) = attack else { return Ok((clean, None)) };
+    if let Triggered::Given { inputs, .. } = triggered {
+        crate::metrics::check_fits(file, inputs)?;
+        trig_preds = predict(&file.model, inputs, norm, device, 256);
+        trig_labels = inputs.labels.clone();
+    }
+    let asr = attack_success(&trig_preds, &trig_labels, target, classes, include_target, clean.accuracy);
+    let e = AttackEval { clean: clean.clone(), attack_success_rate: asr, trigger: triggered.describe(), target: target.to_string() };
+    Ok((clean, Some(e)))
 }

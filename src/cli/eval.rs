@@ -1,6 +1,6 @@
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
@@ -28,17 +28,20 @@ pub(super) struct EvalArgs {
 pub(super) fn cmd_eval(a: EvalArgs) -> Result<()> {
     let start = Instant::now();
     let device = fineprune::cpu_device();
-    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve)?;
-    let split = ds.split(&a.split)?;
-    let backdoor = resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.asr_data.as_deref(), a.attack.target.as_deref(), a.carve.layout)?;
-    let (report, asr) = match backdoor {
-        Some((triggered, Some(target))) => {
-            let e = evaluate_triggered(&file, split, &triggered, target, a.attack.asr_include_target, &device)?;
-            (e.clean.clone(), Some(e))
-        }
-        Some((_, None)) => bail!("--trigger and --asr-data need --target (a class number, all-to-all or untargeted) to measure attack success"),
-        None if a.attack.target.is_some() => bail!("--target needs --trigger"),
-        None => (evaluate(&file, split, &device)?, None),
+    let spec: DataSpec = a.data.parse()?;
+    let (file, report, asr) = if spec.kind == Kind::Folder {
+        eval_folder_streamed(&a, &spec, &device)?
+    } else {
+        let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve)?;
+        let split = ds.split(&a.split)?;
+        let (report, asr) = match attack_to_measure(&a, &file)? {
+            Some((triggered, target)) => {
+                let e = evaluate_triggered(&file, split, &triggered, target, a.attack.asr_include_target, &device)?;
+                (e.clean.clone(), Some(e))
+            }
+            None => (evaluate(&file, split, &device)?, None),
+        };
+        (file, report, asr)
     };
     let seconds = start.elapsed().as_secs_f64();
     if a.json {
@@ -67,6 +70,34 @@ pub(super) fn cmd_eval(a: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The triggered inputs and target `eval` measures, if any.
+fn attack_to_measure(a: &EvalArgs, file: &ModelFile) -> Result<Option<(Triggered, Target)>> {
+    match resolve_backdoor(file, a.attack.trigger.as_deref(), a.attack.asr_data.as_deref(), a.attack.target.as_deref(), a.carve.layout)? {
+        Some((triggered, Some(target))) => Ok(Some((triggered, target))),
+        Some((_, None)) => bail!("--trigger and --asr-data need --target (a class number, all-to-all or untargeted) to measure attack success"),
+        None if a.attack.target.is_some() => bail!("--target needs --trigger or --asr-data"),
+        None => Ok(None),
+    }
+}
+
+/// `eval` on an image folder: only the asked split's files are decoded, a chunk at a time, so
+/// memory does not grow with the number of images.
+fn eval_folder_streamed(a: &EvalArgs, spec: &DataSpec, device: &burn::tensor::Device) -> Result<(ModelFile, ClassReport, Option<AttackEval>)> {
+    const CHUNK: usize = 1024;
+    let file = a.model.load().context("loading the model")?;
+    let [c, h, w] = file.model.graph.input_shape;
+    let opts = LoadOptions { channels: Some(c), ..a.carve.options(Some((h, w))) };
+    let (classes, files) = fineprune::data::folder_split_files(&spec.path, &a.split, &opts).with_context(|| format!("loading dataset {spec}"))?;
+    if classes.len() != file.info.classes.len() {
+        bail!("the model expects {} classes; {spec} has {} class folders", file.info.classes.len(), classes.len());
+    }
+    eprintln!("{spec}: {} {} images, decoded {CHUNK} at a time", files.len(), a.split);
+    let attack = attack_to_measure(a, &file)?;
+    let chunks = fineprune::data::folder::chunks(&files, c, (h, w), CHUNK).map(|r| r.map(std::borrow::Cow::Owned));
+    let (report, asr) = evaluate_chunks(&file, chunks, attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target)), device)?;
+    Ok((file, report, asr))
 }
 
 pub(super) fn print_asr(e: &AttackEval) {

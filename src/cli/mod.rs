@@ -4,8 +4,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use fineprune::data::{DataSpec, Dataset, Layout, LoadOptions};
-use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, evaluate_triggered, pruning_aware};
+use fineprune::data::{DataSpec, Dataset, Kind, Layout, LoadOptions};
+use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, evaluate_chunks, evaluate_triggered, pruning_aware};
 use fineprune::defense::{AnpConfig, Budget, DefenseConfig, FstConfig, KnownAttack, Method, StopRule, defend};
 use fineprune::metrics::{ClassReport, evaluate};
 use fineprune::trigger::poison::Target;

@@ -135,30 +135,55 @@ pub fn decode(path: &Path) -> Result<(Vec<f32>, usize, (usize, usize))> {
     }
 }
 
-/// Decodes a tree's images in parallel into a split of `channels` × `size` samples. Without a
-/// size, the first image's is used.
-pub fn load_tree(tree: &Tree, channels: usize, size: Option<(usize, usize)>, max_bytes: u64) -> Result<(Split, (usize, usize))> {
-    let size = match size {
-        Some(s) => s,
-        None => decode(&tree.files[0].0)?.2,
+/// Which files make each split, decided from the file list and labels alone (nothing is
+/// decoded): `train/`, `val/`, `test/` trees when present; otherwise the test split is carved
+/// per class from the whole tree ([`super::carve_test`]). Validation, when not fixed, is carved
+/// later from train exactly as for every other kind.
+pub struct Plan {
+    pub classes: Vec<String>,
+    pub train: Vec<(PathBuf, usize)>,
+    pub val: Option<Vec<(PathBuf, usize)>>,
+    pub test: Vec<(PathBuf, usize)>,
+}
+
+pub fn plan(root: &Path, seed: u64) -> Result<Plan> {
+    if !root.is_dir() {
+        return Err(Error::format(root, "image folder does not exist or is not a folder"));
+    }
+    let trees = scan(root)?;
+    let (train, test) = match trees.test {
+        Some(test) => (trees.train.files, test.files),
+        None => {
+            let labels: Vec<usize> = trees.train.files.iter().map(|f| f.1).collect();
+            let (train_idx, test_idx) = super::carve_test(&labels, seed);
+            let pick = |idx: &[usize]| idx.iter().map(|&i| trees.train.files[i].clone()).collect();
+            (pick(&train_idx), pick(&test_idx))
+        }
     };
+    Ok(Plan { classes: trees.train.classes, train, val: trees.val.map(|t| t.files), test })
+}
+
+/// Decodes images in parallel into a split of `channels` × `size` samples, refusing more than
+/// `max_bytes` of decoded samples before decoding anything.
+pub fn decode_files(files: &[(PathBuf, usize)], channels: usize, size: (usize, usize), max_bytes: u64) -> Result<Split> {
     let sample_len = channels * size.0 * size.1;
-    let bytes = (tree.files.len() as u64).saturating_mul(sample_len as u64 * 4);
+    let bytes = (files.len() as u64).saturating_mul(sample_len as u64 * 4);
     if bytes > max_bytes {
-        return Err(Error::invalid(format!("{} images of {channels}x{}x{} take {bytes} bytes decoded, more than the {max_bytes} allowed", tree.files.len(), size.0, size.1)));
+        return Err(Error::invalid(format!("{} images of {channels}x{}x{} take {bytes} bytes decoded, more than the {max_bytes} allowed", files.len(), size.0, size.1)));
     }
-    let samples: Vec<Vec<f32>> = tree
-        .files
-        .par_iter()
-        .map(|(path, _)| {
-            let (planar, c, hw) = decode(path)?;
-            Ok(fit_image(&planar, c, hw, channels, size))
-        })
-        .collect::<Result<_>>()?;
+    // Decoded straight into the split's buffer, one sample slot per file.
     let mut split = Split::new(sample_len);
-    split.images.reserve(tree.files.len() * sample_len);
-    for (sample, (_, label)) in samples.iter().zip(&tree.files) {
-        split.push(sample, *label);
-    }
-    Ok((split, size))
+    split.images = vec![0f32; files.len() * sample_len];
+    split.images.par_chunks_mut(sample_len).zip(files.par_iter()).try_for_each(|(slot, (path, _))| {
+        let (planar, c, hw) = decode(path)?;
+        slot.copy_from_slice(&fit_image(&planar, c, hw, channels, size));
+        Ok::<(), Error>(())
+    })?;
+    split.labels = files.iter().map(|(_, label)| *label).collect();
+    Ok(split)
+}
+
+/// A split decoded a chunk at a time, so memory stays flat in the number of images.
+pub fn chunks(files: &[(PathBuf, usize)], channels: usize, size: (usize, usize), chunk: usize) -> impl Iterator<Item = Result<Split>> + '_ {
+    files.chunks(chunk.max(1)).map(move |c| decode_files(c, channels, size, u64::MAX))
 }

@@ -363,11 +363,15 @@ impl Dataset {
     }
 }
 
-/// A train split with no test split beside it: carve [`TEST_FRACTION`] of each class out as
-/// test, seeded (a different stream from the validation carve's).
-fn carve_test(all: Split, seed: u64) -> (Split, Split) {
-    let groups: Vec<u64> = (0..all.len() as u64).collect();
-    let (train_idx, test_idx) = carve_validation(&all.labels, &groups, TEST_FRACTION, seed ^ 0x7e57_5eed);
+/// Data with no test split: [`TEST_FRACTION`] of each class is carved out as test, seeded (a
+/// different stream from the validation carve's). Returns (train, test) indices.
+pub fn carve_test(labels: &[usize], seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let groups: Vec<u64> = (0..labels.len() as u64).collect();
+    carve_validation(labels, &groups, TEST_FRACTION, seed ^ 0x7e57_5eed)
+}
+
+fn carve_test_split(all: Split, seed: u64) -> (Split, Split) {
+    let (train_idx, test_idx) = carve_test(&all.labels, seed);
     (all.subset(&train_idx), all.subset(&test_idx))
 }
 
@@ -386,7 +390,7 @@ fn load_arrays(path: &Path, opts: &LoadOptions, size: Option<(usize, usize)>) ->
     let (val, test) = (other(&arrays.val)?, other(&arrays.test)?);
     let (train, test) = match test {
         Some(test) => (train, test),
-        None => carve_test(train, opts.seed),
+        None => carve_test_split(train, opts.seed),
     };
     let classes = opts.classes.unwrap_or_else(|| {
         let max = [Some(&train), val.as_ref(), Some(&test)].into_iter().flatten().flat_map(|s| s.labels.iter().copied()).max();
@@ -398,21 +402,41 @@ fn load_arrays(path: &Path, opts: &LoadOptions, size: Option<(usize, usize)>) ->
 
 /// `folder:` data: an `ImageFolder` tree, or `train/`, `val/`, `test/` trees.
 fn load_folder(root: &Path, opts: &LoadOptions, size: Option<(usize, usize)>) -> Result<(Loaded, (usize, usize))> {
-    if !root.is_dir() {
-        return Err(Error::format(root, "image folder does not exist or is not a folder"));
-    }
-    let trees = folder::scan(root)?;
+    let plan = folder::plan(root, opts.seed)?;
     let channels = opts.channels.unwrap_or(3);
-    let budget = crate::fsutil::data_budget();
-    let (train, size) = folder::load_tree(&trees.train, channels, size, budget)?;
-    let other = |t: &Option<folder::Tree>| -> Result<Option<Split>> { t.as_ref().map(|t| folder::load_tree(t, channels, Some(size), budget).map(|r| r.0)).transpose() };
-    let (val, test) = (other(&trees.val)?, other(&trees.test)?);
-    let (train, test) = match test {
-        Some(test) => (train, test),
-        None => carve_test(train, opts.seed),
+    let size = match size {
+        Some(s) => s,
+        None => folder::decode(&plan.train[0].0)?.2,
     };
-    let loaded = Loaded { channels, classes: trees.train.classes, train_groups: no_groups(&train), train, val, test };
+    // One budget for all three splits together.
+    let budget = crate::fsutil::data_budget();
+    let total = plan.train.len() + plan.test.len() + plan.val.as_ref().map_or(0, Vec::len);
+    let decode = |files: &[(PathBuf, usize)]| folder::decode_files(files, channels, size, budget.saturating_mul(files.len() as u64) / total.max(1) as u64);
+    let train = decode(&plan.train)?;
+    let test = decode(&plan.test)?;
+    let val = plan.val.as_deref().map(decode).transpose()?;
+    let loaded = Loaded { channels, classes: plan.classes, train_groups: no_groups(&train), train, val, test };
     Ok((loaded, size))
+}
+
+/// The files of one split of an image folder (`train`, `val` or `test`), chosen exactly as
+/// [`Dataset::load`] chooses them, without decoding anything: for evaluation streamed in
+/// chunks ([`folder::chunks`]). Returns the class names and the files.
+pub fn folder_split_files(root: &Path, split: &str, opts: &LoadOptions) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)> {
+    let plan = folder::plan(root, opts.seed)?;
+    let files = match (split, plan.val) {
+        ("test", _) => plan.test,
+        ("train" | "val", Some(val)) => if split == "val" { val } else { plan.train },
+        ("train" | "val", None) => {
+            let labels: Vec<usize> = plan.train.iter().map(|f| f.1).collect();
+            let groups: Vec<u64> = (0..labels.len() as u64).collect();
+            let (train_idx, val_idx) = carve_validation(&labels, &groups, opts.val_fraction, opts.seed);
+            let idx = if split == "val" { val_idx } else { train_idx };
+            idx.iter().map(|&i| plan.train[i].clone()).collect()
+        }
+        _ => return Err(Error::invalid(format!("unknown split {split:?}; use train, val or test"))),
+    };
+    Ok((plan.classes, files))
 }
 
 /// Converts a planar `[c, h, w]` image to `channels` channels and `size`: grey is repeated
