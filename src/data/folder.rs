@@ -22,10 +22,13 @@ const EXTENSIONS: [&str; 10] = ["jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp"
 const MAX_FILE: u64 = 64 << 20;
 const MAX_SIDE: u32 = 16384;
 
+/// Image files with their labels.
+pub type LabelledFiles = Vec<(PathBuf, usize)>;
+
 /// A class tree: the class names and every image with its label, in torchvision's order.
 pub struct Tree {
     pub classes: Vec<String>,
-    pub files: Vec<(PathBuf, usize)>,
+    pub files: LabelledFiles,
 }
 
 /// The splits a root holds: `train/`, `val/`, `test/` if present, else the root as train.
@@ -141,9 +144,9 @@ pub fn decode(path: &Path) -> Result<(Vec<f32>, usize, (usize, usize))> {
 /// later from train exactly as for every other kind.
 pub struct Plan {
     pub classes: Vec<String>,
-    pub train: Vec<(PathBuf, usize)>,
-    pub val: Option<Vec<(PathBuf, usize)>>,
-    pub test: Vec<(PathBuf, usize)>,
+    pub train: LabelledFiles,
+    pub val: Option<LabelledFiles>,
+    pub test: LabelledFiles,
 }
 
 pub fn plan(root: &Path, seed: u64) -> Result<Plan> {

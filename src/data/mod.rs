@@ -422,7 +422,7 @@ fn load_folder(root: &Path, opts: &LoadOptions, size: Option<(usize, usize)>) ->
 /// The files of one split of an image folder (`train`, `val` or `test`), chosen exactly as
 /// [`Dataset::load`] chooses them, without decoding anything: for evaluation streamed in
 /// chunks ([`folder::chunks`]). Returns the class names and the files.
-pub fn folder_split_files(root: &Path, split: &str, opts: &LoadOptions) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)> {
+pub fn folder_split_files(root: &Path, split: &str, opts: &LoadOptions) -> Result<(Vec<String>, folder::LabelledFiles)> {
     let plan = folder::plan(root, opts.seed)?;
     let files = match (split, plan.val) {
         ("test", _) => plan.test,
