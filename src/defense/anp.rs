@@ -135,16 +135,16 @@ pub struct AnpLayer {
 /// Per-neuron scale and shift applied by the interpreter: at a neuron layer with shift vector
 /// `s` (BatchNorm's β, or the bias), `y' = scale (y − s) + coef s`, computed as
 /// `y scale + s (coef − scale)`.
-struct Perturbation {
+struct Perturbation<'a> {
     /// Neuron layer of each graph node, if any.
-    slot: Vec<Option<usize>>,
+    slot: &'a [Option<usize>],
     scale: Vec<Tensor<1>>,
     offset: Vec<Tensor<1>>,
 }
 
-impl Perturbation {
+impl<'a> Perturbation<'a> {
     /// `coef` `None` means the shift is untouched (coefficient 1).
-    fn new(slot: &[Option<usize>], shifts: &[Tensor<1>], scale: Vec<Tensor<1>>, coef: Option<&[Tensor<1>]>) -> Self {
+    fn new(slot: &'a [Option<usize>], shifts: &[Tensor<1>], scale: Vec<Tensor<1>>, coef: Option<&[Tensor<1>]>) -> Self {
         let offset = shifts
             .iter()
             .zip(&scale)
@@ -154,11 +154,11 @@ impl Perturbation {
                 None => s.clone() * (m.clone().neg() + 1.0),
             })
             .collect();
-        Perturbation { slot: slot.to_vec(), scale, offset }
+        Perturbation { slot, scale, offset }
     }
 }
 
-impl NodeHook for Perturbation {
+impl NodeHook for Perturbation<'_> {
     fn after(&self, node: usize, out: Activation) -> Activation {
         let Some(k) = self.slot.get(node).copied().flatten() else { return out };
         let (scale, offset) = (self.scale[k].clone(), self.offset[k].clone());
