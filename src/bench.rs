@@ -30,14 +30,21 @@ fn random_batch(shape: [usize; 3], n: usize, classes: usize, rng: &mut Rng, devi
     )
 }
 
-/// Measures one architecture: `steps` optimiser steps and `steps` inference batches, after one
-/// warm-up of each.
+/// Measures one built-in architecture (10 classes, its default input): `steps` optimiser steps
+/// and `steps` inference batches, after one warm-up of each.
 pub fn measure(arch_name: &str, batch_size: usize, steps: usize, device: &Device) -> Result<Throughput> {
     let input = arch::default_input(arch_name).ok_or_else(|| crate::Error::invalid(format!("unknown architecture {arch_name}")))?;
-    let classes = 10;
-    let graph = arch::build(arch_name, input, classes)?;
+    let graph = arch::build(arch_name, input, 10)?;
+    measure_model(arch_name, Model::init(graph, 0, device)?, batch_size, steps, device)
+}
+
+/// Measures a given model (e.g. an imported ONNX network) the same way: Adam steps on random
+/// inputs of its input shape and class count.
+pub fn measure_model(name: &str, model: Model, batch_size: usize, steps: usize, device: &Device) -> Result<Throughput> {
+    let input = model.graph.input_shape;
+    let classes = model.num_classes();
     let train_device = device.clone().autodiff();
-    let mut model = Model::init(graph, 0, &train_device)?;
+    let mut model = model.train();
     let mut rng = Rng::new(1);
     let mut optim = AdamConfig::new().init();
     let (x, y) = random_batch(input, batch_size, classes, &mut rng, &train_device);
@@ -62,7 +69,7 @@ pub fn measure(arch_name: &str, batch_size: usize, steps: usize, device: &Device
         let _ = eval.forward(x.clone()).into_data();
     }
     let infer_rate = (steps * batch_size) as f64 / t.elapsed().as_secs_f64();
-    Ok(Throughput { arch: arch_name.into(), batch_size, train_images_per_sec: train_rate, inference_images_per_sec: infer_rate })
+    Ok(Throughput { arch: name.into(), batch_size, train_images_per_sec: train_rate, inference_images_per_sec: infer_rate })
 }
 
 /// The benchmark the README quotes: lenet and resnet18.

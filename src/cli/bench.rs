@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use super::*;
@@ -10,9 +10,19 @@ pub(super) struct BenchArgs {
     /// Fewer iterations (for a smoke run).
     #[arg(long)]
     pub(super) quick: bool,
-    /// Measure these architectures instead of the default lenet and resnet18.
+    /// Measure these architectures instead of the default lenet and resnet18: built-in names or
+    /// model files (.safetensors, .onnx), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub(super) arch: Vec<String>,
+    /// Batch size of the throughput measurement.
+    #[arg(long, default_value_t = 64)]
+    pub(super) batch_size: usize,
+    /// Optimiser steps (and inference batches) per architecture (default 5, 1 with --quick).
+    #[arg(long)]
+    pub(super) steps: Option<usize>,
+    /// Print the throughput table as JSON lines (one object per architecture).
+    #[arg(long)]
+    pub(super) json: bool,
     /// Time the pruning sweep on this model (default: a fresh signnet on the built-in set).
     #[arg(long, requires = "data")]
     pub(super) model: Option<PathBuf>,
@@ -27,6 +37,16 @@ pub(super) struct BenchArgs {
     pub(super) sweep_only: bool,
 }
 
+/// A built-in architecture by name, or a model file by path.
+fn measure_named(name: &str, batch: usize, steps: usize, device: &burn::tensor::Device) -> Result<fineprune::bench::Throughput> {
+    let path = std::path::Path::new(name);
+    if arch::default_input(name).is_none() && path.is_file() {
+        let file = fineprune::model::store::load(path, &Default::default(), device).with_context(|| format!("loading {name}"))?;
+        return Ok(fineprune::bench::measure_model(name, file.model, batch, steps, device)?);
+    }
+    Ok(fineprune::bench::measure(name, batch, steps, device)?)
+}
+
 pub(super) fn fineprune_bench(a: BenchArgs) -> Result<()> {
     let device = fineprune::cpu_device();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -34,9 +54,17 @@ pub(super) fn fineprune_bench(a: BenchArgs) -> Result<()> {
         let results = if a.arch.is_empty() {
             fineprune::bench::throughput(&device, a.quick)?
         } else {
-            let steps = if a.quick { 1 } else { 5 };
-            a.arch.iter().map(|name| fineprune::bench::measure(name, 64, steps, &device)).collect::<fineprune::Result<_>>()?
+            let steps = a.steps.unwrap_or(if a.quick { 1 } else { 5 });
+            a.arch.iter().map(|name| measure_named(name, a.batch_size, steps, &device)).collect::<Result<Vec<_>>>()?
         };
+        if a.json {
+            for r in &results {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            if a.sweep_only || a.model.is_none() {
+                return Ok(());
+            }
+        }
         println!("throughput on {cores} cores (Flex CPU backend)");
         println!("{:<12} {:>16} {:>16}", "arch", "train img/s", "inference img/s");
         for r in results {

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""The PyTorch side of scripts/bench_vs_pytorch.sh (not a test; CI has no PyTorch).
+
+    throughput ARCH... [--batch 64 --steps N]   training and inference images/s on random inputs,
+        the same networks as fineprune's built-in architectures (src/model/arch.rs), Adam, the
+        thread count in $THREADS; prints one JSON line per network.
+    export-resnet OUT.onnx                    a freshly initialised copy of the residual GTSRB CNN
+        of scripts/torch_models.py (BatchNorm kept), for fineprune's side of the throughput table.
+    peer-fineprune MODEL.onnx --data-root D --clean-fraction F [--no-curve]
+        fine-pruning the way the Python toolkits do it, producing what `fineprune defend` reports:
+        rank the last block's channels by mean clean activation; for each channel re-run the
+        *whole* network on the validation set until accuracy drops 4 points; the test curve (clean
+        accuracy and attack success of the yellow sticker -> 14 at every pruning level, by
+        re-running the whole network per level; --no-curve skips it); fine-tune (5 epochs, Adam
+        1e-4, batch 64) on the defender's clean fraction; evaluate the result on the test split.
+        Prints the stage times as one JSON line.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+THREADS = int(os.environ.get("THREADS", "2"))
+torch.set_num_threads(THREADS)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------- fineprune's built-in architectures
+def lenet(classes=10):
+    return nn.Sequential(
+        nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, classes))
+
+
+def signnet(classes=10):
+    layers, cin = [], 3
+    for w in (32, 64, 128):
+        layers += [nn.Conv2d(cin, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
+        cin = w
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 16, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, classes))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(y + (x if self.down is None else self.down(x)))
+
+
+class ResNet18(nn.Module):
+    """CIFAR-style: 3x3 stem, no initial max-pool (fineprune's resnet18)."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        blocks, cin = [], 64
+        for w, s in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(cin, w, s), BasicBlock(w, w, 1)]
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        x = self.blocks(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def sign_resnet(classes=43):
+    from torch_models import SignResNet
+    return SignResNet(classes)
+
+
+NETS = {
+    "lenet": (lenet, (1, 28, 28), 10),
+    "signnet": (signnet, (3, 32, 32), 10),
+    "resnet18": (ResNet18, (3, 32, 32), 10),
+    "sign-resnet": (sign_resnet, (3, 32, 32), 43),
+}
+
+
+def throughput(name, batch, steps):
+    make, shape, classes = NETS[name]
+    torch.manual_seed(0)
+    model = make(classes)
+    x = torch.randn((batch,) + shape)
+    y = torch.randint(0, classes, (batch,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    train = steps * batch / (time.perf_counter() - t)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        t = time.perf_counter()
+        for _ in range(steps):
+            model(x).argmax(1)
+        infer = steps * batch / (time.perf_counter() - t)
+    return {"arch": name, "batch": batch, "steps": steps, "threads": THREADS, "train": train, "inference": infer}
+
+
+# ------------------------------------------------------------------- the peer-style defense
+def onnx_to_torch(path):
+    """The residual GTSRB CNN's weights from its ONNX file, into the PyTorch module."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(path)
+    inits = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in m.graph.initializer}
+    # The exporter deduplicates equal tensors: a name may be an Identity of another.
+    for n in m.graph.node:
+        if n.op_type == "Identity" and n.input[0] in inits:
+            inits[n.output[0]] = inits[n.input[0]]
+    model = sign_resnet()
+    state = model.state_dict()
+    missing = [k for k in state if k not in inits and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise SystemExit(f"{path}: no initializer for {missing[:5]}")
+    model.load_state_dict({k: inits.get(k, v) for k, v in state.items()})
+    return model
+
+
+def peer_fineprune(path, root, clean_fraction, curve, seed=0):
+    from torch_models import gtsrb, sticker
+    side = dict(l.split(" = ", 1) for l in open(path[:-5] + ".toml").read().splitlines() if " = " in l)
+    mean = torch.tensor(json.loads(side["mean"])).view(1, -1, 1, 1)
+    std = torch.tensor(json.loads(side["std"])).view(1, -1, 1, 1)
+    times = {}
+    t = time.perf_counter()
+    x, y, tx, ty = gtsrb(root)
+    times["load"] = time.perf_counter() - t
+    # As fineprune splits it: a seeded 10% of the training set is validation, the defender holds
+    # a fraction of the rest.
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(y))
+    nval = len(y) // 10
+    val, rest = perm[:nval], perm[nval:]
+    clean = rest[: max(1, round(clean_fraction * len(rest)))]
+    xs = (torch.from_numpy(x) - mean) / std
+    vx, vy = xs[val], torch.from_numpy(y[val])
+    cx, cy = xs[clean], torch.from_numpy(y[clean])
+    tx_clean = (torch.from_numpy(tx) - mean) / std
+    keep = ty != 14
+    tx_trig = (torch.from_numpy(sticker(tx[keep], (1.0, 1.0, 0.0))) - mean) / std
+    ty_t = torch.from_numpy(ty)
+    target = torch.full((int(keep.sum()),), 14)
+    model = onnx_to_torch(path).eval()
+
+    def accuracy(m, xx, yy):
+        with torch.no_grad():
+            return sum((m(xx[i:i + 256]).argmax(1) == yy[i:i + 256]).sum().item() for i in range(0, len(yy), 256)) / len(yy)
+
+    t = time.perf_counter()
+    # Ranking: mean activation of the last block's output channels on clean validation data
+    # (a forward hook, as the toolkits do).
+    acts = []
+    h = model.layer3.register_forward_hook(lambda mod, i, o: acts.append(o.mean(dim=(0, 2, 3)) * o.shape[0]))
+    base = accuracy(model, vx, vy)
+    h.remove()
+    order = torch.argsort(torch.stack(acts).sum(0) / len(vy)).tolist()
+    times["ranking"] = time.perf_counter() - t
+    t = time.perf_counter()
+    # Peer style: mask one more channel, re-run the whole network on the validation set.
+    mask = torch.ones(128)
+    h = model.layer3.register_forward_hook(lambda mod, i, o: o * mask.view(1, -1, 1, 1))
+    pruned = 0
+    for c in order:
+        mask[c] = 0.0
+        if base - accuracy(model, vx, vy) > 0.04:
+            mask[c] = 1.0
+            break
+        pruned += 1
+    times["pruning sweep"] = time.perf_counter() - t
+    t = time.perf_counter()
+    test_curve = []
+    if curve:
+        # The evaluation-only curve fineprune reports: every level, clean and triggered test.
+        chosen = mask.clone()
+        for k in range(len(order) + 1):
+            mask.fill_(1.0)
+            mask[order[:k]] = 0.0
+            test_curve.append((accuracy(model, tx_clean, ty_t), accuracy(model, tx_trig, target)))
+        mask.copy_(chosen)
+    times["test curve"] = time.perf_counter() - t
+    t = time.perf_counter()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(5):
+        model.train()
+        p = torch.randperm(len(cy), generator=g)
+        for i in range(0, len(p), 64):
+            b = p[i:i + 64]
+            loss = F.cross_entropy(model(cx[b]), cy[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        accuracy(model, vx, vy)
+    times["fine-tuning"] = time.perf_counter() - t
+    t = time.perf_counter()
+    after = (accuracy(model, vx, vy), accuracy(model, tx_clean, ty_t), accuracy(model, tx_trig, target))
+    times["evaluation"] = time.perf_counter() - t
+    h.remove()
+    return {"pruned": pruned, "after_val_test_asr": after, "curve_levels": len(test_curve), "channels": 128, "val_before": base, "seconds_by_stage": times,
+            "seconds": sum(times.values()), "seconds_without_load": sum(v for k, v in times.items() if k != "load")}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("arch", nargs="+", choices=sorted(NETS))
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--steps", type=int, default=10)
+    e = sub.add_parser("export-resnet")
+    e.add_argument("out")
+    f = sub.add_parser("peer-fineprune")
+    f.add_argument("model")
+    f.add_argument("--data-root", default="../shared/data")
+    f.add_argument("--clean-fraction", type=float, default=0.05)
+    f.add_argument("--no-curve", action="store_true")
+    a = p.parse_args()
+    if a.cmd == "throughput":
+        for name in a.arch:
+            print(json.dumps(throughput(name, a.batch, a.steps)), flush=True)
+    elif a.cmd == "export-resnet":
+        torch.manual_seed(0)
+        model = sign_resnet().eval()
+        torch.onnx.export(model, torch.zeros(1, 3, 32, 32), a.out, dynamo=False, do_constant_folding=False,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=13)
+    else:
+        print(json.dumps(peer_fineprune(a.model, a.data_root, a.clean_fraction, not a.no_curve)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# fineprune against PyTorch on this machine, side by side in one run (a benchmark, not a test).
+#
+#   scripts/bench_vs_pytorch.sh [throughput] [defend]
+#
+# throughput: training and inference images/s of the same networks (lenet, signnet, resnet18 and
+#   the 312k-weight residual GTSRB CNN), batch $BATCH (64), Adam, $THREADS threads (2) on both
+#   sides, random inputs; prints both rates and their ratio, and each side's peak memory.
+# defend: `fineprune defend --method fineprune --clean-fraction 0.05` on a PyTorch-trained
+#   residual GTSRB model against the same defense written the way the Python toolkits write it
+#   (the whole network re-run per pruned channel, then fine-tuning), end to end, both producing
+#   the same numbers: the validation sweep, the test curve (clean and attack success at every
+#   level), fine-tuning, and the result's test numbers.
+#
+# Needs python3; creates a venv ($VENV, default .venv-bench) with CPU PyTorch from the package
+# registry if it is absent. The defend part needs ../shared/data/gtsrb and trains the backdoored
+# model with scripts/torch_models.py the first time ($RUNS/gtsrb-resnet.onnx, ~10 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+parts=${*:-throughput defend}
+THREADS=${THREADS:-2}; BATCH=${BATCH:-64}; STEPS=${STEPS:-20}
+VENV=${VENV:-.venv-bench}; RUNS=${RUNS:-target/bench-runs}; DATA=${DATA:-../shared/data}
+export THREADS RAYON_NUM_THREADS=$THREADS
+mkdir -p "$RUNS"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating $VENV with CPU PyTorch" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch
+  "$VENV/bin/pip" install -q onnx onnxruntime numpy pillow
+fi
+PY="$VENV/bin/python"
+cargo build --release -q
+FP=./target/release/fineprune
+# Peak resident memory of a command, from /usr/bin/time -v (its output goes to $1).
+peak() { grep "Maximum resident" "$1" | awk '{printf "%.0f", $NF/1024}'; }
+echo "# $(date -u +%Y-%m-%d) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $THREADS threads, batch $BATCH, $STEPS steps; torch $("$PY" -c 'import torch; print(torch.__version__)')"
+
+if [[ " $parts " == *" throughput "* ]]; then
+  [ -f "$RUNS/sign-resnet.onnx" ] || "$PY" scripts/bench_torch.py export-resnet "$RUNS/sign-resnet.onnx" 2>/dev/null
+  printf "%-12s %12s %12s %7s   %12s %12s %7s   %9s %9s\n" arch "fp train" "torch train" ratio "fp infer" "torch infer" ratio "fp MiB" "torch MiB"
+  for arch in lenet signnet resnet18 sign-resnet; do
+    fp_arch=$arch; steps=$STEPS
+    [ "$arch" = sign-resnet ] && fp_arch="$RUNS/sign-resnet.onnx"
+    [ "$arch" = resnet18 ] && steps=$(( (STEPS + 2) / 3 ))
+    fp=$(/usr/bin/time -v -o "$RUNS/fp-time.txt" "$FP" bench --arch "$fp_arch" --batch-size "$BATCH" --steps "$steps" --json)
+    pt=$(/usr/bin/time -v -o "$RUNS/pt-time.txt" "$PY" scripts/bench_torch.py throughput "$arch" --batch "$BATCH" --steps "$steps")
+    "$PY" - "$arch" "$fp" "$pt" "$(peak "$RUNS/fp-time.txt")" "$(peak "$RUNS/pt-time.txt")" <<'EOF'
+import json, sys
+arch, fp, pt, fm, pm = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+ft, fi = fp["train_images_per_sec"], fp["inference_images_per_sec"]
+print(f"{arch:<12} {ft:12.1f} {pt['train']:12.1f} {ft / pt['train']:6.2f}x   {fi:12.1f} {pt['inference']:12.1f} {fi / pt['inference']:6.2f}x   {fm:>9} {pm:>9}")
+EOF
+  done
+fi
+
+if [[ " $parts " == *" defend "* ]]; then
+  model="$RUNS/gtsrb-resnet.onnx"
+  if [ ! -f "$model" ]; then
+    echo "training the backdoored residual GTSRB model in PyTorch (once)" >&2
+    "$PY" scripts/torch_models.py make "$RUNS" --data-root "$DATA" > "$RUNS/make.log" 2>&1
+  fi
+  /usr/bin/time -v -o "$RUNS/fp-defend-time.txt" "$FP" defend --model "$model" --data "gtsrb:$DATA/gtsrb" --method fineprune \
+    --clean-fraction 0.05 --trigger patch:color=yellow --target 14 --out "$RUNS/repaired.onnx" --json > "$RUNS/fp-defend.json" 2> "$RUNS/fp-defend.log"
+  /usr/bin/time -v -o "$RUNS/pt-defend-time.txt" "$PY" scripts/bench_torch.py peer-fineprune "$model" --data-root "$DATA" --clean-fraction 0.05 > "$RUNS/pt-defend.json"
+  "$PY" - "$RUNS" "$(peak "$RUNS/fp-defend-time.txt")" "$(peak "$RUNS/pt-defend-time.txt")" <<'EOF'
+import json, sys
+runs, fm, pm = sys.argv[1:]
+fp, pt = json.load(open(f"{runs}/fp-defend.json")), json.load(open(f"{runs}/pt-defend.json"))
+def wall(path):  # /usr/bin/time -v: "Elapsed (wall clock) time (h:mm:ss or m:ss): 1:02.50"
+    v = [l for l in open(path) if "Elapsed (wall clock)" in l][0].rsplit(" ", 1)[1]
+    return sum(float(x) * 60 ** i for i, x in enumerate(reversed(v.split(":"))))
+fw, pw = wall(f"{runs}/fp-defend-time.txt"), wall(f"{runs}/pt-defend-time.txt")
+print("defend --method fineprune --clean-fraction 0.05 on the PyTorch-made residual GTSRB CNN (wall clock, loading included)")
+print(f"  fineprune: {fw:7.1f} s  (defense {fp['seconds']:.1f} s; pruned {fp['pruned_channels']}/{fp['pruned_by_layer'][0]['units']}, peak {fm} MiB)")
+for st in fp["seconds_by_stage"]:
+    print(f"     {st['stage']:<50} {st['seconds']:7.1f} s")
+a = fp["after"]
+print(f"     after: val {a['val_accuracy']:.4f}, test {a['clean_accuracy']:.4f}, attack success {a['attack_success_rate']:.4f}")
+print(f"  PyTorch peer style: {pw:7.1f} s  (pruned {pt['pruned']}/{pt['channels']}, peak {pm} MiB)")
+for stage, s in pt["seconds_by_stage"].items():
+    print(f"     {stage:<50} {s:7.1f} s")
+v, t, r = pt["after_val_test_asr"]
+print(f"     after: val {v:.4f}, test {t:.4f}, attack success {r:.4f}")
+print(f"  ratio (end to end, peer / fineprune): {pw / fw:.2f}x")
+EOF
+fi
