@@ -2,8 +2,10 @@
 //! files.
 
 pub mod arch;
+pub mod fast;
 pub mod file;
 pub mod graph;
+pub mod kernels;
 pub mod net;
 pub mod onnx;
 pub mod store;

@@ -4,11 +4,12 @@
 
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::activation::{leaky_relu, relu, sigmoid};
-use burn::tensor::module::{avg_pool2d, batch_norm, batch_norm_train, conv2d, max_pool2d};
+use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::model::fast::{conv2d, max_pool2d};
 use crate::model::graph::{Graph, Op, Shape};
 use crate::rng::Rng;
 
@@ -416,22 +417,31 @@ fn elementwise(x: Activation, map: impl FnOnce(Tensor<4>) -> Tensor<4>, flat: im
 }
 
 fn batchnorm<const D: usize>(bn: &BatchNormParams, x: Tensor<D>, eps: f64, momentum: f64, batch_stats: bool, update: bool) -> Tensor<D> {
+    let dims = x.dims();
+    // Per-channel parameters broadcast along every dimension but the channel one.
+    let mut per_channel = [1usize; D];
+    per_channel[1] = dims[1];
     if batch_stats {
-        let out = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), eps);
+        let rest: usize = dims[2..].iter().product();
+        let (out, mean, variance) = crate::model::fast::batch_norm_train(x.reshape([dims[0], dims[1], rest, 1]), bn.gamma.val(), bn.beta.val(), eps);
+        let out = out.reshape(dims);
         if !update {
-            return out.output;
+            return out;
         }
         // PyTorch semantics: running statistics track the unbiased batch variance.
-        let n = out.output.dims().iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| *d).product::<usize>();
+        let n = dims.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| *d).product::<usize>();
         let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
-        let mean = bn.running_mean.value_sync().mul_scalar(1.0 - momentum) + out.mean.detach().mul_scalar(momentum);
-        let var = bn.running_var.value_sync().mul_scalar(1.0 - momentum)
-            + out.variance.detach().mul_scalar(momentum * unbias);
+        let mean = bn.running_mean.value_sync().mul_scalar(1.0 - momentum) + mean.detach().mul_scalar(momentum);
+        let var = bn.running_var.value_sync().mul_scalar(1.0 - momentum) + variance.detach().mul_scalar(momentum * unbias);
         bn.running_mean.update(mean.detach());
         bn.running_var.update(var.detach());
-        out.output
+        out
     } else {
-        batch_norm(x, bn.gamma.val(), bn.beta.val(), bn.running_mean.value(), bn.running_var.value(), eps)
+        // Running statistics fold into one scale and shift per channel: two passes over the
+        // map instead of four.
+        let scale = bn.gamma.val() / bn.running_var.value().add_scalar(eps).sqrt();
+        let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
+        x * scale.reshape(per_channel) + shift.reshape(per_channel)
     }
 }
 

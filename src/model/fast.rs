@@ -1,0 +1,398 @@
+//! The fast CPU path: [`kernels`](super::kernels) registered as a burn backend extension for the
+//! Flex backend, with hand-written backward passes for autodiff.
+//!
+//! [`conv2d`] and [`max_pool2d`] are what the interpreter calls. On a Flex device with f32
+//! tensors and a geometry the kernels cover, they run the kernels; anything else (another
+//! backend, grouped convolution, padded or ceil-mode pooling) goes to burn's own operation, so
+//! the model code stays backend-generic and the results are the same either way (tested).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::AutodiffBackend;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_flex::FlexTensor;
+
+use super::kernels::{self, ConvGeom, PoolGeom};
+
+/// Convolution settings the kernels take: stride, padding, dilation (groups = 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+/// Pooling settings the kernels take: kernel and stride (no padding, floor mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FastCpu: Backend {
+    /// Without bias: the bias is a broadcast add after it (its gradient is a plain sum).
+    fn fast_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
+    fn fast_conv2d_x_grad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
+    fn fast_conv2d_weight_grad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
+    fn fast_max_pool2d(x: FloatTensor<Self>, spec: PoolSpec) -> FloatTensor<Self>;
+    fn fast_max_pool2d_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>, spec: PoolSpec) -> FloatTensor<Self>;
+    /// BatchNorm with batch statistics: (output, mean, biased variance).
+    fn fast_batch_norm_train(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// Its gradients: (input, gamma, beta).
+    fn fast_batch_norm_train_grad(x: FloatTensor<Self>, gamma: FloatTensor<Self>, mean: FloatTensor<Self>, var: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+fn flex(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn geom(x: [usize; 4], w: [usize; 4], spec: ConvSpec) -> ConvGeom {
+    ConvGeom {
+        batch: x[0],
+        in_channels: x[1],
+        height: x[2],
+        width: x[3],
+        out_channels: w[0],
+        kernel: [w[2], w[3]],
+        stride: spec.stride,
+        padding: spec.padding,
+        dilation: spec.dilation,
+    }
+}
+
+fn pool_geom(x: [usize; 4], spec: PoolSpec) -> PoolGeom {
+    PoolGeom { planes: x[0] * x[1], height: x[2], width: x[3], kernel: spec.kernel, stride: spec.stride }
+}
+
+fn flex1(values: Vec<f32>) -> FlexTensor {
+    let n = values.len();
+    FlexTensor::from_data(TensorData::new(values, [n]))
+}
+
+impl FastCpu for Flex {
+    fn fast_batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, eps: f64) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
+        let d = dims4(&x);
+        let (y, mean, var) = kernels::batch_norm_train(d[0], d[1], d[2] * d[3], x.storage(), gamma.storage(), beta.storage(), eps);
+        (flex(y, d), flex1(mean), flex1(var))
+    }
+
+    fn fast_batch_norm_train_grad(x: FlexTensor, gamma: FlexTensor, mean: FlexTensor, var: FlexTensor, grad: FlexTensor, eps: f64) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (x, gamma, grad) = (x.to_contiguous(), gamma.to_contiguous(), grad.to_contiguous());
+        let (mean, var) = (mean.to_contiguous(), var.to_contiguous());
+        let d = dims4(&x);
+        let (dx, dg, db) = kernels::batch_norm_train_grad(d[0], d[1], d[2] * d[3], x.storage(), gamma.storage(), mean.storage(), var.storage(), eps, grad.storage());
+        (flex(dx, d), flex1(dg), flex1(db))
+    }
+
+    fn fast_conv2d(x: FlexTensor, weight: FlexTensor, spec: ConvSpec) -> FlexTensor {
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let g = geom(dims4(&x), dims4(&weight), spec);
+        let out = kernels::conv2d(&g, x.storage(), weight.storage());
+        let [ho, wo] = g.out_size();
+        flex(out, [g.batch, g.out_channels, ho, wo])
+    }
+
+    fn fast_conv2d_x_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, spec: ConvSpec) -> FlexTensor {
+        let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
+        let g = geom(dims4(&x), dims4(&weight), spec);
+        flex(kernels::conv2d_input_grad(&g, weight.storage(), grad.storage()), [g.batch, g.in_channels, g.height, g.width])
+    }
+
+    fn fast_conv2d_weight_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, spec: ConvSpec) -> FlexTensor {
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        let w = dims4(&weight);
+        let g = geom(dims4(&x), w, spec);
+        flex(kernels::conv2d_weight_grad(&g, x.storage(), grad.storage()), w)
+    }
+
+    fn fast_max_pool2d(x: FlexTensor, spec: PoolSpec) -> FlexTensor {
+        let x = x.to_contiguous();
+        let d = dims4(&x);
+        let g = pool_geom(d, spec);
+        let [ho, wo] = g.out_size();
+        flex(kernels::max_pool2d(&g, x.storage()), [d[0], d[1], ho, wo])
+    }
+
+    fn fast_max_pool2d_grad(x: FlexTensor, grad: FlexTensor, spec: PoolSpec) -> FlexTensor {
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        let d = dims4(&x);
+        flex(kernels::max_pool2d_grad(&pool_geom(d, spec), x.storage(), grad.storage()), d)
+    }
+}
+
+#[derive(Debug)]
+struct Conv2dBackward;
+
+impl<B: Backend + FastCpu> Backward<B, 2> for Conv2dBackward {
+    type State = (NodeId, NodeId, ConvSpec);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_id, w_id, spec) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
+        let w: FloatTensor<B> = checkpointer.retrieve_node_output(w_id);
+        if let Some(node) = node_w {
+            grads.register::<B>(node.id, B::fast_conv2d_weight_grad(x.clone(), w.clone(), grad.clone(), spec));
+        }
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::fast_conv2d_x_grad(x, w, grad, spec));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MaxPoolBackward;
+
+impl<B: Backend + FastCpu> Backward<B, 1> for MaxPoolBackward {
+    type State = (NodeId, PoolSpec);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_id, spec) = ops.state;
+        if let Some(node) = node_x {
+            let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
+            grads.register::<B>(node.id, B::fast_max_pool2d_grad(x, grad, spec));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl<B: Backend + FastCpu> Backward<B, 3> for BatchNormBackward {
+    /// (x, gamma, batch mean, batch variance, epsilon).
+    type State = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_id, gamma_id, mean, var, eps) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
+        let gamma: FloatTensor<B> = checkpointer.retrieve_node_output(gamma_id);
+        let (dx, dgamma, dbeta) = B::fast_batch_norm_train_grad(x, gamma, mean, var, grad, eps);
+        for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+impl<B: Backend + FastCpu, C: CheckpointStrategy> FastCpu for Autodiff<B, C> {
+    fn fast_batch_norm_train(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // The statistics are returned untracked, as burn's own batch_norm_train does.
+        match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (xs, gs) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let (y, mean, var) = B::fast_batch_norm_train(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), eps);
+                let out = prep.finish((xs, gs, mean.clone(), var.clone(), eps), y);
+                (out, Self::from_inner(mean), Self::from_inner(var))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, mean, var) = B::fast_batch_norm_train(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), eps);
+                (prep.finish(y), Self::from_inner(mean), Self::from_inner(var))
+            }
+        }
+    }
+
+    fn fast_batch_norm_train_grad(_x: FloatTensor<Self>, _g: FloatTensor<Self>, _m: FloatTensor<Self>, _v: FloatTensor<Self>, _d: FloatTensor<Self>, _e: f64) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        unreachable!("gradients are computed on the inner backend")
+    }
+
+    fn fast_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self> {
+        match Conv2dBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (xs, ws) = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                prep.finish((xs, ws, spec), B::fast_conv2d(x.into_primitive(), weight.into_primitive(), spec))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fast_conv2d(x.into_primitive(), weight.into_primitive(), spec)),
+        }
+    }
+
+    fn fast_conv2d_x_grad(_x: FloatTensor<Self>, _w: FloatTensor<Self>, _g: FloatTensor<Self>, _s: ConvSpec) -> FloatTensor<Self> {
+        unreachable!("gradients are computed on the inner backend")
+    }
+
+    fn fast_conv2d_weight_grad(_x: FloatTensor<Self>, _w: FloatTensor<Self>, _g: FloatTensor<Self>, _s: ConvSpec) -> FloatTensor<Self> {
+        unreachable!("gradients are computed on the inner backend")
+    }
+
+    fn fast_max_pool2d(x: FloatTensor<Self>, spec: PoolSpec) -> FloatTensor<Self> {
+        match MaxPoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let xs = prep.checkpoint(&x);
+                prep.finish((xs, spec), B::fast_max_pool2d(x.into_primitive(), spec))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fast_max_pool2d(x.into_primitive(), spec)),
+        }
+    }
+
+    fn fast_max_pool2d_grad(_x: FloatTensor<Self>, _g: FloatTensor<Self>, _s: PoolSpec) -> FloatTensor<Self> {
+        unreachable!("gradients are computed on the inner backend")
+    }
+}
+
+/// Whether tensors on this device run on the Flex backend in f32 (the kernels' domain).
+fn on_flex_f32(t: &Tensor<4>) -> bool {
+    t.dtype() == DType::F32 && matches!(t.device().without_autodiff().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+}
+
+/// 2-D convolution: the kernels on Flex (groups = 1), burn's operation otherwise.
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, opts: ConvOptions<2>) -> Tensor<4> {
+    let symmetric = opts.padding.iter().all(|(begin, end)| begin == end);
+    if opts.groups != 1 || !symmetric || !on_flex_f32(&x) {
+        return burn::tensor::module::conv2d(x, weight, bias, opts);
+    }
+    let spec = ConvSpec { stride: opts.stride, padding: opts.padding.map(|p| p.0), dilation: opts.dilation };
+    let out: Tensor<4> = Tensor::from_dispatch(<Dispatch as FastCpu>::fast_conv2d(x.into_dispatch(), weight.into_dispatch(), spec));
+    match bias {
+        Some(b) => {
+            let o = b.dims()[0];
+            out + b.reshape([1, o, 1, 1])
+        }
+        None => out,
+    }
+}
+
+/// 2-D max pooling: the kernels on Flex without padding, dilation or ceil mode, burn's
+/// operation otherwise.
+pub fn max_pool2d(x: Tensor<4>, opts: MaxPoolOptions<2>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    let plain = opts.padding == [(0, 0); 2] && opts.dilation == [1, 1] && !opts.ceil_mode && h >= opts.kernel_size[0] && w >= opts.kernel_size[1];
+    if !plain || !on_flex_f32(&x) {
+        return burn::tensor::module::max_pool2d(x, opts);
+    }
+    let spec = PoolSpec { kernel: opts.kernel_size, stride: opts.stride };
+    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_max_pool2d(x.into_dispatch(), spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use burn::tensor::Device;
+
+    fn random<const D: usize>(shape: [usize; D], rng: &mut Rng, device: &Device) -> Tensor<D> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+
+    fn close<const D: usize>(a: Tensor<D>, b: Tensor<D>, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let (a, b) = (a.into_data().try_to_vec::<f32>().unwrap(), b.into_data().try_to_vec::<f32>().unwrap());
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{what}: relative difference {worst}");
+    }
+
+    /// Output and all three gradients of the kernels equal burn's own convolution.
+    #[test]
+    fn convolution_matches_burn_forward_and_backward() {
+        let device = crate::cpu_device().autodiff();
+        let mut rng = Rng::new(3);
+        // (x shape, out channels, kernel, stride, padding, dilation)
+        let cases = [
+            ([2, 3, 9, 8], 5, [3, 3], [1, 1], [1, 1], [1, 1]),
+            ([3, 4, 10, 10], 6, [3, 3], [2, 2], [1, 1], [1, 1]),
+            ([2, 6, 7, 7], 4, [1, 1], [1, 1], [0, 0], [1, 1]),
+            ([2, 6, 8, 8], 4, [1, 1], [2, 2], [0, 0], [1, 1]),
+            ([1, 2, 12, 11], 3, [5, 4], [1, 2], [2, 0], [2, 1]),
+            // Large enough that the kernels split the batch into groups (see `group_size`).
+            ([10, 64, 40, 40], 4, [3, 3], [1, 1], [1, 1], [1, 1]),
+        ];
+        for (xs, o, k, stride, pad, dil) in cases {
+            let x = random(xs, &mut rng, &device).require_grad();
+            let w = random([o, xs[1], k[0], k[1]], &mut rng, &device).require_grad();
+            let b = random([o], &mut rng, &device).require_grad();
+            let opts = ConvOptions::new(stride, pad, dil, 1);
+            let fast = conv2d(x.clone(), w.clone(), Some(b.clone()), opts.clone());
+            let slow = burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), opts);
+            let r = random(fast.dims(), &mut rng, &device);
+            let gf = (fast.clone() * r.clone()).sum().backward();
+            let gs = (slow.clone() * r).sum().backward();
+            let what = format!("{xs:?} k{k:?} s{stride:?} p{pad:?} d{dil:?}");
+            close(fast, slow, &format!("{what} output"));
+            close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{what} input gradient"));
+            close(w.grad(&gf).unwrap(), w.grad(&gs).unwrap(), &format!("{what} weight gradient"));
+            close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), &format!("{what} bias gradient"));
+        }
+    }
+
+    #[test]
+    fn max_pooling_matches_burn_forward_and_backward() {
+        let device = crate::cpu_device().autodiff();
+        let mut rng = Rng::new(4);
+        for (xs, k, s) in [([2, 3, 8, 8], [2, 2], [2, 2]), ([2, 3, 9, 7], [2, 2], [2, 2]), ([1, 2, 11, 10], [3, 3], [2, 2]), ([1, 2, 6, 6], [3, 2], [1, 2])] {
+            let x = random(xs, &mut rng, &device).require_grad();
+            let opts = MaxPoolOptions::new(k).with_stride(s);
+            let fast = max_pool2d(x.clone(), opts.clone());
+            let slow = burn::tensor::module::max_pool2d(x.clone(), opts);
+            let r = random(fast.dims(), &mut rng, &device);
+            let gf = (fast.clone() * r.clone()).sum().backward();
+            let gs = (slow.clone() * r).sum().backward();
+            close(fast, slow, &format!("{xs:?} k{k:?} output"));
+            close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{xs:?} k{k:?} gradient"));
+        }
+    }
+
+    #[test]
+    fn batch_norm_matches_burn_forward_and_backward() {
+        let device = crate::cpu_device().autodiff();
+        let mut rng = Rng::new(5);
+        for xs in [[4, 3, 5, 6], [8, 5, 1, 1]] {
+            let x = random(xs, &mut rng, &device).mul_scalar(3.0).add_scalar(1.5).require_grad();
+            let gamma = random([xs[1]], &mut rng, &device).require_grad();
+            let beta = random([xs[1]], &mut rng, &device).require_grad();
+            let (fast, mean, var) = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+            let slow = burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+            close(mean, slow.mean.clone(), "mean");
+            close(var, slow.variance.clone(), "variance");
+            let r = random(xs, &mut rng, &device);
+            let gf = (fast.clone() * r.clone()).sum().backward();
+            let gs = (slow.output.clone() * r).sum().backward();
+            close(fast, slow.output, &format!("{xs:?} output"));
+            close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{xs:?} input gradient"));
+            close(gamma.grad(&gf).unwrap(), gamma.grad(&gs).unwrap(), &format!("{xs:?} gamma gradient"));
+            close(beta.grad(&gf).unwrap(), beta.grad(&gs).unwrap(), &format!("{xs:?} beta gradient"));
+        }
+    }
+
+    /// A NaN in a window propagates (PyTorch's rule), in the 2x2 fast path and the general one.
+    #[test]
+    fn max_pooling_propagates_nan() {
+        let device = crate::cpu_device();
+        let mut v = vec![0.0f32; 16];
+        v[5] = f32::NAN;
+        for k in [2, 3] {
+            let x = Tensor::<4>::from_data(TensorData::new(v.clone(), [1, 1, 4, 4]), &device);
+            let y = max_pool2d(x, MaxPoolOptions::new([k, k]).with_stride([k.min(2), k.min(2)])).into_data().try_to_vec::<f32>().unwrap();
+            assert!(y[0].is_nan(), "kernel {k}: {y:?}");
+        }
+    }
+}
+
+/// BatchNorm with batch statistics on a map [N, C, H, W]: (output, mean, biased variance); the
+/// kernels on Flex, burn's operation otherwise.
+pub fn batch_norm_train(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    if !on_flex_f32(&x) {
+        let out = burn::tensor::module::batch_norm_train(x, gamma, beta, eps);
+        return (out.output, out.mean, out.variance);
+    }
+    let (y, mean, var) = <Dispatch as FastCpu>::fast_batch_norm_train(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), eps);
+    (Tensor::from_dispatch(y), Tensor::from_dispatch(mean), Tensor::from_dispatch(var))
+}
