@@ -64,6 +64,27 @@ impl Progress for Bars {
         bar.set_message(format!("loss {loss:.4} acc {acc:.4}"));
     }
 
+    fn work(&mut self, done: usize, total: usize) {
+        let prefix = self.label.clone().unwrap_or_default();
+        if !self.tty {
+            if self.last_line.elapsed() >= LOG_EVERY && done < total {
+                let elapsed = self.phase_start.elapsed().as_secs_f64();
+                let left = elapsed / done.max(1) as f64 * (total - done) as f64;
+                eprintln!("  {prefix}: {done}/{total} ({elapsed:.0}s, about {left:.0}s left)");
+                self.last_line = Instant::now();
+            }
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = ProgressBar::new(total as u64);
+            b.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({eta})").expect("valid template").progress_chars("=> "));
+            b
+        });
+        bar.set_prefix(prefix);
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    }
+
     fn epoch(&mut self, s: &EpochStats) {
         self.clear();
         self.phase_start = Instant::now();

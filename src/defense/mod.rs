@@ -375,7 +375,7 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
     let mut model = file.model.clone();
 
     let pruned = if cfg.method.prunes_site() {
-        Some(paper::prune_site(file, ds, cfg, known, &eval_device, &mut clock)?)
+        Some(paper::prune_site(file, ds, cfg, known, &eval_device, progress, &mut clock)?)
     } else if cfg.method.uses_anp() {
         Some(anp::prune(file, ds, cfg, known, device, progress, &mut clock, &mut notes)?)
     } else {
@@ -412,6 +412,7 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
         folded = any;
     }
     let model = model.valid();
+    progress.phase("evaluating the defended model (validation, then test clean and triggered)", 0);
     let val_after = accuracy(&model, &ds.val, ds, &eval_device);
     let within_budget = cfg.budget.allows(val_before, val_after);
     if !within_budget {

@@ -9,35 +9,49 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::metrics::{ClassReport, attack_success};
 use crate::model::{Model, ModelFile};
-use crate::prune::sweep::sweep_predictions;
+use crate::prune::sweep::{sweep_predictions, sweep_split};
 use crate::prune::{self, PrefixCache, Site};
 use crate::train::{Progress, TrainData, train};
 
 /// Ranks the site's channels by mean clean validation activation and prunes the least active
 /// ones as the stop rule says; measures the whole curve on the way (the test split and a known
 /// trigger only to measure).
-pub(super) fn prune_site(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option<&KnownAttack>, device: &Device, clock: &mut Stopwatch) -> Result<Pruned> {
+///
+/// Passes over data, each once: validation (fills the prefix cache; the ranking is read from
+/// it), the clean test split and the triggered test split (streamed in chunks, so memory stays
+/// flat however large the test split is).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn prune_site(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option<&KnownAttack>, device: &Device, progress: &mut dyn Progress, clock: &mut Stopwatch) -> Result<Pruned> {
     let model = &file.model;
     let classes = file.info.classes.len();
     let site: Site = prune::find_site(model, cfg.layer.as_deref())?;
     cfg.stop.validate(site.channels)?;
-    let means = prune::channel_means(model, &ds.val, &ds.normalization, site.index, device, 256)?;
+    if ds.val.is_empty() {
+        return Err(crate::Error::invalid("no clean samples to rank channels on"));
+    }
+    progress.phase(&format!("ranking {} channels of {} on {} validation samples: caching the layers before it", site.channels, site.name, ds.val.len()), 1);
+    let val_cache = PrefixCache::build_range(model, &ds.val, 0..ds.val.len(), &ds.normalization, site.index, device, 256, &mut |d, n| progress.work(d, n));
+    let means = match val_cache.channel_means(site.index) {
+        Some(m) => m,
+        None => prune::channel_means(model, &ds.val, &ds.normalization, site.index, device, 256)?,
+    };
     let order = prune::ranking(&means);
     let levels = cfg.stop.levels(site.channels);
-    let val_cache = PrefixCache::build(model, &ds.val, &ds.normalization, site.index, device, 256);
+    progress.phase(&format!("pruning sweep on validation data: {} levels", levels + 1), 0);
     let val_levels = sweep_predictions(model, &val_cache, site.index, site.channels, &order, levels);
-    let val_acc: Vec<f64> = val_levels.iter().map(|p| ClassReport::new(p, &val_cache.labels, classes).accuracy).collect();
+    drop(val_cache);
+    let val_acc: Vec<f64> = val_levels.iter().map(|p| ClassReport::new(p, &ds.val.labels, classes).accuracy).collect();
     let k = cfg.stop.choose(&val_acc, &cfg.budget);
     clock.lap("ranking and pruning sweep (validation)");
     // Evaluation-only curves on the test split.
-    let test_cache = PrefixCache::build(model, &ds.test, &ds.normalization, site.index, device, 256);
-    let test_levels = sweep_predictions(model, &test_cache, site.index, site.channels, &order, levels);
-    let test_acc: Vec<f64> = test_levels.iter().map(|p| ClassReport::new(p, &test_cache.labels, classes).accuracy).collect();
+    progress.phase(&format!("pruning curve on {} test samples (evaluation only)", ds.test.len()), 1);
+    let test_levels = sweep_split(model, &ds.test, &ds.normalization, site.index, site.channels, &order, levels, device, &mut |d, n| progress.work(d, n));
+    let test_acc: Vec<f64> = test_levels.iter().map(|p| ClassReport::new(p, &ds.test.labels, classes).accuracy).collect();
     let asr: Option<Vec<crate::metrics::AttackSuccess>> = match known {
         Some(a) => {
             let triggered = a.trigger.inputs(&ds.test, ds.shape)?;
-            let cache = PrefixCache::build(model, &triggered, &ds.normalization, site.index, device, 256);
-            let levels = sweep_predictions(model, &cache, site.index, site.channels, &order, levels);
+            progress.phase(&format!("attack success along the curve on {} triggered samples (evaluation only)", triggered.len()), 1);
+            let levels = sweep_split(model, &triggered, &ds.normalization, site.index, site.channels, &order, levels, device, &mut |d, n| progress.work(d, n));
             Some(levels.iter().zip(&test_acc).map(|(p, &clean)| attack_success(p, &triggered.labels, a.target, classes, a.include_target, clean)).collect())
         }
         None => None,

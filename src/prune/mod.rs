@@ -160,18 +160,45 @@ pub struct PrefixCache {
 impl PrefixCache {
     /// Runs the unpruned `model` up to `site` on `split` and keeps the frontier values.
     pub fn build(model: &Model, split: &Split, norm: &Normalization, site: usize, device: &Device, batch_size: usize) -> PrefixCache {
+        Self::build_range(model, split, 0..split.len(), norm, site, device, batch_size, &mut |_, _| {})
+    }
+
+    /// [`build`](Self::build) over the samples `range` of `split`, calling `progress(done,
+    /// total)` after each batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_range(model: &Model, split: &Split, range: std::ops::Range<usize>, norm: &Normalization, site: usize, device: &Device, batch_size: usize, progress: &mut dyn FnMut(usize, usize)) -> PrefixCache {
         let model = model.valid();
         let frontier = model.graph.frontier(site);
         let shape = model.graph.input_shape;
-        let order: Vec<usize> = (0..split.len()).collect();
-        let batches = order
-            .chunks(batch_size.max(1))
-            .map(|chunk| {
-                let (x, _) = batch(split, chunk, shape, norm, device);
-                model.activations(x, &frontier)
-            })
-            .collect();
-        PrefixCache { start: site + 1, frontier, batches, labels: split.labels.clone() }
+        let order: Vec<usize> = range.clone().collect();
+        let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+        let mut batches = Vec::with_capacity(chunks.len());
+        for (i, chunk) in chunks.iter().enumerate() {
+            let (x, _) = batch(split, chunk, shape, norm, device);
+            batches.push(model.activations(x, &frontier));
+            progress(i + 1, chunks.len());
+        }
+        PrefixCache { start: site + 1, frontier, batches, labels: split.labels[range].to_vec() }
+    }
+
+    /// Mean activation of each channel of `site` (as [`channel_means`]) from the cached values:
+    /// the ranking comes from the pass that filled the cache. `None` if the site's value is not
+    /// part of the frontier (nothing after the site reads it).
+    pub fn channel_means(&self, site: usize) -> Option<Vec<f64>> {
+        let at = self.frontier.iter().position(|&f| f == site)?;
+        let mut sums: Vec<f64> = Vec::new();
+        for vals in &self.batches {
+            let per_channel = vals[at].clone().into_map().mean_dim(3).mean_dim(2).sum_dim(0);
+            let v = per_channel.into_data().convert::<f32>().try_to_vec::<f32>().ok()?;
+            if sums.is_empty() {
+                sums = vec![0.0; v.len()];
+            }
+            for (s, x) in sums.iter_mut().zip(v) {
+                *s += x as f64;
+            }
+        }
+        let n = self.labels.len().max(1) as f64;
+        Some(sums.into_iter().map(|s| s / n).collect())
     }
 
     /// Predictions of `model` (which must agree with the cached model up to the cut; it may

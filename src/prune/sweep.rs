@@ -95,6 +95,28 @@ fn incremental(model: &Model, cache: &PrefixCache, site: usize, pools: Vec<usize
     levels
 }
 
+/// Samples per chunk of [`sweep_split`]: bounds the cached prefix of an evaluation-only curve
+/// (a residual network's last block caches 32 KiB per sample; 2,048 samples are 64 MiB).
+pub const SWEEP_CHUNK: usize = 2048;
+
+/// [`sweep_predictions`] over a whole split without holding its prefix: the split is cached and
+/// swept [`SWEEP_CHUNK`] samples at a time, so memory stays flat in the split's size. One
+/// pass over the split; `progress(done, total)` counts samples.
+#[allow(clippy::too_many_arguments)]
+pub fn sweep_split(model: &Model, split: &Split, norm: &Normalization, site: usize, channels: usize, order: &[usize], max_k: usize, device: &Device, progress: &mut dyn FnMut(usize, usize)) -> LevelPredictions {
+    let mut levels: LevelPredictions = vec![Vec::with_capacity(split.len()); max_k + 1];
+    let total = split.len();
+    for start in (0..total).step_by(SWEEP_CHUNK) {
+        let end = (start + SWEEP_CHUNK).min(total);
+        let cache = PrefixCache::build_range(model, split, start..end, norm, site, device, 256, &mut |done, n| progress(start + (end - start) * done / n.max(1), total));
+        for (all, chunk) in levels.iter_mut().zip(sweep_predictions(model, &cache, site, channels, order, max_k)) {
+            all.extend(chunk);
+        }
+        progress(end, total);
+    }
+    levels
+}
+
 /// The reference: the full masked network re-evaluated at every level.
 pub fn naive_predictions(model: &Model, split: &Split, norm: &Normalization, site: usize, channels: usize, order: &[usize], max_k: usize, device: &Device) -> LevelPredictions {
     (0..=max_k).map(|k| predict(&with_mask(model, site, &keep_mask(channels, order, k)), split, norm, device, 256)).collect()

@@ -132,6 +132,9 @@ pub trait Progress {
     /// A phase of work that is not an epoch of training starts (`total` steps, reported through
     /// `batch` with epoch 0), e.g. "ANP: optimising neuron masks".
     fn phase(&mut self, _label: &str, _total: usize) {}
+    /// Progress through the current phase's steps when there is no loss to show (caching a
+    /// prefix, sweeping a curve, evaluating).
+    fn work(&mut self, _done: usize, _total: usize) {}
     /// A plain statement for the user (a choice made, a budget missed).
     fn note(&mut self, _msg: &str) {}
 }
