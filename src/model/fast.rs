@@ -59,6 +59,8 @@ fn flex(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
 }
 
 fn geom(x: [usize; 4], w: [usize; 4], spec: ConvSpec) -> ConvGeom {
+    // Graphs are shape-checked when built; this is the kernels' own guard (burn's ops panic too).
+    assert_eq!(x[1], w[1], "convolution input has {} channels, its weight expects {}", x[1], w[1]);
     ConvGeom {
         batch: x[0],
         in_channels: x[1],

@@ -1,12 +1,12 @@
 //! CPU kernels for the operations that dominate training and inference time: 2-D convolution
-//! (forward, input gradient, weight gradient) and max pooling (forward, input gradient), on
-//! contiguous f32 NCHW slices.
+//! (forward, input gradient, weight gradient), max pooling (forward, input gradient) and
+//! BatchNorm with batch statistics (forward, gradients), on contiguous f32 NCHW slices.
 //!
 //! Why our own: burn's CPU backend runs a 2-D convolution through its 3-D implementation, and
 //! its backward through a transposed 3-D convolution and layout copies; the profile
 //! (../shared/PROFILE.md) showed half the time moving data. Here a group of samples is one
-//! im2col matrix and one wide matrix multiply (the `gemm` crate the backend itself uses, on
-//! every thread), for the forward pass and both gradients.
+//! im2col matrix and one wide matrix multiply (the `gemm` crate the backend itself uses), groups
+//! in parallel, for the forward pass and both gradients.
 
 use rayon::prelude::*;
 
@@ -26,7 +26,7 @@ pub struct ConvGeom {
 
 impl ConvGeom {
     pub fn out_size(&self) -> [usize; 2] {
-        let o = |i: usize, k: usize, s: usize, p: usize, d: usize| (i + 2 * p).saturating_sub(d * (k - 1) + 1) / s + 1;
+        let o = |i: usize, k: usize, s: usize, p: usize, d: usize| (i + 2 * p).checked_sub(d * (k - 1) + 1).map_or(0, |v| v / s + 1);
         [
             o(self.height, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]),
             o(self.width, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1]),
