@@ -71,6 +71,12 @@ pub fn load(root: &Path, variant: Variant, size: (usize, usize)) -> Result<Loade
 
 fn read_file(path: &PathBuf, variant: Variant, size: (usize, usize), split: &mut Split) -> Result<()> {
     let bytes = read_bounded(path, MAX_FILE)?;
+    parse(path, &bytes, variant, size, split)
+}
+
+/// Appends the records of one batch file's `bytes` (named `path` in errors) to `split`, each
+/// image resized to `size`.
+pub fn parse(path: &Path, bytes: &[u8], variant: Variant, size: (usize, usize), split: &mut Split) -> Result<()> {
     let record = variant.label_bytes() + PIXELS;
     if bytes.is_empty() || bytes.len() % record != 0 {
         return Err(Error::format(path, format!("{} bytes is not a whole number of {record}-byte CIFAR records", bytes.len())));

@@ -23,7 +23,8 @@ fn parse_color(v: &str) -> Result<[f32; 3]> {
         "yellow" => [1.0, 1.0, 0.0],
         "black" => [0.0, 0.0, 0.0],
         "red" => [1.0, 0.0, 0.0],
-        hex if hex.len() == 7 && hex.starts_with('#') => {
+        // ASCII only: slicing two bytes at a time must not cut a character (found by fuzzing).
+        hex if hex.len() == 7 && hex.starts_with('#') && hex.is_ascii() => {
             let c = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map(|b| b as f32 / 255.0);
             match (c(1), c(3), c(5)) {
                 (Ok(r), Ok(g), Ok(b)) => [r, g, b],

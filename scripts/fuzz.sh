@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of every loader of attacker-controlled bytes (not a test; needs the
+# nightly toolchain and cargo-fuzz, which it installs from crates.io if absent).
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#
+# Builds fuzz/ with cargo fuzz (libFuzzer, address sanitizer), runs each target for the given
+# time (default 60 s) from its committed seeds in fuzz/corpus/TARGET plus a growing working
+# corpus in target/fuzz-corpus/TARGET, with bounded memory (-rss_limit_mb, and -malloc_limit_mb
+# so one huge allocation from a declared length is a finding) and a per-input time limit (a
+# hang is a finding). Prints per target: executions, executions/s, coverage (edges, features)
+# and findings (files in fuzz/artifacts/TARGET). A finding becomes a fix plus a regression test
+# with the minimised input under tests/fixtures/fuzz/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-60}; shift || true
+RSS_MB=${RSS_MB:-2048}; TIMEOUT=${TIMEOUT:-10}
+all=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v fineprune-fuzz)
+targets=${*:-$all}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+cargo +nightly fuzz build -O >&2
+mkdir -p target/fuzz-logs
+printf "%-14s %12s %9s %8s %8s %9s\n" target executions exec/s edges features findings
+for t in $targets; do
+  work=target/fuzz-corpus/$t; mkdir -p "$work" "fuzz/artifacts/$t"
+  before=$(ls "fuzz/artifacts/$t" | wc -l)
+  log=target/fuzz-logs/$t.log
+  # libFuzzer exits non-zero on a finding; the table reports it, the loop goes on.
+  cargo +nightly fuzz run -O "$t" "$work" "fuzz/corpus/$t" -- -max_total_time="$secs" \
+    -rss_limit_mb="$RSS_MB" -malloc_limit_mb="$RSS_MB" -timeout="$TIMEOUT" -print_final_stats=1 > "$log" 2>&1 || true
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  found=$(( $(ls "fuzz/artifacts/$t" | wc -l) - before ))
+  printf "%-14s %12s %9s %8s %8s %9s\n" "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$found"
+done
