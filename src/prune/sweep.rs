@@ -73,6 +73,12 @@ fn incremental(model: &Model, cache: &PrefixCache, site: usize, pools: Vec<usize
             (pooled.reshape([n, c, h * w]), pre)
         })
         .collect();
+    // One state for the whole split: each level is then one short chain of operations instead
+    // of one per cached batch (the per-operation overhead dominated the sweep).
+    if state.len() > 1 {
+        let (pooled, pre): (Vec<_>, Vec<_>) = state.into_iter().unzip();
+        state = vec![(Tensor::cat(pooled, 0), Tensor::cat(pre, 0))];
+    }
     let hw = fan_in / state.first().map(|s| s.0.dims()[1]).unwrap_or(1).max(1);
     let logits_from = |pre: Tensor<2>| -> Vec<usize> {
         let l = model.run_cached(lin + 1, vec![(lin, Activation::Flat(pre))], &[model.graph.output]).pop().expect("one").into_flat();
