@@ -35,21 +35,15 @@ impl Bars {
         }
     }
 
-    fn clear(&mut self) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-    }
-}
-
-impl Progress for Bars {
-    fn batch(&mut self, epoch: usize, done: usize, total: usize, loss: f64, acc: f64) {
-        let prefix = self.prefix(epoch);
+    /// A step of a phase: the bar on a terminal, else a line every [`LOG_EVERY`] with an
+    /// estimate of what is left.
+    fn show(&mut self, prefix: String, done: usize, total: usize, msg: Option<String>) {
         if !self.tty {
             if self.last_line.elapsed() >= LOG_EVERY && done < total {
                 let elapsed = self.phase_start.elapsed().as_secs_f64();
                 let left = elapsed / done.max(1) as f64 * (total - done) as f64;
-                eprintln!("  {prefix}: {done}/{total}, loss {loss:.4}, acc {acc:.4} ({elapsed:.0}s, about {left:.0}s left)");
+                let msg = msg.map(|m| format!(", {m}")).unwrap_or_default();
+                eprintln!("  {prefix}: {done}/{total}{msg} ({elapsed:.0}s, about {left:.0}s left)");
                 self.last_line = Instant::now();
             }
             return;
@@ -60,29 +54,27 @@ impl Progress for Bars {
             b
         });
         bar.set_prefix(prefix);
+        bar.set_length(total as u64);
         bar.set_position(done as u64);
-        bar.set_message(format!("loss {loss:.4} acc {acc:.4}"));
+        bar.set_message(msg.unwrap_or_default());
+    }
+
+    fn clear(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn batch(&mut self, epoch: usize, done: usize, total: usize, loss: f64, acc: f64) {
+        let prefix = self.prefix(epoch);
+        self.show(prefix, done, total, Some(format!("loss {loss:.4} acc {acc:.4}")));
     }
 
     fn work(&mut self, done: usize, total: usize) {
         let prefix = self.label.clone().unwrap_or_default();
-        if !self.tty {
-            if self.last_line.elapsed() >= LOG_EVERY && done < total {
-                let elapsed = self.phase_start.elapsed().as_secs_f64();
-                let left = elapsed / done.max(1) as f64 * (total - done) as f64;
-                eprintln!("  {prefix}: {done}/{total} ({elapsed:.0}s, about {left:.0}s left)");
-                self.last_line = Instant::now();
-            }
-            return;
-        }
-        let bar = self.bar.get_or_insert_with(|| {
-            let b = ProgressBar::new(total as u64);
-            b.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({eta})").expect("valid template").progress_chars("=> "));
-            b
-        });
-        bar.set_prefix(prefix);
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+        self.show(prefix, done, total, None);
     }
 
     fn epoch(&mut self, s: &EpochStats) {

@@ -94,18 +94,23 @@ pub fn channel_means(model: &Model, split: &Split, norm: &Normalization, site: u
     let order: Vec<usize> = (0..split.len()).collect();
     for chunk in order.chunks(batch_size.max(1)) {
         let (x, _) = batch(split, chunk, shape, norm, device);
-        let act = model.activations(x, &[site]).pop().expect("one").into_map();
-        // [n, c, h, w] -> per-sample spatial means [n, c] -> summed over the batch [c].
-        let per_channel = act.mean_dim(3).mean_dim(2).sum_dim(0);
-        let v = per_channel.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::model(format!("{e:?}")))?;
-        if sums.is_empty() {
-            sums = vec![0.0; v.len()];
-        }
-        for (s, x) in sums.iter_mut().zip(v) {
-            *s += x as f64;
-        }
+        add_channel_sums(&mut sums, model.activations(x, &[site]).pop().expect("one").into_map())?;
     }
     Ok(sums.into_iter().map(|s| s / split.len() as f64).collect())
+}
+
+/// Adds a batch's per-sample spatial mean of each channel to `sums`: [n, c, h, w] -> per-sample
+/// means [n, c] -> summed over the batch [c].
+fn add_channel_sums(sums: &mut Vec<f64>, act: burn::tensor::Tensor<4>) -> Result<()> {
+    let per_channel = act.mean_dim(3).mean_dim(2).sum_dim(0);
+    let v = per_channel.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::model(format!("{e:?}")))?;
+    if sums.is_empty() {
+        *sums = vec![0.0; v.len()];
+    }
+    for (s, x) in sums.iter_mut().zip(v) {
+        *s += x as f64;
+    }
+    Ok(())
 }
 
 /// Channels in pruning order: increasing mean activation (ties by index, so the order is
@@ -188,14 +193,7 @@ impl PrefixCache {
         let at = self.frontier.iter().position(|&f| f == site)?;
         let mut sums: Vec<f64> = Vec::new();
         for vals in &self.batches {
-            let per_channel = vals[at].clone().into_map().mean_dim(3).mean_dim(2).sum_dim(0);
-            let v = per_channel.into_data().convert::<f32>().try_to_vec::<f32>().ok()?;
-            if sums.is_empty() {
-                sums = vec![0.0; v.len()];
-            }
-            for (s, x) in sums.iter_mut().zip(v) {
-                *s += x as f64;
-            }
+            add_channel_sums(&mut sums, vals[at].clone().into_map()).ok()?;
         }
         let n = self.labels.len().max(1) as f64;
         Some(sums.into_iter().map(|s| s / n).collect())
