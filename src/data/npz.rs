@@ -84,20 +84,42 @@ pub fn read(source: &Source, max_bytes: u64) -> Result<Arrays> {
 /// The most header bytes an .npy may declare (NumPy's own reader refuses more than 10,000).
 const MAX_HEADER: u64 = 1 << 16;
 
-/// Refuses an .npy whose fixed preamble declares a header longer than [`MAX_HEADER`] or than
-/// the bytes there: `npyz` allocates the declared length before reading it (found by fuzzing:
-/// a 95-byte file declaring a 4 GiB header). Anything else about the preamble is left to `npyz`.
+/// The deepest bracket nesting an .npy header may have: NumPy writes a flat dict, and
+/// structured dtypes nest a few levels at most.
+const MAX_HEADER_DEPTH: usize = 8;
+
+/// Refuses an .npy whose preamble declares a header longer than [`MAX_HEADER`] or than the
+/// bytes there (`npyz` allocates the declared length before reading it), or whose header nests
+/// brackets deeper than [`MAX_HEADER_DEPTH`] (`npyz`'s header parser backtracks exponentially
+/// on deep nesting). Both found by fuzzing: a 95-byte file declaring a 4 GiB header, and a
+/// 468-byte header of nested braces that took over 15 s. `prefix` is the file's start (at least
+/// the preamble and header when the file holds them); anything else is left to `npyz`.
 fn check_preamble(path: &Path, prefix: &[u8], available: u64) -> Result<()> {
     if prefix.len() < 10 || !prefix.starts_with(b"\x93NUMPY") {
         return Ok(());
     }
-    let declared = match prefix[6] {
-        1 => u16::from_le_bytes([prefix[8], prefix[9]]) as u64,
-        _ if prefix.len() >= 12 => u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as u64,
+    let (declared, start) = match prefix[6] {
+        1 => (u16::from_le_bytes([prefix[8], prefix[9]]) as u64, 10),
+        _ if prefix.len() >= 12 => (u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as u64, 12),
         _ => return Ok(()),
     };
     if declared > MAX_HEADER || declared > available {
         return Err(Error::format(path, format!("not a NumPy .npy file: it declares a {declared}-byte header ({available} bytes in the file, at most {MAX_HEADER} allowed)")));
+    }
+    let header = &prefix[start.min(prefix.len())..(start + declared as usize).min(prefix.len())];
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for &b in header {
+        match b {
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_HEADER_DEPTH {
+        return Err(Error::format(path, format!("not a NumPy .npy file: its header nests {deepest} levels deep (at most {MAX_HEADER_DEPTH})")));
     }
     Ok(())
 }
@@ -105,8 +127,8 @@ fn check_preamble(path: &Path, prefix: &[u8], available: u64) -> Result<()> {
 fn read_npy_file<T>(path: &Path, max_bytes: u64, f: impl Fn(&Path, NpyFile<File>, u64) -> Result<Array<T>>) -> Result<Array<T>> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut prefix = Vec::with_capacity(12);
-    (&mut file).take(12).read_to_end(&mut prefix).map_err(|e| Error::io(path, e))?;
+    let mut prefix = Vec::new();
+    (&mut file).take(12 + MAX_HEADER).read_to_end(&mut prefix).map_err(|e| Error::io(path, e))?;
     check_preamble(path, &prefix, len)?;
     std::io::Seek::rewind(&mut file).map_err(|e| Error::io(path, e))?;
     let npy = NpyFile::new(file).map_err(|e| Error::format(path, format!("not a NumPy .npy file: {e}")))?;
@@ -125,7 +147,7 @@ fn read_entry<T>(zip: &mut zip::ZipArchive<File>, path: &Path, name: &str, max_b
     let mut bytes = Vec::with_capacity(declared as usize);
     entry.take(declared).read_to_end(&mut bytes).map_err(|e| Error::format(&named, format!("cannot decompress: {e}")))?;
     let len = bytes.len() as u64;
-    check_preamble(&named, &bytes[..bytes.len().min(12)], len)?;
+    check_preamble(&named, &bytes, len)?;
     let npy = NpyFile::new(std::io::Cursor::new(bytes)).map_err(|e| Error::format(&named, format!("not a NumPy .npy array: {e}")))?;
     f(&named, npy, len)
 }
