@@ -29,6 +29,7 @@ import torch.nn.functional as F
 THREADS = int(os.environ.get("THREADS", "2"))
 torch.set_num_threads(THREADS)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_models import Block, SignResNet, gtsrb, sticker  # noqa: E402  (the models' own definitions)
 
 
 # ------------------------------------------------------- fineprune's built-in architectures
@@ -46,22 +47,6 @@ def signnet(classes=10):
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 16, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, classes))
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(y + (x if self.down is None else self.down(x)))
-
-
 class ResNet18(nn.Module):
     """CIFAR-style: 3x3 stem, no initial max-pool (fineprune's resnet18)."""
 
@@ -71,7 +56,7 @@ class ResNet18(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         blocks, cin = [], 64
         for w, s in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks += [BasicBlock(cin, w, s), BasicBlock(w, w, 1)]
+            blocks += [Block(cin, w, s), Block(w, w, 1)]
             cin = w
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(512, classes)
@@ -82,7 +67,6 @@ class ResNet18(nn.Module):
 
 
 def sign_resnet(classes=43):
-    from torch_models import SignResNet
     return SignResNet(classes)
 
 
@@ -145,7 +129,6 @@ def onnx_to_torch(path):
 
 
 def peer_fineprune(path, root, clean_fraction, curve, seed=0):
-    from torch_models import gtsrb, sticker
     side = dict(l.split(" = ", 1) for l in open(path[:-5] + ".toml").read().splitlines() if " = " in l)
     mean = torch.tensor(json.loads(side["mean"])).view(1, -1, 1, 1)
     std = torch.tensor(json.loads(side["std"])).view(1, -1, 1, 1)

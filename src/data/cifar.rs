@@ -4,7 +4,7 @@
 //! `train.bin` and `test.bin` with a coarse then a fine label (the fine one is used; names in
 //! `fine_label_names.txt`). The files may sit in PATH or in the archive's own sub-folder.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{Loaded, Split, resize_planar};
 use crate::error::{Error, Result};
@@ -69,7 +69,7 @@ pub fn load(root: &Path, variant: Variant, size: (usize, usize)) -> Result<Loade
     Ok(Loaded { channels: 3, classes, train, train_groups, val: None, test })
 }
 
-fn read_file(path: &PathBuf, variant: Variant, size: (usize, usize), split: &mut Split) -> Result<()> {
+fn read_file(path: &Path, variant: Variant, size: (usize, usize), split: &mut Split) -> Result<()> {
     let bytes = read_bounded(path, MAX_FILE)?;
     parse(path, &bytes, variant, size, split)
 }
@@ -78,7 +78,7 @@ fn read_file(path: &PathBuf, variant: Variant, size: (usize, usize), split: &mut
 /// image resized to `size`.
 pub fn parse(path: &Path, bytes: &[u8], variant: Variant, size: (usize, usize), split: &mut Split) -> Result<()> {
     let record = variant.label_bytes() + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(Error::format(path, format!("{} bytes is not a whole number of {record}-byte CIFAR records", bytes.len())));
     }
     let mut planar = vec![0f32; PIXELS];

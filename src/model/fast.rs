@@ -283,6 +283,17 @@ pub fn max_pool2d(x: Tensor<4>, opts: MaxPoolOptions<2>) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as FastCpu>::fast_max_pool2d(x.into_dispatch(), spec))
 }
 
+/// BatchNorm with batch statistics on a map [N, C, H, W]: (output, mean, biased variance); the
+/// kernels on Flex, burn's operation otherwise.
+pub fn batch_norm_train(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    if !on_flex_f32(&x) {
+        let out = burn::tensor::module::batch_norm_train(x, gamma, beta, eps);
+        return (out.output, out.mean, out.variance);
+    }
+    let (y, mean, var) = <Dispatch as FastCpu>::fast_batch_norm_train(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), eps);
+    (Tensor::from_dispatch(y), Tensor::from_dispatch(mean), Tensor::from_dispatch(var))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,15 +397,4 @@ mod tests {
             assert!(y[0].is_nan(), "kernel {k}: {y:?}");
         }
     }
-}
-
-/// BatchNorm with batch statistics on a map [N, C, H, W]: (output, mean, biased variance); the
-/// kernels on Flex, burn's operation otherwise.
-pub fn batch_norm_train(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
-    if !on_flex_f32(&x) {
-        let out = burn::tensor::module::batch_norm_train(x, gamma, beta, eps);
-        return (out.output, out.mean, out.variance);
-    }
-    let (y, mean, var) = <Dispatch as FastCpu>::fast_batch_norm_train(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), eps);
-    (Tensor::from_dispatch(y), Tensor::from_dispatch(mean), Tensor::from_dispatch(var))
 }

@@ -418,9 +418,6 @@ fn elementwise(x: Activation, map: impl FnOnce(Tensor<4>) -> Tensor<4>, flat: im
 
 fn batchnorm<const D: usize>(bn: &BatchNormParams, x: Tensor<D>, eps: f64, momentum: f64, batch_stats: bool, update: bool) -> Tensor<D> {
     let dims = x.dims();
-    // Per-channel parameters broadcast along every dimension but the channel one.
-    let mut per_channel = [1usize; D];
-    per_channel[1] = dims[1];
     if batch_stats {
         let rest: usize = dims[2..].iter().product();
         let (out, mean, variance) = crate::model::fast::batch_norm_train(x.reshape([dims[0], dims[1], rest, 1]), bn.gamma.val(), bn.beta.val(), eps);
@@ -438,7 +435,9 @@ fn batchnorm<const D: usize>(bn: &BatchNormParams, x: Tensor<D>, eps: f64, momen
         out
     } else {
         // Running statistics fold into one scale and shift per channel: two passes over the
-        // map instead of four.
+        // map instead of four. They broadcast along every dimension but the channel one.
+        let mut per_channel = [1usize; D];
+        per_channel[1] = dims[1];
         let scale = bn.gamma.val() / bn.running_var.value().add_scalar(eps).sqrt();
         let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
         x * scale.reshape(per_channel) + shift.reshape(per_channel)
