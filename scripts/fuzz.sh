@@ -5,8 +5,9 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # Builds fuzz/ with cargo fuzz (libFuzzer, address sanitizer), runs each target for the given
-# time (default 60 s) from its committed synthetic seeds in fuzz/corpus/TARGET
-# (scripts/make_fuzz_seeds.py) plus a growing working corpus in target/fuzz-corpus/TARGET, with bounded memory (-rss_limit_mb, and -malloc_limit_mb
+# time (default 60 s) from its committed seeds in fuzz/corpus/TARGET (synthetic, from
+# scripts/make_fuzz_seeds.py, or copies of test fixtures) plus a growing working corpus in
+# target/fuzz-corpus/TARGET, with bounded memory (-rss_limit_mb, and -malloc_limit_mb
 # so one huge allocation from a declared length is a finding) and a per-input time limit (a
 # hang is a finding). Prints per target: executions, executions/s, coverage (edges, features)
 # and findings (files in fuzz/artifacts/TARGET). A finding becomes a fix plus a regression test
