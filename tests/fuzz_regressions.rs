@@ -38,3 +38,22 @@ fn npy_files_found_by_fuzzing_are_quick_errors_without_large_allocations() {
         assert!(err.to_string().contains("header"), "{}: {err}", path.display());
     }
 }
+
+/// ONNX models the structure-aware fuzz target built (saved with FINEPRUNE_FUZZ_DUMP) that
+/// panicked in our importer (caught, but a bug) or crashed on their first forward pass: each
+/// must now either be refused with an ordinary error or import and run.
+#[test]
+fn onnx_graphs_found_by_fuzzing_are_refused_or_run() {
+    let device = fineprune::cpu_device();
+    for (path, data) in inputs("onnx_graph") {
+        let opts = fineprune::model::onnx::ImportOptions::default();
+        match fineprune::model::onnx::import_bytes(&data, None, &opts, &device) {
+            Err(e) => assert!(!fineprune::model::onnx::is_caught_panic(&e), "{}: {e}", path.display()),
+            Ok(file) => {
+                let [c, h, w] = file.model.graph.input_shape;
+                let logits = file.model.forward(burn::tensor::Tensor::<4>::zeros([2, c, h, w], &device));
+                assert_eq!(logits.dims()[0], 2, "{}", path.display());
+            }
+        }
+    }
+}

@@ -4,7 +4,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let opts = fineprune::model::onnx::ImportOptions::default();
-    if let Ok(file) = fineprune::model::onnx::import_bytes(data, None, &opts, &fineprune_fuzz::device()) {
-        fineprune_fuzz::forward_once(&file);
+    match fineprune::model::onnx::import_bytes(data, None, &opts, &fineprune_fuzz::device()) {
+        Ok(file) => fineprune_fuzz::forward_once(&file),
+        Err(e) => fineprune_fuzz::no_caught_panic(&e),
     }
 });

@@ -40,3 +40,11 @@ pub fn forward_once(file: &ModelFile) {
     let logits = file.model.forward(x);
     assert_eq!(logits.dims()[0], 1);
 }
+
+/// A panic inside onnx-ir or our importer is caught and reported as an error so the CLI never
+/// goes down, but it is still a bug: here it is a finding.
+pub fn no_caught_panic(err: &fineprune::Error) {
+    if fineprune::model::onnx::is_caught_panic(err) {
+        panic!("{err}");
+    }
+}

@@ -144,7 +144,7 @@ impl ModelFile {
         if info.classes.len() != classes {
             return Err(Error::model(format!("{} class names for {classes} outputs", info.classes.len())));
         }
-        let mut model = Model::init(graph, 0, device)?;
+        let mut model = Model::zeroed(graph, device)?;
         let mut store = SafetensorsStore::from_bytes(Some(bytes)).remap(remapper(&model.graph, false)?).allow_partial(true);
         let result = model.load_from(&mut store).map_err(|e| Error::model(format!("weights: {e}")))?;
         if !result.errors.is_empty() {

@@ -51,7 +51,7 @@ pub fn from_state_dict(arch_name: &str, path: &Path, input: Option<[usize; 3]>, 
     let probe = arch::build(arch_name, input, 2)?;
     let out_name = format!("{}.weight", probe.nodes[probe.output].name);
     let classes = st.tensor(&out_name).map_err(|_| Error::format(path, format!("no tensor {out_name:?}: not a {arch_name} state dict")))?.shape()[0];
-    let mut model = Model::init(arch::build(arch_name, input, classes)?, 0, device)?;
+    let mut model = Model::zeroed(arch::build(arch_name, input, classes)?, device)?;
     let mut unused = Vec::new();
     let mut set = std::collections::HashSet::new();
     for (name, view) in st.tensors() {

@@ -117,15 +117,35 @@ pub struct ImportOptions {
     pub sidecar: Sidecar,
 }
 
+/// The words that mark an error made from a caught panic (see [`is_caught_panic`]).
+const CAUGHT_PANIC: &str = "failed on this file (a caught panic)";
+
+/// Whether `err` is a panic in onnx-ir or the importer that [`no_panic`] turned into an error:
+/// the user sees one clear line, but for us it is a bug to fix or report upstream (the fuzz
+/// targets treat it as a finding).
+pub fn is_caught_panic(err: &Error) -> bool {
+    err.to_string().contains(CAUGHT_PANIC)
+}
+
 /// Runs `f`, turning a panic into an error: a hostile file must not take the process down.
+/// A last resort, not a way to hide bugs: see [`is_caught_panic`].
 fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    // Where it panicked goes into the message, so a user's report (or a fuzz finding) points
+    // at the line to fix.
+    let location = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    let seen = location.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if let (Some(l), Ok(mut seen)) = (info.location(), seen.lock()) {
+            *seen = Some(format!("{}:{}", l.file(), l.line()));
+        }
+    }));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(hook);
     r.map_err(|p| {
         let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-        Error::model(format!("{what} failed on this file: {msg}"))
+        let at = location.lock().ok().and_then(|l| l.clone()).map(|l| format!(" at {l}")).unwrap_or_default();
+        Error::model(format!("{what} {CAUGHT_PANIC}: {msg}{at}"))
     })
 }
 
@@ -147,7 +167,7 @@ pub fn import_bytes(bytes: &[u8], dir: Option<&Path>, opts: &ImportOptions, devi
     let parsed = no_panic("the ONNX parser", || OnnxGraphBuilder::new().parse_bytes(&checked))?.map_err(|e| Error::model(format!("{e}")))?;
     let conv = no_panic("the ONNX importer", || import::convert(&parsed, &proto))??;
     let classes = conv.graph.num_classes()?;
-    let mut model = Model::init(conv.graph, 0, device)?;
+    let mut model = Model::zeroed(conv.graph, device)?;
     for (node, role, data) in conv.tensors {
         model.set_tensor(node, role, data)?;
     }

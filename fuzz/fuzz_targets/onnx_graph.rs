@@ -1,0 +1,400 @@
+#![no_main]
+//! Structure-aware ONNX: the fuzzer's bytes choose a graph of the operators exporters write
+//! (and a few we refuse), with attributes and initializers that mostly fit the shapes flowing
+//! through it and sometimes do not. Encoding it with the protobuf types gets every input past
+//! the protobuf decoder, so the fuzzer spends its time in the guard, onnx-ir's shape logic, our
+//! import and one forward pass, which the raw-bytes `onnx` target rarely reaches.
+use libfuzzer_sys::arbitrary::{Result, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use onnx_ir::{AttributeProto, AttributeType, GraphProto, Message, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+
+/// What the generator knows about a value: its name and (believed) shape.
+#[derive(Clone)]
+struct Value {
+    name: String,
+    dims: Vec<i64>,
+}
+
+struct Gen<'a, 'b> {
+    u: &'a mut Unstructured<'b>,
+    graph: GraphProto,
+    values: Vec<Value>,
+    fresh: usize,
+}
+
+fn ints(name: &str, v: Vec<i64>) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INTS.into();
+    a.ints = v;
+    a
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INT.into();
+    a.i = v;
+    a
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::FLOAT.into();
+    a.f = v;
+    a
+}
+
+fn string(name: &str, v: &str) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::STRING.into();
+    a.s = v.as_bytes().to_vec().into();
+    a
+}
+
+fn value_info(name: &str, dims: &[i64], symbolic_batch: bool) -> ValueInfoProto {
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    let tt = v.type_.mut_or_insert_default().mut_tensor_type();
+    tt.elem_type = 1;
+    let shape = tt.shape.mut_or_insert_default();
+    for (i, &d) in dims.iter().enumerate() {
+        shape.dim.push(Default::default());
+        let dim = shape.dim.last_mut().expect("just pushed");
+        if i == 0 && symbolic_batch {
+            dim.set_dim_param("batch".into());
+        } else {
+            dim.set_dim_value(d);
+        }
+    }
+    v
+}
+
+const OTHER_OPS: &[&str] = &[
+    "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "Dropout", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul", "MaxPool", "Mul",
+    "Relu", "Reshape", "Shape", "Sigmoid", "Softmax", "Squeeze", "Tanh", "Transpose", "Unsqueeze", "Sub", "Div", "Pad", "Clip", "ConvTranspose", "Resize", "Slice", "Split", "LSTM", "Loop",
+];
+
+const ATTR_NAMES: &[&str] =
+    &["kernel_shape", "strides", "pads", "dilations", "group", "axis", "axes", "perm", "transA", "transB", "alpha", "beta", "epsilon", "momentum", "ceil_mode", "count_include_pad", "auto_pad", "to", "value", "allowzero", "training_mode", "storage_order"];
+
+impl<'a, 'b> Gen<'a, 'b> {
+    fn name(&mut self, base: &str) -> String {
+        self.fresh += 1;
+        format!("{base}{}", self.fresh)
+    }
+
+    /// A small size, now and then an extreme one.
+    fn size(&mut self, lo: i64, hi: i64) -> Result<i64> {
+        Ok(match self.u.int_in_range(0..=31u8)? {
+            0 => *self.u.choose(&[0, -1, -7, i64::MAX, i64::MIN, 1 << 31, 1 << 40])?,
+            _ => self.u.int_in_range(lo..=hi)?,
+        })
+    }
+
+    /// Mostly `good`; sometimes a neighbour or anything.
+    fn perturb(&mut self, good: i64) -> Result<i64> {
+        Ok(match self.u.int_in_range(0..=15u8)? {
+            0 => good + 1,
+            1 => good - 1,
+            2 => self.size(0, 9)?,
+            _ => good,
+        })
+    }
+
+    fn floats(&mut self, n: usize) -> Result<Vec<f32>> {
+        let palette: Vec<f32> = (0..self.u.int_in_range(1..=4usize)?)
+            .map(|_| match self.u.int_in_range(0..=15u8) {
+                Ok(0) => f32::NAN,
+                Ok(1) => f32::INFINITY,
+                Ok(2) => 1e30,
+                _ => self.u.int_in_range(-100..=100i32).map(|v| v as f32 / 50.0).unwrap_or(0.5),
+            })
+            .collect();
+        Ok((0..n).map(|i| palette[i % palette.len()]).collect())
+    }
+
+    /// An initializer of (roughly) these dims: float data of the matching length, or raw
+    /// bytes, or a wrong length, or another element type.
+    fn initializer(&mut self, base: &str, dims: Vec<i64>) -> Result<String> {
+        let name = self.name(base);
+        let mut t = TensorProto::new();
+        t.name = name.clone();
+        let dims: Vec<i64> = dims.into_iter().map(|d| self.perturb(d)).collect::<Result<_>>()?;
+        let n = dims.iter().try_fold(1usize, |acc, &d| if (0..=4096).contains(&d) { acc.checked_mul(d as usize) } else { None }).unwrap_or(0).min(1 << 16);
+        t.dims = dims;
+        match self.u.int_in_range(0..=15u8)? {
+            0 => {
+                t.data_type = 1;
+                t.raw_data = self.floats(n)?.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into();
+            }
+            1 => {
+                t.data_type = 7;
+                t.int64_data = (0..n).map(|i| i as i64 - 1).collect();
+            }
+            2 => {
+                t.data_type = *self.u.choose(&[0, 2, 3, 6, 10, 11, 16, 99])?;
+                let len = self.u.int_in_range(0..=64usize)?;
+                t.raw_data = self.u.bytes(len)?.to_vec().into();
+            }
+            3 => {
+                t.data_type = 1;
+                let extra = self.u.int_in_range(0..=3usize)?;
+                t.float_data = self.floats((n + extra).saturating_sub(1))?;
+            }
+            _ => {
+                t.data_type = 1;
+                t.float_data = self.floats(n)?;
+            }
+        }
+        self.graph.initializer.push(t);
+        Ok(name)
+    }
+
+    fn int64_initializer(&mut self, base: &str, values: Vec<i64>) -> String {
+        let name = self.name(base);
+        let mut t = TensorProto::new();
+        t.name = name.clone();
+        t.data_type = 7;
+        t.dims = vec![values.len() as i64];
+        t.int64_data = values;
+        self.graph.initializer.push(t);
+        name
+    }
+
+    /// A value to read: mostly the latest, sometimes an earlier one or a name nobody wrote.
+    fn pick(&mut self) -> Result<Value> {
+        Ok(match self.u.int_in_range(0..=31u8)? {
+            0 => Value { name: "nowhere".into(), dims: vec![1, 1, 1, 1] },
+            1..=6 => self.u.choose(&self.values)?.clone(),
+            _ => self.values.last().expect("the input is a value").clone(),
+        })
+    }
+
+    fn emit(&mut self, op: &str, inputs: Vec<String>, mut attrs: Vec<AttributeProto>, dims: Vec<i64>) -> Result<()> {
+        // Now and then an extra attribute with a random name and value.
+        if self.u.int_in_range(0..=15u8)? == 0 {
+            let name = *self.u.choose(ATTR_NAMES)?;
+            attrs.push(match self.u.int_in_range(0..=3u8)? {
+                0 => int(name, self.size(0, 4)?),
+                1 => ints(name, (0..self.u.int_in_range(0..=5usize)?).map(|_| self.size(-1, 4)).collect::<Result<_>>()?),
+                2 => float(name, self.u.arbitrary()?),
+                _ => string(name, *self.u.choose(&["SAME_UPPER", "SAME_LOWER", "VALID", "NOTSET", "x"])?),
+            });
+        }
+        let out = self.name(&op.to_lowercase());
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = format!("/{}/{op}", self.name("m"));
+        n.input = inputs;
+        n.output = vec![out.clone()];
+        n.attribute = attrs;
+        self.graph.node.push(n);
+        self.values.push(Value { name: out, dims });
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let x = self.pick()?;
+        let map = x.dims.len() == 4;
+        let (c, h, w) = if map { (x.dims[1], x.dims[2], x.dims[3]) } else { (x.dims.get(1).copied().unwrap_or(1), 1, 1) };
+        let features: i64 = x.dims.iter().skip(1).product();
+        match self.u.int_in_range(0..=20u8)? {
+            0 | 1 => {
+                let out = self.size(1, 6)?;
+                let k = self.size(1, 3)?;
+                let stride = self.size(1, 2)?;
+                let pad = self.size(0, 1)?;
+                let dil = self.size(1, 2)?;
+                let groups = if self.u.ratio(1, 6)? { c } else { 1 };
+                let per_group = if groups > 0 { c / groups } else { c };
+                let wt = self.initializer("conv.weight", vec![out, per_group, k, k])?;
+                let mut inputs = vec![x.name, wt];
+                if self.u.arbitrary()? {
+                    inputs.push(self.initializer("conv.bias", vec![out])?);
+                }
+                let attrs = vec![ints("kernel_shape", vec![k, k]), ints("strides", vec![stride, stride]), ints("pads", vec![pad, pad, pad, pad]), ints("dilations", vec![dil, dil]), int("group", groups)];
+                let span = dil.saturating_mul(k.saturating_sub(1)) + 1;
+                let o = |s: i64| if stride > 0 { (s + 2 * pad - span) / stride + 1 } else { s };
+                self.emit("Conv", inputs, attrs, vec![1, out, o(h), o(w)])
+            }
+            2 => {
+                let mut inputs = vec![x.name];
+                for role in ["scale", "bias", "mean", "var"] {
+                    inputs.push(self.initializer(role, vec![c])?);
+                }
+                let attrs = vec![float("epsilon", 1e-5), float("momentum", 0.9)];
+                self.emit("BatchNormalization", inputs, attrs, x.dims)
+            }
+            3 | 4 => {
+                let op = *self.u.choose(&["Relu", "Sigmoid", "Tanh", "Identity", "Dropout", "Softmax"])?;
+                self.emit(op, vec![x.name], vec![], x.dims)
+            }
+            5 => {
+                let alpha = self.u.arbitrary()?;
+                self.emit("LeakyRelu", vec![x.name], vec![float("alpha", alpha)], x.dims)
+            }
+            6 | 7 => {
+                let op = *self.u.choose(&["MaxPool", "AveragePool"])?;
+                let k = self.size(1, 3)?;
+                let stride = self.size(1, 2)?;
+                let pad = self.size(0, 1)?;
+                let mut attrs = vec![ints("kernel_shape", vec![k, k]), ints("strides", vec![stride, stride]), ints("pads", vec![pad, pad, pad, pad])];
+                if self.u.arbitrary()? {
+                    attrs.push(int("ceil_mode", 1));
+                }
+                if self.u.arbitrary()? {
+                    attrs.push(int("count_include_pad", 1));
+                }
+                let o = |s: i64| if stride > 0 { (s + 2 * pad - k) / stride + 1 } else { s };
+                self.emit(op, vec![x.name], attrs, vec![1, c, o(h), o(w)])
+            }
+            8 => self.emit("GlobalAveragePool", vec![x.name], vec![], vec![1, c, 1, 1]),
+            9 | 10 => {
+                // Add or Mul with another value, a per-channel constant or a scalar.
+                let op = *self.u.choose(&["Add", "Mul"])?;
+                let other = match self.u.int_in_range(0..=2u8)? {
+                    0 => self.pick()?.name,
+                    1 => self.initializer("k", if map { vec![1, c, 1, 1] } else { vec![1, c] })?,
+                    _ => self.initializer("k", vec![])?,
+                };
+                self.emit(op, vec![x.name, other], vec![], x.dims)
+            }
+            11 => {
+                let y = self.pick()?;
+                let cy = y.dims.get(1).copied().unwrap_or(1);
+                let axis = self.perturb(1)?;
+                self.emit("Concat", vec![x.name, y.name], vec![int("axis", axis)], vec![1, c + cy, h, w])
+            }
+            12 | 13 => {
+                let axis = self.perturb(1)?;
+                self.emit("Flatten", vec![x.name], vec![int("axis", axis)], vec![1, features])
+            }
+            14 => {
+                let shape = match self.u.int_in_range(0..=3u8)? {
+                    0 => vec![-1, features],
+                    1 => vec![0, -1],
+                    2 => vec![1, features],
+                    _ => (0..self.u.int_in_range(0..=4usize)?).map(|_| self.size(-1, 8)).collect::<Result<_>>()?,
+                };
+                let s = self.int64_initializer("shape", shape);
+                self.emit("Reshape", vec![x.name, s], vec![], vec![1, features])
+            }
+            15 | 16 => {
+                let out = self.size(1, 10)?;
+                let trans_b = self.u.arbitrary::<bool>()?;
+                let wt = self.initializer("fc.weight", if trans_b { vec![out, features] } else { vec![features, out] })?;
+                let mut inputs = vec![x.name, wt];
+                let op = if self.u.ratio(1, 4)? { "MatMul" } else { "Gemm" };
+                if op == "Gemm" && self.u.arbitrary()? {
+                    inputs.push(self.initializer("fc.bias", vec![out])?);
+                }
+                let attrs = if op == "Gemm" && trans_b { vec![int("transB", 1)] } else { vec![] };
+                self.emit(op, inputs, attrs, vec![1, out])
+            }
+            17 => {
+                let perm = match self.u.int_in_range(0..=2u8)? {
+                    0 => vec![0, 2, 3, 1],
+                    1 => vec![0, 3, 1, 2],
+                    _ => (0..self.u.int_in_range(0..=5usize)?).map(|_| self.size(0, 3)).collect::<Result<_>>()?,
+                };
+                let dims = perm.iter().map(|&p| x.dims.get(p as usize).copied().unwrap_or(1)).collect();
+                self.emit("Transpose", vec![x.name], vec![ints("perm", perm)], dims)
+            }
+            18 => {
+                // The Shape -> Gather -> Unsqueeze -> Concat -> Reshape chain of a
+                // TorchScript flatten, which onnx-ir folds.
+                let shape = self.name("shape");
+                let mut n = NodeProto::new();
+                n.op_type = "Shape".into();
+                n.input = vec![x.name.clone()];
+                n.output = vec![shape.clone()];
+                self.graph.node.push(n);
+                let at = self.perturb(0)?;
+                let idx = self.int64_initializer("idx", vec![at]);
+                self.emit("Gather", vec![shape, idx], vec![int("axis", 0)], vec![1])?;
+                let g = self.values.last().expect("just emitted").name.clone();
+                let axes = self.int64_initializer("axes", vec![0]);
+                self.emit("Unsqueeze", vec![g, axes], vec![], vec![1])?;
+                let un = self.values.last().expect("just emitted").name.clone();
+                let minus = self.int64_initializer("minus1", vec![-1]);
+                self.emit("Concat", vec![un, minus], vec![int("axis", 0)], vec![2])?;
+                let cat = self.values.last().expect("just emitted").name.clone();
+                self.emit("Reshape", vec![x.name, cat], vec![], vec![1, features])
+            }
+            19 => {
+                let to = self.perturb(1)?;
+                self.emit("Cast", vec![x.name], vec![int("to", to)], x.dims)
+            }
+            _ => {
+                // Anything: an operator with random inputs and attributes.
+                let op = *self.u.choose(OTHER_OPS)?;
+                let mut inputs = vec![x.name];
+                for _ in 0..self.u.int_in_range(0..=2u8)? {
+                    inputs.push(if self.u.arbitrary()? { self.pick()?.name } else { self.initializer("w", x.dims.clone())? });
+                }
+                self.emit(op, inputs, vec![], x.dims)
+            }
+        }
+    }
+}
+
+fn build(u: &mut Unstructured) -> Result<Vec<u8>> {
+    let c = u.int_in_range(1..=4i64)?;
+    let h = u.int_in_range(1..=12i64)?;
+    let w = if u.ratio(1, 8)? { u.int_in_range(1..=12i64)? } else { h };
+    let nhwc = u.ratio(1, 8)?;
+    let input_dims = if nhwc { vec![1, h, w, c] } else { vec![1, c, h, w] };
+    let mut g = Gen { u, graph: GraphProto::new(), values: vec![], fresh: 0 };
+    g.graph.name = "fuzz".into();
+    g.graph.input.push(value_info("input", &input_dims, g.u.arbitrary()?));
+    g.values.push(Value { name: "input".into(), dims: vec![1, c, h, w] });
+    if nhwc {
+        g.emit("Transpose", vec!["input".into()], vec![ints("perm", vec![0, 3, 1, 2])], vec![1, c, h, w])?;
+    }
+    for _ in 0..g.u.int_in_range(1..=10u8)? {
+        g.step()?;
+    }
+    let last = g.values.last().expect("the input is a value").clone();
+    let out_dims = last.dims.clone();
+    // The output: the last value, or after a softmax.
+    let mut graph = if g.u.ratio(1, 4)? {
+        g.emit("Softmax", vec![last.name], vec![int("axis", 1)], out_dims.clone())?;
+        let name = g.values.last().expect("just emitted").name.clone();
+        let mut graph = g.graph;
+        graph.output.push(value_info(&name, &out_dims, true));
+        graph
+    } else {
+        let mut graph = g.graph;
+        graph.output.push(value_info(&last.name, &out_dims, true));
+        graph
+    };
+    if u.ratio(1, 16)? && !graph.node.is_empty() {
+        // Out of order: the guard sorts nodes (or refuses a cycle).
+        let i = u.choose_index(graph.node.len())?;
+        let n = graph.node.remove(i);
+        graph.node.push(n);
+    }
+    let mut m = ModelProto::new();
+    m.ir_version = *u.choose(&[3, 7, 8, 9])?;
+    m.opset_import.push(Default::default());
+    m.opset_import.last_mut().expect("just pushed").version = *u.choose(&[7, 9, 11, 13, 13, 13, 16, 17, 18, 19, 21, 99])?;
+    *m.graph.mut_or_insert_default() = std::mem::take(&mut graph);
+    Ok(m.write_to_bytes().expect("encoding a model we built"))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let Ok(bytes) = build(&mut u) else { return };
+    // To commit a finding as an ONNX file: run the input with FINEPRUNE_FUZZ_DUMP=path.onnx.
+    if let Some(path) = std::env::var_os("FINEPRUNE_FUZZ_DUMP") {
+        std::fs::write(path, &bytes).expect("writing the generated model");
+    }
+    let opts = fineprune::model::onnx::ImportOptions::default();
+    match fineprune::model::onnx::import_bytes(&bytes, None, &opts, &fineprune_fuzz::device()) {
+        Ok(file) => fineprune_fuzz::forward_once(&file),
+        Err(e) => fineprune_fuzz::no_caught_panic(&e),
+    }
+});
