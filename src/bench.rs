@@ -97,7 +97,7 @@ pub struct SweepBench {
 pub fn sweep(model: &Model, split: &crate::data::Split, norm: &crate::data::Normalization, layer: Option<&str>, device: &Device) -> Result<SweepBench> {
     use crate::prune::{self, PrefixCache, sweep};
     let site = prune::find_site(model, layer)?;
-    let means = prune::channel_means(model, split, norm, site.index, device, 256)?;
+    let means = prune::channel_means(model, split, norm, site.index, device, 256, &mut crate::train::Silent)?;
     let order = prune::ranking(&means);
     let t = Instant::now();
     let cache = PrefixCache::build(model, split, norm, site.index, device, 256);

@@ -56,13 +56,13 @@ pub fn run(out_dir: &Path, arch: &str, seed: u64, progress: &mut dyn Stages) -> 
     let cfg = AttackConfig { trigger: trigger.clone(), target: Target::Class(target), poison_rate: 0.1, poison_seed: seed, train: TrainConfig { epochs: 3, seed, ..TrainConfig::default() } };
     let trained = backdoor(arch, &ds, &cfg, &device.clone().autodiff(), progress)?;
     trained.file.save(&out_dir.join("backdoored.safetensors"))?;
-    let before = evaluate_attack(&trained.file, &ds.test, &trigger, Target::Class(target), false, &device)?;
+    let before = evaluate_attack(&trained.file, &ds.test, &trigger, Target::Class(target), false, &device, progress)?;
 
     progress.stage("inspecting the last conv layer on clean vs triggered inputs");
     let site = crate::prune::find_site(&trained.file.model, None)?;
-    let clean_means = crate::prune::channel_means(&trained.file.model, &ds.val, &ds.normalization, site.index, &device, 256)?;
+    let clean_means = crate::prune::channel_means(&trained.file.model, &ds.val, &ds.normalization, site.index, &device, 256, progress)?;
     let trig_val = trigger.apply_split(&ds.val, None, ds.shape, Use::Test, 1)?;
-    let trig_means = crate::prune::channel_means(&trained.file.model, &trig_val, &ds.normalization, site.index, &device, 256)?;
+    let trig_means = crate::prune::channel_means(&trained.file.model, &trig_val, &ds.normalization, site.index, &device, 256, progress)?;
     let chart = crate::report::activation_chart(&site.name, &crate::prune::ranking(&clean_means), &clean_means, Some(&trig_means));
     crate::fsutil::write_atomic(&out_dir.join("activations.svg"), chart.to_svg().as_bytes())?;
 

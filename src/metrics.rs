@@ -9,6 +9,11 @@ use crate::model::Model;
 
 /// Argmax class of every sample of `split`, in order, computed in batches in evaluation mode.
 pub fn predict(model: &Model, split: &Split, norm: &Normalization, device: &Device, batch_size: usize) -> Vec<usize> {
+    predict_counting(model, split, norm, device, batch_size, &mut |_| {})
+}
+
+/// [`predict`], calling `done(n)` after each batch of `n` samples (for progress display).
+pub fn predict_counting(model: &Model, split: &Split, norm: &Normalization, device: &Device, batch_size: usize, done: &mut dyn FnMut(usize)) -> Vec<usize> {
     let model = model.valid();
     let shape = model.graph.input_shape;
     let order: Vec<usize> = (0..split.len()).collect();
@@ -16,6 +21,7 @@ pub fn predict(model: &Model, split: &Split, norm: &Normalization, device: &Devi
     for chunk in order.chunks(batch_size.max(1)) {
         let (x, _) = batch(split, chunk, shape, norm, device);
         out.extend(argmax(model.forward(x)));
+        done(chunk.len());
     }
     out
 }

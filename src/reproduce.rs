@@ -243,15 +243,15 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
 
     for (name, a, file, secs) in &models {
         let trigger = spec::parse(&a.trigger)?;
-        let e = evaluate_attack(file, &ds.test, &trigger, a.target, false, &device)?;
+        let e = evaluate_attack(file, &ds.test, &trigger, a.target, false, &device, progress)?;
         rows.push(Row { attack: name.clone(), defense: "none".into(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: Some(e.attack_success_rate.rate), attack_success_rate_ci95: Some(e.attack_success_rate.ci95), pruned_fraction: None, within_budget: None, seconds: *secs });
         let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
         file.save(&out.join(format!("{slug}.safetensors")))?;
         // The activation picture for this model.
         let site = crate::prune::find_site(&file.model, None)?;
-        let clean_means = crate::prune::channel_means(&file.model, &ds.val, &ds.normalization, site.index, &device, 256)?;
+        let clean_means = crate::prune::channel_means(&file.model, &ds.val, &ds.normalization, site.index, &device, 256, progress)?;
         let trig = trigger.apply_split(&ds.val, None, ds.shape, Use::Test, 1)?;
-        let trig_means = crate::prune::channel_means(&file.model, &trig, &ds.normalization, site.index, &device, 256)?;
+        let trig_means = crate::prune::channel_means(&file.model, &trig, &ds.normalization, site.index, &device, 256, progress)?;
         let mut chart = crate::report::activation_chart(&site.name, &crate::prune::ranking(&clean_means), &clean_means, Some(&trig_means));
         chart.title = format!("{name}: mean activation of {}", site.name);
         figures.push(Figure { title: chart.title.clone(), svg: chart.to_svg() });

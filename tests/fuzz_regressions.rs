@@ -39,13 +39,12 @@ fn npy_files_found_by_fuzzing_are_quick_errors_without_large_allocations() {
     }
 }
 
-/// ONNX models the structure-aware fuzz target built (saved with FINEPRUNE_FUZZ_DUMP) that
-/// panicked in our importer (caught, but a bug) or crashed on their first forward pass: each
-/// must now either be refused with an ordinary error or import and run.
-#[test]
-fn onnx_graphs_found_by_fuzzing_are_refused_or_run() {
+/// Feeds every ONNX file kept for `target` to the import the fuzz target calls: each must now
+/// either be refused with an ordinary error (not a panic caught around onnx-ir or the
+/// importer) or import and run.
+fn onnx_refused_or_run(target: &str) {
     let device = fineprune::cpu_device();
-    for (path, data) in inputs("onnx_graph") {
+    for (path, data) in inputs(target) {
         let opts = fineprune::model::onnx::ImportOptions::default();
         match fineprune::model::onnx::import_bytes(&data, None, &opts, &device) {
             Err(e) => assert!(!fineprune::model::onnx::is_caught_panic(&e), "{}: {e}", path.display()),
@@ -56,4 +55,18 @@ fn onnx_graphs_found_by_fuzzing_are_refused_or_run() {
             }
         }
     }
+}
+
+/// Models the structure-aware target built (saved with FINEPRUNE_FUZZ_DUMP) that panicked in
+/// our importer or on their first forward pass.
+#[test]
+fn onnx_graphs_found_by_fuzzing_are_refused_or_run() {
+    onnx_refused_or_run("onnx_graph");
+}
+
+/// Files the raw-bytes ONNX target found, reduced by hand to the one field that mattered
+/// (libFuzzer's minimiser did not shrink the 50 kB original).
+#[test]
+fn onnx_files_found_by_fuzzing_are_refused_or_run() {
+    onnx_refused_or_run("onnx");
 }

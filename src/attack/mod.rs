@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::metrics::{AttackSuccess, ClassReport, attack_success, predict};
+use crate::metrics::{AttackSuccess, ClassReport, attack_success, predict_counting};
 use crate::model::graph::Op;
 use crate::model::{Model, ModelFile};
 use crate::prune::{self, PrefixCache};
@@ -131,9 +131,16 @@ pub fn pruning_aware_from(clean: ModelFile, ds: &Dataset, cfg: &AttackConfig, pa
     let model = clean.model;
     // (b)
     let site = prune::find_site(&model, pa.layer.as_deref())?;
-    let means = prune::channel_means(&model, &ds.val, &ds.normalization, site.index, &eval_device, 256)?;
-    let order = prune::ranking(&means);
+    if ds.val.is_empty() {
+        return Err(Error::invalid("no clean validation samples to rank channels on"));
+    }
+    // One pass over the validation split: the ranking comes from the cached prefix.
     let cache = PrefixCache::build(&model, &ds.val, &ds.normalization, site.index, &eval_device, 256);
+    let means = match cache.channel_means(site.index) {
+        Some(m) => m,
+        None => prune::channel_means(&model, &ds.val, &ds.normalization, site.index, &eval_device, 256, progress)?,
+    };
+    let order = prune::ranking(&means);
     let accuracy = |k: usize| {
         let m = prune::with_mask(&model, site.index, &prune::keep_mask(site.channels, &order, k));
         ClassReport::new(&cache.predict(&m), &cache.labels, ds.classes.len()).accuracy
@@ -214,37 +221,55 @@ pub struct AttackEval {
     pub target: String,
 }
 
-pub fn evaluate_attack(file: &ModelFile, split: &Split, trigger: &Trigger, target: Target, include_target: bool, device: &Device) -> Result<AttackEval> {
-    evaluate_triggered(file, split, &Triggered::Synthesised(trigger.clone()), target, include_target, device)
+pub fn evaluate_attack(file: &ModelFile, split: &Split, trigger: &Trigger, target: Target, include_target: bool, device: &Device, progress: &mut dyn Progress) -> Result<AttackEval> {
+    evaluate_triggered(file, split, &Triggered::Synthesised(trigger.clone()), target, include_target, device, progress)
 }
 
 /// Clean accuracy on `split` and attack success on the triggered inputs (synthesised from
 /// `split`, or given), whose labels are the inputs' true classes.
-pub fn evaluate_triggered(file: &ModelFile, split: &Split, triggered: &Triggered, target: Target, include_target: bool, device: &Device) -> Result<AttackEval> {
-    let (_, e) = evaluate_chunks(file, std::iter::once(Ok(Cow::Borrowed(split))), Some((triggered, target, include_target)), device)?;
+pub fn evaluate_triggered(file: &ModelFile, split: &Split, triggered: &Triggered, target: Target, include_target: bool, device: &Device, progress: &mut dyn Progress) -> Result<AttackEval> {
+    let (_, e) = evaluate_chunks(file, std::iter::once(Ok(Cow::Borrowed(split))), split.len(), Some((triggered, target, include_target)), device, progress)?;
     Ok(e.expect("an attack was given"))
 }
 
-/// Clean accuracy over a split read in chunks, and attack success when an attack is given
-/// (a synthesised trigger is applied chunk by chunk; given inputs are evaluated once), so
-/// memory holds one chunk at a time. Every chunk is checked against the model first.
-pub fn evaluate_chunks<'a>(file: &ModelFile, chunks: impl Iterator<Item = Result<Cow<'a, Split>>>, attack: Option<(&Triggered, Target, bool)>, device: &Device) -> Result<(ClassReport, Option<AttackEval>)> {
+/// Clean accuracy over a split read in chunks (`samples` in all, for the progress display),
+/// and attack success when an attack is given (a synthesised trigger is applied chunk by
+/// chunk; given inputs are evaluated once), so memory holds one chunk at a time. Every chunk
+/// is checked against the model first. Progress counts predicted samples, clean and triggered.
+pub fn evaluate_chunks<'a>(
+    file: &ModelFile,
+    chunks: impl Iterator<Item = Result<Cow<'a, Split>>>,
+    samples: usize,
+    attack: Option<(&Triggered, Target, bool)>,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<(ClassReport, Option<AttackEval>)> {
     let classes = file.info.classes.len();
     let shape = file.model.graph.input_shape;
     if let Some((_, target, _)) = attack {
         target.validate(classes)?;
     }
+    let total = match attack {
+        None => samples,
+        Some((Triggered::Synthesised(_), _, _)) => 2 * samples,
+        Some((Triggered::Given { inputs, .. }, _, _)) => samples + inputs.len(),
+    };
+    let mut done = 0;
+    let mut count = |n: usize| {
+        done += n;
+        progress.work(done.min(total), total);
+    };
     let norm = &file.info.normalization;
     let (mut preds, mut labels) = (Vec::new(), Vec::new());
     let (mut trig_preds, mut trig_labels) = (Vec::new(), Vec::new());
     for chunk in chunks {
         let chunk = chunk?;
         crate::metrics::check_fits(file, &chunk)?;
-        preds.extend(predict(&file.model, &chunk, norm, device, 256));
+        preds.extend(predict_counting(&file.model, &chunk, norm, device, 256, &mut count));
         labels.extend_from_slice(&chunk.labels);
         if let Some((t @ Triggered::Synthesised(_), _, _)) = attack {
             let inputs = t.inputs(&chunk, shape)?;
-            trig_preds.extend(predict(&file.model, &inputs, norm, device, 256));
+            trig_preds.extend(predict_counting(&file.model, &inputs, norm, device, 256, &mut count));
             trig_labels.extend_from_slice(&inputs.labels);
         }
     }
@@ -252,7 +277,7 @@ pub fn evaluate_chunks<'a>(file: &ModelFile, chunks: impl Iterator<Item = Result
     let Some((triggered, target, include_target)) = attack else { return Ok((clean, None)) };
     if let Triggered::Given { inputs, .. } = triggered {
         crate::metrics::check_fits(file, inputs)?;
-        trig_preds = predict(&file.model, inputs, norm, device, 256);
+        trig_preds = predict_counting(&file.model, inputs, norm, device, 256, &mut count);
         trig_labels = inputs.labels.clone();
     }
     let asr = attack_success(&trig_preds, &trig_labels, target, classes, include_target, clean.accuracy);

@@ -70,7 +70,9 @@ pub(super) fn cmd_attack(a: AttackArgs) -> Result<()> {
         backdoor(&a.arch, &ds, &cfg, &device.clone().autodiff(), &mut bars)?
     };
     trained.file.save(&a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
-    let e = evaluate_attack(&trained.file, &ds.test, &trigger, target, a.asr_include_target, &device)?;
+    bars.phase("evaluating clean accuracy and attack success on the test split", ds.test.len());
+    let e = evaluate_attack(&trained.file, &ds.test, &trigger, target, a.asr_include_target, &device, &mut bars)?;
+    bars.clear();
     let seconds = start.elapsed().as_secs_f64();
     let record = trained.file.info.backdoor.as_ref().expect("attacks record their backdoor");
     if a.json {

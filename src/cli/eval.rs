@@ -29,20 +29,19 @@ pub(super) fn cmd_eval(a: EvalArgs) -> Result<()> {
     let start = Instant::now();
     let device = fineprune::cpu_device();
     let spec: DataSpec = a.data.parse()?;
+    let mut bars = Bars::new(a.json);
     let (file, report, asr) = if spec.kind == Kind::Folder {
-        eval_folder_streamed(&a, &spec, &device)?
+        eval_folder_streamed(&a, &spec, &device, &mut bars)?
     } else {
         let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve)?;
         let split = ds.split(&a.split)?;
-        let (report, asr) = match attack_to_measure(&a, &file)? {
-            Some((triggered, target)) => {
-                let e = evaluate_triggered(&file, split, &triggered, target, a.attack.asr_include_target, &device)?;
-                (e.clean.clone(), Some(e))
-            }
-            None => (evaluate(&file, split, &device)?, None),
-        };
+        let attack = attack_to_measure(&a, &file)?;
+        bars.phase(&format!("evaluating on the {} split", a.split), split.len());
+        let chunks = std::iter::once(Ok(std::borrow::Cow::Borrowed(split)));
+        let (report, asr) = evaluate_chunks(&file, chunks, split.len(), attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target)), &device, &mut bars)?;
         (file, report, asr)
     };
+    bars.clear();
     let seconds = start.elapsed().as_secs_f64();
     if a.json {
         let mut out = json!({
@@ -84,7 +83,7 @@ fn attack_to_measure(a: &EvalArgs, file: &ModelFile) -> Result<Option<(Triggered
 
 /// `eval` on an image folder: only the asked split's files are decoded, a chunk at a time, so
 /// memory does not grow with the number of images.
-fn eval_folder_streamed(a: &EvalArgs, spec: &DataSpec, device: &burn::tensor::Device) -> Result<(ModelFile, ClassReport, Option<AttackEval>)> {
+fn eval_folder_streamed(a: &EvalArgs, spec: &DataSpec, device: &burn::tensor::Device, bars: &mut Bars) -> Result<(ModelFile, ClassReport, Option<AttackEval>)> {
     const CHUNK: usize = 1024;
     let file = a.model.load().context("loading the model")?;
     let [c, h, w] = file.model.graph.input_shape;
@@ -93,10 +92,10 @@ fn eval_folder_streamed(a: &EvalArgs, spec: &DataSpec, device: &burn::tensor::De
     if classes.len() != file.info.classes.len() {
         bail!("the model expects {} classes; {spec} has {} class folders", file.info.classes.len(), classes.len());
     }
-    eprintln!("{spec}: {} {} images, decoded {CHUNK} at a time", files.len(), a.split);
     let attack = attack_to_measure(a, &file)?;
+    bars.phase(&format!("evaluating {spec}: {} {} images, decoded {CHUNK} at a time", files.len(), a.split), files.len());
     let chunks = fineprune::data::folder::chunks(&files, c, (h, w), CHUNK).map(|r| r.map(std::borrow::Cow::Owned));
-    let (report, asr) = evaluate_chunks(&file, chunks, attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target)), device)?;
+    let (report, asr) = evaluate_chunks(&file, chunks, files.len(), attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target)), device, bars)?;
     Ok((file, report, asr))
 }
 

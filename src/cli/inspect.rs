@@ -62,14 +62,18 @@ pub(super) fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let site = fineprune::prune::find_site(&file.model, layer_name(&file, a.layer.as_deref()).as_deref())?;
     eprintln!("layer {} ({} channels): {}", site.name, site.channels, site.reason);
     let split = ds.split(&a.split)?;
-    let clean = fineprune::prune::channel_means(&file.model, split, &ds.normalization, site.index, &device, 256)?;
+    let mut bars = Bars::new(a.json);
+    bars.phase(&format!("mean activations on {} clean {} samples", split.len(), a.split), split.len());
+    let clean = fineprune::prune::channel_means(&file.model, split, &ds.normalization, site.index, &device, 256, &mut bars)?;
     let triggered = match resolve_backdoor(&file, a.trigger.as_deref(), a.asr_data.as_deref(), None, a.layout)? {
         Some((triggered, _)) => {
             let t = triggered.inputs(split, ds.shape)?;
-            Some((triggered.describe(), fineprune::prune::channel_means(&file.model, &t, &ds.normalization, site.index, &device, 256)?))
+            bars.phase(&format!("mean activations on {} triggered samples", t.len()), t.len());
+            Some((triggered.describe(), fineprune::prune::channel_means(&file.model, &t, &ds.normalization, site.index, &device, 256, &mut bars)?))
         }
         None => None,
     };
+    bars.clear();
     let order = fineprune::prune::ranking(&clean);
     if let Some(path) = &a.plot {
         let chart = fineprune::report::activation_chart(&site.name, &order, &clean, triggered.as_ref().map(|t| t.1.as_slice()));

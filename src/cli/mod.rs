@@ -5,13 +5,13 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use fineprune::data::{DataSpec, Dataset, Kind, Layout, LoadOptions};
-use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, evaluate_chunks, evaluate_triggered, pruning_aware};
+use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, evaluate_chunks, pruning_aware};
 use fineprune::defense::{AnpConfig, Budget, DefenseConfig, FstConfig, KnownAttack, Method, StopRule, defend};
 use fineprune::metrics::{ClassReport, evaluate};
 use fineprune::trigger::poison::Target;
 use fineprune::trigger::{Triggered, Use, spec as trigger_spec};
 use fineprune::model::{ModelFile, arch};
-use fineprune::train::{OptimizerKind, Schedule, TrainConfig, train_new};
+use fineprune::train::{OptimizerKind, Progress, Schedule, TrainConfig, train_new};
 
 #[derive(Parser)]
 #[command(name = "fineprune", version, about = "Find and remove backdoors in neural networks (Fine-Pruning, RAID 2018)")]

@@ -59,7 +59,8 @@ impl Bars {
         bar.set_message(msg.unwrap_or_default());
     }
 
-    fn clear(&mut self) {
+    /// Removes the bar (before printing results).
+    pub(super) fn clear(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }

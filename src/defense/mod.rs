@@ -315,15 +315,16 @@ pub(crate) fn accuracy(model: &crate::model::Model, split: &Split, ds: &Dataset,
 }
 
 /// Test-split numbers of a model: clean accuracy, and attack success when the attack is known.
-fn snapshot(file: &ModelFile, ds: &Dataset, val_accuracy: f64, known: Option<&KnownAttack>, device: &Device) -> Result<(Snapshot, Option<AttackEval>)> {
+fn snapshot(file: &ModelFile, ds: &Dataset, val_accuracy: f64, known: Option<&KnownAttack>, device: &Device, progress: &mut dyn Progress) -> Result<(Snapshot, Option<AttackEval>)> {
     match known {
         Some(k) => {
-            let e = evaluate_triggered(file, &ds.test, &k.trigger, k.target, k.include_target, device)?;
+            let e = evaluate_triggered(file, &ds.test, &k.trigger, k.target, k.include_target, device, progress)?;
             let s = Snapshot { val_accuracy, clean_accuracy: e.clean.accuracy, attack_success_rate: Some(e.attack_success_rate.rate), attack_success_rate_ci95: Some(e.attack_success_rate.ci95) };
             Ok((s, Some(e)))
         }
         None => {
-            let clean_accuracy = crate::metrics::evaluate(file, &ds.test, device)?.accuracy;
+            let test = std::iter::once(Ok(std::borrow::Cow::Borrowed(&ds.test)));
+            let clean_accuracy = crate::attack::evaluate_chunks(file, test, ds.test.len(), None, device, progress)?.0.accuracy;
             Ok((Snapshot { val_accuracy, clean_accuracy, attack_success_rate: None, attack_success_rate_ci95: None }, None))
         }
     }
@@ -412,7 +413,7 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
         folded = any;
     }
     let model = model.valid();
-    progress.phase("evaluating the defended model (validation, then test clean and triggered)", 0);
+    progress.phase("evaluating the defended model on the validation split", 0);
     let val_after = accuracy(&model, &ds.val, ds, &eval_device);
     let within_budget = cfg.budget.allows(val_before, val_after);
     if !within_budget {
@@ -444,11 +445,13 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
     let (before, attack_convention) = match pruned.as_ref().and_then(|p| p.before.clone()) {
         Some(b) => b,
         None => {
-            let (snap, eval) = snapshot(file, ds, val_before, known, &eval_device)?;
+            progress.phase("evaluating the suspect model on the test split", 1);
+            let (snap, eval) = snapshot(file, ds, val_before, known, &eval_device, progress)?;
             (snap, eval.map(|e| e.attack_success_rate.convention))
         }
     };
-    let (after, _) = snapshot(&out_file, ds, val_after, known, &eval_device)?;
+    progress.phase("evaluating the defended model on the test split", 1);
+    let (after, _) = snapshot(&out_file, ds, val_after, known, &eval_device, progress)?;
     clock.lap("evaluation");
     let (layer, layer_reason, site_pruned, by_layer, curve, anp_report) = match pruned {
         Some(p) => (p.layer, p.layer_reason, p.site_pruned, p.by_layer, p.curve, p.anp),

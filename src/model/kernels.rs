@@ -6,7 +6,8 @@
 //! its backward through a transposed 3-D convolution and layout copies; the profile
 //! (../shared/PROFILE.md) showed half the time moving data. Here a group of samples is one
 //! im2col matrix and one wide matrix multiply (the `gemm` crate the backend itself uses), groups
-//! in parallel, for the forward pass and both gradients.
+//! in parallel, for the forward pass and both gradients; 3x3 stride-1 convolutions with enough
+//! channels go through [`super::winograd`] instead (forward and input gradient).
 
 use rayon::prelude::*;
 
@@ -169,7 +170,7 @@ thread_local! {
 }
 
 /// Runs `f` with two scratch buffers of at least `a` and `b` floats (contents unspecified).
-fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| {
         let mut bufs = cell.borrow_mut();
         let [x, y] = &mut *bufs;
@@ -184,7 +185,7 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
 
 /// `dst[m x n] (+)= lhs[m x k] * rhs[k x n]`, each operand given by its (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: &[f32], lhs_rs: isize, lhs_cs: isize, rhs: &[f32], rhs_rs: isize, rhs_cs: isize) {
+pub(super) fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: &[f32], lhs_rs: isize, lhs_cs: isize, rhs: &[f32], rhs_rs: isize, rhs_cs: isize) {
     assert!(dst.len() >= m * n);
     if m == 0 || n == 0 {
         return;
@@ -226,6 +227,9 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: 
 
 /// Forward convolution: `x` [N, C, H, W], `weight` [O, C, kh, kw]; returns [N, O, Ho, Wo].
 pub fn conv2d(g: &ConvGeom, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    if super::winograd::applies(g) {
+        return super::winograd::conv3x3(g, x, weight);
+    }
     let (p, k, o) = (g.positions(), g.patch(), g.out_channels);
     let mut out = vec![0.0f32; g.batch * o * p];
     let groups = groups(g);
@@ -274,6 +278,9 @@ fn group_grad<'a>(grad: &'a [f32], o: usize, p: usize, first: usize, count: usiz
 
 /// Gradient of the input: `grad` [N, O, Ho, Wo] -> [N, C, H, W].
 pub fn conv2d_input_grad(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32> {
+    if super::winograd::applies(g) {
+        return super::winograd::conv3x3_input_grad(g, weight, grad);
+    }
     let (p, k, o) = (g.positions(), g.patch(), g.out_channels);
     let mut dx = vec![0.0f32; g.batch * g.plane_in()];
     let groups = groups(g);

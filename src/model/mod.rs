@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod net;
 pub mod onnx;
 pub mod store;
+pub mod winograd;
 
 pub use file::{ModelFile, ModelInfo};
 pub use graph::{Graph, Node, Op, Shape};

@@ -18,6 +18,7 @@ use crate::metrics::argmax;
 use crate::model::graph::{Op, Shape};
 use crate::model::net::{Activation, LayerParams};
 use crate::model::Model;
+use crate::train::Progress;
 
 /// The node whose output channels are pruned.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -84,7 +85,7 @@ pub fn candidate_sites(g: &crate::model::Graph) -> Vec<(usize, usize)> {
 
 /// Mean activation of each channel of `site` over `split`: the spatial mean per sample, then
 /// the mean over samples, accumulated batch by batch (memory flat in the dataset size).
-pub fn channel_means(model: &Model, split: &Split, norm: &Normalization, site: usize, device: &Device, batch_size: usize) -> Result<Vec<f64>> {
+pub fn channel_means(model: &Model, split: &Split, norm: &Normalization, site: usize, device: &Device, batch_size: usize, progress: &mut dyn Progress) -> Result<Vec<f64>> {
     if split.is_empty() {
         return Err(Error::invalid("no clean samples to rank channels on"));
     }
@@ -95,6 +96,7 @@ pub fn channel_means(model: &Model, split: &Split, norm: &Normalization, site: u
     for chunk in order.chunks(batch_size.max(1)) {
         let (x, _) = batch(split, chunk, shape, norm, device);
         add_channel_sums(&mut sums, model.activations(x, &[site]).pop().expect("one").into_map())?;
+        progress.work(chunk[chunk.len() - 1] + 1, split.len());
     }
     Ok(sums.into_iter().map(|s| s / split.len() as f64).collect())
 }

@@ -492,6 +492,9 @@ fn linear(b: &mut Builder, name: String, x: usize, xs: Shape, out_f: usize, weig
     if weight.len() != in_f * out_f {
         return Err(format!("weight has {} values for {in_f} inputs x {out_f} outputs", weight.len()));
     }
+    if let Some(n) = bias.as_ref().map(Vec::len).filter(|&n| n != out_f) {
+        return Err(format!("bias has {n} values for {out_f} outputs"));
+    }
     let has_bias = bias.is_some();
     let i = b.add(name, Op::Linear { in_features: in_f, out_features: out_f, bias: has_bias }, vec![x], out).map_err(|e| e.to_string())?;
     b.tensors.push((i, "weight", TensorData::new(weight, [out_f, in_f])));
@@ -519,6 +522,9 @@ fn fold_bias(b: &mut Builder, x: usize, x_name: &str, readers: &HashMap<&str, us
         Op::Linear { bias, .. } | Op::Conv2d { bias, .. } => {
             if let Some(existing) = b.tensors.iter_mut().find(|(i, role, _)| *i == x && *role == "bias") {
                 let old = f32s(&existing.2).map_err(|e| e.to_string())?;
+                if old.len() != channels {
+                    return Err(format!("bias has {} values for {channels} channels", old.len()));
+                }
                 existing.2 = TensorData::new(old.iter().zip(&full).map(|(a, b)| a + b).collect::<Vec<f32>>(), [channels]);
             } else {
                 *bias = true;

@@ -1,0 +1,287 @@
+//! 3x3 convolutions (stride 1) by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016): each 2x2 block of outputs comes
+//! from a 4x4 input tile with 16 multiplies per (input, output) channel pair instead of 36, as
+//! 16 matrix multiplies [O, C] x [C, tiles] over transformed weights and tiles. The transforms
+//! are additions (and halvings of the weights), so the results differ from im2col's by
+//! rounding only; the tests compare both against burn's convolution.
+//!
+//! ResNet-style networks spend most of their time in such convolutions, forward and in the
+//! input gradient (a 3x3 stride-1 convolution of the output gradient with the flipped,
+//! transposed weights); the weight gradient stays on im2col.
+
+use rayon::prelude::*;
+
+use super::kernels::{ConvGeom, matmul, with_scratch};
+
+/// Whether a convolution goes through Winograd: 3x3, stride 1, no dilation, padding at most 2
+/// (so the input gradient is one too), and enough channels that the 16 multiplies of [O, C]
+/// by [C, tiles] are not too thin (a 3-channel image layer stays on im2col).
+pub fn applies(g: &ConvGeom) -> bool {
+    g.kernel == [3, 3] && g.stride == [1, 1] && g.dilation == [1, 1] && g.padding[0] <= 2 && g.padding[1] <= 2 && g.in_channels >= 16 && g.out_channels >= 16 && g.height + 2 * g.padding[0] >= 3 && g.width + 2 * g.padding[1] >= 3
+}
+
+/// U = G g G^T for every (o, c): `weight` [O, C, 3, 3] -> [16, O, C].
+fn transform_weights(o: usize, c: usize, weight: &[f32]) -> Vec<f32> {
+    let oc = o * c;
+    let mut u = vec![0.0f32; 16 * oc];
+    for (k, g) in weight.chunks_exact(9).enumerate() {
+        // G g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 of the 3x3 kernel's rows.
+        let mut t = [[0.0f32; 3]; 4];
+        for j in 0..3 {
+            let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
+            t[0][j] = g0;
+            t[1][j] = 0.5 * (g0 + g1 + g2);
+            t[2][j] = 0.5 * (g0 - g1 + g2);
+            t[3][j] = g2;
+        }
+        for (i, r) in t.iter().enumerate() {
+            let row = [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]), r[2]];
+            for (j, v) in row.into_iter().enumerate() {
+                u[(4 * i + j) * oc + k] = v;
+            }
+        }
+    }
+    u
+}
+
+/// Tiles of 2x2 outputs per sample, as (rows, columns).
+fn tiles(g: &ConvGeom) -> (usize, usize) {
+    let [ho, wo] = g.out_size();
+    (ho.div_ceil(2), wo.div_ceil(2))
+}
+
+/// V = B^T d B for every channel and tile of samples `first..first+count`, into `v` [16, C, T]
+/// (T = count * tiles per sample); input outside the image (padding) is zero.
+fn transform_inputs(g: &ConvGeom, x: &[f32], first: usize, count: usize, v: &mut [f32]) {
+    let (th, tw) = tiles(g);
+    let per_sample = th * tw;
+    let t_all = count * per_sample;
+    let ct = g.in_channels * t_all;
+    let (h, w) = (g.height as isize, g.width as isize);
+    let (py, px) = (g.padding[0] as isize, g.padding[1] as isize);
+    for s in 0..count {
+        let sample = &x[(first + s) * g.in_channels * g.height * g.width..][..g.in_channels * g.height * g.width];
+        for c in 0..g.in_channels {
+            let plane = &sample[c * g.height * g.width..][..g.height * g.width];
+            for ty in 0..th {
+                let y0 = 2 * ty as isize - py;
+                let interior_y = y0 >= 0 && y0 + 4 <= h;
+                for tx in 0..tw {
+                    let x0 = 2 * tx as isize - px;
+                    let mut d = [[0.0f32; 4]; 4];
+                    if interior_y && x0 >= 0 && x0 + 4 <= w {
+                        for (i, row) in d.iter_mut().enumerate() {
+                            let at = (y0 as usize + i) * g.width + x0 as usize;
+                            row.copy_from_slice(&plane[at..at + 4]);
+                        }
+                    } else {
+                        for (i, row) in d.iter_mut().enumerate() {
+                            let yy = y0 + i as isize;
+                            if yy < 0 || yy >= h {
+                                continue;
+                            }
+                            for (j, e) in row.iter_mut().enumerate() {
+                                let xx = x0 + j as isize;
+                                if xx >= 0 && xx < w {
+                                    *e = plane[yy as usize * g.width + xx as usize];
+                                }
+                            }
+                        }
+                    }
+                    // B^T d: rows d0-d2, d1+d2, d2-d1, d1-d3; then the same on columns.
+                    let mut r = [[0.0f32; 4]; 4];
+                    for j in 0..4 {
+                        r[0][j] = d[0][j] - d[2][j];
+                        r[1][j] = d[1][j] + d[2][j];
+                        r[2][j] = d[2][j] - d[1][j];
+                        r[3][j] = d[1][j] - d[3][j];
+                    }
+                    let t = s * per_sample + ty * tw + tx;
+                    let base = c * t_all + t;
+                    for (i, row) in r.iter().enumerate() {
+                        let vals = [row[0] - row[2], row[1] + row[2], row[2] - row[1], row[1] - row[3]];
+                        for (j, val) in vals.into_iter().enumerate() {
+                            v[(4 * i + j) * ct + base] = val;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Y = A^T m A for every output channel and tile: `m` [16, O, T] -> `out`, samples
+/// `first..first+count` as [count, O, Ho, Wo] (tiles past the edge are cut).
+fn transform_outputs(g: &ConvGeom, m: &[f32], count: usize, out: &mut [f32]) {
+    let (th, tw) = tiles(g);
+    let [ho, wo] = g.out_size();
+    let per_sample = th * tw;
+    let t_all = count * per_sample;
+    let o = g.out_channels;
+    let ot = o * t_all;
+    for s in 0..count {
+        for oc in 0..o {
+            let plane = &mut out[(s * o + oc) * ho * wo..][..ho * wo];
+            for ty in 0..th {
+                for tx in 0..tw {
+                    let idx = oc * t_all + s * per_sample + ty * tw + tx;
+                    let mut mm = [[0.0f32; 4]; 4];
+                    for (xi, e) in mm.iter_mut().flatten().enumerate() {
+                        *e = m[xi * ot + idx];
+                    }
+                    // A^T m: rows m0+m1+m2, m1-m2-m3; then the same on columns.
+                    let mut r = [[0.0f32; 4]; 2];
+                    for j in 0..4 {
+                        r[0][j] = mm[0][j] + mm[1][j] + mm[2][j];
+                        r[1][j] = mm[1][j] - mm[2][j] - mm[3][j];
+                    }
+                    for (i, row) in r.iter().enumerate() {
+                        let y = 2 * ty + i;
+                        if y >= ho {
+                            continue;
+                        }
+                        let vals = [row[0] + row[1] + row[2], row[1] - row[2] - row[3]];
+                        for (j, val) in vals.into_iter().enumerate() {
+                            let xx = 2 * tx + j;
+                            if xx < wo {
+                                plane[y * wo + xx] = val;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sample groups `(first, count)` of about 512 tiles each (as wide as im2col's groups), at
+/// least as many groups as threads.
+fn groups(g: &ConvGeom) -> Vec<(usize, usize)> {
+    const COLUMNS: usize = 512;
+    let (th, tw) = tiles(g);
+    let threads = rayon::current_num_threads().max(1);
+    let size = COLUMNS.div_ceil((th * tw).max(1)).min(g.batch.div_ceil(threads)).max(1);
+    (0..g.batch).step_by(size).map(|first| (first, size.min(g.batch - first))).collect()
+}
+
+/// Forward convolution for a geometry where [`applies`] holds: `x` [N, C, H, W], `weight`
+/// [O, C, 3, 3]; returns [N, O, Ho, Wo].
+pub fn conv3x3(g: &ConvGeom, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    debug_assert!(applies(g));
+    let (o, c) = (g.out_channels, g.in_channels);
+    let [ho, wo] = g.out_size();
+    let u = transform_weights(o, c, weight);
+    let mut out = vec![0.0f32; g.batch * o * ho * wo];
+    let groups = groups(g);
+    let mut chunks: Vec<&mut [f32]> = Vec::with_capacity(groups.len());
+    let mut rest = &mut out[..];
+    for &(_, count) in &groups {
+        let (head, tail) = rest.split_at_mut(count * o * ho * wo);
+        chunks.push(head);
+        rest = tail;
+    }
+    let (th, tw) = tiles(g);
+    groups.par_iter().zip(chunks).for_each(|(&(first, count), out)| {
+        let t = count * th * tw;
+        with_scratch(16 * c * t, 16 * o * t, |v, m| {
+            transform_inputs(g, x, first, count, v);
+            for xi in 0..16 {
+                // M_xi [O, T] = U_xi [O, C] * V_xi [C, T]
+                matmul(o, t, c, &mut m[xi * o * t..(xi + 1) * o * t], false, &u[xi * o * c..], c as isize, 1, &v[xi * c * t..], t as isize, 1);
+            }
+            transform_outputs(g, m, count, out);
+        });
+    });
+    out
+}
+
+/// The input gradient of a convolution where [`applies`] holds, as the Winograd convolution of
+/// `grad` [N, O, Ho, Wo] with the weights flipped and transposed ([C, O, 3, 3]) and padding
+/// 2 - p; returns [N, C, H, W].
+pub fn conv3x3_input_grad(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32> {
+    let (o, c) = (g.out_channels, g.in_channels);
+    let mut flipped = vec![0.0f32; c * o * 9];
+    for oc in 0..o {
+        for ic in 0..c {
+            for k in 0..9 {
+                flipped[(ic * o + oc) * 9 + 8 - k] = weight[(oc * c + ic) * 9 + k];
+            }
+        }
+    }
+    let [ho, wo] = g.out_size();
+    let back = ConvGeom { batch: g.batch, in_channels: o, height: ho, width: wo, out_channels: c, kernel: [3, 3], stride: [1, 1], padding: [2 - g.padding[0], 2 - g.padding[1]], dilation: [1, 1] };
+    debug_assert_eq!(back.out_size(), [g.height, g.width]);
+    conv3x3(&back, grad, &flipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
+        (0..n).map(|_| rng.normal() as f32).collect()
+    }
+
+    /// The textbook loops.
+    fn direct(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let [ho, wo] = g.out_size();
+        let mut out = vec![0.0f32; g.batch * g.out_channels * ho * wo];
+        for n in 0..g.batch {
+            for o in 0..g.out_channels {
+                for y in 0..ho {
+                    for xx in 0..wo {
+                        let mut acc = 0.0f64;
+                        for c in 0..g.in_channels {
+                            for i in 0..3 {
+                                for j in 0..3 {
+                                    let (iy, ix) = ((y + i) as isize - g.padding[0] as isize, (xx + j) as isize - g.padding[1] as isize);
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < g.height && (ix as usize) < g.width {
+                                        acc += (x[((n * g.in_channels + c) * g.height + iy as usize) * g.width + ix as usize] * w[((o * g.in_channels + c) * 3 + i) * 3 + j]) as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[((n * g.out_channels + o) * ho + y) * wo + xx] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * scale, "{what}: element {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn forward_matches_direct_convolution_on_odd_and_even_sizes_and_paddings() {
+        let mut rng = Rng::new(7);
+        for (n, c, o, h, w, p) in [(3, 16, 17, 8, 8, 1), (2, 17, 16, 7, 5, 1), (1, 16, 16, 5, 6, 0), (2, 16, 18, 3, 4, 2), (5, 20, 16, 1, 1, 1)] {
+            let g = ConvGeom { batch: n, in_channels: c, height: h, width: w, out_channels: o, kernel: [3, 3], stride: [1, 1], padding: [p, p], dilation: [1, 1] };
+            assert!(applies(&g));
+            let (x, wt) = (random(n * c * h * w, &mut rng), random(o * c * 9, &mut rng));
+            close(&conv3x3(&g, &x, &wt), &direct(&g, &x, &wt), &format!("{g:?}"));
+        }
+    }
+
+    #[test]
+    fn input_gradient_is_the_adjoint_of_the_forward_convolution() {
+        // <conv(x), dy> = <x, conv^T(dy)> for random x and dy.
+        let mut rng = Rng::new(8);
+        for p in [0, 1, 2] {
+            let g = ConvGeom { batch: 2, in_channels: 16, height: 6, width: 7, out_channels: 18, kernel: [3, 3], stride: [1, 1], padding: [p, p], dilation: [1, 1] };
+            let [ho, wo] = g.out_size();
+            let (x, wt) = (random(2 * 16 * 6 * 7, &mut rng), random(18 * 16 * 9, &mut rng));
+            let dy = random(2 * 18 * ho * wo, &mut rng);
+            let lhs: f64 = direct(&g, &x, &wt).iter().zip(&dy).map(|(a, b)| (a * b) as f64).sum();
+            let dx = conv3x3_input_grad(&g, &wt, &dy);
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
+            assert!((lhs - rhs).abs() <= 1e-3 * lhs.abs().max(1.0), "padding {p}: {lhs} vs {rhs}");
+        }
+    }
+}
