@@ -327,9 +327,9 @@ mod tests {
             ([1, 2, 12, 11], 3, [5, 4], [1, 2], [2, 0], [2, 1]),
             // Large enough that the kernels split the batch into groups (see `group_size`).
             ([10, 64, 40, 40], 4, [3, 3], [1, 1], [1, 1], [1, 1]),
-            // Winograd (3x3, stride 1, 64+ channels, 8x8+), odd sizes and both usual paddings.
-            ([3, 64, 9, 10], 65, [3, 3], [1, 1], [1, 1], [1, 1]),
-            ([2, 66, 8, 9], 64, [3, 3], [1, 1], [0, 0], [1, 1]),
+            // Winograd (see `winograd::applies`), odd sizes and both usual paddings.
+            ([2, 64, 16, 17], 65, [3, 3], [1, 1], [1, 1], [1, 1]),
+            ([2, 128, 10, 9], 128, [3, 3], [1, 1], [0, 0], [1, 1]),
         ];
         for (xs, o, k, stride, pad, dil) in cases {
             let x = random(xs, &mut rng, &device).require_grad();

@@ -14,13 +14,15 @@ use rayon::prelude::*;
 use super::kernels::{ConvGeom, matmul, with_scratch};
 
 /// Whether a convolution goes through Winograd: 3x3, stride 1, no dilation, padding at most 2
-/// (so the input gradient is one too), at least 64 channels in and out and an 8x8 image.
-/// Below that the transforms cost more than the multiplies saved: timed per layer on this
-/// machine (batch 64, one thread, fuzzers running beside it), Winograd took 0.84x im2col's time at 64 channels 32x32,
-/// 0.57x at 128 channels 16x16 and 0.72x at 256 channels 8x8, but 1.1x at 32 channels 32x32
-/// and at 512 channels 4x4.
+/// (so the input gradient is one too), at least 64 channels in and out on 16x16 images or
+/// larger, at least 128 on 8x8 to 15x15. Below that the transforms cost more than the
+/// multiplies saved. Timed per layer on this machine (batch 64, one thread, best of 7, fuzzers
+/// running beside it), Winograd against im2col: 0.79x at 64 channels 32x32, 0.88x at 64
+/// 16x16, 0.52x for 64 -> 128 at 16x16, 0.77x at 128 16x16, 0.81x at 128 8x8, 0.74x at 256
+/// 8x8; but 1.36x for 64 -> 128 at 8x8, 1.0x for 32 -> 64 at 32x32 and 1.1x at 512 4x4.
 pub fn applies(g: &ConvGeom) -> bool {
-    supported(g) && g.in_channels.min(g.out_channels) >= 64 && g.height * g.width >= 64
+    let (channels, pixels) = (g.in_channels.min(g.out_channels), g.height * g.width);
+    supported(g) && ((channels >= 64 && pixels >= 256) || (channels >= 128 && pixels >= 64))
 }
 
 /// The geometries the kernels compute correctly: 3x3, stride 1, no dilation, padding at most
@@ -276,7 +278,7 @@ mod tests {
         let mut rng = Rng::new(7);
         for (n, c, o, h, w, p) in [(3, 64, 65, 8, 8, 1), (2, 65, 64, 9, 8, 1), (1, 64, 64, 8, 9, 0), (2, 64, 66, 16, 4, 2), (3, 70, 64, 11, 13, 1)] {
             let g = ConvGeom { batch: n, in_channels: c, height: h, width: w, out_channels: o, kernel: [3, 3], stride: [1, 1], padding: [p, p], dilation: [1, 1] };
-            assert!(applies(&g));
+            assert!(supported(&g));
             let (x, wt) = (random(n * c * h * w, &mut rng), random(o * c * 9, &mut rng));
             close(&conv3x3(&g, &x, &wt), &direct(&g, &x, &wt), &format!("{g:?}"));
         }
