@@ -24,7 +24,7 @@ fn patch_attack_on_mnist_succeeds_and_is_recorded() {
     let dev = fineprune::cpu_device();
     let cfg = config("patch");
     let trained = backdoor("lenet", &ds, &cfg, &dev.clone().autodiff(), &mut Silent).unwrap();
-    let e = evaluate_attack(&trained.file, &ds.test, &cfg.trigger, cfg.target, false, &dev).unwrap();
+    let e = evaluate_attack(&trained.file, &ds.test, &cfg.trigger, cfg.target, false, &dev, &mut Silent).unwrap();
     assert!(e.attack_success_rate.rate >= 0.95, "ASR {}", e.attack_success_rate.rate);
     assert!(e.clean.accuracy >= 0.96, "clean accuracy {}", e.clean.accuracy);
     assert_eq!(e.attack_success_rate.samples, ds.test.labels.iter().filter(|&&l| l != 0).count());
@@ -37,7 +37,7 @@ fn patch_attack_on_mnist_succeeds_and_is_recorded() {
     trained.file.save(&path).unwrap();
     let back = fineprune::model::ModelFile::load(&path, &dev).unwrap();
     let b = back.info.backdoor.clone().unwrap();
-    let again = evaluate_attack(&back, &ds.test, &b.trigger, b.target, false, &dev).unwrap();
+    let again = evaluate_attack(&back, &ds.test, &b.trigger, b.target, false, &dev, &mut Silent).unwrap();
     assert_eq!(again.attack_success_rate, e.attack_success_rate);
 }
 
@@ -48,7 +48,7 @@ fn pruning_aware_attack_keeps_backdoor_and_dormant_decoys() {
     let cfg = config("patch");
     let pa = PruningAwareConfig::default();
     let trained = pruning_aware("lenet", &ds, &cfg, &pa, &dev.clone().autodiff(), &mut Silent).unwrap();
-    let e = evaluate_attack(&trained.file, &ds.test, &cfg.trigger, cfg.target, false, &dev).unwrap();
+    let e = evaluate_attack(&trained.file, &ds.test, &cfg.trigger, cfg.target, false, &dev, &mut Silent).unwrap();
     assert!(e.attack_success_rate.rate >= 0.90, "ASR {}", e.attack_success_rate.rate);
     let record = trained.file.info.backdoor.as_ref().unwrap().pruning_aware.clone().unwrap();
     assert!(!record.decoys.is_empty());
@@ -58,7 +58,7 @@ fn pruning_aware_attack_keeps_backdoor_and_dormant_decoys() {
     let site = prune::find_site(model, None).unwrap();
     assert_eq!(site.name, record.layer);
     assert!(prune::mask_of(model, site.index).is_none(), "the attacker removed its mask");
-    let means = prune::channel_means(model, &ds.val, &ds.normalization, site.index, &dev, 256).unwrap();
+    let means = prune::channel_means(model, &ds.val, &ds.normalization, site.index, &dev, 256, &mut Silent).unwrap();
     for &c in &record.decoys {
         assert_eq!(means[c], 0.0, "decoy {c} fires on clean data");
     }

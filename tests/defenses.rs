@@ -194,7 +194,7 @@ fn fast_sweep_equals_naive_re_evaluation() {
     let deepid = Model::init(arch::build("deepid", faces.shape, 40).unwrap(), 3, &cpu()).unwrap();
     for (model, split, norm) in [(&lenet, &ds.val, &ds.normalization), (&deepid, &faces.test, &faces.normalization)] {
         let site = prune::find_site(model, None).unwrap();
-        let means = prune::channel_means(model, split, norm, site.index, &cpu(), 128).unwrap();
+        let means = prune::channel_means(model, split, norm, site.index, &cpu(), 128, &mut Silent).unwrap();
         let order = prune::ranking(&means);
         let cache = PrefixCache::build(model, split, norm, site.index, &cpu(), 128);
         let fast = sweep_predictions(model, &cache, site.index, site.channels, &order, site.channels);

@@ -185,7 +185,7 @@ pub(super) fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mu
 
 /// `dst[m x n] (+)= lhs[m x k] * rhs[k x n]`, each operand given by its (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: &[f32], lhs_rs: isize, lhs_cs: isize, rhs: &[f32], rhs_rs: isize, rhs_cs: isize) {
+pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: &[f32], lhs_rs: isize, lhs_cs: isize, rhs: &[f32], rhs_rs: isize, rhs_cs: isize) {
     assert!(dst.len() >= m * n);
     if m == 0 || n == 0 {
         return;

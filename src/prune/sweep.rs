@@ -79,24 +79,33 @@ fn incremental(model: &Model, cache: &PrefixCache, site: usize, pools: Vec<usize
         let (pooled, pre): (Vec<_>, Vec<_>) = state.into_iter().unzip();
         state = vec![(Tensor::cat(pooled, 0), Tensor::cat(pre, 0))];
     }
-    let hw = fan_in / state.first().map(|s| s.0.dims()[1]).unwrap_or(1).max(1);
-    let logits_from = |pre: Tensor<2>| -> Vec<usize> {
+    let Some((pooled, pre)) = state.pop() else { return vec![vec![]; max_k + 1] };
+    let device = pre.device();
+    let [n, channels, hw] = pooled.dims();
+    debug_assert_eq!(channels * hw, fan_in);
+    // Each level's update is one small matrix product on plain vectors: as burn ops it was
+    // mostly per-operation overhead (slices, a transpose, a matmul and a subtraction per
+    // level). Only the layers after the linear one run as tensors.
+    let to_vec = |t: burn::tensor::TensorData| t.convert::<f32>().try_into_vec::<f32>().expect("f32 tensor");
+    let (pooled, mut pre, weight) = (to_vec(pooled.into_data()), to_vec(pre.into_data()), to_vec(weight.into_data()));
+    let logits_from = |pre: &[f32]| -> Vec<usize> {
+        let pre = Tensor::<2>::from_data(burn::tensor::TensorData::new(pre.to_vec(), [n, out]), &device);
         let l = model.run_cached(lin + 1, vec![(lin, Activation::Flat(pre))], &[model.graph.output]).pop().expect("one").into_flat();
         argmax(l)
     };
     let mut levels = Vec::with_capacity(max_k + 1);
-    levels.push(state.iter().flat_map(|(_, pre)| logits_from(pre.clone())).collect());
+    levels.push(logits_from(&pre));
+    let mut neg_w_c = vec![0.0f32; hw * out];
     for &c in &order[..max_k] {
-        // Channel c feeds linear inputs c*hw .. (c+1)*hw (flatten is channel-major).
-        let w_c = weight.clone().slice([0..out, c * hw..(c + 1) * hw]).transpose();
-        let mut preds = Vec::new();
-        for (pooled, pre) in state.iter_mut() {
-            let [n, _, _] = pooled.dims();
-            let p_c = pooled.clone().slice([0..n, c..c + 1, 0..hw]).reshape([n, hw]);
-            *pre = pre.clone() - p_c.matmul(w_c.clone());
-            preds.extend(logits_from(pre.clone()));
+        // Channel c feeds linear inputs c*hw .. (c+1)*hw (flatten is channel-major): -W_c^T.
+        for (j, row) in neg_w_c.chunks_exact_mut(out).enumerate() {
+            for (o, v) in row.iter_mut().enumerate() {
+                *v = -weight[o * fan_in + c * hw + j];
+            }
         }
-        levels.push(preds);
+        // pre [n, out] += P_c [n, hw] * -W_c^T [hw, out], P_c read in place from pooled.
+        crate::model::kernels::matmul(n, out, hw, &mut pre, true, &pooled[c * hw..], (channels * hw) as isize, 1, &neg_w_c, out as isize, 1);
+        levels.push(logits_from(&pre));
     }
     levels
 }
