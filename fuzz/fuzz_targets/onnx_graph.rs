@@ -6,6 +6,7 @@
 //! import and one forward pass, which the raw-bytes `onnx` target rarely reaches.
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use fineprune::model::onnx::export::{self, float, int, ints};
 use onnx_ir::{AttributeProto, AttributeType, GraphProto, Message, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 
 /// What the generator knows about a value: its name and (believed) shape.
@@ -22,30 +23,6 @@ struct Gen<'a, 'b> {
     fresh: usize,
 }
 
-fn ints(name: &str, v: Vec<i64>) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INTS.into();
-    a.ints = v;
-    a
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INT.into();
-    a.i = v;
-    a
-}
-
-fn float(name: &str, v: f32) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::FLOAT.into();
-    a.f = v;
-    a
-}
-
 fn string(name: &str, v: &str) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
@@ -54,22 +31,10 @@ fn string(name: &str, v: &str) -> AttributeProto {
     a
 }
 
+/// A value info of `dims`, the first one symbolic if asked.
 fn value_info(name: &str, dims: &[i64], symbolic_batch: bool) -> ValueInfoProto {
-    let mut v = ValueInfoProto::new();
-    v.name = name.into();
-    let tt = v.type_.mut_or_insert_default().mut_tensor_type();
-    tt.elem_type = 1;
-    let shape = tt.shape.mut_or_insert_default();
-    for (i, &d) in dims.iter().enumerate() {
-        shape.dim.push(Default::default());
-        let dim = shape.dim.last_mut().expect("just pushed");
-        if i == 0 && symbolic_batch {
-            dim.set_dim_param("batch".into());
-        } else {
-            dim.set_dim_value(d);
-        }
-    }
-    v
+    let dims: Vec<Option<i64>> = dims.iter().enumerate().map(|(i, &d)| (i > 0 || !symbolic_batch).then_some(d)).collect();
+    export::value_info(name, &dims)
 }
 
 const OTHER_OPS: &[&str] = &[
@@ -179,7 +144,10 @@ impl<'a, 'b> Gen<'a, 'b> {
             let name = *self.u.choose(ATTR_NAMES)?;
             attrs.push(match self.u.int_in_range(0..=3u8)? {
                 0 => int(name, self.size(0, 4)?),
-                1 => ints(name, (0..self.u.int_in_range(0..=5usize)?).map(|_| self.size(-1, 4)).collect::<Result<_>>()?),
+                1 => {
+                    let v: Vec<i64> = (0..self.u.int_in_range(0..=5usize)?).map(|_| self.size(-1, 4)).collect::<Result<_>>()?;
+                    ints(name, &v)
+                }
                 2 => float(name, self.u.arbitrary()?),
                 _ => string(name, *self.u.choose(&["SAME_UPPER", "SAME_LOWER", "VALID", "NOTSET", "x"])?),
             });
@@ -215,7 +183,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 if self.u.arbitrary()? {
                     inputs.push(self.initializer("conv.bias", vec![out])?);
                 }
-                let attrs = vec![ints("kernel_shape", vec![k, k]), ints("strides", vec![stride, stride]), ints("pads", vec![pad, pad, pad, pad]), ints("dilations", vec![dil, dil]), int("group", groups)];
+                let attrs = vec![ints("kernel_shape", &[k, k]), ints("strides", &[stride, stride]), ints("pads", &[pad, pad, pad, pad]), ints("dilations", &[dil, dil]), int("group", groups)];
                 let span = dil.saturating_mul(k.saturating_sub(1)) + 1;
                 let o = |s: i64| if stride > 0 { (s + 2 * pad - span) / stride + 1 } else { s };
                 self.emit("Conv", inputs, attrs, vec![1, out, o(h), o(w)])
@@ -241,7 +209,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let k = self.size(1, 3)?;
                 let stride = self.size(1, 2)?;
                 let pad = self.size(0, 1)?;
-                let mut attrs = vec![ints("kernel_shape", vec![k, k]), ints("strides", vec![stride, stride]), ints("pads", vec![pad, pad, pad, pad])];
+                let mut attrs = vec![ints("kernel_shape", &[k, k]), ints("strides", &[stride, stride]), ints("pads", &[pad, pad, pad, pad])];
                 if self.u.arbitrary()? {
                     attrs.push(int("ceil_mode", 1));
                 }
@@ -301,7 +269,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     _ => (0..self.u.int_in_range(0..=5usize)?).map(|_| self.size(0, 3)).collect::<Result<_>>()?,
                 };
                 let dims = perm.iter().map(|&p| x.dims.get(p as usize).copied().unwrap_or(1)).collect();
-                self.emit("Transpose", vec![x.name], vec![ints("perm", perm)], dims)
+                self.emit("Transpose", vec![x.name], vec![ints("perm", &perm)], dims)
             }
             18 => {
                 // The Shape -> Gather -> Unsqueeze -> Concat -> Reshape chain of a
@@ -352,7 +320,7 @@ fn build(u: &mut Unstructured) -> Result<Vec<u8>> {
     g.graph.input.push(value_info("input", &input_dims, g.u.arbitrary()?));
     g.values.push(Value { name: "input".into(), dims: vec![1, c, h, w] });
     if nhwc {
-        g.emit("Transpose", vec!["input".into()], vec![ints("perm", vec![0, 3, 1, 2])], vec![1, c, h, w])?;
+        g.emit("Transpose", vec!["input".into()], vec![ints("perm", &[0i64, 3, 1, 2])], vec![1, c, h, w])?;
     }
     for _ in 0..g.u.int_in_range(1..=10u8)? {
         g.step()?;

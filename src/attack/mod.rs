@@ -131,15 +131,9 @@ pub fn pruning_aware_from(clean: ModelFile, ds: &Dataset, cfg: &AttackConfig, pa
     let model = clean.model;
     // (b)
     let site = prune::find_site(&model, pa.layer.as_deref())?;
-    if ds.val.is_empty() {
-        return Err(Error::invalid("no clean validation samples to rank channels on"));
-    }
     // One pass over the validation split: the ranking comes from the cached prefix.
     let cache = PrefixCache::build(&model, &ds.val, &ds.normalization, site.index, &eval_device, 256);
-    let means = match cache.channel_means(site.index) {
-        Some(m) => m,
-        None => prune::channel_means(&model, &ds.val, &ds.normalization, site.index, &eval_device, 256, progress)?,
-    };
+    let means = cache.channel_means()?;
     let order = prune::ranking(&means);
     let accuracy = |k: usize| {
         let m = prune::with_mask(&model, site.index, &prune::keep_mask(site.channels, &order, k));

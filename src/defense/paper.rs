@@ -31,10 +31,7 @@ pub(super) fn prune_site(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, kn
     }
     progress.phase(&format!("ranking {} channels of {} on {} validation samples: caching the layers before it", site.channels, site.name, ds.val.len()), 1);
     let val_cache = PrefixCache::build_range(model, &ds.val, 0..ds.val.len(), &ds.normalization, site.index, device, 256, &mut |d, n| progress.work(d, n));
-    let means = match val_cache.channel_means(site.index) {
-        Some(m) => m,
-        None => prune::channel_means(model, &ds.val, &ds.normalization, site.index, device, 256, progress)?,
-    };
+    let means = val_cache.channel_means()?;
     let order = prune::ranking(&means);
     let levels = cfg.stop.levels(site.channels);
     progress.phase(&format!("pruning sweep on validation data: {} levels", levels + 1), 0);

@@ -175,7 +175,11 @@ impl PrefixCache {
     #[allow(clippy::too_many_arguments)]
     pub fn build_range(model: &Model, split: &Split, range: std::ops::Range<usize>, norm: &Normalization, site: usize, device: &Device, batch_size: usize, progress: &mut dyn FnMut(usize, usize)) -> PrefixCache {
         let model = model.valid();
-        let frontier = model.graph.frontier(site);
+        // The site's own value is always kept: the ranking is read from it.
+        let mut frontier = model.graph.frontier(site);
+        if !frontier.contains(&site) {
+            frontier.push(site);
+        }
         let shape = model.graph.input_shape;
         let order: Vec<usize> = range.clone().collect();
         let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
@@ -188,17 +192,19 @@ impl PrefixCache {
         PrefixCache { start: site + 1, frontier, batches, labels: split.labels[range].to_vec() }
     }
 
-    /// Mean activation of each channel of `site` (as [`channel_means`]) from the cached values:
-    /// the ranking comes from the pass that filled the cache. `None` if the site's value is not
-    /// part of the frontier (nothing after the site reads it).
-    pub fn channel_means(&self, site: usize) -> Option<Vec<f64>> {
-        let at = self.frontier.iter().position(|&f| f == site)?;
+    /// Mean activation of each channel of the site (as [`channel_means`]) from the cached
+    /// values: the ranking comes from the pass that filled the cache.
+    pub fn channel_means(&self) -> Result<Vec<f64>> {
+        if self.labels.is_empty() {
+            return Err(Error::invalid("no clean samples to rank channels on"));
+        }
+        let site = self.start - 1;
+        let at = self.frontier.iter().position(|&f| f == site).expect("the site's value is cached");
         let mut sums: Vec<f64> = Vec::new();
         for vals in &self.batches {
-            add_channel_sums(&mut sums, vals[at].clone().into_map()).ok()?;
+            add_channel_sums(&mut sums, vals[at].clone().into_map())?;
         }
-        let n = self.labels.len().max(1) as f64;
-        Some(sums.into_iter().map(|s| s / n).collect())
+        Ok(sums.into_iter().map(|s| s / self.labels.len() as f64).collect())
     }
 
     /// Predictions of `model` (which must agree with the cached model up to the cut; it may

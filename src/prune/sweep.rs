@@ -59,35 +59,30 @@ pub fn sweep_predictions(model: &Model, cache: &PrefixCache, site: usize, channe
 fn incremental(model: &Model, cache: &PrefixCache, site: usize, pools: Vec<usize>, lin: usize, order: &[usize], max_k: usize) -> LevelPredictions {
     let weight = model.layers[lin].linear.as_ref().expect("linear params").weight.val();
     let [out, fan_in] = weight.dims();
+    let device = weight.device();
     let wanted: Vec<usize> = pools.last().map(|&p| vec![p, lin]).unwrap_or(vec![site, lin]);
-    // Per batch: pooled site activations [n, c, hw] and the linear layer's pre-activations.
-    let mut state: Vec<(Tensor<3>, Tensor<2>)> = cache
-        .batches
-        .iter()
-        .map(|vals| {
-            let known = cache.frontier.iter().copied().zip(vals.iter().cloned()).collect();
-            let mut v = model.run_cached(cache.start, known, &wanted);
-            let pre = v.pop().expect("two").into_flat();
-            let pooled = v.pop().expect("two").into_map();
-            let [n, c, h, w] = pooled.dims();
-            (pooled.reshape([n, c, h * w]), pre)
-        })
-        .collect();
-    // One state for the whole split: each level is then one short chain of operations instead
-    // of one per cached batch (the per-operation overhead dominated the sweep).
-    if state.len() > 1 {
-        let (pooled, pre): (Vec<_>, Vec<_>) = state.into_iter().unzip();
-        state = vec![(Tensor::cat(pooled, 0), Tensor::cat(pre, 0))];
-    }
-    let Some((pooled, pre)) = state.pop() else { return vec![vec![]; max_k + 1] };
-    let device = pre.device();
-    let [n, channels, hw] = pooled.dims();
-    debug_assert_eq!(channels * hw, fan_in);
-    // Each level's update is one small matrix product on plain vectors: as burn ops it was
-    // mostly per-operation overhead (slices, a transpose, a matmul and a subtraction per
-    // level). Only the layers after the linear one run as tensors.
+    // For the whole split, as plain vectors: pooled site activations [n, c, hw] and the linear
+    // layer's pre-activations [n, out]. Each level's update is then one small matrix product:
+    // as burn ops it was mostly per-operation overhead (slices, a transpose, a matmul and a
+    // subtraction per level). Only the layers after the linear one run as tensors.
     let to_vec = |t: burn::tensor::TensorData| t.convert::<f32>().try_into_vec::<f32>().expect("f32 tensor");
-    let (pooled, mut pre, weight) = (to_vec(pooled.into_data()), to_vec(pre.into_data()), to_vec(weight.into_data()));
+    let (mut pooled, mut pre) = (Vec::new(), Vec::new());
+    let (mut n, mut channels) = (0, 0);
+    for vals in &cache.batches {
+        let known = cache.frontier.iter().copied().zip(vals.iter().cloned()).collect();
+        let mut v = model.run_cached(cache.start, known, &wanted);
+        pre.extend(to_vec(v.pop().expect("two").into_flat().into_data()));
+        let p = v.pop().expect("two").into_map();
+        [_, channels, _, _] = p.dims();
+        n += p.dims()[0];
+        pooled.extend(to_vec(p.into_data()));
+    }
+    if n == 0 {
+        return vec![vec![]; max_k + 1];
+    }
+    let hw = fan_in / channels.max(1);
+    // -W, so that a level adds P_c (-W_c)^T into the pre-activations in one multiply.
+    let neg_weight: Vec<f32> = to_vec(weight.into_data()).into_iter().map(|w| -w).collect();
     let logits_from = |pre: &[f32]| -> Vec<usize> {
         let pre = Tensor::<2>::from_data(burn::tensor::TensorData::new(pre.to_vec(), [n, out]), &device);
         let l = model.run_cached(lin + 1, vec![(lin, Activation::Flat(pre))], &[model.graph.output]).pop().expect("one").into_flat();
@@ -95,16 +90,10 @@ fn incremental(model: &Model, cache: &PrefixCache, site: usize, pools: Vec<usize
     };
     let mut levels = Vec::with_capacity(max_k + 1);
     levels.push(logits_from(&pre));
-    let mut neg_w_c = vec![0.0f32; hw * out];
     for &c in &order[..max_k] {
-        // Channel c feeds linear inputs c*hw .. (c+1)*hw (flatten is channel-major): -W_c^T.
-        for (j, row) in neg_w_c.chunks_exact_mut(out).enumerate() {
-            for (o, v) in row.iter_mut().enumerate() {
-                *v = -weight[o * fan_in + c * hw + j];
-            }
-        }
-        // pre [n, out] += P_c [n, hw] * -W_c^T [hw, out], P_c read in place from pooled.
-        crate::model::kernels::matmul(n, out, hw, &mut pre, true, &pooled[c * hw..], (channels * hw) as isize, 1, &neg_w_c, out as isize, 1);
+        // Channel c feeds linear inputs c*hw .. (c+1)*hw (flatten is channel-major):
+        // pre [n, out] += P_c [n, hw] * (-W_c)^T [hw, out], both read in place by strides.
+        crate::model::kernels::matmul(n, out, hw, &mut pre, true, &pooled[c * hw..], (channels * hw) as isize, 1, &neg_weight[c * hw..], 1, fan_in as isize);
         levels.push(logits_from(&pre));
     }
     levels

@@ -17,15 +17,24 @@ use crate::model::ModelFile;
 pub const OPSET: i64 = 13;
 const OPSET_AVGPOOL_CEIL: i64 = 19;
 
-fn ints(name: &str, v: &[usize]) -> AttributeProto {
+// Protobuf builders, public for the structure-aware fuzz target (fuzz/fuzz_targets/onnx_graph.rs),
+// which writes arbitrary (also negative or huge) values through them.
+
+fn to_i64<T: Copy + TryInto<i64>>(v: T) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
+/// An INTS attribute.
+pub fn ints<T: Copy + TryInto<i64>>(name: &str, v: &[T]) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INTS.into();
-    a.ints = v.iter().map(|&x| x as i64).collect();
+    a.ints = v.iter().map(|&x| to_i64(x)).collect();
     a
 }
 
-fn int(name: &str, v: i64) -> AttributeProto {
+/// An INT attribute.
+pub fn int(name: &str, v: i64) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INT.into();
@@ -33,7 +42,8 @@ fn int(name: &str, v: i64) -> AttributeProto {
     a
 }
 
-fn float(name: &str, v: f32) -> AttributeProto {
+/// A FLOAT attribute.
+pub fn float(name: &str, v: f32) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::FLOAT.into();
@@ -50,7 +60,8 @@ fn tensor(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
     t
 }
 
-fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
+/// A float tensor's name and shape; `None` dimensions are the symbolic batch.
+pub fn value_info<T: Copy + TryInto<i64>>(name: &str, dims: &[Option<T>]) -> ValueInfoProto {
     let mut v = ValueInfoProto::new();
     v.name = name.into();
     let tt = v.type_.mut_or_insert_default().mut_tensor_type();
@@ -60,7 +71,7 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
         shape.dim.push(Default::default());
         let dim = shape.dim.last_mut().expect("just pushed");
         match d {
-            Some(n) => dim.set_dim_value(*n as i64),
+            Some(n) => dim.set_dim_value(to_i64(*n)),
             None => dim.set_dim_param("batch".into()),
         }
     }

@@ -181,7 +181,7 @@ fn same_padding(auto: &onnx_ir::node::padding::AutoPad, input: [usize; 2], k: [u
             for a in 0..2 {
                 let o = input[a].div_ceil(s[a]);
                 // Sizes are bounded by the guard; checked anyway, as everything from the file.
-                let span = (o.saturating_sub(1)).checked_mul(s[a]).zip((k[a] - 1).checked_mul(d[a])).and_then(|(x, y)| x.checked_add(y)?.checked_add(1));
+                let span = o.saturating_sub(1).checked_mul(s[a]).zip((k[a] - 1).checked_mul(d[a])).and_then(|(x, y)| x.checked_add(y)?.checked_add(1));
                 let total = span.ok_or_else(|| format!("auto_pad {auto}: kernel {k:?} too large"))?.saturating_sub(input[a]);
                 if total % 2 == 1 {
                     return Err(format!("auto_pad {auto} needs asymmetric padding here"));
