@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::Result;
@@ -46,7 +46,7 @@ pub fn measure_model(name: &str, model: Model, batch_size: usize, steps: usize, 
     let train_device = device.clone().autodiff();
     let mut model = model.train();
     let mut rng = Rng::new(1);
-    let mut optim = AdamConfig::new().init();
+    let mut optim = crate::train::adam::FusedAdam::init(0.0);
     let (x, y) = random_batch(input, batch_size, classes, &mut rng, &train_device);
     let mut step = |model: Model, rng: &mut Rng| {
         let loss = cross_entropy(model.forward_train(x.clone(), rng), y.clone());

@@ -52,10 +52,14 @@ fn quick(task: &str, baselines: &[(&str, f64)], min_clean: f64) -> (tempfile::Te
 /// A quick traffic run (LeNet, one epoch on the 34799 training signs) measured 0.88-0.93 clean
 /// accuracy.
 const TRAFFIC_MIN_CLEAN: f64 = 0.8;
+/// The untargeted sticker's success after one epoch moves with the seed and with float
+/// rounding in the kernels: 0.88, 0.93 and 0.84 for seeds 0, 1, 2 (2026-11-27), 0.91 for seed 0
+/// before the bias gradient's summation order changed. The targeted one stays at 0.999-1.0.
+const TRAFFIC_MIN_UNTARGETED_ASR: f64 = 0.8;
 
 #[test]
 fn traffic_quick_reproduction() {
-    quick("traffic", &[("yellow sticker, targeted", 0.9), ("yellow sticker, untargeted", 0.9)], TRAFFIC_MIN_CLEAN);
+    quick("traffic", &[("yellow sticker, targeted", 0.9), ("yellow sticker, untargeted", TRAFFIC_MIN_UNTARGETED_ASR)], TRAFFIC_MIN_CLEAN);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 
-use super::kernels::{self, ConvGeom, PoolGeom};
+use super::kernels::{self, AdamStep, ConvGeom, PoolGeom};
 
 /// Convolution settings the kernels take: stride, padding, dilation (groups = 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,8 +37,22 @@ pub struct PoolSpec {
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FastCpu: Backend {
-    /// Without bias: the bias is a broadcast add after it (its gradient is a plain sum).
     fn fast_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
+    /// With the bias added while each piece of output is in cache.
+    fn fast_conv2d_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
+    /// A convolution's bias gradient: `grad` [N, O, H, W] summed to [O].
+    fn fast_bias_grad(grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// ReLU (any rank), in place when the input is not shared.
+    fn fast_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// ReLU's gradient from its output.
+    fn fast_relu_grad(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `a + b`, same shapes (any rank), in place on `a` when it is not shared.
+    fn fast_add(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x * scale[c] + shift[c]` on a map [N, C, H, W]: BatchNorm with running statistics.
+    /// Inference only (untracked).
+    fn fast_channel_affine(x: FloatTensor<Self>, scale: FloatTensor<Self>, shift: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// One Adam step on a parameter (any rank): (parameter, first moment, second moment).
+    fn fast_adam(param: FloatTensor<Self>, grad: FloatTensor<Self>, m: FloatTensor<Self>, v: FloatTensor<Self>, step: AdamStep) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     fn fast_conv2d_x_grad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
     fn fast_conv2d_weight_grad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
     fn fast_max_pool2d(x: FloatTensor<Self>, spec: PoolSpec) -> FloatTensor<Self>;
@@ -78,6 +92,14 @@ fn pool_geom(x: [usize; 4], spec: PoolSpec) -> PoolGeom {
     PoolGeom { planes: x[0] * x[1], height: x[2], width: x[3], kernel: spec.kernel, stride: spec.stride }
 }
 
+/// `t` contiguous and covering its whole buffer, without keeping a second reference to the
+/// buffer (so an unshared tensor stays unshared and can be written in place).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    let c = t.to_contiguous();
+    drop(t);
+    c
+}
+
 fn flex1(values: Vec<f32>) -> FlexTensor {
     let n = values.len();
     FlexTensor::from_data(TensorData::new(values, [n]))
@@ -102,9 +124,61 @@ impl FastCpu for Flex {
     fn fast_conv2d(x: FlexTensor, weight: FlexTensor, spec: ConvSpec) -> FlexTensor {
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let g = geom(dims4(&x), dims4(&weight), spec);
-        let out = kernels::conv2d(&g, x.storage(), weight.storage());
+        let out = kernels::conv2d(&g, x.storage(), weight.storage(), &[]);
         let [ho, wo] = g.out_size();
         flex(out, [g.batch, g.out_channels, ho, wo])
+    }
+
+    fn fast_conv2d_bias(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, spec: ConvSpec) -> FlexTensor {
+        let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+        let g = geom(dims4(&x), dims4(&weight), spec);
+        let out = kernels::conv2d(&g, x.storage(), weight.storage(), bias.storage());
+        let [ho, wo] = g.out_size();
+        flex(out, [g.batch, g.out_channels, ho, wo])
+    }
+
+    fn fast_bias_grad(grad: FlexTensor) -> FlexTensor {
+        let grad = grad.to_contiguous();
+        let d = dims4(&grad);
+        flex1(kernels::bias_grad(d[0], d[1], d[2] * d[3], grad.storage()))
+    }
+
+    fn fast_relu(x: FlexTensor) -> FlexTensor {
+        let mut x = contiguous(x);
+        if let Some(values) = x.try_storage_mut::<f32>() {
+            kernels::relu_in_place(values);
+            return x;
+        }
+        let shape = x.layout().shape().clone();
+        FlexTensor::from_data(TensorData::new(kernels::relu(x.storage()), shape))
+    }
+
+    fn fast_adam(param: FlexTensor, grad: FlexTensor, m: FlexTensor, v: FlexTensor, step: AdamStep) -> (FlexTensor, FlexTensor, FlexTensor) {
+        // In place: the optimiser hands over the only reference to each (else they are copied).
+        let (mut param, grad, mut m, mut v) = (contiguous(param), grad.to_contiguous(), contiguous(m), contiguous(v));
+        kernels::adam_step(param.storage_mut::<f32>(), grad.storage(), m.storage_mut::<f32>(), v.storage_mut::<f32>(), &step);
+        (param, m, v)
+    }
+
+    fn fast_add(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        let (mut a, b) = (contiguous(a), b.to_contiguous());
+        // `storage_mut` copies `a` first if it is shared.
+        kernels::add_in_place(a.storage_mut::<f32>(), b.storage());
+        a
+    }
+
+    fn fast_channel_affine(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> FlexTensor {
+        let (mut x, scale, shift) = (contiguous(x), scale.to_contiguous(), shift.to_contiguous());
+        let d = dims4(&x);
+        kernels::channel_affine_in_place(d[1], d[2] * d[3], x.storage_mut::<f32>(), scale.storage(), shift.storage());
+        x
+    }
+
+    fn fast_relu_grad(output: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (output, mut grad) = (output.to_contiguous(), contiguous(grad));
+        // `storage_mut` copies the gradient first if it is shared.
+        kernels::relu_grad_in_place(output.storage(), grad.storage_mut::<f32>());
+        grad
     }
 
     fn fast_conv2d_x_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, spec: ConvSpec) -> FlexTensor {
@@ -135,15 +209,19 @@ impl FastCpu for Flex {
     }
 }
 
+/// A convolution's backward pass; with N = 3 the third parent is the bias.
 #[derive(Debug)]
 struct Conv2dBackward;
 
-impl<B: Backend + FastCpu> Backward<B, 2> for Conv2dBackward {
+impl<B: Backend + FastCpu, const N: usize> Backward<B, N> for Conv2dBackward {
     type State = (NodeId, NodeId, ConvSpec);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let [node_x, node_w] = ops.parents;
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let (node_x, node_w) = (ops.parents[0].clone(), ops.parents[1].clone());
         let grad = grads.consume::<B>(&ops.node);
+        if let Some(Some(node)) = ops.parents.get(2) {
+            grads.register::<B>(node.id, B::fast_bias_grad(grad.clone()));
+        }
         let (x_id, w_id, spec) = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
         let w: FloatTensor<B> = checkpointer.retrieve_node_output(w_id);
@@ -152,6 +230,42 @@ impl<B: Backend + FastCpu> Backward<B, 2> for Conv2dBackward {
         }
         if let Some(node) = node_x {
             grads.register::<B>(node.id, B::fast_conv2d_x_grad(x, w, grad, spec));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ReluBackward;
+
+impl<B: Backend + FastCpu> Backward<B, 1> for ReluBackward {
+    /// The output: ReLU's gradient needs only its sign.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::fast_relu_grad(ops.state, grad));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AddBackward;
+
+impl<B: Backend + FastCpu> Backward<B, 2> for AddBackward {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_a, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        match (node_a, node_b) {
+            (Some(a), Some(b)) => {
+                grads.register::<B>(a.id, grad.clone());
+                grads.register::<B>(b.id, grad);
+            }
+            (Some(n), None) | (None, Some(n)) => grads.register::<B>(n.id, grad),
+            (None, None) => {}
         }
     }
 }
@@ -226,6 +340,47 @@ impl<B: Backend + FastCpu, C: CheckpointStrategy> FastCpu for Autodiff<B, C> {
         }
     }
 
+    fn fast_conv2d_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self> {
+        match Conv2dBackward.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (xs, ws) = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                prep.finish((xs, ws, spec), B::fast_conv2d_bias(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), spec))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fast_conv2d_bias(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), spec)),
+        }
+    }
+
+    fn fast_bias_grad(_g: FloatTensor<Self>) -> FloatTensor<Self> {
+        unreachable!("gradients are computed on the inner backend")
+    }
+
+    fn fast_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match ReluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::fast_relu(x.into_primitive());
+                prep.finish(y.clone(), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fast_relu(x.into_primitive())),
+        }
+    }
+
+    fn fast_relu_grad(_y: FloatTensor<Self>, _g: FloatTensor<Self>) -> FloatTensor<Self> {
+        unreachable!("gradients are computed on the inner backend")
+    }
+
+    fn fast_add(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = AddBackward.prepare::<C>([a.node(), b.node()]).compute_bound();
+        prep.stateless(B::fast_add(a.into_primitive(), b.into_primitive()))
+    }
+
+    fn fast_channel_affine(_x: FloatTensor<Self>, _a: FloatTensor<Self>, _b: FloatTensor<Self>) -> FloatTensor<Self> {
+        unreachable!("inference only: `channel_affine` takes burn's operations under autodiff")
+    }
+
+    fn fast_adam(_p: FloatTensor<Self>, _g: FloatTensor<Self>, _m: FloatTensor<Self>, _v: FloatTensor<Self>, _s: AdamStep) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        unreachable!("optimiser steps run on the inner backend")
+    }
+
     fn fast_conv2d_x_grad(_x: FloatTensor<Self>, _w: FloatTensor<Self>, _g: FloatTensor<Self>, _s: ConvSpec) -> FloatTensor<Self> {
         unreachable!("gradients are computed on the inner backend")
     }
@@ -250,7 +405,7 @@ impl<B: Backend + FastCpu, C: CheckpointStrategy> FastCpu for Autodiff<B, C> {
 }
 
 /// Whether tensors on this device run on the Flex backend in f32 (the kernels' domain).
-fn on_flex_f32(t: &Tensor<4>) -> bool {
+fn on_flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
     t.dtype() == DType::F32 && matches!(t.device().without_autodiff().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
 }
 
@@ -261,14 +416,47 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, opts: Co
         return burn::tensor::module::conv2d(x, weight, bias, opts);
     }
     let spec = ConvSpec { stride: opts.stride, padding: opts.padding.map(|p| p.0), dilation: opts.dilation };
-    let out: Tensor<4> = Tensor::from_dispatch(<Dispatch as FastCpu>::fast_conv2d(x.into_dispatch(), weight.into_dispatch(), spec));
-    match bias {
-        Some(b) => {
-            let o = b.dims()[0];
-            out + b.reshape([1, o, 1, 1])
-        }
-        None => out,
+    Tensor::from_dispatch(match bias {
+        Some(b) => <Dispatch as FastCpu>::fast_conv2d_bias(x.into_dispatch(), weight.into_dispatch(), b.into_dispatch(), spec),
+        None => <Dispatch as FastCpu>::fast_conv2d(x.into_dispatch(), weight.into_dispatch(), spec),
+    })
+}
+
+/// One Adam step on Flex f32 tensors (see [`kernels::adam_step`]); elsewhere the tensors come
+/// back unchanged (`Err`) for the caller to take burn's step.
+pub fn adam_step<const D: usize>(param: Tensor<D>, grad: Tensor<D>, m: Tensor<D>, v: Tensor<D>, step: AdamStep) -> Result<(Tensor<D>, Tensor<D>, Tensor<D>), [Tensor<D>; 4]> {
+    if ![&param, &grad, &m, &v].iter().all(|t| on_flex_f32(t)) {
+        return Err([param, grad, m, v]);
     }
+    let (p, m, v) = <Dispatch as FastCpu>::fast_adam(param.into_dispatch(), grad.into_dispatch(), m.into_dispatch(), v.into_dispatch(), step);
+    Ok((Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v)))
+}
+
+/// `a + b` of equal shapes: the parallel kernel on Flex in f32, burn's operation otherwise
+/// (which also broadcasts).
+pub fn add<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    if a.dims() != b.dims() || !on_flex_f32(&a) || !on_flex_f32(&b) {
+        return a + b;
+    }
+    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_add(a.into_dispatch(), b.into_dispatch()))
+}
+
+/// `x * scale[c] + shift[c]` on a map [N, C, H, W]: the parallel kernel in place on Flex in
+/// f32 without autodiff, burn's broadcast operations otherwise.
+pub fn channel_affine(x: Tensor<4>, scale: Tensor<1>, shift: Tensor<1>) -> Tensor<4> {
+    let c = scale.dims()[0];
+    if x.device().is_autodiff() || !on_flex_f32(&x) || !on_flex_f32(&scale) || !on_flex_f32(&shift) {
+        return x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1]);
+    }
+    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_channel_affine(x.into_dispatch(), scale.into_dispatch(), shift.into_dispatch()))
+}
+
+/// ReLU (any rank): the parallel kernel on Flex in f32, burn's operation otherwise.
+pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !on_flex_f32(&x) {
+        return burn::tensor::activation::relu(x);
+    }
+    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_relu(x.into_dispatch()))
 }
 
 /// 2-D max pooling: the kernels on Flex without padding, dilation or ceil mode, burn's
@@ -331,13 +519,15 @@ mod tests {
             ([2, 64, 16, 17], 65, [3, 3], [1, 1], [1, 1], [1, 1]),
             ([2, 128, 10, 9], 128, [3, 3], [1, 1], [0, 0], [1, 1]),
         ];
-        for (xs, o, k, stride, pad, dil) in cases {
+        for (case, (xs, o, k, stride, pad, dil)) in cases.into_iter().enumerate() {
             let x = random(xs, &mut rng, &device).require_grad();
             let w = random([o, xs[1], k[0], k[1]], &mut rng, &device).require_grad();
             let b = random([o], &mut rng, &device).require_grad();
+            // Every other case without a bias (the kernels fuse it when there is one).
+            let bias = (case % 2 == 0).then(|| b.clone());
             let opts = ConvOptions::new(stride, pad, dil, 1);
-            let fast = conv2d(x.clone(), w.clone(), Some(b.clone()), opts.clone());
-            let slow = burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), opts);
+            let fast = conv2d(x.clone(), w.clone(), bias.clone(), opts.clone());
+            let slow = burn::tensor::module::conv2d(x.clone(), w.clone(), bias.clone(), opts);
             let r = random(fast.dims(), &mut rng, &device);
             let gf = (fast.clone() * r.clone()).sum().backward();
             let gs = (slow.clone() * r).sum().backward();
@@ -345,7 +535,9 @@ mod tests {
             close(fast, slow, &format!("{what} output"));
             close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{what} input gradient"));
             close(w.grad(&gf).unwrap(), w.grad(&gs).unwrap(), &format!("{what} weight gradient"));
-            close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), &format!("{what} bias gradient"));
+            if bias.is_some() {
+                close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), &format!("{what} bias gradient"));
+            }
         }
     }
 
@@ -386,6 +578,84 @@ mod tests {
             close(gamma.grad(&gf).unwrap(), gamma.grad(&gs).unwrap(), &format!("{xs:?} gamma gradient"));
             close(beta.grad(&gf).unwrap(), beta.grad(&gs).unwrap(), &format!("{xs:?} beta gradient"));
         }
+    }
+
+    /// Ties (ReLU's zeros) send the gradient to the first maximum in row order, in the 2x2
+    /// path as in the general one; odd sizes leave the uncovered row and column at zero.
+    #[test]
+    fn max_pooling_gradient_breaks_ties_like_the_general_path() {
+        let mut rng = Rng::new(6);
+        for (h, w) in [(8, 8), (7, 9)] {
+            let x: Vec<f32> = (0..2 * h * w).map(|_| if rng.below(3) == 0 { 1.0 } else { 0.0 }).collect();
+            let g = kernels::PoolGeom { planes: 2, height: h, width: w, kernel: [2, 2], stride: [2, 2] };
+            let [ho, wo] = g.out_size();
+            let dy: Vec<f32> = (1..=2 * ho * wo).map(|v| v as f32).collect();
+            let fast = kernels::max_pool2d_grad(&g, &x, &dy);
+            // The same pooling as a 2x2 window with stride (2, 2) through the general path:
+            // one window per output, first maximum in row order.
+            let mut slow = vec![0.0f32; 2 * h * w];
+            for p in 0..2 {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let cells = [(2 * oy, 2 * ox), (2 * oy, 2 * ox + 1), (2 * oy + 1, 2 * ox), (2 * oy + 1, 2 * ox + 1)];
+                        let best = cells.iter().fold(cells[0], |b, &c| if x[p * h * w + c.0 * w + c.1] > x[p * h * w + b.0 * w + b.1] { c } else { b });
+                        slow[p * h * w + best.0 * w + best.1] += dy[(p * ho + oy) * wo + ox];
+                    }
+                }
+            }
+            assert_eq!(fast, slow, "{h}x{w}");
+        }
+    }
+
+    /// ReLU matches burn's, forward and backward, NaN included, whether its input is shared
+    /// (copied) or not (in place), for maps and flat activations.
+    #[test]
+    fn relu_matches_burn() {
+        let device = crate::cpu_device().autodiff();
+        let mut rng = Rng::new(7);
+        let mut v: Vec<f32> = (0..2 * 3 * 70 * 70).map(|_| rng.normal() as f32).collect();
+        v[17] = f32::NAN;
+        let x = Tensor::<4>::from_data(TensorData::new(v, [2, 3, 70, 70]), &device).require_grad();
+        let (fast, slow) = (relu(x.clone() * 1.0), burn::tensor::activation::relu(x.clone() * 1.0));
+        let r = random(fast.dims(), &mut rng, &device);
+        let gf = (fast.clone() * r.clone()).sum().backward();
+        let gs = (slow.clone() * r).sum().backward();
+        let (a, b) = (fast.into_data().try_to_vec::<f32>().unwrap(), slow.into_data().try_to_vec::<f32>().unwrap());
+        assert!(a[17].is_nan() && b[17].is_nan());
+        assert!(a.iter().zip(&b).all(|(p, q)| p == q || (p.is_nan() && q.is_nan())));
+        let (ga, gb) = (x.grad(&gf).unwrap().into_data().try_to_vec::<f32>().unwrap(), x.grad(&gs).unwrap().into_data().try_to_vec::<f32>().unwrap());
+        assert_eq!(ga, gb);
+        // A shared input is left as it was.
+        let flat = random([5, 40], &mut rng, &crate::cpu_device());
+        let before = flat.clone().into_data();
+        let out = relu(flat.clone());
+        assert_eq!(flat.into_data(), before);
+        assert_eq!(out.into_data(), burn::tensor::activation::relu(Tensor::<2>::from_data(before, &crate::cpu_device())).into_data());
+    }
+
+    /// The residual addition (gradients to both inputs, shared inputs left alone) and
+    /// BatchNorm's inference affine match burn's broadcast operations.
+    #[test]
+    fn add_and_channel_affine_match_burn() {
+        let device = crate::cpu_device().autodiff();
+        let mut rng = Rng::new(8);
+        let (a, b) = (random([3, 4, 9, 9], &mut rng, &device).require_grad(), random([3, 4, 9, 9], &mut rng, &device).require_grad());
+        let r = random([3, 4, 9, 9], &mut rng, &device);
+        let fast = add(a.clone(), b.clone());
+        let slow = a.clone() + b.clone();
+        let gf = (fast.clone() * r.clone()).sum().backward();
+        let gs = (slow.clone() * r).sum().backward();
+        close(fast, slow, "sum");
+        close(a.grad(&gf).unwrap(), a.grad(&gs).unwrap(), "first gradient");
+        close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), "second gradient");
+
+        let device = crate::cpu_device();
+        let x = random([3, 4, 5, 7], &mut rng, &device);
+        let (scale, shift) = (random([4], &mut rng, &device), random([4], &mut rng, &device));
+        let kept = x.clone().into_data();
+        let fast = channel_affine(x.clone(), scale.clone(), shift.clone());
+        close(fast, x.clone() * scale.reshape([1, 4, 1, 1]) + shift.reshape([1, 4, 1, 1]), "affine");
+        assert_eq!(x.into_data(), kept, "a shared input is not written");
     }
 
     /// A NaN in a window propagates (PyTorch's rule), in the 2x2 fast path and the general one.

@@ -3,13 +3,13 @@
 //! definition of what a model computes.
 
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::activation::{leaky_relu, relu, sigmoid};
+use burn::tensor::activation::{leaky_relu, sigmoid};
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::model::fast::{conv2d, max_pool2d};
+use crate::model::fast::{add, channel_affine, conv2d, max_pool2d, relu};
 use crate::model::graph::{Graph, Op, Shape};
 use crate::rng::Rng;
 
@@ -299,8 +299,8 @@ impl Model {
                 let mut it = ins.into_iter();
                 let first = it.next().expect("validated: 2+ inputs");
                 it.fold(first, |acc, v| match (acc, v) {
-                    (Activation::Map(a), b) => Activation::Map(a + b.into_map()),
-                    (Activation::Flat(a), b) => Activation::Flat(a + b.into_flat()),
+                    (Activation::Map(a), b) => Activation::Map(add(a, b.into_map())),
+                    (Activation::Flat(a), b) => Activation::Flat(add(a, b.into_flat())),
                 })
             }
             Op::Concat => match ins[0] {
@@ -456,6 +456,11 @@ fn batchnorm<const D: usize>(bn: &BatchNormParams, x: Tensor<D>, eps: f64, momen
         per_channel[1] = dims[1];
         let scale = bn.gamma.val() / bn.running_var.value().add_scalar(eps).sqrt();
         let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
+        if D == 4 {
+            // Maps: one parallel pass, in place (burn's broadcasts take two on one thread).
+            let x4: Tensor<4> = x.reshape([dims[0], dims[1], dims[2], dims[3]]);
+            return channel_affine(x4, scale, shift).reshape(dims);
+        }
         x * scale.reshape(per_channel) + shift.reshape(per_channel)
     }
 }

@@ -9,9 +9,11 @@
 //! input gradient (a 3x3 stride-1 convolution of the output gradient with the flipped,
 //! transposed weights); the weight gradient stays on im2col.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
-use super::kernels::{ConvGeom, matmul, with_scratch};
+use super::kernels::{ConvGeom, assume_init, matmul, split_groups, uninit, with_scratch};
 
 /// Whether a convolution goes through Winograd: 3x3, stride 1, no dilation, padding at most 2
 /// (so the input gradient is one too), at least 64 channels in and out on 16x16 images or
@@ -122,10 +124,10 @@ fn transform_inputs(g: &ConvGeom, x: &[f32], first: usize, count: usize, v: &mut
     }
 }
 
-/// Y = A^T m A for every output channel and tile: `m` [16, O, T] -> `out`, samples
-/// `first..first+count` as [count, O, Ho, Wo] (tiles past the edge are cut). A row of tiles at
-/// a time, reading each of the 16 inputs sequentially.
-fn transform_outputs(g: &ConvGeom, m: &[f32], count: usize, out: &mut [f32]) {
+/// Y = A^T m A (+ bias) for every output channel and tile: `m` [16, O, T] -> `out`, samples
+/// `first..first+count` as [count, O, Ho, Wo] (tiles past the edge are cut), every element
+/// written. A row of tiles at a time, reading each of the 16 inputs sequentially.
+fn transform_outputs(g: &ConvGeom, m: &[f32], count: usize, bias: &[f32], out: &mut [MaybeUninit<f32>]) {
     let (th, tw) = tiles(g);
     let [ho, wo] = g.out_size();
     let per_sample = th * tw;
@@ -136,6 +138,7 @@ fn transform_outputs(g: &ConvGeom, m: &[f32], count: usize, out: &mut [f32]) {
     let mut q = vec![0.0f32; 8 * tw];
     for s in 0..count {
         for oc in 0..o {
+            let b = bias.get(oc).copied().unwrap_or(0.0);
             let plane = &mut out[(s * o + oc) * ho * wo..][..ho * wo];
             for ty in 0..th {
                 let idx = oc * t_all + s * per_sample + ty * tw;
@@ -158,9 +161,9 @@ fn transform_outputs(g: &ConvGeom, m: &[f32], count: usize, out: &mut [f32]) {
                     let dst = &mut plane[y * wo..(y + 1) * wo];
                     for t in 0..tw {
                         let (c0, c1, c2, c3) = (qi[t], qi[tw + t], qi[2 * tw + t], qi[3 * tw + t]);
-                        dst[2 * t] = c0 + c1 + c2;
+                        dst[2 * t].write(c0 + c1 + c2 + b);
                         if 2 * t + 1 < wo {
-                            dst[2 * t + 1] = c1 - c2 - c3;
+                            dst[2 * t + 1].write(c1 - c2 - c3 + b);
                         }
                     }
                 }
@@ -180,23 +183,17 @@ fn groups(g: &ConvGeom) -> Vec<(usize, usize)> {
 }
 
 /// Forward convolution for a geometry where [`applies`] holds: `x` [N, C, H, W], `weight`
-/// [O, C, 3, 3]; returns [N, O, Ho, Wo].
-pub fn conv3x3(g: &ConvGeom, x: &[f32], weight: &[f32]) -> Vec<f32> {
+/// [O, C, 3, 3], `bias` [O] or empty; returns [N, O, Ho, Wo].
+pub fn conv3x3(g: &ConvGeom, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     assert!(supported(g), "not a Winograd geometry: {g:?}");
     let (o, c) = (g.out_channels, g.in_channels);
     let [ho, wo] = g.out_size();
     let u = transform_weights(o, c, weight);
-    let mut out = vec![0.0f32; g.batch * o * ho * wo];
+    let mut out = uninit(g.batch * o * ho * wo);
     let groups = groups(g);
-    let mut chunks: Vec<&mut [f32]> = Vec::with_capacity(groups.len());
-    let mut rest = &mut out[..];
-    for &(_, count) in &groups {
-        let (head, tail) = rest.split_at_mut(count * o * ho * wo);
-        chunks.push(head);
-        rest = tail;
-    }
+    let pieces = split_groups(&mut out, &groups, o * ho * wo);
     let (th, tw) = tiles(g);
-    groups.par_iter().zip(chunks).for_each(|(&(first, count), out)| {
+    groups.par_iter().zip(pieces).for_each(|(&(first, count), out)| {
         let t = count * th * tw;
         with_scratch(16 * c * t, 16 * o * t, |v, m| {
             transform_inputs(g, x, first, count, v);
@@ -204,10 +201,11 @@ pub fn conv3x3(g: &ConvGeom, x: &[f32], weight: &[f32]) -> Vec<f32> {
                 // M_xi [O, T] = U_xi [O, C] * V_xi [C, T]
                 matmul(o, t, c, &mut m[xi * o * t..(xi + 1) * o * t], false, &u[xi * o * c..], c as isize, 1, &v[xi * c * t..], t as isize, 1);
             }
-            transform_outputs(g, m, count, out);
+            transform_outputs(g, m, count, bias, out);
         });
     });
-    out
+    // SAFETY: the groups cover every sample, and `transform_outputs` writes all of a group's.
+    unsafe { assume_init(out) }
 }
 
 /// The input gradient of a convolution where [`applies`] holds, as the Winograd convolution of
@@ -226,7 +224,7 @@ pub fn conv3x3_input_grad(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32
     let [ho, wo] = g.out_size();
     let back = ConvGeom { batch: g.batch, in_channels: o, height: ho, width: wo, out_channels: c, kernel: [3, 3], stride: [1, 1], padding: [2 - g.padding[0], 2 - g.padding[1]], dilation: [1, 1] };
     debug_assert_eq!(back.out_size(), [g.height, g.width]);
-    conv3x3(&back, grad, &flipped)
+    conv3x3(&back, grad, &flipped, &[])
 }
 
 #[cfg(test)]
@@ -280,7 +278,7 @@ mod tests {
             let g = ConvGeom { batch: n, in_channels: c, height: h, width: w, out_channels: o, kernel: [3, 3], stride: [1, 1], padding: [p, p], dilation: [1, 1] };
             assert!(supported(&g));
             let (x, wt) = (random(n * c * h * w, &mut rng), random(o * c * 9, &mut rng));
-            close(&conv3x3(&g, &x, &wt), &direct(&g, &x, &wt), &format!("{g:?}"));
+            close(&conv3x3(&g, &x, &wt, &[]), &direct(&g, &x, &wt), &format!("{g:?}"));
         }
     }
 

@@ -1,18 +1,21 @@
 //! Training: SGD with momentum or Adam, weight decay, step or cosine learning-rate schedule,
 //! seeded shuffling, early stopping on validation accuracy, best-on-validation weights kept.
 
+pub mod adam;
+
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
+use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Normalization, Split, batch};
 use crate::error::{Error, Result};
+use crate::train::adam::FusedAdam;
 use crate::metrics::{ClassReport, argmax, predict};
 use crate::model::Model;
 use crate::rng::Rng;
@@ -182,13 +185,7 @@ pub fn train_with(model: Model, data: &TrainData, cfg: &TrainConfig, hooks: &dyn
             }
             c.init()
         }
-        OptimizerKind::Adam => {
-            let mut c = AdamConfig::new();
-            if cfg.weight_decay > 0.0 {
-                c = c.with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay as f32)));
-            }
-            c.init()
-        }
+        OptimizerKind::Adam => FusedAdam::init(cfg.weight_decay as f32),
     };
     let shape = model.graph.input_shape;
     let classes = model.num_classes();
