@@ -513,6 +513,10 @@ mod tests {
             ([2, 6, 7, 7], 4, [1, 1], [1, 1], [0, 0], [1, 1]),
             ([2, 6, 8, 8], 4, [1, 1], [2, 2], [0, 0], [1, 1]),
             ([1, 2, 12, 11], 3, [5, 4], [1, 2], [2, 0], [2, 1]),
+            // Stride 1, output as large as the input: im2col's shifted-plane path.
+            ([2, 3, 10, 7], 4, [5, 5], [1, 1], [2, 2], [1, 1]),
+            ([2, 2, 9, 9], 3, [3, 3], [1, 1], [2, 2], [2, 2]),
+            ([2, 2, 3, 2], 3, [5, 5], [1, 1], [2, 2], [1, 1]),
             // Large enough that the kernels split the batch into groups (see `group_size`).
             ([10, 64, 40, 40], 4, [3, 3], [1, 1], [1, 1], [1, 1]),
             // Winograd (see `winograd::applies`), odd sizes and both usual paddings.

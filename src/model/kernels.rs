@@ -67,6 +67,8 @@ unsafe fn im2col(g: &ConvGeom, x: &[f32], col: *mut f32, ld: usize) {
     let [ho, wo] = g.out_size();
     let [kh, kw] = g.kernel;
     let (h, w) = (g.height as isize, g.width as isize);
+    // Stride 1 with "same" padding: each row of the block is the plane shifted.
+    let same = g.stride == [1, 1] && ho == g.height && wo == g.width;
     let mut row = 0;
     for c in 0..g.in_channels {
         let plane = &x[c * g.height * g.width..(c + 1) * g.height * g.width];
@@ -74,6 +76,13 @@ unsafe fn im2col(g: &ConvGeom, x: &[f32], col: *mut f32, ld: usize) {
             for j in 0..kw {
                 // SAFETY: the caller guarantees this row's P elements are ours to write.
                 let dst = unsafe { std::slice::from_raw_parts_mut(col.add(row * ld), ho * wo) };
+                if same {
+                    let dy = (i * g.dilation[0]) as isize - g.padding[0] as isize;
+                    let dx = (j * g.dilation[1]) as isize - g.padding[1] as isize;
+                    shifted_plane(plane, g.height, g.width, dy, dx, dst);
+                    row += 1;
+                    continue;
+                }
                 for oy in 0..ho {
                     let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.padding[0] as isize;
                     let out = &mut dst[oy * wo..(oy + 1) * wo];
@@ -97,6 +106,38 @@ unsafe fn im2col(g: &ConvGeom, x: &[f32], col: *mut f32, ld: usize) {
                 }
                 row += 1;
             }
+        }
+    }
+}
+
+/// `dst[y * w + x] = plane[(y + dy) * w + x + dx]`, zero where that lies outside the plane:
+/// one flat copy of the rows that exist, then the columns that wrapped around zeroed. Per-row
+/// copies of a 16-wide map spent more time calling memcpy and memset than copying.
+fn shifted_plane(plane: &[f32], h: usize, w: usize, dy: isize, dx: isize, dst: &mut [f32]) {
+    let (hi, wi) = (h as isize, w as isize);
+    let (y0, y1) = ((-dy).clamp(0, hi) as usize, (hi - dy).clamp(0, hi) as usize);
+    if y1 <= y0 || dx.unsigned_abs() >= w {
+        dst.fill(0.0);
+        return;
+    }
+    dst[..y0 * w].fill(0.0);
+    dst[y1 * w..].fill(0.0);
+    let body = &mut dst[y0 * w..y1 * w];
+    // body[t] = plane[start + t], where that index exists (only the first or last row's
+    // wrapped columns can fall off the plane's ends).
+    let start = (y0 as isize + dy) * wi + dx;
+    let (s0, s1) = (start.max(0), (start + body.len() as isize).min(hi * wi));
+    let (a, b) = ((s0 - start) as usize, (s1 - start) as usize);
+    body[..a].fill(0.0);
+    body[b..].fill(0.0);
+    body[a..b].copy_from_slice(&plane[s0 as usize..s1 as usize]);
+    let k = dx.unsigned_abs();
+    for r in body.chunks_exact_mut(w) {
+        let wrapped = if dx > 0 { &mut r[w - k..] } else { &mut r[..k] };
+        if k == 1 {
+            wrapped[0] = 0.0;
+        } else {
+            wrapped.fill(0.0);
         }
     }
 }

@@ -138,7 +138,7 @@ fn transform_outputs(g: &ConvGeom, m: &[f32], count: usize, bias: &[f32], out: &
     let mut q = vec![0.0f32; 8 * tw];
     for s in 0..count {
         for oc in 0..o {
-            let b = bias.get(oc).copied().unwrap_or(0.0);
+            let bias_c = bias.get(oc).copied().unwrap_or(0.0);
             let plane = &mut out[(s * o + oc) * ho * wo..][..ho * wo];
             for ty in 0..th {
                 let idx = oc * t_all + s * per_sample + ty * tw;
@@ -161,9 +161,9 @@ fn transform_outputs(g: &ConvGeom, m: &[f32], count: usize, bias: &[f32], out: &
                     let dst = &mut plane[y * wo..(y + 1) * wo];
                     for t in 0..tw {
                         let (c0, c1, c2, c3) = (qi[t], qi[tw + t], qi[2 * tw + t], qi[3 * tw + t]);
-                        dst[2 * t].write(c0 + c1 + c2 + b);
+                        dst[2 * t].write(c0 + c1 + c2 + bias_c);
                         if 2 * t + 1 < wo {
-                            dst[2 * t + 1].write(c1 - c2 - c3 + b);
+                            dst[2 * t + 1].write(c1 - c2 - c3 + bias_c);
                         }
                     }
                 }
