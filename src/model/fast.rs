@@ -405,7 +405,7 @@ impl<B: Backend + FastCpu, C: CheckpointStrategy> FastCpu for Autodiff<B, C> {
 }
 
 /// Whether tensors on this device run on the Flex backend in f32 (the kernels' domain).
-fn on_flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
+pub fn on_flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
     t.dtype() == DType::F32 && matches!(t.device().without_autodiff().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
 }
 
@@ -422,14 +422,11 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, opts: Co
     })
 }
 
-/// One Adam step on Flex f32 tensors (see [`kernels::adam_step`]); elsewhere the tensors come
-/// back unchanged (`Err`) for the caller to take burn's step.
-pub fn adam_step<const D: usize>(param: Tensor<D>, grad: Tensor<D>, m: Tensor<D>, v: Tensor<D>, step: AdamStep) -> Result<(Tensor<D>, Tensor<D>, Tensor<D>), [Tensor<D>; 4]> {
-    if ![&param, &grad, &m, &v].iter().all(|t| on_flex_f32(t)) {
-        return Err([param, grad, m, v]);
-    }
+/// One Adam step (see [`kernels::adam_step`]) on tensors where [`on_flex_f32`] holds.
+pub fn adam_step<const D: usize>(param: Tensor<D>, grad: Tensor<D>, m: Tensor<D>, v: Tensor<D>, step: AdamStep) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    assert!([&param, &grad, &m, &v].iter().all(|t| on_flex_f32(t)), "adam_step: tensors off the kernels' device");
     let (p, m, v) = <Dispatch as FastCpu>::fast_adam(param.into_dispatch(), grad.into_dispatch(), m.into_dispatch(), v.into_dispatch(), step);
-    Ok((Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v)))
+    (Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v))
 }
 
 /// `a + b` of equal shapes: the parallel kernel on Flex in f32, burn's operation otherwise

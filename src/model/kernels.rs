@@ -359,6 +359,11 @@ pub fn conv2d(g: &ConvGeom, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32>
     if super::winograd::applies(g) {
         return super::winograd::conv3x3(g, x, weight, bias);
     }
+    conv2d_im2col(g, x, weight, bias)
+}
+
+/// [`conv2d`] through im2col and matrix multiplies whatever the geometry.
+pub fn conv2d_im2col(g: &ConvGeom, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let (p, k, o) = (g.positions(), g.patch(), g.out_channels);
     let mut out = uninit(g.batch * o * p);
     let groups = groups(g);
@@ -420,6 +425,11 @@ pub fn conv2d_input_grad(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32>
     if super::winograd::applies(g) {
         return super::winograd::conv3x3_input_grad(g, weight, grad);
     }
+    conv2d_input_grad_im2col(g, weight, grad)
+}
+
+/// [`conv2d_input_grad`] through matrix multiplies and col2im whatever the geometry.
+pub fn conv2d_input_grad_im2col(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32> {
     let (p, k, o) = (g.positions(), g.patch(), g.out_channels);
     let mut dx = uninit(g.batch * g.plane_in());
     let groups = groups(g);
@@ -653,7 +663,7 @@ pub fn add_in_place(a: &mut [f32], b: &[f32]) {
 
 /// `x * scale[c] + shift[c]` over `x` [N, C, HW] in place: BatchNorm with running statistics.
 pub fn channel_affine_in_place(c: usize, hw: usize, x: &mut [f32], scale: &[f32], shift: &[f32]) {
-    assert!(scale.len() == c && shift.len() == c && x.len() % (c * hw).max(1) == 0);
+    assert!(scale.len() == c && shift.len() == c && x.len().is_multiple_of((c * hw).max(1)));
     if c * hw == 0 {
         return;
     }

@@ -263,9 +263,9 @@ impl Model {
                     Activation::Flat(x) => Activation::Flat(batchnorm(bn, x, *epsilon, *momentum, batch_stats, update)),
                 }
             }
-            Op::Relu => elementwise(ins.pop().unwrap(), |t| relu(t), |t| relu(t)),
+            Op::Relu => elementwise(ins.pop().unwrap(), relu, relu),
             Op::LeakyRelu { alpha } => elementwise(ins.pop().unwrap(), |t| leaky_relu(t, *alpha), |t| leaky_relu(t, *alpha)),
-            Op::Sigmoid => elementwise(ins.pop().unwrap(), |t| sigmoid(t), |t| sigmoid(t)),
+            Op::Sigmoid => elementwise(ins.pop().unwrap(), sigmoid, sigmoid),
             Op::Tanh => elementwise(ins.pop().unwrap(), |t| t.tanh(), |t| t.tanh()),
             Op::MaxPool { kernel, stride, padding, ceil_mode } => {
                 let opts = MaxPoolOptions::new(*kernel)

@@ -83,21 +83,34 @@ fn incremental(model: &Model, cache: &PrefixCache, site: usize, pools: Vec<usize
     let hw = fan_in / channels.max(1);
     // -W, so that a level adds P_c (-W_c)^T into the pre-activations in one multiply.
     let neg_weight: Vec<f32> = to_vec(weight.into_data()).into_iter().map(|w| -w).collect();
-    let logits_from = |pre: &[f32]| -> Vec<usize> {
-        let pre = Tensor::<2>::from_data(burn::tensor::TensorData::new(pre.to_vec(), [n, out]), &device);
-        let l = model.run_cached(lin + 1, vec![(lin, Activation::Flat(pre))], &[model.graph.output]).pop().expect("one").into_flat();
-        argmax(l)
-    };
+    // The layers after the linear one see each sample alone (inference), so several levels'
+    // pre-activations stacked into one batch run them once: per level, the run's fixed cost
+    // was most of the sweep's time after the prefix pass.
     let mut levels = Vec::with_capacity(max_k + 1);
-    levels.push(logits_from(&pre));
+    let mut stacked: Vec<f32> = Vec::with_capacity(LEVELS_PER_RUN * n * out);
+    let flush = |stacked: &mut Vec<f32>, levels: &mut LevelPredictions| {
+        let rows = stacked.len() / out;
+        let pre = Tensor::<2>::from_data(burn::tensor::TensorData::new(std::mem::take(stacked), [rows, out]), &device);
+        let l = model.run_cached(lin + 1, vec![(lin, Activation::Flat(pre))], &[model.graph.output]).pop().expect("one").into_flat();
+        levels.extend(argmax(l).chunks(n).map(<[usize]>::to_vec));
+        stacked.reserve(LEVELS_PER_RUN * n * out);
+    };
+    stacked.extend_from_slice(&pre);
     for &c in &order[..max_k] {
         // Channel c feeds linear inputs c*hw .. (c+1)*hw (flatten is channel-major):
         // pre [n, out] += P_c [n, hw] * (-W_c)^T [hw, out], both read in place by strides.
         crate::model::kernels::matmul(n, out, hw, &mut pre, true, &pooled[c * hw..], (channels * hw) as isize, 1, &neg_weight[c * hw..], 1, fan_in as isize);
-        levels.push(logits_from(&pre));
+        if stacked.len() == LEVELS_PER_RUN * n * out {
+            flush(&mut stacked, &mut levels);
+        }
+        stacked.extend_from_slice(&pre);
     }
+    flush(&mut stacked, &mut levels);
     levels
 }
+
+/// Pruning levels whose suffix runs as one batch in the incremental sweep.
+const LEVELS_PER_RUN: usize = 16;
 
 /// Samples per chunk of [`sweep_split`]: bounds the cached prefix of an evaluation-only curve
 /// (a residual network's last block caches 32 KiB per sample; 2,048 samples are 64 MiB).

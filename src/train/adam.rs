@@ -39,21 +39,19 @@ impl Optimizer for FusedAdam {
     type State<const D: usize> = AdamState<D>;
 
     fn step<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: Option<AdamState<D>>) -> (Tensor<D>, Option<AdamState<D>>) {
-        // The first step starts from zero moments, which is burn's first step too.
-        let (m, v, time) = match &state {
-            Some(s) => (s.momentum.moment_1.clone(), s.momentum.moment_2.clone(), s.momentum.time + 1),
+        let moments_covered = state.as_ref().is_none_or(|s| fast::on_flex_f32(&s.momentum.moment_1) && fast::on_flex_f32(&s.momentum.moment_2));
+        if !(fast::on_flex_f32(&tensor) && fast::on_flex_f32(&grad) && moments_covered) {
+            return self.fallback.step(lr, tensor, grad, state);
+        }
+        // The first step starts from zero moments, which is burn's first step too. Taking the
+        // moments out of the state leaves the kernel their only reference: updated in place.
+        let (m, v, time) = match state {
+            Some(s) => (s.momentum.moment_1, s.momentum.moment_2, s.momentum.time + 1),
             None => (grad.zeros_like(), grad.zeros_like(), 1),
         };
         let step = AdamStep { lr: lr as f32, beta_1: BETA_1, beta_2: BETA_2, epsilon: EPSILON, weight_decay: self.weight_decay, time: time as i32 };
-        // Release the state's references so the kernel can update the moments in place.
-        drop(state);
-        match fast::adam_step(tensor, grad, m, v, step) {
-            Ok((tensor, m, v)) => (tensor, Some(AdamState::new(AdaptiveMomentumState::new(time, m, v)))),
-            Err([tensor, grad, m, v]) => {
-                let state = (time > 1).then(|| AdamState::new(AdaptiveMomentumState::new(time - 1, m, v)));
-                self.fallback.step(lr, tensor, grad, state)
-            }
-        }
+        let (tensor, m, v) = fast::adam_step(tensor, grad, m, v, step);
+        (tensor, Some(AdamState::new(AdaptiveMomentumState::new(time, m, v))))
     }
 
     fn to_device<const D: usize>(state: AdamState<D>, device: &Device) -> AdamState<D> {
