@@ -83,27 +83,49 @@ fn incremental(model: &Model, cache: &PrefixCache, site: usize, pools: Vec<usize
     let hw = fan_in / channels.max(1);
     // -W, so that a level adds P_c (-W_c)^T into the pre-activations in one multiply.
     let neg_weight: Vec<f32> = to_vec(weight.into_data()).into_iter().map(|w| -w).collect();
+    // Samples are independent: two halves sweep all levels side by side (one per core).
+    let half = n.div_ceil(2);
+    let (pre_a, pre_b) = pre.split_at_mut(half * out);
+    let (pooled_a, pooled_b) = pooled.split_at(half * channels * hw);
+    let sweep_rows = |pre: &mut [f32], pooled: &[f32]| level_rows(model, lin, pre, pooled, &neg_weight, channels, hw, out, order, max_k, &device);
+    let (a, b) = rayon::join(|| sweep_rows(pre_a, pooled_a), || sweep_rows(pre_b, pooled_b));
+    a.into_iter().zip(b).map(|(mut a, b)| {
+        a.extend(b);
+        a
+    }).collect()
+}
+
+/// Every level's predictions for the samples whose linear pre-activations are `pre` [rows,
+/// out] and pooled site activations `pooled` [rows, channels * hw].
+#[allow(clippy::too_many_arguments)]
+fn level_rows(model: &Model, lin: usize, pre: &mut [f32], pooled: &[f32], neg_weight: &[f32], channels: usize, hw: usize, out: usize, order: &[usize], max_k: usize, device: &Device) -> LevelPredictions {
+    let n = pre.len() / out;
+    let fan_in = channels * hw;
+    let mut levels = Vec::with_capacity(max_k + 1);
+    if n == 0 {
+        levels.resize(max_k + 1, Vec::new());
+        return levels;
+    }
     // The layers after the linear one see each sample alone (inference), so several levels'
     // pre-activations stacked into one batch run them once: per level, the run's fixed cost
     // was most of the sweep's time after the prefix pass.
-    let mut levels = Vec::with_capacity(max_k + 1);
     let mut stacked: Vec<f32> = Vec::with_capacity(LEVELS_PER_RUN * n * out);
     let flush = |stacked: &mut Vec<f32>, levels: &mut LevelPredictions| {
         let rows = stacked.len() / out;
-        let pre = Tensor::<2>::from_data(burn::tensor::TensorData::new(std::mem::take(stacked), [rows, out]), &device);
+        let pre = Tensor::<2>::from_data(burn::tensor::TensorData::new(std::mem::take(stacked), [rows, out]), device);
         let l = model.run_cached(lin + 1, vec![(lin, Activation::Flat(pre))], &[model.graph.output]).pop().expect("one").into_flat();
         levels.extend(argmax(l).chunks(n).map(<[usize]>::to_vec));
         stacked.reserve(LEVELS_PER_RUN * n * out);
     };
-    stacked.extend_from_slice(&pre);
+    stacked.extend_from_slice(pre);
     for &c in &order[..max_k] {
         // Channel c feeds linear inputs c*hw .. (c+1)*hw (flatten is channel-major):
         // pre [n, out] += P_c [n, hw] * (-W_c)^T [hw, out], both read in place by strides.
-        crate::model::kernels::matmul(n, out, hw, &mut pre, true, &pooled[c * hw..], (channels * hw) as isize, 1, &neg_weight[c * hw..], 1, fan_in as isize);
+        crate::model::kernels::matmul(n, out, hw, pre, true, &pooled[c * hw..], fan_in as isize, 1, &neg_weight[c * hw..], 1, fan_in as isize);
         if stacked.len() == LEVELS_PER_RUN * n * out {
             flush(&mut stacked, &mut levels);
         }
-        stacked.extend_from_slice(&pre);
+        stacked.extend_from_slice(pre);
     }
     flush(&mut stacked, &mut levels);
     levels
