@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Normalization, Split, batch};
 use crate::error::{Error, Result};
-use crate::train::adam::FusedAdam;
 use crate::metrics::{ClassReport, argmax, predict};
 use crate::model::Model;
 use crate::rng::Rng;
+use crate::train::adam::FusedAdam;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
