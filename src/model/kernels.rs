@@ -8,6 +8,12 @@
 //! im2col matrix and one wide matrix multiply (the `gemm` crate the backend itself uses), groups
 //! in parallel, for the forward pass and both gradients; 3x3 stride-1 convolutions with enough
 //! channels go through [`super::winograd`] instead (forward and input gradient).
+//!
+//! The element-wise passes around them (ReLU and its gradient, the residual addition,
+//! BatchNorm's inference affine, the convolution bias and its gradient, an Adam step) are
+//! here too: burn ran each on the calling thread alone while the other core waited. Every
+//! kernel splits its work across threads and writes its output once, into a buffer it did not
+//! zero first ([`uninit`]).
 
 use std::mem::MaybeUninit;
 
