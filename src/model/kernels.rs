@@ -13,7 +13,7 @@
 //! BatchNorm's inference affine, the convolution bias and its gradient, an Adam step) are
 //! here too: burn ran each on the calling thread alone while the other core waited. Every
 //! kernel splits its work across threads and writes its output once, into a buffer it did not
-//! zero first ([`uninit`]).
+//! zero first (`uninit`).
 
 use std::mem::MaybeUninit;
 
