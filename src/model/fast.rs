@@ -145,12 +145,9 @@ impl FastCpu for Flex {
 
     fn fast_relu(x: FlexTensor) -> FlexTensor {
         let mut x = contiguous(x);
-        if let Some(values) = x.try_storage_mut::<f32>() {
-            kernels::relu_in_place(values);
-            return x;
-        }
-        let shape = x.layout().shape().clone();
-        FlexTensor::from_data(TensorData::new(kernels::relu(x.storage()), shape))
+        // `storage_mut` copies `x` first if it is shared.
+        kernels::relu_in_place(x.storage_mut::<f32>());
+        x
     }
 
     fn fast_adam(param: FlexTensor, grad: FlexTensor, m: FlexTensor, v: FlexTensor, step: AdamStep) -> (FlexTensor, FlexTensor, FlexTensor) {
@@ -412,7 +409,7 @@ pub fn on_flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
 /// 2-D convolution: the kernels on Flex (groups = 1), burn's operation otherwise.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, opts: ConvOptions<2>) -> Tensor<4> {
     let symmetric = opts.padding.iter().all(|(begin, end)| begin == end);
-    if opts.groups != 1 || !symmetric || !on_flex_f32(&x) {
+    if opts.groups != 1 || !symmetric || !on_flex_f32(&x) || !on_flex_f32(&weight) || bias.as_ref().is_some_and(|b| !on_flex_f32(b)) {
         return burn::tensor::module::conv2d(x, weight, bias, opts);
     }
     let spec = ConvSpec { stride: opts.stride, padding: opts.padding.map(|p| p.0), dilation: opts.dilation };

@@ -407,7 +407,7 @@ pub fn conv2d_im2col(g: &ConvGeom, x: &[f32], weight: &[f32], bias: &[f32]) -> V
 
 /// The bias gradient of a convolution: `grad` [N, O, P] summed over samples and positions.
 pub fn bias_grad(n: usize, o: usize, p: usize, grad: &[f32]) -> Vec<f32> {
-    (0..o).into_par_iter().map(|c| channel_planes(grad, n, o, p, c).map(|pl| lane_sums(pl, pl, |v, _| v, |_, _| 0.0).0).sum::<f64>() as f32).collect()
+    (0..o).into_par_iter().map(|c| channel_planes(grad, n, o, p, c).map(|pl| lane_sum(pl, |v| v)).sum::<f64>() as f32).collect()
 }
 
 /// Samples `first..first+count` of `grad` [N, O, P] as one [O, count*P] matrix: one sample's
@@ -543,10 +543,10 @@ fn pool2x2_row(r0: &[f32], r1: &[f32], out: &mut [MaybeUninit<f32>]) {
 pub fn max_pool2d(g: &PoolGeom, x: &[f32]) -> Vec<f32> {
     let [ho, wo] = g.out_size();
     let hw = g.height * g.width;
-    let mut out = uninit(g.planes * ho * wo);
     if ho * wo == 0 {
         return Vec::new();
     }
+    let mut out = uninit(g.planes * ho * wo);
     out.par_chunks_mut(ho * wo).enumerate().for_each(|(pl, y)| {
         let plane = &x[pl * hw..(pl + 1) * hw];
         if g.kernel == [2, 2] && g.stride == [2, 2] {
@@ -593,10 +593,10 @@ fn pool2x2_grad_row(r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [MaybeUninit<f3
 pub fn max_pool2d_grad(g: &PoolGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let [ho, wo] = g.out_size();
     let hw = g.height * g.width;
-    let mut dx = uninit(g.planes * hw);
     if hw == 0 {
         return Vec::new();
     }
+    let mut dx = uninit(g.planes * hw);
     dx.par_chunks_mut(hw).enumerate().for_each(|(pl, d)| {
         let plane = &x[pl * hw..(pl + 1) * hw];
         let dy = &grad[pl * ho * wo..(pl + 1) * ho * wo];
@@ -637,18 +637,6 @@ fn relu_keeps(x: f32) -> bool {
 /// ReLU in place, in parallel pieces (burn's runs on the calling thread alone).
 pub fn relu_in_place(x: &mut [f32]) {
     x.par_chunks_mut(PIECE).for_each(|c| c.iter_mut().for_each(|v| *v = if relu_keeps(*v) { *v } else { 0.0 }));
-}
-
-/// ReLU into a new buffer.
-pub fn relu(x: &[f32]) -> Vec<f32> {
-    let mut y = uninit(x.len());
-    y.par_chunks_mut(PIECE).zip(x.par_chunks(PIECE)).for_each(|(y, x)| {
-        for (o, &v) in y.iter_mut().zip(x) {
-            o.write(if relu_keeps(v) { v } else { 0.0 });
-        }
-    });
-    // SAFETY: the pieces cover the buffer and each element was written.
-    unsafe { assume_init(y) }
 }
 
 /// ReLU's gradient in place: `grad` kept where the output `y` is positive (or NaN), else 0.
@@ -720,28 +708,39 @@ const LANES: usize = 32;
 /// partial sums keep their precision over large batches.
 const BLOCK: usize = 4096;
 
-/// Sums of `f(a[i], b[i])` and `h(a[i], b[i])` over the pairs of `a`, `b`, in f64.
+/// The K sums of `f(a[i], b[i])` over the pairs of `a` and `b`, in f64.
 #[inline]
-fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32, h: impl Fn(f32, f32) -> f32) -> (f64, f64) {
-    let (mut tf, mut th) = (0.0f64, 0.0f64);
+fn lane_sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
+    let mut total = [0.0f64; K];
     for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
-        let (mut lf, mut lh) = ([0.0f32; LANES], [0.0f32; LANES]);
+        let mut lanes = [[0.0f32; LANES]; K];
         let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
         let (ra, rb) = (ca.remainder(), cb.remainder());
         for (a, b) in ca.zip(cb) {
             for l in 0..LANES {
-                lf[l] += f(a[l], b[l]);
-                lh[l] += h(a[l], b[l]);
+                let v = f(a[l], b[l]);
+                for k in 0..K {
+                    lanes[k][l] += v[k];
+                }
             }
         }
         for (&a, &b) in ra.iter().zip(rb) {
-            lf[0] += f(a, b);
-            lh[0] += h(a, b);
+            let v = f(a, b);
+            for k in 0..K {
+                lanes[k][0] += v[k];
+            }
         }
-        tf += lf.iter().map(|&v| v as f64).sum::<f64>();
-        th += lh.iter().map(|&v| v as f64).sum::<f64>();
+        for k in 0..K {
+            total[k] += lanes[k].iter().map(|&v| v as f64).sum::<f64>();
+        }
     }
-    (tf, th)
+    total
+}
+
+/// The f64 sum of `f(x)` over `x`, by [`lane_sums`].
+#[inline]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    lane_sums(x, x, |v, _| [f(v)])[0]
 }
 
 /// The planes of channel `ch` in [N, C, HW].
@@ -756,9 +755,9 @@ pub fn channel_stats(n: usize, c: usize, hw: usize, x: &[f32]) -> (Vec<f32>, Vec
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let sum: f64 = channel_planes(x, n, c, hw, ch).map(|p| lane_sums(p, p, |v, _| v, |_, _| 0.0).0).sum();
+            let sum: f64 = channel_planes(x, n, c, hw, ch).map(|p| lane_sum(p, |v| v)).sum();
             let mean = (sum / m) as f32;
-            let sq: f64 = channel_planes(x, n, c, hw, ch).map(|p| lane_sums(p, p, |v, _| (v - mean) * (v - mean), |_, _| 0.0).0).sum();
+            let sq: f64 = channel_planes(x, n, c, hw, ch).map(|p| lane_sum(p, |v| (v - mean) * (v - mean))).sum();
             (mean, (sq / m) as f32)
         })
         .unzip()
@@ -793,10 +792,10 @@ pub fn batch_norm_train_grad(n: usize, c: usize, hw: usize, x: &[f32], gamma: &[
         .into_par_iter()
         .map(|ch| {
             let mu = mean[ch];
-            let (sd, sdx) = channel_planes(dy, n, c, hw, ch)
+            let [sd, sdx] = channel_planes(dy, n, c, hw, ch)
                 .zip(channel_planes(x, n, c, hw, ch))
-                .map(|(g, v)| lane_sums(g, v, |g, _| g, |g, v| g * (v - mu)))
-                .fold((0.0, 0.0), |(a, b), (da, db)| (a + da, b + db));
+                .map(|(g, v)| lane_sums(g, v, |g, v| [g, g * (v - mu)]))
+                .fold([0.0, 0.0], |[a, b], [da, db]| [a + da, b + db]);
             (sd as f32, (sdx * inv_std[ch] as f64) as f32)
         })
         .unzip();

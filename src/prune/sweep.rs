@@ -10,6 +10,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
+use rayon::prelude::*;
 
 use super::{PrefixCache, keep_mask, with_mask};
 use crate::data::{Normalization, Split};
@@ -83,29 +84,24 @@ fn incremental(model: &Model, cache: &PrefixCache, site: usize, pools: Vec<usize
     let hw = fan_in / channels.max(1);
     // -W, so that a level adds P_c (-W_c)^T into the pre-activations in one multiply.
     let neg_weight: Vec<f32> = to_vec(weight.into_data()).into_iter().map(|w| -w).collect();
-    // Samples are independent: two halves sweep all levels side by side (one per core).
-    let half = n.div_ceil(2);
-    let (pre_a, pre_b) = pre.split_at_mut(half * out);
-    let (pooled_a, pooled_b) = pooled.split_at(half * channels * hw);
-    let sweep_rows = |pre: &mut [f32], pooled: &[f32]| level_rows(model, lin, pre, pooled, &neg_weight, channels, hw, out, order, max_k, &device);
-    let (a, b) = rayon::join(|| sweep_rows(pre_a, pooled_a), || sweep_rows(pre_b, pooled_b));
-    a.into_iter().zip(b).map(|(mut a, b)| {
-        a.extend(b);
-        a
-    }).collect()
+    // Samples are independent: one slice of them per thread sweeps every level, and each
+    // level's predictions are the slices' in order.
+    let rows = n.div_ceil(rayon::current_num_threads().max(1));
+    let parts: Vec<LevelPredictions> = pre
+        .par_chunks_mut(rows * out)
+        .zip(pooled.par_chunks(rows * fan_in))
+        .map(|(pre, pooled)| level_rows(model, lin, pre, pooled, &neg_weight, channels, hw, out, order, max_k, &device))
+        .collect();
+    (0..=max_k).map(|k| parts.iter().flat_map(|p| p[k].iter().copied()).collect()).collect()
 }
 
-/// Every level's predictions for the samples whose linear pre-activations are `pre` [rows,
-/// out] and pooled site activations `pooled` [rows, channels * hw].
+/// Every level's predictions for the samples (at least one) whose linear pre-activations are
+/// `pre` [rows, out] and pooled site activations `pooled` [rows, channels * hw].
 #[allow(clippy::too_many_arguments)]
 fn level_rows(model: &Model, lin: usize, pre: &mut [f32], pooled: &[f32], neg_weight: &[f32], channels: usize, hw: usize, out: usize, order: &[usize], max_k: usize, device: &Device) -> LevelPredictions {
     let n = pre.len() / out;
     let fan_in = channels * hw;
     let mut levels = Vec::with_capacity(max_k + 1);
-    if n == 0 {
-        levels.resize(max_k + 1, Vec::new());
-        return levels;
-    }
     // The layers after the linear one see each sample alone (inference), so several levels'
     // pre-activations stacked into one batch run them once: per level, the run's fixed cost
     // was most of the sweep's time after the prefix pass.
