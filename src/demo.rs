@@ -24,7 +24,7 @@ pub struct DemoResult {
     pub target: usize,
     pub classes: Vec<String>,
     pub backdoored_clean_accuracy: f64,
-    pub backdoored_attack_success_rate: f64,
+    pub backdoored_attack_success_rate: Option<f64>,
     /// The paper's fine-pruning.
     pub defense: DefenseOutcome,
     /// Feature-shift tuning on the same model, data and budget: the trigger-free defense that

@@ -2,8 +2,9 @@
 //! *Fine-Pruning* (RAID 2018).
 //!
 //! The pipeline, one module per stage: [`data`] (datasets, loaders) → [`model`] (graph IR,
-//! architectures, model files) → [`train`] → [`metrics`]. The `fineprune` binary is a thin CLI
-//! over these.
+//! architectures, model files) → [`metrics`] → [`train`] → [`prune`] → [`attack`] → [`scan`]
+//! (is it backdoored?) → [`defense`] → [`report`]. The `fineprune` binary is a thin CLI over
+//! these.
 
 pub mod attack;
 pub mod bench;
@@ -18,6 +19,7 @@ pub mod report;
 pub mod reproduce;
 pub mod model;
 pub mod rng;
+pub mod scan;
 pub mod train;
 pub mod trigger;
 

@@ -119,10 +119,17 @@ pub fn wilson(successes: usize, n: usize) -> [f64; 2] {
     [low, high]
 }
 
+/// `hits / n`, or `None` over no samples.
+fn rate(hits: usize, n: usize) -> Option<f64> {
+    (n > 0).then(|| hits as f64 / n as f64)
+}
+
 /// Attack success rate, as the paper defines it, with the convention used spelled out.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AttackSuccess {
-    pub rate: f64,
+    /// `None` when no triggered input is eligible (e.g. all are of the target class): a rate
+    /// over zero samples is unknown, not 0 ("removed"); the convention says so.
+    pub rate: Option<f64>,
     pub ci95: [f64; 2],
     /// Triggered test samples the rate is computed over.
     pub samples: usize,
@@ -142,17 +149,20 @@ pub fn attack_success(triggered_pred: &[usize], labels: &[usize], target: crate:
         Target::Class(t) => {
             let kept: Vec<usize> = pairs.filter(|(_, y)| include_target || **y != t).map(|(p, _)| *p).collect();
             let hits = kept.iter().filter(|&&p| p == t).count();
-            let convention = if include_target {
+            let mut convention = if include_target {
                 format!("targeted: fraction of all triggered test inputs classified as class {t}")
             } else {
                 format!("targeted: fraction of triggered test inputs whose true class is not {t} classified as {t}")
             };
-            AttackSuccess { rate: hits as f64 / kept.len().max(1) as f64, ci95: wilson(hits, kept.len()), samples: kept.len(), convention }
+            if kept.is_empty() {
+                convention.push_str(&format!("; no such input was given, so the rate is unknown (every triggered input is of class {t}?)"));
+            }
+            AttackSuccess { rate: rate(hits, kept.len()), ci95: wilson(hits, kept.len()), samples: kept.len(), convention }
         }
         Target::AllToAll => {
             let hits = pairs.filter(|(p, y)| **p == (**y + 1) % classes).count();
             AttackSuccess {
-                rate: hits as f64 / labels.len().max(1) as f64,
+                rate: rate(hits, labels.len()),
                 ci95: wilson(hits, labels.len()),
                 samples: labels.len(),
                 convention: "all-to-all: fraction of triggered test inputs of class y classified as (y + 1) mod C".into(),
@@ -165,7 +175,7 @@ pub fn attack_success(triggered_pred: &[usize], labels: &[usize], target: crate:
             let ci = wilson(correct, n);
             let f = |a: f64| if clean_accuracy > 0.0 { (1.0 - a / clean_accuracy).clamp(0.0, 1.0) } else { 0.0 };
             AttackSuccess {
-                rate: f(a_backdoor),
+                rate: (n > 0).then(|| f(a_backdoor)),
                 ci95: [f(ci[1]), f(ci[0])],
                 samples: n,
                 convention: "untargeted: 1 - A_backdoor / A_clean (accuracy on triggered over clean test inputs)".into(),
@@ -186,11 +196,15 @@ mod asr_tests {
         let preds = [0, 0, 0, 0, 0, 0, 0, 1, 1, 1];
         let a = attack_success(&preds, &labels, Target::Class(0), 2, false, 1.0);
         assert_eq!(a.samples, 5);
-        assert!((a.rate - 0.4).abs() < 1e-12, "2 of the 5 non-target inputs flipped");
+        assert!((a.rate.unwrap() - 0.4).abs() < 1e-12, "2 of the 5 non-target inputs flipped");
         assert!(a.convention.contains("not 0"));
         let literal = attack_success(&preds, &labels, Target::Class(0), 2, true, 1.0);
         assert_eq!(literal.samples, 10);
-        assert!((literal.rate - 0.7).abs() < 1e-12);
+        assert!((literal.rate.unwrap() - 0.7).abs() < 1e-12);
+        // Only target-class inputs: the rate is unknown, not 0.
+        let none = attack_success(&[0, 0], &[0, 0], Target::Class(0), 2, false, 1.0);
+        assert_eq!((none.rate, none.samples), (None, 0));
+        assert!(none.convention.contains("unknown"));
     }
 
     #[test]
@@ -199,10 +213,11 @@ mod asr_tests {
         let preds = [0, 2, 3, 3];
         // A_backdoor = 2/4; with A_clean = 0.8, ASR = 1 - 0.5/0.8 = 0.375.
         let u = attack_success(&preds, &labels, Target::Untargeted, 4, false, 0.8);
-        assert!((u.rate - 0.375).abs() < 1e-12);
-        assert!(u.ci95[0] <= u.rate && u.rate <= u.ci95[1]);
+        let r = u.rate.unwrap();
+        assert!((r - 0.375).abs() < 1e-12);
+        assert!(u.ci95[0] <= r && r <= u.ci95[1]);
         let a = attack_success(&preds, &labels, Target::AllToAll, 4, false, 1.0);
-        assert!((a.rate - 0.5).abs() < 1e-12, "1->2 and 2->3 hit");
+        assert!((a.rate.unwrap() - 0.5).abs() < 1e-12, "1->2 and 2->3 hit");
     }
 
     #[test]

@@ -244,7 +244,7 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
     for (name, a, file, secs) in &models {
         let trigger = spec::parse(&a.trigger)?;
         let e = evaluate_attack(file, &ds.test, &trigger, a.target, false, &device, progress)?;
-        rows.push(Row { attack: name.clone(), defense: "none".into(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: Some(e.attack_success_rate.rate), attack_success_rate_ci95: Some(e.attack_success_rate.ci95), pruned_fraction: None, within_budget: None, seconds: *secs });
+        rows.push(Row { attack: name.clone(), defense: "none".into(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: e.attack_success_rate.rate, attack_success_rate_ci95: Some(e.attack_success_rate.ci95), pruned_fraction: None, within_budget: None, seconds: *secs });
         let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
         file.save(&out.join(format!("{slug}.safetensors")))?;
         // The activation picture for this model.

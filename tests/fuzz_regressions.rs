@@ -33,7 +33,7 @@ fn npy_files_found_by_fuzzing_are_quick_errors_without_large_allocations() {
         std::fs::write(&y, &rest[at..]).unwrap();
         let spec = format!("{},{}", x.display(), y.display());
         let source = fineprune::data::npz::Source::parse(Path::new(&spec)).unwrap();
-        let err = fineprune::data::npz::read(&source, 1 << 26).err().unwrap_or_else(|| panic!("{}: read", path.display()));
+        let err = fineprune::data::npz::read(&source, &mut fineprune::fsutil::DecodeBudget::new(1 << 26)).err().unwrap_or_else(|| panic!("{}: read", path.display()));
         // Refused from the preamble, before npyz allocates or parses the header.
         assert!(err.to_string().contains("header"), "{}: {err}", path.display());
     }

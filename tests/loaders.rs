@@ -2,6 +2,7 @@
 
 mod common;
 
+use fineprune::fsutil::DataRoot;
 use std::io::Write;
 use std::path::Path;
 
@@ -88,7 +89,7 @@ fn mnist_corrupted_copies() {
 
 #[test]
 fn gtsrb_real_files_and_validation_by_track() {
-    let root = shared("gtsrb");
+    let root = DataRoot::open(&shared("gtsrb")).unwrap();
     let mut labels = vec![];
     let mut groups = vec![];
     for class in 0..43 {
@@ -106,10 +107,10 @@ fn gtsrb_real_files_and_validation_by_track() {
 
     // One real image: ROI-cropped and resized to 32x32 colour in [0, 1].
     let (row, _) = gtsrb::training_rows(&root, 14).unwrap().remove(0);
-    let img = gtsrb::load_image(&row, (32, 32)).unwrap();
+    let img = gtsrb::load_image(&root, &row, (32, 32)).unwrap();
     assert_eq!(img.len(), 3 * 32 * 32);
     assert!(img.iter().all(|v| (0.0..=1.0).contains(v)));
-    let big = gtsrb::load_image(&row, (48, 40)).unwrap();
+    let big = gtsrb::load_image(&root, &row, (48, 40)).unwrap();
     assert_eq!(big.len(), 3 * 48 * 40);
 }
 
@@ -134,24 +135,25 @@ fn mini_gtsrb(root: &Path) -> std::path::PathBuf {
 fn gtsrb_corrupted_copies() {
     let dir = tempfile::tempdir().unwrap();
     let class_dir = mini_gtsrb(dir.path());
-    let rows = gtsrb::training_rows(dir.path(), 0).unwrap();
+    let root = DataRoot::open(dir.path()).unwrap();
+    let rows = gtsrb::training_rows(&root, 0).unwrap();
     assert_eq!(rows.len(), 3);
     // Truncated PPM: the error names the image.
     let victim = &rows[1].0.file;
     let bytes = std::fs::read(victim).unwrap();
     std::fs::write(victim, &bytes[..bytes.len() - 50]).unwrap();
-    let e = gtsrb::load_image(&rows[1].0, (32, 32)).unwrap_err().to_string();
+    let e = gtsrb::load_image(&root, &rows[1].0, (32, 32)).unwrap_err().to_string();
     assert!(e.contains(&victim.file_name().unwrap().to_string_lossy().to_string()) && e.contains("truncated"), "{e}");
     // Class out of range in the CSV.
     let csv = class_dir.join("GT-00000.csv");
     let text = std::fs::read_to_string(&csv).unwrap().replacen(";0\n", ";77\n", 1);
     std::fs::write(&csv, text).unwrap();
-    let e = gtsrb::training_rows(dir.path(), 0).unwrap_err().to_string();
+    let e = gtsrb::training_rows(&root, 0).unwrap_err().to_string();
     assert!(e.contains("GT-00000.csv") && e.contains("out of range"), "{e}");
     // A file name that tries to leave the folder.
     let good = std::fs::read_to_string(&csv).unwrap().replacen(";77\n", ";0\n", 1);
     std::fs::write(&csv, "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n../../x.ppm;30;30;1;1;20;20;0\n").unwrap();
-    let e = gtsrb::training_rows(dir.path(), 0).unwrap_err().to_string();
+    let e = gtsrb::training_rows(&root, 0).unwrap_err().to_string();
     assert!(e.contains("plain file name"), "{e}");
     std::fs::write(&csv, good).unwrap();
     // A missing test folder is an error, not a panic.

@@ -72,7 +72,7 @@ fn image_folder_has_torchvision_label_order_and_converts_channels_and_size() {
     for (name, split) in [("train", &ds.train), ("val", &ds.val), ("test", &ds.test)] {
         let (classes, files) = fineprune::data::folder_split_files(root, name, &opts).unwrap();
         assert_eq!(classes, ds.classes);
-        let streamed: Vec<Split> = fineprune::data::folder::chunks(&files, 3, (8, 8), 4).collect::<Result<_, _>>().unwrap();
+        let streamed: Vec<Split> = fineprune::data::folder::chunks(&files, 3, (8, 8), 4, fineprune::fsutil::DecodeBudget::new(1 << 30)).collect::<Result<_, _>>().unwrap();
         assert_eq!(streamed.iter().flat_map(|s| s.labels.clone()).collect::<Vec<_>>(), split.labels, "{name}");
         assert_eq!(streamed.iter().flat_map(|s| s.images.clone()).collect::<Vec<_>>(), split.images, "{name}");
     }

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let y = fineprune_fuzz::scratch_file("y.npy", &rest[at..]);
     let spec = format!("{},{}", x.display(), y.display());
     let Ok(source) = fineprune::data::npz::Source::parse(std::path::Path::new(&spec)) else { return };
-    if let Ok(arrays) = fineprune::data::npz::read(&source, 1 << 26) {
-        let _ = fineprune::data::npz::to_split(&x, &arrays.train, None, None, None, None);
+    if let Ok(arrays) = fineprune::data::npz::read(&source, &mut fineprune::fsutil::DecodeBudget::new(1 << 26)) {
+        let _ = fineprune::data::npz::to_split(&x, &arrays.train, None, None, None, None, &mut fineprune::fsutil::DecodeBudget::new(1 << 26));
     }
 });

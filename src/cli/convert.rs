@@ -23,7 +23,10 @@ pub(super) fn cmd_convert(a: ConvertArgs) -> Result<()> {
     if !a.keep_shape {
         // Fold every mask that can be folded (a model pruned with --keep-shape, or one imported
         // from an ONNX export with zeroed channels).
-        let (folded, _) = fineprune::prune::fold::fold_all(&file.model);
+        let (folded, stuck) = fineprune::prune::fold::fold_all(&file.model);
+        for site in stuck {
+            eprintln!("note: the pruned channels at {site} cannot be removed (the layer is not reached from one convolution through per-channel layers); they stay, masked to zero");
+        }
         removed = file.model.graph.param_count() - folded.graph.param_count();
         file.model = folded;
     }

@@ -26,11 +26,11 @@ pub(super) fn cmd_demo(a: DemoArgs) -> Result<()> {
     println!();
     println!("trigger {} -> class {} ({})", r.trigger, r.target, r.classes[r.target]);
     println!("{:<36} {:>15} {:>20}", "", "clean accuracy", "attack success rate");
-    println!("{:<36} {:>15.4} {:>20.4}", "backdoored model", r.backdoored_clean_accuracy, r.backdoored_attack_success_rate);
+    println!("{:<36} {:>15.4} {:>20}", "backdoored model", r.backdoored_clean_accuracy, r.backdoored_attack_success_rate.map_or("unknown".into(), |v| format!("{v:.4}")));
     let fineprune_label = format!("fine-pruning ({}/{} ch.)", r.defense.pruned_channels, r.defense.channels);
     for (what, d) in [(fineprune_label.as_str(), &r.defense), ("feature-shift tuning (no trigger)", &r.trigger_free)] {
         let budget = if d.within_budget { "" } else { "  (outside the budget)" };
-        println!("{:<36} {:>15.4} {:>20.4}{budget}", what, d.after.clean_accuracy, d.after.attack_success_rate.unwrap_or(f64::NAN));
+        println!("{:<36} {:>15.4} {:>20}{budget}", what, d.after.clean_accuracy, d.after.attack_success_rate.map_or("unknown".into(), |v| format!("{v:.4}")));
     }
     let d = &r.defense;
     println!("(attack success: {})", d.attack_convention.as_deref().unwrap_or(""));

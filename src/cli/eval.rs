@@ -87,23 +87,29 @@ fn eval_folder_streamed(a: &EvalArgs, spec: &DataSpec, device: &burn::tensor::De
     const CHUNK: usize = 1024;
     let file = a.model.load().context("loading the model")?;
     let [c, h, w] = file.model.graph.input_shape;
+    if h > fineprune::data::MAX_SIDE || w > fineprune::data::MAX_SIDE {
+        bail!("the model's input is {h}x{w}; images are resized to at most {0}x{0}", fineprune::data::MAX_SIDE);
+    }
     let opts = LoadOptions { channels: Some(c), ..a.carve.options(Some((h, w))) };
     let (classes, files) = fineprune::data::folder_split_files(&spec.path, &a.split, &opts).with_context(|| format!("loading dataset {spec}"))?;
     if classes.len() != file.info.classes.len() {
         bail!("the model expects {} classes; {spec} has {} class folders", file.info.classes.len(), classes.len());
     }
     let attack = attack_to_measure(a, &file)?;
-    bars.phase(&format!("evaluating {spec}: {} {} images, decoded {CHUNK} at a time", files.len(), a.split), files.len());
-    let chunks = fineprune::data::folder::chunks(&files, c, (h, w), CHUNK).map(|r| r.map(std::borrow::Cow::Owned));
+    bars.phase(&format!("evaluating {spec}: {} {} images, decoded at most {CHUNK} at a time", files.len(), a.split), files.len());
+    // Half the budget per chunk: measuring attack success holds a triggered copy beside it.
+    let budget = fineprune::fsutil::DecodeBudget::new(fineprune::fsutil::data_budget() / 2);
+    let chunks = fineprune::data::folder::chunks(&files, c, (h, w), CHUNK, budget).map(|r| r.map(std::borrow::Cow::Owned));
     let (report, asr) = evaluate_chunks(&file, chunks, files.len(), attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target)), device, bars)?;
     Ok((file, report, asr))
 }
 
 pub(super) fn print_asr(e: &AttackEval) {
     let a = &e.attack_success_rate;
+    let rate = a.rate.map_or("unknown".to_string(), |r| format!("{r:.4}"));
     println!(
-        "attack success rate: {:.4} (95% CI {:.4}-{:.4}, {} triggered samples; trigger {}, target {})",
-        a.rate, a.ci95[0], a.ci95[1], a.samples, e.trigger, e.target
+        "attack success rate: {rate} (95% CI {:.4}-{:.4}, {} triggered samples; trigger {}, target {})",
+        a.ci95[0], a.ci95[1], a.samples, e.trigger, e.target
     );
     println!("  convention: {}", a.convention);
 }

@@ -33,7 +33,9 @@ enum Command {
     Trigger(TriggerCommand),
     /// Mean activation of each channel of the last conv layer, clean vs triggered.
     Inspect(InspectArgs),
-    /// Remove a backdoor: prune, finetune or fineprune (the paper's defenses).
+    /// Is this model backdoored? Reconstruct triggers from clean data, name the target class.
+    Scan(ScanArgs),
+    /// Remove a backdoor: the paper's prune, finetune, fineprune; or anp, fst, anp+fst.
     Defend(DefendArgs),
     /// Run the paper's protocol for one task and write results.json and report.html.
     Reproduce(ReproduceArgs),
@@ -57,6 +59,7 @@ mod attack;
 mod trigger;
 mod inspect;
 mod defend;
+mod scan;
 mod reproduce;
 mod convert;
 mod bench;
@@ -70,6 +73,7 @@ use attack::*;
 use trigger::*;
 use inspect::*;
 use defend::*;
+use scan::*;
 use reproduce::*;
 use convert::*;
 use bench::*;
@@ -83,6 +87,7 @@ pub fn run() -> Result<()> {
         Command::Attack(a) => cmd_attack(a),
         Command::Trigger(TriggerCommand::Preview(a)) => cmd_preview(a),
         Command::Inspect(a) => cmd_inspect(a),
+        Command::Scan(a) => cmd_scan(a),
         Command::Defend(a) => cmd_defend(a),
         Command::Reproduce(a) => cmd_reproduce(a),
         Command::Bench(a) => fineprune_bench(a),

@@ -4,11 +4,11 @@
 //! `train.bin` and `test.bin` with a coarse then a fine label (the fine one is used; names in
 //! `fine_label_names.txt`). The files may sit in PATH or in the archive's own sub-folder.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Loaded, Split, resize_planar};
 use crate::error::{Error, Result};
-use crate::fsutil::read_bounded;
+use crate::fsutil::{DataRoot, DecodeBudget, read_bounded};
 
 pub const SIDE: usize = 32;
 const PIXELS: usize = 3 * SIDE * SIDE;
@@ -52,19 +52,29 @@ impl Variant {
     }
 }
 
-pub fn load(root: &Path, variant: Variant, size: (usize, usize)) -> Result<Loaded> {
+pub fn load(root: &DataRoot, variant: Variant, size: (usize, usize), budget: &mut DecodeBudget) -> Result<Loaded> {
     let (train_files, test_file, names_file) = variant.files();
-    let dir = if root.join(test_file).is_file() { root.to_path_buf() } else { root.join(variant.subfolder()) };
+    let base = root.path();
+    let dir = if base.join(test_file).is_file() { base.to_path_buf() } else { base.join(variant.subfolder()) };
     if !dir.join(test_file).is_file() {
-        return Err(Error::format(root, format!("no {test_file} here or in {}/", variant.subfolder())));
+        return Err(Error::format(base, format!("no {test_file} here or in {}/", variant.subfolder())));
     }
-    let mut train = Split::new(PIXELS / (SIDE * SIDE) * size.0 * size.1);
-    for name in &train_files {
-        read_file(&dir.join(name), variant, size, &mut train)?;
+    let sample_len = 3 * size.0 * size.1;
+    // Every record of every file, counted from the files' sizes before any is read.
+    let paths: Vec<PathBuf> = train_files.iter().chain(std::iter::once(&test_file)).map(|n| root.resolve(&dir.join(n))).collect::<Result<_>>()?;
+    let mut records = 0usize;
+    for p in &paths {
+        let len = std::fs::metadata(p).map_err(|e| Error::io(p, e))?.len();
+        records = records.saturating_add((len / (variant.label_bytes() + PIXELS) as u64) as usize);
     }
-    let mut test = Split::new(train.sample_len);
-    read_file(&dir.join(test_file), variant, size, &mut test)?;
-    let classes = class_names(&dir.join(names_file), variant.classes());
+    budget.take(&dir, records, sample_len)?;
+    let mut train = Split::new(sample_len);
+    for p in &paths[..train_files.len()] {
+        read_file(p, variant, size, &mut train)?;
+    }
+    let mut test = Split::new(sample_len);
+    read_file(&paths[train_files.len()], variant, size, &mut test)?;
+    let classes = root.resolve(&dir.join(names_file)).map(|p| class_names(&p, variant.classes())).unwrap_or_else(|_| (0..variant.classes()).map(|c| c.to_string()).collect());
     let train_groups = (0..train.len() as u64).collect();
     Ok(Loaded { channels: 3, classes, train, train_groups, val: None, test })
 }

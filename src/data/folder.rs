@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::{Split, fit_image, sorted_entries};
 use crate::error::{Error, Result};
+use crate::fsutil::{DataRoot, DecodeBudget};
 
 /// torchvision's `IMG_EXTENSIONS`. TIFF is not decoded (not built in): such a file is an
 /// error naming it, not silently skipped.
@@ -39,13 +40,13 @@ pub struct Splits {
 }
 
 pub fn scan(root: &Path) -> Result<Splits> {
-    let canonical_root = root.canonicalize().map_err(|e| Error::io(root, e))?;
+    let data_root = DataRoot::open(root)?;
     let sub = |name: &str| -> Result<Option<Tree>> {
         let dir = root.join(name);
-        if dir.is_dir() { Ok(Some(tree(&dir, &canonical_root)?)) } else { Ok(None) }
+        if dir.is_dir() { Ok(Some(tree(&dir, &data_root)?)) } else { Ok(None) }
     };
     let Some(train) = sub("train")? else {
-        return Ok(Splits { train: tree(root, &canonical_root)?, val: None, test: None });
+        return Ok(Splits { train: tree(root, &data_root)?, val: None, test: None });
     };
     let (val, test) = (sub("val")?, sub("test")?);
     for (t, name) in [(&val, "val"), (&test, "test")] {
@@ -58,10 +59,10 @@ pub fn scan(root: &Path) -> Result<Splits> {
     Ok(Splits { train, val, test })
 }
 
-fn tree(dir: &Path, root: &Path) -> Result<Tree> {
+fn tree(dir: &Path, root: &DataRoot) -> Result<Tree> {
     let mut classes = Vec::new();
     for entry in sorted_entries(dir)? {
-        if inside(&entry, root)?.is_dir() {
+        if root.resolve(&entry)?.is_dir() {
             let name = entry.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::format(&entry, "class folder name is not UTF-8"))?;
             classes.push((name.to_string(), entry));
         }
@@ -80,21 +81,12 @@ fn tree(dir: &Path, root: &Path) -> Result<Tree> {
     Ok(Tree { classes: classes.into_iter().map(|(n, _)| n).collect(), files })
 }
 
-/// Resolves `path` and refuses it if it leads outside `root`; returns the resolved path.
-fn inside(path: &Path, root: &Path) -> Result<PathBuf> {
-    let real = path.canonicalize().map_err(|e| Error::io(path, e))?;
-    if !real.starts_with(root) {
-        return Err(Error::format(path, format!("leads outside the data folder (to {})", real.display())));
-    }
-    Ok(real)
-}
-
-fn walk(dir: &Path, root: &Path, label: usize, out: &mut Vec<(PathBuf, usize)>, depth: usize) -> Result<()> {
+fn walk(dir: &Path, root: &DataRoot, label: usize, out: &mut Vec<(PathBuf, usize)>, depth: usize) -> Result<()> {
     if depth > 32 {
         return Err(Error::format(dir, "folders nested more than 32 deep"));
     }
     for entry in sorted_entries(dir)? {
-        let real = inside(&entry, root)?;
+        let real = root.resolve(&entry)?;
         if real.is_dir() {
             walk(&entry, root, label, out, depth + 1)?;
         } else if has_image_extension(&entry) {
@@ -166,14 +158,12 @@ pub fn plan(root: &Path, seed: u64) -> Result<Plan> {
     Ok(Plan { classes: trees.train.classes, train, val: trees.val.map(|t| t.files), test })
 }
 
-/// Decodes images in parallel into a split of `channels` × `size` samples, refusing more than
-/// `max_bytes` of decoded samples before decoding anything.
-pub fn decode_files(files: &[(PathBuf, usize)], channels: usize, size: (usize, usize), max_bytes: u64) -> Result<Split> {
+/// Decodes images in parallel into a split of `channels` × `size` samples, taking their
+/// decoded size from `budget` before decoding anything.
+pub fn decode_files(files: &[(PathBuf, usize)], channels: usize, size: (usize, usize), budget: &mut DecodeBudget) -> Result<Split> {
     let sample_len = channels * size.0 * size.1;
-    let bytes = (files.len() as u64).saturating_mul(sample_len as u64 * 4);
-    if bytes > max_bytes {
-        return Err(Error::invalid(format!("{} images of {channels}x{}x{} take {bytes} bytes decoded, more than the {max_bytes} allowed", files.len(), size.0, size.1)));
-    }
+    let origin = files.first().map_or(Path::new("."), |f| f.0.as_path());
+    budget.take(origin, files.len(), sample_len)?;
     // Decoded straight into the split's buffer, one sample slot per file.
     let mut split = Split::new(sample_len);
     split.images = vec![0f32; files.len() * sample_len];
@@ -186,7 +176,9 @@ pub fn decode_files(files: &[(PathBuf, usize)], channels: usize, size: (usize, u
     Ok(split)
 }
 
-/// A split decoded a chunk at a time, so memory stays flat in the number of images.
-pub fn chunks(files: &[(PathBuf, usize)], channels: usize, size: (usize, usize), chunk: usize) -> impl Iterator<Item = Result<Split>> + '_ {
-    files.chunks(chunk.max(1)).map(move |c| decode_files(c, channels, size, u64::MAX))
+/// A split decoded a chunk of at most `chunk` images at a time, so memory stays flat in the
+/// number of images; every chunk fits `budget` (chunks shrink for large inputs).
+pub fn chunks(files: &[(PathBuf, usize)], channels: usize, size: (usize, usize), chunk: usize, budget: DecodeBudget) -> impl Iterator<Item = Result<Split>> + '_ {
+    let chunk = chunk.min(budget.samples_that_fit(channels * size.0 * size.1)).max(1);
+    files.chunks(chunk).map(move |c| decode_files(c, channels, size, &mut budget.clone()))
 }

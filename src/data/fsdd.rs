@@ -12,6 +12,7 @@ use realfft::RealFftPlanner;
 
 use super::{Loaded, Split, resize_planar, sorted_entries};
 use crate::error::{Error, Result};
+use crate::fsutil::{DataRoot, DecodeBudget};
 
 pub const SAMPLE_RATE: u32 = 8000;
 /// Frame length (32 ms at 8 kHz) and hop.
@@ -92,16 +93,21 @@ pub fn parse_name(path: &Path) -> Option<(usize, String, u32)> {
     (digit < 10).then_some((digit, speaker, take))
 }
 
-pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
+pub fn load(root: &DataRoot, size: (usize, usize), budget: &mut DecodeBudget) -> Result<Loaded> {
     use rayon::prelude::*;
-    let dir = root.join("recordings");
+    let dir = root.path().join("recordings");
     let files: Vec<_> = sorted_entries(&dir)?
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "wav"))
-        .collect();
+        .map(|p| root.resolve(&p).map(|_| p))
+        .collect::<Result<_>>()?;
     if files.is_empty() {
         return Err(Error::format(&dir, "no .wav recordings found"));
     }
+    // Spectrograms at `size`, plus the waveforms (at most one f32 per byte of their files).
+    budget.take(&dir, files.len(), size.0 * size.1)?;
+    let wave_bytes = files.iter().try_fold(0usize, |acc, p| std::fs::metadata(p).map(|m| acc.saturating_add(m.len() as usize)).map_err(|e| Error::io(p, e)))?;
+    budget.take(&dir, wave_bytes, 1)?;
     let samples: Vec<(Vec<f32>, Vec<f32>, usize, bool)> = files
         .par_iter()
         .map(|path| {

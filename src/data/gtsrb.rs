@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::{Loaded, Split, pnm, resize_planar};
 use crate::error::{Error, Result};
+use crate::fsutil::{DataRoot, DecodeBudget};
 
 pub const CLASS_NAMES: [&str; 43] = [
     "speed limit 20", "speed limit 30", "speed limit 50", "speed limit 60", "speed limit 70",
@@ -78,8 +79,8 @@ pub fn parse_csv(path: &Path, text: &str, dir: &Path) -> Result<Vec<Row>> {
 }
 
 /// Reads one image, crops it to its ROI (scaled to the stored resolution) and resizes it.
-pub fn load_image(row: &Row, size: (usize, usize)) -> Result<Vec<f32>> {
-    let img = pnm::read(&row.file)?;
+pub fn load_image(root: &DataRoot, row: &Row, size: (usize, usize)) -> Result<Vec<f32>> {
+    let img = pnm::read(root, &row.file)?;
     if img.channels != 3 {
         return Err(Error::format(&row.file, "expected a colour (P6) image"));
     }
@@ -100,17 +101,17 @@ pub fn load_image(row: &Row, size: (usize, usize)) -> Result<Vec<f32>> {
     Ok(resize_planar(&crop, 3, (ch, cw), size))
 }
 
-fn read_csv(path: &Path, dir: &Path) -> Result<Vec<Row>> {
-    let bytes = crate::fsutil::read_bounded(path, 64 << 20)?;
+fn read_csv(root: &DataRoot, path: &Path, dir: &Path) -> Result<Vec<Row>> {
+    let bytes = root.read(path, 64 << 20)?;
     let text = String::from_utf8(bytes).map_err(|_| Error::format(path, "CSV is not UTF-8"))?;
     parse_csv(path, &text, dir)
 }
 
 /// The rows of one training class folder, with each image's track as its group.
-pub fn training_rows(root: &Path, class: usize) -> Result<Vec<(Row, u64)>> {
-    let dir = root.join("Final_Training/Images").join(format!("{class:05}"));
+pub fn training_rows(root: &DataRoot, class: usize) -> Result<Vec<(Row, u64)>> {
+    let dir = root.path().join("Final_Training/Images").join(format!("{class:05}"));
     let csv = dir.join(format!("GT-{class:05}.csv"));
-    let rows = read_csv(&csv, &dir)?;
+    let rows = read_csv(root, &csv, &dir)?;
     rows.into_iter()
         .map(|r| {
             if r.class != class {
@@ -126,8 +127,8 @@ pub fn training_rows(root: &Path, class: usize) -> Result<Vec<(Row, u64)>> {
         .collect()
 }
 
-fn load_rows(rows: &[Row], size: (usize, usize)) -> Result<Split> {
-    let images: Vec<Vec<f32>> = rows.par_iter().map(|r| load_image(r, size)).collect::<Result<_>>()?;
+fn load_rows(root: &DataRoot, rows: &[Row], size: (usize, usize)) -> Result<Split> {
+    let images: Vec<Vec<f32>> = rows.par_iter().map(|r| load_image(root, r, size)).collect::<Result<_>>()?;
     let mut split = Split::new(3 * size.0 * size.1);
     for (img, r) in images.iter().zip(rows) {
         split.push(img, r.class);
@@ -135,7 +136,7 @@ fn load_rows(rows: &[Row], size: (usize, usize)) -> Result<Split> {
     Ok(split)
 }
 
-pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
+pub fn load(root: &DataRoot, size: (usize, usize), budget: &mut DecodeBudget) -> Result<Loaded> {
     let mut rows = Vec::new();
     let mut groups = Vec::new();
     for class in 0..CLASS_NAMES.len() {
@@ -144,9 +145,11 @@ pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
             groups.push(g);
         }
     }
-    let train = load_rows(&rows, size)?;
-    let test_dir = root.join("Final_Test/Images");
-    let test_rows = read_csv(&root.join("Final_Test/GT-final_test.csv"), &test_dir)?;
-    let test = load_rows(&test_rows, size)?;
+    let test_dir = root.path().join("Final_Test/Images");
+    let test_csv = root.path().join("Final_Test/GT-final_test.csv");
+    let test_rows = read_csv(root, &test_csv, &test_dir)?;
+    budget.take(root.path(), rows.len() + test_rows.len(), 3 * size.0 * size.1)?;
+    let train = load_rows(root, &rows, size)?;
+    let test = load_rows(root, &test_rows, size)?;
     Ok(Loaded { channels: 3, classes: CLASS_NAMES.iter().map(|s| s.to_string()).collect(), train, train_groups: groups, val: None, test })
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Loaded, Split, resize_planar};
 use crate::error::{Error, Result};
+use crate::fsutil::{DataRoot, DecodeBudget};
 
 /// Largest decompressed IDX file we accept (full MNIST train images are 47 MB).
 const MAX_IDX_BYTES: u64 = 1 << 30;
@@ -13,20 +14,21 @@ const MAX_IDX_BYTES: u64 = 1 << 30;
 const IMAGES_MAGIC: u32 = 2051;
 const LABELS_MAGIC: u32 = 2049;
 
-pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
-    let (train, _) = read_pair(root, "train", size)?;
-    let (test, _) = read_pair(root, "t10k", size)?;
+pub fn load(root: &DataRoot, size: (usize, usize), budget: &mut DecodeBudget) -> Result<Loaded> {
+    let (train, _) = read_pair(root, "train", size, budget)?;
+    let (test, _) = read_pair(root, "t10k", size, budget)?;
     let train_groups = (0..train.len() as u64).collect();
     Ok(Loaded { channels: 1, classes: (0..10).map(|d| d.to_string()).collect(), train, train_groups, val: None, test })
 }
 
-fn find(root: &Path, stem: &str) -> Result<PathBuf> {
-    let plain = root.join(stem);
-    let gz = root.join(format!("{stem}.gz"));
+/// The file `stem` (or `stem.gz`) in the folder, resolved inside it.
+fn find(root: &DataRoot, stem: &str) -> Result<PathBuf> {
+    let plain = root.path().join(stem);
+    let gz = root.path().join(format!("{stem}.gz"));
     if gz.is_file() {
-        Ok(gz)
+        root.resolve(&gz)
     } else if plain.is_file() {
-        Ok(plain)
+        root.resolve(&plain)
     } else {
         Err(Error::format(&gz, "missing (looked for the file with and without .gz)"))
     }
@@ -95,7 +97,7 @@ pub fn parse_labels(path: &Path, bytes: &[u8]) -> Result<Vec<usize>> {
     Ok(bytes[8..].iter().map(|&l| l as usize).collect())
 }
 
-fn read_pair(root: &Path, prefix: &str, size: (usize, usize)) -> Result<(Split, usize)> {
+fn read_pair(root: &DataRoot, prefix: &str, size: (usize, usize), budget: &mut DecodeBudget) -> Result<(Split, usize)> {
     let img_path = find(root, &format!("{prefix}-images-idx3-ubyte"))?;
     let lbl_path = find(root, &format!("{prefix}-labels-idx1-ubyte"))?;
     let (n, rows, cols, pixels) = parse_images(&img_path, &read_maybe_gz(&img_path)?)?;
@@ -103,6 +105,7 @@ fn read_pair(root: &Path, prefix: &str, size: (usize, usize)) -> Result<(Split, 
     if labels.len() != n {
         return Err(Error::format(&lbl_path, format!("{} labels for {n} images in {}", labels.len(), img_path.display())));
     }
+    budget.take(&img_path, n, size.0 * size.1)?;
     let mut split = Split::new(size.0 * size.1);
     let plane = rows * cols;
     let mut buf = vec![0f32; plane];

@@ -24,6 +24,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fsutil::{DataRoot, DecodeBudget};
 use crate::rng::Rng;
 
 /// Samples of one split, stored flat: sample `i` is `images[i*len .. (i+1)*len]`.
@@ -242,13 +243,19 @@ pub struct LoadOptions {
     pub classes: Option<usize>,
     /// Layout of array data; `None` infers it.
     pub layout: Option<Layout>,
+    /// The most bytes the decoded samples of all splits may take, counted in the model's input
+    /// shape; `None`: [`crate::fsutil::data_budget`].
+    pub max_decoded_bytes: Option<u64>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { size: None, val_fraction: 0.1, seed: 0, channels: None, classes: None, layout: None }
+        LoadOptions { size: None, val_fraction: 0.1, seed: 0, channels: None, classes: None, layout: None, max_decoded_bytes: None }
     }
 }
+
+/// The largest sample height or width any loader produces.
+pub const MAX_SIDE: usize = 1024;
 
 /// Fraction of each class carved out as the test split when the data has none.
 pub const TEST_FRACTION: f64 = 0.2;
@@ -284,11 +291,12 @@ impl Dataset {
         }
         let size = opts.size.or(spec.kind.default_size());
         if let Some((h, w)) = size
-            && (h == 0 || w == 0 || h > 1024 || w > 1024)
+            && (h == 0 || w == 0 || h > MAX_SIDE || w > MAX_SIDE)
         {
-            return Err(Error::invalid(format!("sample size {h}x{w} is out of range (1..=1024)")));
+            return Err(Error::invalid(format!("sample size {h}x{w} is out of range (1..={MAX_SIDE})")));
         }
         let root = &spec.path;
+        let mut budget = DecodeBudget::new(opts.max_decoded_bytes.unwrap_or_else(crate::fsutil::data_budget));
         let (loaded, size) = match spec.kind {
             Kind::Synthetic => {
                 if size != Some((synthetic::SIZE, synthetic::SIZE)) {
@@ -296,20 +304,21 @@ impl Dataset {
                 }
                 (synthetic::generate(4000, 800, opts.seed), (synthetic::SIZE, synthetic::SIZE))
             }
-            Kind::Npz => load_arrays(root, opts, size)?,
-            Kind::Folder => load_folder(root, opts, size)?,
+            Kind::Npz => load_arrays(root, opts, size, &mut budget)?,
+            Kind::Folder => load_folder(root, opts, size, &mut budget)?,
             kind => {
                 let size = size.expect("named datasets have a default size");
                 if !root.is_dir() {
                     return Err(Error::format(root, "dataset folder does not exist or is not a folder"));
                 }
+                let root = DataRoot::open(root)?;
                 let loaded = match kind {
-                    Kind::Mnist => idx::load(root, size)?,
-                    Kind::Gtsrb => gtsrb::load(root, size)?,
-                    Kind::Fsdd => fsdd::load(root, size)?,
-                    Kind::Orl => orl::load(root, size)?,
-                    Kind::Cifar10 => cifar::load(root, cifar::Variant::Cifar10, size)?,
-                    Kind::Cifar100 => cifar::load(root, cifar::Variant::Cifar100, size)?,
+                    Kind::Mnist => idx::load(&root, size, &mut budget)?,
+                    Kind::Gtsrb => gtsrb::load(&root, size, &mut budget)?,
+                    Kind::Fsdd => fsdd::load(&root, size, &mut budget)?,
+                    Kind::Orl => orl::load(&root, size, &mut budget)?,
+                    Kind::Cifar10 => cifar::load(&root, cifar::Variant::Cifar10, size, &mut budget)?,
+                    Kind::Cifar100 => cifar::load(&root, cifar::Variant::Cifar100, size, &mut budget)?,
                     Kind::Synthetic | Kind::Npz | Kind::Folder => unreachable!("handled above"),
                 };
                 (loaded, size)
@@ -380,12 +389,12 @@ fn no_groups(split: &Split) -> Vec<u64> {
 }
 
 /// `npz:` data: the arrays, converted to the wanted channels and size.
-fn load_arrays(path: &Path, opts: &LoadOptions, size: Option<(usize, usize)>) -> Result<(Loaded, (usize, usize))> {
-    let arrays = npz::read(&npz::Source::parse(path)?, crate::fsutil::data_budget())?;
+fn load_arrays(path: &Path, opts: &LoadOptions, size: Option<(usize, usize)>, budget: &mut DecodeBudget) -> Result<(Loaded, (usize, usize))> {
+    let arrays = npz::read(&npz::Source::parse(path)?, budget)?;
     let origin = &arrays.origin;
-    let (train, channels, size) = npz::to_split(origin, &arrays.train, opts.layout, opts.channels, size, opts.classes)?;
-    let other = |pair: &Option<(npz::Array<f32>, npz::Array<i64>)>| -> Result<Option<Split>> {
-        pair.as_ref().map(|p| npz::to_split(origin, p, opts.layout, Some(channels), Some(size), opts.classes).map(|r| r.0)).transpose()
+    let (train, channels, size) = npz::to_split(origin, &arrays.train, opts.layout, opts.channels, size, opts.classes, budget)?;
+    let mut other = |pair: &Option<(npz::Array<f32>, npz::Array<i64>)>| -> Result<Option<Split>> {
+        pair.as_ref().map(|p| npz::to_split(origin, p, opts.layout, Some(channels), Some(size), opts.classes, budget).map(|r| r.0)).transpose()
     };
     let (val, test) = (other(&arrays.val)?, other(&arrays.test)?);
     let (train, test) = match test {
@@ -401,20 +410,27 @@ fn load_arrays(path: &Path, opts: &LoadOptions, size: Option<(usize, usize)>) ->
 }
 
 /// `folder:` data: an `ImageFolder` tree, or `train/`, `val/`, `test/` trees.
-fn load_folder(root: &Path, opts: &LoadOptions, size: Option<(usize, usize)>) -> Result<(Loaded, (usize, usize))> {
+fn load_folder(root: &Path, opts: &LoadOptions, size: Option<(usize, usize)>, budget: &mut DecodeBudget) -> Result<(Loaded, (usize, usize))> {
     let plan = folder::plan(root, opts.seed)?;
     let channels = opts.channels.unwrap_or(3);
     let size = match size {
         Some(s) => s,
-        None => folder::decode(&plan.train[0].0)?.2,
+        None => {
+            let first = &plan.train[0].0;
+            let (h, w) = folder::decode(first)?.2;
+            if h > MAX_SIDE || w > MAX_SIDE {
+                return Err(Error::format(first, format!("is {h}x{w}; samples take their size from the first image, and at most {MAX_SIDE}x{MAX_SIDE} is accepted (give --resize)")));
+            }
+            (h, w)
+        }
     };
-    // One budget for all three splits together.
-    let budget = crate::fsutil::data_budget();
-    let total = plan.train.len() + plan.test.len() + plan.val.as_ref().map_or(0, Vec::len);
-    let decode = |files: &[(PathBuf, usize)]| folder::decode_files(files, channels, size, budget.saturating_mul(files.len() as u64) / total.max(1) as u64);
+    // One budget for all three splits together, checked before any of them is decoded.
+    let all = plan.train.len() + plan.test.len() + plan.val.as_ref().map_or(0, Vec::len);
+    budget.clone().take(root, all, channels * size.0 * size.1)?;
+    let mut decode = |files: &[(PathBuf, usize)]| folder::decode_files(files, channels, size, budget);
     let train = decode(&plan.train)?;
     let test = decode(&plan.test)?;
-    let val = plan.val.as_deref().map(decode).transpose()?;
+    let val = plan.val.as_deref().map(&mut decode).transpose()?;
     let loaded = Loaded { channels, classes: plan.classes, train_groups: no_groups(&train), train, val, test };
     Ok((loaded, size))
 }

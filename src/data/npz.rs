@@ -14,6 +14,7 @@ use npyz::{DType, NpyFile, TypeChar};
 
 use super::{Layout, Split, fit_image};
 use crate::error::{Error, Result};
+use crate::fsutil::DecodeBudget;
 
 /// Where the arrays are.
 pub enum Source {
@@ -47,12 +48,13 @@ pub struct Arrays {
     pub origin: PathBuf,
 }
 
-/// Reads the arrays. `max_bytes` bounds each array's declared size (in its stored type).
-pub fn read(source: &Source, max_bytes: u64) -> Result<Arrays> {
+/// Reads the arrays. Each array's declared size (in its stored type) must fit what is left of
+/// `budget`, and `x` takes its values widened to f32 from it before they are read.
+pub fn read(source: &Source, budget: &mut DecodeBudget) -> Result<Arrays> {
     match source {
         Source::Pair { x, y } => {
-            let xa = read_npy_file(x, max_bytes, read_x)?;
-            let ya = read_npy_file(y, max_bytes, read_y)?;
+            let xa = read_npy_file(x, budget.left(), |p, n, a| read_x(p, n, a, budget))?;
+            let ya = read_npy_file(y, budget.left(), read_y)?;
             Ok(Arrays { train: (xa, ya), val: None, test: None, origin: x.clone() })
         }
         Source::Archive(path) => {
@@ -62,8 +64,8 @@ pub fn read(source: &Source, max_bytes: u64) -> Result<Arrays> {
                 let has = |zip: &zip::ZipArchive<File>, n: &str| zip.index_for_name(&format!("{n}.npy")).is_some();
                 match (has(&zip, x), has(&zip, y)) {
                     (true, true) => {
-                        let xa = read_entry(&mut zip, path, x, max_bytes, read_x)?;
-                        let ya = read_entry(&mut zip, path, y, max_bytes, read_y)?;
+                        let xa = read_entry(&mut zip, path, x, budget.left(), |p, n, a| read_x(p, n, a, budget))?;
+                        let ya = read_entry(&mut zip, path, y, budget.left(), read_y)?;
                         Ok(Some((xa, ya)))
                     }
                     (false, false) if !required => Ok(None),
@@ -124,7 +126,7 @@ fn check_preamble(path: &Path, prefix: &[u8], available: u64) -> Result<()> {
     Ok(())
 }
 
-fn read_npy_file<T>(path: &Path, max_bytes: u64, f: impl Fn(&Path, NpyFile<File>, u64) -> Result<Array<T>>) -> Result<Array<T>> {
+fn read_npy_file<T>(path: &Path, max_bytes: u64, f: impl FnOnce(&Path, NpyFile<File>, u64) -> Result<Array<T>>) -> Result<Array<T>> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut prefix = Vec::new();
@@ -135,7 +137,7 @@ fn read_npy_file<T>(path: &Path, max_bytes: u64, f: impl Fn(&Path, NpyFile<File>
     f(path, npy, len.min(max_bytes))
 }
 
-fn read_entry<T>(zip: &mut zip::ZipArchive<File>, path: &Path, name: &str, max_bytes: u64, f: impl Fn(&Path, NpyFile<std::io::Cursor<Vec<u8>>>, u64) -> Result<Array<T>>) -> Result<Array<T>> {
+fn read_entry<T>(zip: &mut zip::ZipArchive<File>, path: &Path, name: &str, max_bytes: u64, f: impl FnOnce(&Path, NpyFile<std::io::Cursor<Vec<u8>>>, u64) -> Result<Array<T>>) -> Result<Array<T>> {
     let named = path.join(format!("{name}.npy"));
     let entry = zip.by_name(&format!("{name}.npy")).map_err(|e| Error::format(&named, e.to_string()))?;
     // The entry's declared uncompressed size bounds what we read; a stream that runs longer is
@@ -180,10 +182,12 @@ fn collect<T: npyz::Deserialize, R: Read>(path: &Path, npy: NpyFile<R>) -> Resul
     npy.into_vec::<T>().map_err(|e| Error::format(path, format!("array data is truncated or unreadable: {e}")))
 }
 
-/// `x`: uint8 scaled by 1/255, or float32/float64 that must already be in [0, 1].
-fn read_x<R: Read>(path: &Path, npy: NpyFile<R>, available: u64) -> Result<Array<f32>> {
+/// `x`: uint8 scaled by 1/255, or float32/float64 that must already be in [0, 1]. Its values
+/// widened to f32 are taken from `budget` before they are read.
+fn read_x<R: Read>(path: &Path, npy: NpyFile<R>, available: u64, budget: &mut DecodeBudget) -> Result<Array<f32>> {
     let (kind, size) = type_of(path, &npy)?;
-    let (shape, _) = checked_len(path, &npy, size.max(1), available)?;
+    let (shape, n) = checked_len(path, &npy, size.max(1), available)?;
+    budget.take(path, n, 1)?;
     let values: Vec<f32> = match (kind, size) {
         (TypeChar::Uint, 1) => collect::<u8, R>(path, npy)?.into_iter().map(|v| v as f32 / 255.0).collect(),
         (TypeChar::Float, 4) => collect::<f32, R>(path, npy)?,
@@ -224,7 +228,8 @@ fn describe(kind: TypeChar, size: u64) -> String {
 /// Turns one `(x, y)` pair into a split of planar samples of `channels` channels at `size`.
 /// The layout is `layout` if given, else inferred: N×H×W is grey; of N×A×B×C the axis that
 /// matches `channels` (or is 1 or 3) is the channel axis, the last one when both could be.
-pub fn to_split(path: &Path, (x, y): &(Array<f32>, Array<i64>), layout: Option<Layout>, channels: Option<usize>, size: Option<(usize, usize)>, classes: Option<usize>) -> Result<(Split, usize, (usize, usize))> {
+/// The converted samples are taken from `budget` before they are allocated.
+pub fn to_split(path: &Path, (x, y): &(Array<f32>, Array<i64>), layout: Option<Layout>, channels: Option<usize>, size: Option<(usize, usize)>, classes: Option<usize>, budget: &mut DecodeBudget) -> Result<(Split, usize, (usize, usize))> {
     let n = x.shape.first().copied().unwrap_or(0);
     if n != y.values.len() {
         return Err(Error::format(path, format!("x has {n} samples but y has {} labels", y.values.len())));
@@ -246,6 +251,10 @@ pub fn to_split(path: &Path, (x, y): &(Array<f32>, Array<i64>), layout: Option<L
     }
     let channels = channels.unwrap_or(src_c.min(3));
     let size = size.unwrap_or((h, w));
+    if size.0 > super::MAX_SIDE || size.1 > super::MAX_SIDE {
+        return Err(Error::format(path, format!("images of {}x{} are larger than the {m}x{m} accepted; give --resize", size.0, size.1, m = super::MAX_SIDE)));
+    }
+    budget.take(path, n, channels * size.0 * size.1)?;
     let mut split = Split::new(channels * size.0 * size.1);
     split.images.reserve(n * split.sample_len);
     let per = src_c * h * w;

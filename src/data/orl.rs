@@ -1,23 +1,23 @@
 //! The ORL (AT&T) faces: `sN/K.pgm`, 40 people x 10 images of 92x112 grey. Images 1-7 of each
 //! person are train, 8-10 test (the common protocol).
 
-use std::path::Path;
-
 use super::{Loaded, Split, pnm, resize_planar};
 use crate::error::{Error, Result};
+use crate::fsutil::{DataRoot, DecodeBudget};
 
 pub const PEOPLE: usize = 40;
 pub const IMAGES_PER_PERSON: usize = 10;
 pub const TRAIN_IMAGES: usize = 7;
 
-pub fn load(root: &Path, size: (usize, usize)) -> Result<Loaded> {
+pub fn load(root: &DataRoot, size: (usize, usize), budget: &mut DecodeBudget) -> Result<Loaded> {
+    budget.take(root.path(), PEOPLE * IMAGES_PER_PERSON, size.0 * size.1)?;
     let mut train = Split::new(size.0 * size.1);
     let mut test = Split::new(size.0 * size.1);
     let mut groups = Vec::new();
     for person in 1..=PEOPLE {
         for k in 1..=IMAGES_PER_PERSON {
-            let path = root.join(format!("s{person}")).join(format!("{k}.pgm"));
-            let img = pnm::read(&path)?;
+            let path = root.path().join(format!("s{person}")).join(format!("{k}.pgm"));
+            let img = pnm::read(root, &path)?;
             if img.channels != 1 {
                 return Err(Error::format(&path, "expected a grey (P5) image"));
             }

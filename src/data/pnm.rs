@@ -71,8 +71,9 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Pnm> {
     Ok(Pnm { width, height, channels, planar })
 }
 
-pub fn read(path: &Path) -> Result<Pnm> {
-    let bytes = crate::fsutil::read_bounded(path, (MAX_SIDE * MAX_SIDE * 3 + 1024) as u64)?;
+/// Reads a PNM file that must lie inside the data folder `root`.
+pub fn read(root: &crate::fsutil::DataRoot, path: &Path) -> Result<Pnm> {
+    let bytes = root.read(path, (MAX_SIDE * MAX_SIDE * 3 + 1024) as u64)?;
     parse(path, &bytes)
 }
 

@@ -11,8 +11,10 @@
 //!
 //! The weights stay on the plain device: only the masks and noise are autodiff tensors, applied
 //! by a [`NodeHook`] as the interpreter runs, so no step copies the model and no weight gradient
-//! is computed. The threshold is chosen on clean *validation* data only: the largest one whose
-//! accuracy stays within the budget (a public implementation picks it with the test set's attack
+//! is computed. The threshold is chosen on clean *validation* data only: walking up from the
+//! smallest threshold, the last one before the first whose accuracy leaves the budget (a larger
+//! threshold past a failing one is never taken, even if accuracy recovers there; a public
+//! implementation picks it with the test set's attack
 //! success; no defender has that).
 
 use burn::module::Module;
@@ -334,7 +336,7 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
             ));
             (None, "no threshold kept clean validation accuracy within the budget".to_string())
         }
-        (k, None) => (Some(thresholds[k - 1]), "the largest threshold whose clean validation accuracy stays within the budget".to_string()),
+        (k, None) => (Some(thresholds[k - 1]), "walking up the thresholds, the last one before the first whose clean validation accuracy leaves the budget".to_string()),
     };
     clock.lap("ANP threshold sweep (validation)");
 
@@ -366,7 +368,7 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
             _ => None,
         };
         if j == 0 {
-            let s = Snapshot { val_accuracy: val_acc[0], clean_accuracy: test_acc, attack_success_rate: asr.as_ref().map(|a| a.rate), attack_success_rate_ci95: asr.as_ref().map(|a| a.ci95) };
+            let s = Snapshot { val_accuracy: val_acc[0], clean_accuracy: test_acc, attack_success_rate: asr.as_ref().and_then(|a| a.rate), attack_success_rate_ci95: asr.as_ref().map(|a| a.ci95) };
             before = Some((s, asr.as_ref().map(|a| a.convention.clone())));
         }
         curve.push(CurvePoint {
@@ -375,7 +377,7 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
             threshold: (j > 0).then(|| thresholds[j - 1]),
             val_accuracy: val_acc[j],
             test_accuracy: Some(test_acc),
-            attack_success_rate: asr.map(|a| a.rate),
+            attack_success_rate: asr.and_then(|a| a.rate),
         });
     }
     if cfg.test_curve {

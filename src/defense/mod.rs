@@ -319,7 +319,7 @@ fn snapshot(file: &ModelFile, ds: &Dataset, val_accuracy: f64, known: Option<&Kn
     match known {
         Some(k) => {
             let e = evaluate_triggered(file, &ds.test, &k.trigger, k.target, k.include_target, device, progress)?;
-            let s = Snapshot { val_accuracy, clean_accuracy: e.clean.accuracy, attack_success_rate: Some(e.attack_success_rate.rate), attack_success_rate_ci95: Some(e.attack_success_rate.ci95) };
+            let s = Snapshot { val_accuracy, clean_accuracy: e.clean.accuracy, attack_success_rate: e.attack_success_rate.rate, attack_success_rate_ci95: Some(e.attack_success_rate.ci95) };
             Ok((s, Some(e)))
         }
         None => {
@@ -408,9 +408,13 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
 
     let mut folded = false;
     if cfg.fold && pruned.as_ref().is_some_and(|p| !p.by_layer.iter().all(|l| l.pruned.is_empty())) {
-        let (m, any) = crate::prune::fold::fold_all(&model.valid());
+        let before = model.graph.param_count();
+        let (m, stuck) = crate::prune::fold::fold_all(&model.valid());
+        folded = m.graph.param_count() < before;
         model = m;
-        folded = any;
+        for site in stuck {
+            notes.push(format!("the pruned units at {site} could not be removed (the layer is not reached from one convolution through per-channel layers); they stay in the output, masked to zero"));
+        }
     }
     let model = model.valid();
     progress.phase("evaluating the defended model on the validation split", 0);

@@ -58,7 +58,7 @@ pub(super) fn prune_site(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, kn
     // The unpruned model's test numbers are level 0 of the sweep: no second pass over the test
     // split.
     let before = (
-        Snapshot { val_accuracy: val_acc[0], clean_accuracy: test_acc[0], attack_success_rate: a0.as_ref().map(|a| a.rate), attack_success_rate_ci95: a0.as_ref().map(|a| a.ci95) },
+        Snapshot { val_accuracy: val_acc[0], clean_accuracy: test_acc[0], attack_success_rate: a0.as_ref().and_then(|a| a.rate), attack_success_rate_ci95: a0.as_ref().map(|a| a.ci95) },
         a0.map(|a| a.convention),
     );
     let curve = (0..val_acc.len())
@@ -68,7 +68,7 @@ pub(super) fn prune_site(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, kn
             threshold: None,
             val_accuracy: val_acc[j],
             test_accuracy: Some(test_acc[j]),
-            attack_success_rate: asr.as_ref().map(|a| a[j].rate),
+            attack_success_rate: asr.as_ref().and_then(|a| a[j].rate),
         })
         .collect();
     let pruned = order[..k].to_vec();

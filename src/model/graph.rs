@@ -19,9 +19,11 @@ pub enum Shape {
 }
 
 impl Shape {
+    /// Elements per sample. Saturating: a graph from a file may declare dimensions whose product
+    /// overflows, and [`Graph::validate`] must see "too large", not a wrapped small number.
     pub fn numel(&self) -> usize {
         match *self {
-            Shape::Map([c, h, w]) => c * h * w,
+            Shape::Map([c, h, w]) => c.saturating_mul(h).saturating_mul(w),
             Shape::Flat(n) => n,
         }
     }
@@ -98,7 +100,9 @@ pub struct Graph {
 }
 
 /// Largest single dimension or element count we accept from a graph (2^28): far beyond any model
-/// this tool is for, small enough that products of a few of them cannot overflow `usize`.
+/// this tool is for. Products of several such dimensions can still overflow `usize`, so every
+/// size product here saturates or is checked, and every node's output and the parameter total
+/// are held to these bounds before anything is allocated.
 pub const MAX_DIM: usize = 1 << 28;
 /// Largest total parameter count (about 1 GiB of f32).
 pub const MAX_PARAMS: usize = 1 << 28;
@@ -267,16 +271,18 @@ impl Op {
         }
     }
 
-    /// Number of learnable parameters plus running statistics.
+    /// Number of learnable parameters plus running statistics (saturating, like
+    /// [`Shape::numel`], so an overflowing declaration reads as too many).
     pub fn param_count(&self) -> usize {
         match *self {
-            Op::Conv2d { in_channels, out_channels, kernel, groups, bias, .. } => {
-                out_channels * (in_channels / groups) * kernel[0] * kernel[1]
-                    + if bias { out_channels } else { 0 }
-            }
-            Op::BatchNorm { channels, .. } => 4 * channels,
+            Op::Conv2d { in_channels, out_channels, kernel, groups, bias, .. } => out_channels
+                .saturating_mul(in_channels / groups.max(1))
+                .saturating_mul(kernel[0])
+                .saturating_mul(kernel[1])
+                .saturating_add(if bias { out_channels } else { 0 }),
+            Op::BatchNorm { channels, .. } => channels.saturating_mul(4),
             Op::Linear { in_features, out_features, bias } => {
-                in_features * out_features + if bias { out_features } else { 0 }
+                in_features.saturating_mul(out_features).saturating_add(if bias { out_features } else { 0 })
             }
             _ => 0,
         }
@@ -388,7 +394,7 @@ impl Graph {
     }
 
     pub fn param_count(&self) -> usize {
-        self.nodes.iter().map(|n| n.op.param_count()).sum()
+        self.nodes.iter().map(|n| n.op.param_count()).fold(0, usize::saturating_add)
     }
 
     /// Indices of the nodes at or before `cut` whose values nodes after `cut` read: what must
@@ -582,5 +588,30 @@ mod tests {
             *out_features = MAX_DIM + 1;
         }
         assert!(g.validate().is_err());
+    }
+
+    #[test]
+    fn a_shape_whose_size_overflows_is_refused_not_wrapped() {
+        // 1024 channels at 2^27 x 2^27 is 2^64 elements: wrapped, that is 0, which passed.
+        let g = Graph {
+            input_shape: [1024, 1, 1],
+            nodes: vec![
+                Node { name: "x".into(), op: Op::Input, inputs: vec![] },
+                Node {
+                    name: "dw".into(),
+                    op: Op::Conv2d { in_channels: 1024, out_channels: 1024, kernel: [2, 2], stride: [1, 1], padding: [1 << 26, 1 << 26], dilation: [1, 1], groups: 1024, bias: false },
+                    inputs: vec![0],
+                },
+                Node { name: "flat".into(), op: Op::Flatten, inputs: vec![1] },
+                Node { name: "fc".into(), op: Op::Linear { in_features: 0, out_features: 2, bias: true }, inputs: vec![2] },
+            ],
+            output: 3,
+            prune_site: None,
+        };
+        let e = g.validate().unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        // Parameter counts saturate too: [2^28, 2^28, 2^28, 2^28] weights are not zero of them.
+        let op = Op::Conv2d { in_channels: 1 << 28, out_channels: 1 << 28, kernel: [1 << 28, 1 << 28], stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1, bias: true };
+        assert_eq!(op.param_count(), usize::MAX);
     }
 }

@@ -50,7 +50,11 @@ pub fn from_state_dict(arch_name: &str, path: &Path, input: Option<[usize; 3]>, 
     // The classifier is the graph's output node; its weight's first dimension is the class count.
     let probe = arch::build(arch_name, input, 2)?;
     let out_name = format!("{}.weight", probe.nodes[probe.output].name);
-    let classes = st.tensor(&out_name).map_err(|_| Error::format(path, format!("no tensor {out_name:?}: not a {arch_name} state dict")))?.shape()[0];
+    let out_view = st.tensor(&out_name).map_err(|_| Error::format(path, format!("no tensor {out_name:?}: not a {arch_name} state dict")))?;
+    let classes = match out_view.shape() {
+        [classes, _] if *classes >= 1 => *classes,
+        other => return Err(Error::format(path, format!("tensor {out_name:?} has shape {other:?}; a classifier weight is [classes, features]"))),
+    };
     let mut model = Model::zeroed(arch::build(arch_name, input, classes)?, device)?;
     let mut unused = Vec::new();
     let mut set = std::collections::HashSet::new();

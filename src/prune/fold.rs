@@ -149,9 +149,10 @@ pub fn fold(model: &Model, site: usize) -> Option<Model> {
 /// Folds every mask that can be folded (fine-pruning's one site or a neuron defense's many);
 /// masks that cannot (after a residual addition) stay. Returns the model and whether any mask
 /// was folded.
-pub fn fold_all(model: &Model) -> (Model, bool) {
+/// Every mask folded that can be: returns the model and the sites whose masks stayed (the
+/// pruned channels there are zeroed, not removed), so a caller can say so.
+pub fn fold_all(model: &Model) -> (Model, Vec<String>) {
     let mut m = model.clone();
-    let mut folded = false;
     // Each fold removes a mask node and renumbers the graph: look the next one up afresh, and
     // skip the sites already found unfoldable (by name, which folding keeps).
     let mut stuck: Vec<String> = vec![];
@@ -160,12 +161,9 @@ pub fn fold_all(model: &Model) -> (Model, bool) {
         _ => None,
     }) {
         match fold(&m, site.0) {
-            Some(next) => {
-                m = next;
-                folded = true;
-            }
+            Some(next) => m = next,
             None => stuck.push(site.1),
         }
     }
-    (m, folded)
+    (m, stuck)
 }

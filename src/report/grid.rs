@@ -8,14 +8,19 @@ use crate::error::{Error, Result};
 /// Renders sample pairs side by side: `left[i] | right[i]` per row. Colour samples are shown
 /// as RGB; one-channel samples (grey images, spectrograms) are stretched to their own range.
 pub fn pairs_png(left: &Split, right: &Split, shape: [usize; 3], rows: usize, scale: usize, path: &Path) -> Result<()> {
+    columns_png(&[left, right], shape, rows, scale, path)
+}
+
+/// Renders columns of samples: row `i` shows sample `i` of every column, left to right.
+pub fn columns_png(columns: &[&Split], shape: [usize; 3], rows: usize, scale: usize, path: &Path) -> Result<()> {
     let [c, h, w] = shape;
-    let rows = rows.min(left.len()).min(right.len()).max(1);
+    let rows = columns.iter().map(|s| s.len()).fold(rows, usize::min).max(1);
     let (cell_w, cell_h, gap) = (w * scale, h * scale, 4 * scale.max(1));
-    let width = 2 * cell_w + 3 * gap;
+    let width = columns.len() * (cell_w + gap) + gap;
     let height = rows * (cell_h + gap) + gap;
     let mut img = image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([255, 255, 255]));
     for r in 0..rows {
-        for (col, split) in [left, right].into_iter().enumerate() {
+        for (col, split) in columns.iter().enumerate() {
             let s = split.sample(r);
             let (lo, hi) = if c == 1 { s.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v))) } else { (0.0, 1.0) };
             let span = (hi - lo).max(1e-6);

@@ -69,3 +69,53 @@ pub fn write_defense_report(dir: &std::path::Path, outcome: &crate::defense::Def
     let json = serde_json::to_vec_pretty(outcome).expect("outcome serialises");
     write_atomic(&dir.join("result.json"), &json)
 }
+
+/// Writes a scan's report into `dir`: `result.json`; for every refined trigger
+/// `FAMILY-classK.json` (a trigger file `--trigger file:...` accepts) and `FAMILY-classK.png`
+/// (mask, pattern and mask x pattern for the patch family; the pattern, shifted to show
+/// negative changes, for the additive one); and `stamped.png`, held-out images clean and with
+/// the most likely target's trigger (and with the real trigger beside, when one is known).
+pub fn write_scan_report(dir: &std::path::Path, outcome: &crate::scan::ScanOutcome, holdout: &crate::data::Split, shape: [usize; 3], known: Option<&crate::trigger::Trigger>) -> crate::Result<()> {
+    use crate::data::Split;
+    use crate::fsutil::write_atomic;
+    use crate::trigger::{Trigger, Use};
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let [c, h, w] = shape;
+    let scale = (128 / h.max(w)).max(1);
+    let sample_of = |values: Vec<f32>| {
+        let mut s = Split::new(c * h * w);
+        s.push(&values, 0);
+        s
+    };
+    for f in &outcome.families {
+        for fin in &f.finalists {
+            let Some(Trigger::Reconstructed { mask, pattern, .. }) = &fin.trigger else { continue };
+            let stem = format!("{}-class{}", f.family.name(), fin.class);
+            crate::trigger::spec::write_file(fin.trigger.as_ref().expect("matched above"), &dir.join(format!("{stem}.json")))?;
+            let cols: Vec<Split> = match mask {
+                Some(m) => {
+                    let mask_c: Vec<f32> = (0..c).flat_map(|_| m.iter().copied()).collect();
+                    let fused: Vec<f32> = pattern.iter().enumerate().map(|(i, p)| p * m[i % (h * w)]).collect();
+                    vec![sample_of(mask_c), sample_of(pattern.clone()), sample_of(fused)]
+                }
+                None => vec![sample_of(pattern.iter().map(|d| (0.5 + d).clamp(0.0, 1.0)).collect())],
+            };
+            let refs: Vec<&Split> = cols.iter().collect();
+            grid::columns_png(&refs, shape, 1, scale, &dir.join(format!("{stem}.png")))?;
+        }
+    }
+    if let Some((class, _, trigger)) = outcome.best_trigger() {
+        let idx: Vec<usize> = (0..holdout.len()).filter(|&i| holdout.labels[i] != class).take(8).collect();
+        if !idx.is_empty() {
+            let clean = holdout.subset(&idx);
+            let mut cols = vec![clean.clone(), trigger.apply_split(holdout, Some(&idx), shape, Use::Test, 0)?];
+            if let Some(t) = known.filter(|t| !t.is_audio()) {
+                cols.push(t.apply_split(holdout, Some(&idx), shape, Use::Test, 0)?);
+            }
+            let refs: Vec<&Split> = cols.iter().collect();
+            grid::columns_png(&refs, shape, idx.len(), scale, &dir.join("stamped.png"))?;
+        }
+    }
+    let json = serde_json::to_vec_pretty(outcome).expect("a scan outcome serialises");
+    write_atomic(&dir.join("result.json"), &json)
+}

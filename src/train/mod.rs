@@ -173,6 +173,11 @@ pub fn train_with(model: Model, data: &TrainData, cfg: &TrainConfig, hooks: &dyn
     if data.train.is_empty() {
         return Err(Error::invalid("the training split is empty"));
     }
+    // The epoch is chosen on validation accuracy; training accuracy in its place would be a
+    // number under the wrong name (and would pick the most overfitted epoch).
+    if data.val.is_empty() {
+        return Err(Error::invalid("the validation split is empty: the kept epoch is chosen on clean validation accuracy; give a validation fraction above 0 (--val-fraction) or data with more samples per class"));
+    }
     let eval_device = device.clone().without_autodiff();
     let mut optim = match cfg.optimizer {
         OptimizerKind::Sgd => {
@@ -225,12 +230,8 @@ pub fn train_with(model: Model, data: &TrainData, cfg: &TrainConfig, hooks: &dyn
             model = hooks.after_step(optim.step(lr, model, grads));
             progress.batch(epoch, b + 1, batches.len(), loss_sum / seen as f64, correct as f64 / seen as f64);
         }
-        let val_accuracy = if data.val.is_empty() {
-            correct as f64 / seen.max(1) as f64
-        } else {
-            let preds = predict(&model, data.val, data.normalization, &eval_device, 256);
-            ClassReport::new(&preds, &data.val.labels, classes).accuracy
-        };
+        let preds = predict(&model, data.val, data.normalization, &eval_device, 256);
+        let val_accuracy = ClassReport::new(&preds, &data.val.labels, classes).accuracy;
         let stats = EpochStats {
             epoch: epoch + 1,
             lr,

@@ -68,6 +68,10 @@ pub enum Trigger {
     Sunglasses { darkness: f32 },
     /// The speech trigger: a tone (or seeded noise burst) added to the waveform.
     Tone { freq_hz: f32, amplitude: f32, noise: bool, start_s: f32, duration_s: f32, seed: u64 },
+    /// A trigger reconstructed by `scan` for one input shape `[c, h, w]`: with a mask (`h*w`
+    /// values in [0, 1]), `x' = (1 - m) x + m p`; without one, `x' = clamp(x + p, 0, 1)` (a
+    /// full-image additive pattern). `pattern` is planar `[c, h, w]`.
+    Reconstructed { shape: [usize; 3], mask: Option<Vec<f32>>, pattern: Vec<f32> },
 }
 
 /// Whether a trigger is being applied to poison training data or to test the backdoor
@@ -163,6 +167,41 @@ impl Trigger {
                 }
             }
             Trigger::Tone { .. } => return Err(Error::invalid("the tone trigger acts on audio; use it with fsdd data")),
+            Trigger::Reconstructed { shape: own, mask, pattern } => {
+                if *own != shape {
+                    return Err(Error::invalid(format!("the reconstructed trigger is for {}x{}x{} inputs, not {c}x{h}x{w}", own[0], own[1], own[2])));
+                }
+                let plane = h * w;
+                match mask {
+                    Some(m) => {
+                        for (i, v) in sample.iter_mut().enumerate() {
+                            let a = m[i % plane];
+                            *v = (1.0 - a) * *v + a * pattern[i];
+                        }
+                    }
+                    None => {
+                        for (v, p) in sample.iter_mut().zip(pattern) {
+                            *v = (*v + p).clamp(0.0, 1.0);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a trigger read from a file: a reconstructed one's arrays must fit its shape and
+    /// be finite (masks in [0, 1]).
+    pub fn validate(&self) -> Result<()> {
+        if let Trigger::Reconstructed { shape, mask, pattern } = self {
+            let [c, h, w] = *shape;
+            let plane = h.checked_mul(w).filter(|&p| p > 0 && p <= 1 << 24).ok_or_else(|| Error::invalid("reconstructed trigger shape out of range"))?;
+            if c == 0 || c > 4 || pattern.len() != c * plane || mask.as_ref().is_some_and(|m| m.len() != plane) {
+                return Err(Error::invalid(format!("reconstructed trigger arrays do not fit its shape {c}x{h}x{w}")));
+            }
+            if pattern.iter().any(|v| !v.is_finite()) || mask.as_ref().is_some_and(|m| m.iter().any(|v| !(0.0..=1.0).contains(v))) {
+                return Err(Error::invalid("reconstructed trigger values are not finite, or its mask is outside [0, 1]"));
+            }
         }
         Ok(())
     }
@@ -253,14 +292,20 @@ impl Triggered {
 }
 
 impl Picture {
-    /// Reads a PNG (grey, RGB or RGBA; alpha ignored), bounded in size.
+    /// Reads a PNG (grey, RGB or RGBA; alpha ignored), bounded in size: the declared size is
+    /// checked from the header, before any pixel is decoded.
     pub fn from_png(path: &std::path::Path) -> Result<Picture> {
+        const MAX_SIDE: u32 = 4096;
         let bytes = crate::fsutil::read_bounded(path, 16 << 20)?;
-        let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
-            .map_err(|e| Error::format(path, format!("not a readable PNG: {e}")))?
-            .to_rgb32f();
+        let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_SIDE);
+        limits.max_image_height = Some(MAX_SIDE);
+        limits.max_alloc = Some(256 << 20);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| Error::format(path, format!("not a readable PNG of at most {MAX_SIDE}x{MAX_SIDE}: {e}")))?.to_rgb32f();
         let (w, h) = (img.width() as usize, img.height() as usize);
-        if w == 0 || h == 0 || w > 4096 || h > 4096 {
+        if w == 0 || h == 0 {
             return Err(Error::format(path, format!("picture size {w}x{h} is out of range")));
         }
         let mut values = vec![0f32; 3 * h * w];

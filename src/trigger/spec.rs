@@ -6,6 +6,7 @@
 //! | `blend` | `alpha=0.2`, `test-alpha=` (= alpha), `seed=0` (noise pattern), `image=FILE.png` |
 //! | `sunglasses` | `darkness=0.05` |
 //! | `tone` | `freq=3000` (Hz), `amp=0.3`, `noise` (a noise burst instead), `start=0`, `duration=1` (s), `seed=0` |
+//! | `file:PATH` | a trigger saved as JSON, e.g. the `trigger.json` that `scan` reconstructs |
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,6 +39,9 @@ fn parse_color(v: &str) -> Result<[f32; 3]> {
 /// Parses a trigger spec. Image paths are read now, so the trigger carries its pixels.
 pub fn parse(spec: &str) -> Result<Trigger> {
     let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    if kind == "file" {
+        return read_file(Path::new(rest));
+    }
     let mut opts: BTreeMap<String, String> = BTreeMap::new();
     for item in rest.split(',').filter(|s| !s.is_empty()) {
         let (k, v) = item.split_once('=').unwrap_or((item, ""));
@@ -119,6 +123,20 @@ pub fn parse(spec: &str) -> Result<Trigger> {
     Ok(trigger)
 }
 
+/// Reads a trigger saved as JSON (bounded: a reconstructed trigger of a 1024x1024 colour input
+/// is about 60 MB of text).
+pub fn read_file(path: &Path) -> Result<Trigger> {
+    let bytes = crate::fsutil::read_bounded(path, 128 << 20)?;
+    let t: Trigger = serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("not a trigger file: {e}")))?;
+    t.validate().map_err(|e| Error::format(path, e.to_string()))?;
+    Ok(t)
+}
+
+/// Writes a trigger as JSON, atomically, for `--trigger file:PATH`.
+pub fn write_file(t: &Trigger, path: &Path) -> Result<()> {
+    crate::fsutil::write_atomic(path, &serde_json::to_vec(t).expect("a trigger serialises"))
+}
+
 /// The canonical spec of a trigger (pictures are shown by size; their pixels live in the model).
 pub fn to_spec(t: &Trigger) -> String {
     match t {
@@ -149,6 +167,9 @@ pub fn to_spec(t: &Trigger) -> String {
             BlendPattern::Picture(p) => format!("blend:alpha={alpha},test-alpha={test_alpha},image=<{}x{}>", p.width, p.height),
         },
         Trigger::Sunglasses { darkness } => format!("sunglasses:darkness={darkness}"),
+        Trigger::Reconstructed { shape: [c, h, w], mask, .. } => {
+            format!("reconstructed:{}{c}x{h}x{w}", if mask.is_some() { "mask+pattern," } else { "additive," })
+        }
         Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed } => {
             if *noise {
                 format!("tone:noise,amp={amplitude},start={start_s},duration={duration_s},seed={seed}")

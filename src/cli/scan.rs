@@ -1,0 +1,160 @@
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use super::*;
+use fineprune::scan::{Family, ScanConfig, ScanOutcome, Thresholds, scan};
+
+#[derive(Args)]
+pub(super) struct ScanArgs {
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
+    /// The defender's clean data, KIND:PATH: the train split is inverted on, the validation
+    /// split is held out to measure the reconstructed triggers.
+    #[arg(long)]
+    pub(super) data: String,
+    /// Fraction of the train split the defender has as clean data.
+    #[arg(long, default_value_t = 1.0)]
+    pub(super) clean_fraction: f64,
+    /// Candidate target classes, e.g. 0,3,7 (default: every class).
+    #[arg(long, value_delimiter = ',')]
+    pub(super) classes: Vec<usize>,
+    /// Trigger families to reconstruct: patch (mask + pattern), additive (full image).
+    #[arg(long, value_delimiter = ',', default_values = ["patch", "additive"], value_parser = parse_family)]
+    pub(super) family: Vec<Family>,
+    /// First-pass optimisation steps, the same for every class.
+    #[arg(long, default_value_t = ScanConfig::default().steps)]
+    pub(super) steps: usize,
+    /// Further steps for the smallest classes and the controls.
+    #[arg(long, default_value_t = ScanConfig::default().refine_steps)]
+    pub(super) refine_steps: usize,
+    /// Clean images per class per step.
+    #[arg(long, default_value_t = ScanConfig::default().per_class)]
+    pub(super) per_class: usize,
+    /// Outlier index at which a class is suspected.
+    #[arg(long, default_value_t = fineprune::scan::SUSPECT_INDEX)]
+    pub(super) suspect_index: f64,
+    /// Outlier index at which, with its trigger confirmed on held-out data, the model is called
+    /// backdoored.
+    #[arg(long, default_value_t = fineprune::scan::FLAG_INDEX)]
+    pub(super) flag_index: f64,
+    /// Seed of the clean subset and the image draws.
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+    #[command(flatten)]
+    pub(super) split: SplitArgs,
+    /// Write result.json, the reconstructed triggers (trigger files and PNGs) and stamped
+    /// examples here.
+    #[arg(long)]
+    pub(super) report: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of human-readable text.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+fn parse_family(s: &str) -> std::result::Result<Family, String> {
+    match s {
+        "patch" => Ok(Family::Patch),
+        "additive" => Ok(Family::Additive),
+        _ => Err(format!("unknown trigger family {s:?}: use patch or additive")),
+    }
+}
+
+impl ScanArgs {
+    pub(super) fn config(&self) -> ScanConfig {
+        ScanConfig {
+            steps: self.steps,
+            refine_steps: self.refine_steps,
+            per_class: self.per_class,
+            clean_fraction: self.clean_fraction,
+            classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
+            families: self.family.clone(),
+            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, ..Thresholds::default() },
+            seed: self.seed,
+            ..ScanConfig::default()
+        }
+    }
+}
+
+pub(super) fn cmd_scan(a: ScanArgs) -> Result<()> {
+    if a.family.is_empty() {
+        bail!("give at least one trigger family");
+    }
+    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split)?;
+    let device = fineprune::cpu_device();
+    let mut bars = Bars::new(a.json);
+    let outcome = scan(&file, &ds, &a.config(), &device, &mut bars)?;
+    drop(bars);
+    if let Some(dir) = &a.report {
+        let hold = if ds.val.is_empty() { &ds.test } else { &ds.val };
+        let known = file.info.backdoor.as_ref().map(|b| &b.trigger);
+        fineprune::report::write_scan_report(dir, &outcome, hold, ds.shape, known)?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&scan_json(&outcome))?);
+    } else {
+        print_scan(&outcome, &file.info.classes);
+        if let Some(dir) = &a.report {
+            println!("report: {} (result.json; FAMILY-classK.json are trigger files for --trigger file:PATH)", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// The scan as JSON: `verdict` and `targets` are the names scripts read.
+pub(super) fn scan_json(o: &ScanOutcome) -> serde_json::Value {
+    json!({
+        "verdict": o.verdict.name(),
+        "targets": o.targets,
+        "suspects": o.suspects,
+        "families": o.families,
+        "thresholds": o.thresholds,
+        "holdout_clean_accuracy": o.holdout_clean_accuracy,
+        "inversion_samples": o.inversion_samples,
+        "holdout_samples": o.holdout_samples,
+        "notes": o.notes,
+        "seconds": o.seconds,
+        "seconds_by_stage": o.seconds_by_stage.iter().map(|(k, v)| json!({"stage": k, "seconds": v})).collect::<Vec<_>>(),
+    })
+}
+
+pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
+    let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |x| format!("{x:.prec$}"));
+    for f in &o.families {
+        println!("{} family: size = {}; index = how far below the other classes' sizes (robust z on log sizes)", f.family.name(), f.size_unit);
+        println!("  {:>5}  {:<24} {:>10} {:>9} {:>8}", "class", "name", "size", "batch ASR", "index");
+        let mut rows: Vec<_> = f.classes.iter().collect();
+        rows.sort_by(|a, b| b.index.unwrap_or(f64::MIN).total_cmp(&a.index.unwrap_or(f64::MIN)));
+        for c in rows.iter().take(8) {
+            let size = c.size.map_or("never".to_string(), |s| format!("{s:.2}"));
+            println!("  {:>5}  {:<24} {:>10} {:>9.2} {:>8}", c.class, name(c.class), size, c.best_batch_asr, opt(c.index, 2));
+        }
+        if rows.len() > 8 {
+            println!("  ... {} more classes (all in --json and the report)", rows.len() - 8);
+        }
+        for x in &f.finalists {
+            let role = if x.control { "control" } else { "finalist" };
+            println!("  {role} class {}: refined size {}, held-out attack success {} ({} inputs)", x.class, opt(x.size, 2), opt(x.holdout_asr, 3), x.holdout_samples);
+        }
+    }
+    for n in &o.notes {
+        println!("note: {n}");
+    }
+    let stages: Vec<String> = o.seconds_by_stage.iter().map(|(k, v)| format!("{k} {v:.1}s")).collect();
+    println!("time: {:.1}s ({})", o.seconds, stages.join(", "));
+    match o.suspects.first() {
+        Some(s) => println!(
+            "verdict: {} -- suspected target {} ({}), {} family, index {:.2}, reconstructed trigger's held-out attack success {}",
+            o.verdict.name(),
+            s.class,
+            name(s.class),
+            s.family.name(),
+            s.index,
+            opt(s.holdout_asr, 3)
+        ),
+        None => println!("verdict: {} -- no class needs an unusually small change to be reached", o.verdict.name()),
+    }
+}
