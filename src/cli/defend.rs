@@ -13,8 +13,9 @@ pub(super) struct DefendArgs {
     /// The defender's clean data, KIND:PATH (the model's own dataset kind).
     #[arg(long)]
     pub(super) data: String,
-    /// The defense: the paper's prune, finetune, fineprune; or the trigger-free anp (adversarial
-    /// neuron pruning), fst (feature-shift tuning), anp+fst.
+    /// The defense: the paper's prune, finetune, fineprune; the trigger-free anp (adversarial
+    /// neuron pruning), fst (feature-shift tuning), anp+fst; unlearn (with a reconstructed
+    /// trigger); or auto (all of them, the best verified repair kept).
     #[arg(long, value_enum, default_value_t = Method::Fineprune)]
     pub(super) method: Method,
     /// Output model (.safetensors or .onnx), written atomically.
@@ -62,6 +63,17 @@ pub(super) struct DefendArgs {
     /// Keep the layers' shapes (pruned channels masked to zero) instead of removing them.
     #[arg(long)]
     pub(super) keep_shape: bool,
+    /// Write --out even when the result is outside the clean-accuracy budget (it is not a
+    /// repair; the exit status is 3 either way).
+    #[arg(long)]
+    pub(super) keep_out_of_budget: bool,
+    /// Without a trigger, do not check the repair with a scan (reconstructed trigger before and
+    /// after, fresh scan of the output).
+    #[arg(long)]
+    pub(super) no_verify: bool,
+    /// unlearn: the share of the clean data stamped with the reconstructed trigger.
+    #[arg(long, default_value_t = 0.2)]
+    pub(super) unlearn_share: f64,
     /// Write curve.csv, curve.svg and result.json here.
     #[arg(long)]
     pub(super) report: Option<PathBuf>,
@@ -149,6 +161,11 @@ pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
         ..cfg.anp
     };
     cfg.fst = FstConfig { alpha: a.fst.fst_alpha, epochs: a.fst.fst_epochs, lr: a.fst.fst_lr, batch_size: a.fst.fst_batch_size, ..cfg.fst };
+    cfg.unlearn_share = a.unlearn_share;
+    // With no trigger to measure, the repair is checked against reconstructed ones.
+    if known.is_none() && !a.no_verify {
+        cfg.verify = Some(fineprune::scan::ScanConfig { clean_fraction: a.clean_fraction, seed: a.seed, ..Default::default() });
+    }
     let device = fineprune::cpu_device();
     let mut bars = Bars::new(a.json);
     let outcome = defend(&file, &ds, &cfg, known.as_ref(), &device.clone().autodiff(), &mut bars)?;
@@ -156,7 +173,11 @@ pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
     for n in &outcome.notes {
         eprintln!("note: {n}");
     }
-    fineprune::model::store::save(&outcome.model, &a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
+    // A result outside the budget is not a repair: not written unless asked for.
+    let write = outcome.within_budget || a.keep_out_of_budget;
+    if write {
+        fineprune::model::store::save(&outcome.model, &a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
+    }
     if let Some(dir) = &a.report {
         fineprune::report::write_defense_report(dir, &outcome)?;
     }
@@ -177,6 +198,9 @@ pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
             "finetune_epochs": outcome.finetune_epochs,
             "anp": outcome.anp.as_ref().map(|r| json!({"iterations": r.iterations, "threshold": r.threshold, "rule": r.rule, "clean_samples": r.clean_samples})),
             "fst": outcome.fst,
+            "verification": outcome.verification,
+            "candidates": outcome.candidates,
+            "written": write,
             "folded": outcome.folded,
             "notes": outcome.notes,
             "seconds": outcome.seconds,
@@ -198,16 +222,52 @@ pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
         println!("{} on {}: {}; {:.1}s", outcome.method, outcome.layer, what.join(", "), outcome.seconds);
         println!("  before: val accuracy {:.4}, test accuracy {:.4}{}", outcome.before.val_accuracy, outcome.before.clean_accuracy, asr(&outcome.before));
         println!("  after:  val accuracy {:.4}, test accuracy {:.4}{}", outcome.after.val_accuracy, outcome.after.clean_accuracy, asr(&outcome.after));
+        if let Some(v) = &outcome.verification {
+            let r = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+            match v.target {
+                Some(t) => println!(
+                    "  check without the trigger: reconstructed trigger of class {t} ({}), attack success {} -> {}; fresh scan of the output: {}{}",
+                    v.family.map_or("", |f| f.name()),
+                    r(v.reconstructed_asr_before),
+                    r(v.reconstructed_asr_after),
+                    v.after_verdict.name(),
+                    if v.still_flagged { " (STILL FLAGGED)" } else { "" }
+                ),
+                None => println!("  check without the trigger: the suspect scan suspected no class ({}); fresh scan of the output: {}", v.before_verdict.name(), v.after_verdict.name()),
+            }
+        }
+        for c in &outcome.candidates {
+            let r = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+            let status = match &c.error {
+                Some(e) => format!("failed: {e}"),
+                None => format!(
+                    "val accuracy {:.4}{}, reconstructed-trigger attack success {}{}{}",
+                    c.val_accuracy,
+                    if c.within_budget { "" } else { " (outside the budget)" },
+                    r(c.reconstructed_asr_after),
+                    if c.still_flagged { ", still flagged" } else { "" },
+                    c.attack_success_rate.map(|v| format!(", known-trigger attack success {v:.4}")).unwrap_or_default()
+                ),
+            };
+            println!("  {} {:<9} {status}", if c.chosen { "*" } else { " " }, c.method.name());
+        }
         if !outcome.within_budget {
             println!("  NOT within the clean-accuracy budget (see the note above)");
         }
         let stages: Vec<String> = outcome.seconds_by_stage.iter().map(|(k, v)| format!("{k} {v:.1}s")).collect();
         println!("  time: {}", stages.join(", "));
         let form = if outcome.folded { "pruned channels removed" } else if outcome.pruned_channels > 0 { "pruned channels masked to zero" } else { "nothing pruned" };
-        println!("saved {} ({form})", a.out.display());
+        if write {
+            println!("saved {} ({form})", a.out.display());
+        } else {
+            println!("not saved: outside the budget (--keep-out-of-budget writes it anyway)");
+        }
         if let Some(dir) = &a.report {
             println!("report: {}", dir.display());
         }
+    }
+    if !outcome.within_budget {
+        return Err(Exit::OUT_OF_BUDGET.into());
     }
     Ok(())
 }

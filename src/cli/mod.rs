@@ -79,6 +79,24 @@ use convert::*;
 use bench::*;
 use demo::*;
 
+/// A failure that is not an error message: the process exits with this status, having said why
+/// on its output already.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl Exit {
+    /// `defend`: the result is outside the clean-accuracy budget (not a repair).
+    pub const OUT_OF_BUDGET: Exit = Exit(3);
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {

@@ -137,7 +137,7 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
         }
         for x in &f.finalists {
             let role = if x.control { "control" } else { "finalist" };
-            println!("  {role} class {}: refined size {}, held-out attack success {} ({} inputs)", x.class, opt(x.size, 2), opt(x.holdout_asr, 3), x.holdout_samples);
+            println!("  {role} class {}: refined size {} ({} of the controls'), held-out attack success {} ({} inputs)", x.class, opt(x.size, 2), opt(x.control_ratio, 2), opt(x.holdout_asr, 3), x.holdout_samples);
         }
     }
     for n in &o.notes {

@@ -11,6 +11,7 @@
 pub mod anp;
 pub mod fst;
 mod paper;
+pub mod verify;
 
 use std::time::Instant;
 
@@ -53,6 +54,14 @@ pub enum Method {
     #[serde(rename = "anp+fst")]
     #[value(name = "anp+fst")]
     AnpFst,
+    /// Neural Cleanse's mitigation: scan, then fine-tune on clean data with a share of it
+    /// stamped with the reconstructed trigger at its true label.
+    #[serde(rename = "unlearn")]
+    Unlearn,
+    /// Run fineprune, anp, fst and unlearn (cheapest first), drop results outside the budget,
+    /// keep the one no longer flagged with the lowest reconstructed-trigger attack success.
+    #[serde(rename = "auto")]
+    Auto,
 }
 
 impl Method {
@@ -67,6 +76,8 @@ impl Method {
             Method::Anp => "anp",
             Method::Fst => "fst",
             Method::AnpFst => "anp+fst",
+            Method::Unlearn => "unlearn",
+            Method::Auto => "auto",
         }
     }
 
@@ -196,6 +207,12 @@ pub struct DefenseConfig {
     /// (evaluation only, for reports: a pass over the test split per level). Fine-pruning's fast
     /// sweep always measures its curve.
     pub test_curve: bool,
+    /// Check the repair without the trigger: scan the suspect model (reconstructed triggers),
+    /// measure the reconstructed trigger before and after, and scan the output again. `unlearn`
+    /// and `auto` always scan.
+    pub verify: Option<crate::scan::ScanConfig>,
+    /// `unlearn`: the share of the clean data stamped with the reconstructed trigger.
+    pub unlearn_share: f64,
 }
 
 impl DefenseConfig {
@@ -214,6 +231,8 @@ impl DefenseConfig {
             fst: FstConfig::default(),
             fold: true,
             test_curve: false,
+            verify: None,
+            unlearn_share: 0.2,
         }
     }
 
@@ -284,6 +303,12 @@ pub struct DefenseOutcome {
     pub anp: Option<anp::AnpReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fst: Option<fst::FstReport>,
+    /// The repair checked without the trigger (see [`DefenseConfig::verify`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<verify::Verification>,
+    /// `auto`: every candidate defense's numbers (the output is the chosen one's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<verify::Candidate>,
     /// Whether pruned channels were removed physically (else they are masked to zero).
     pub folded: bool,
     /// Plain statements about choices made or budgets missed (also printed by the CLI).
@@ -365,6 +390,19 @@ struct Pruned {
 
 /// Runs a defense on `file` with the clean data of `ds`. `device` must be an autodiff device.
 pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option<&KnownAttack>, device: &Device, progress: &mut dyn Progress) -> Result<DefenseOutcome> {
+    if cfg.method == Method::Auto {
+        return verify::auto(file, ds, cfg, known, device, progress);
+    }
+    let suspect_scan = match (&cfg.verify, cfg.method) {
+        (Some(s), _) => Some(verify::scan_suspect(file, ds, s, device, progress)?),
+        (None, Method::Unlearn) => Some(verify::scan_suspect(file, ds, &crate::scan::ScanConfig { clean_fraction: cfg.clean_fraction, seed: cfg.finetune.seed, ..Default::default() }, device, progress)?),
+        (None, _) => None,
+    };
+    defend_scanned(file, ds, cfg, known, suspect_scan.as_ref(), device, progress)
+}
+
+/// [`defend`] with the suspect model's scan already made (`auto` scans it once for all).
+pub(crate) fn defend_scanned(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option<&KnownAttack>, suspect_scan: Option<&verify::SuspectScan>, device: &Device, progress: &mut dyn Progress) -> Result<DefenseOutcome> {
     let start = Instant::now();
     let mut clock = Stopwatch::new();
     cfg.budget.validate()?;
@@ -397,6 +435,13 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
         model = m;
         finetune_epochs = epochs;
         clock.lap("fine-tuning");
+    }
+    if cfg.method == Method::Unlearn {
+        let s = suspect_scan.expect("unlearn scans first");
+        let (m, epochs) = verify::unlearn(model, ds, cfg, s, device, progress)?;
+        model = m;
+        finetune_epochs = epochs;
+        clock.lap("unlearning");
     }
     if cfg.method.uses_fst() {
         let (m, report) = fst::tune(model, ds, cfg, val_before, device, progress, &mut notes)?;
@@ -457,6 +502,14 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
     progress.phase("evaluating the defended model on the test split", 1);
     let (after, _) = snapshot(&out_file, ds, val_after, known, &eval_device, progress)?;
     clock.lap("evaluation");
+    let verification = match suspect_scan {
+        Some(s) if cfg.verify.is_some() || cfg.method == Method::Unlearn => {
+            let v = verify::verify(s, &out_file, ds, device, progress)?;
+            clock.lap("verification scan");
+            Some(v)
+        }
+        _ => None,
+    };
     let (layer, layer_reason, site_pruned, by_layer, curve, anp_report) = match pruned {
         Some(p) => (p.layer, p.layer_reason, p.site_pruned, p.by_layer, p.curve, p.anp),
         None => ("(all weights)".into(), "fine-tuning changes every layer".into(), vec![], vec![], vec![], None),
@@ -478,6 +531,8 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
         finetune_epochs,
         anp: anp_report,
         fst: fst_report,
+        verification,
+        candidates: vec![],
         folded,
         notes,
         seconds: start.elapsed().as_secs_f64(),

@@ -76,11 +76,15 @@ pub struct Thresholds {
     pub flag: f64,
     /// The held-out attack success a reconstructed trigger must reach to confirm.
     pub confirm_asr: f64,
+    /// A confirmed trigger's refined size is at most this fraction of the controls' (median
+    /// classes refined with the same budget): a backdoor's trigger keeps shrinking far below
+    /// what any ordinary class needs, a naturally easy class does not.
+    pub max_control_ratio: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9 }
+        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: 0.5 }
     }
 }
 
@@ -150,6 +154,8 @@ pub struct Finalist {
     pub control: bool,
     /// Size after refinement.
     pub size: Option<f64>,
+    /// Refined size over the median refined size of the controls.
+    pub control_ratio: Option<f64>,
     /// Attack success of the reconstructed trigger on held-out clean inputs of other classes.
     pub holdout_asr: Option<f64>,
     pub holdout_asr_ci95: [f64; 2],
@@ -195,6 +201,8 @@ pub struct Suspect {
     pub family: Family,
     pub index: f64,
     pub holdout_asr: Option<f64>,
+    pub control_ratio: Option<f64>,
+    /// The trigger works on held-out data and is far smaller than the controls'.
     pub confirmed: bool,
 }
 
@@ -609,7 +617,14 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
                 Some(t) => holdout_asr(file, &hold, t, class, shape, &device)?,
                 None => (None, [0.0, 1.0], 0),
             };
-            fin.push(Finalist { class, control: controls.contains(&s), size: st.best_size, holdout_asr: asr, holdout_asr_ci95: ci, holdout_samples: n, trigger });
+            fin.push(Finalist { class, control: controls.contains(&s), size: st.best_size, control_ratio: None, holdout_asr: asr, holdout_asr_ci95: ci, holdout_samples: n, trigger });
+        }
+        let control_sizes: Vec<f64> = fin.iter().filter(|f| f.control).filter_map(|f| f.size).collect();
+        if !control_sizes.is_empty() {
+            let m = median(&control_sizes);
+            for f in fin.iter_mut() {
+                f.control_ratio = f.size.map(|s| s / m.max(1e-12));
+            }
         }
         lap(&format!("{} held-out check", family.name()), &mut stages);
         families.push(FamilyResult { family, size_unit: family.size_unit(), nc_anomaly_index: nc_anomaly_index(&sizes), classes: class_results, finalists: fin });
@@ -621,9 +636,11 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     for f in &families {
         for c in &f.classes {
             let Some(index) = c.index.filter(|&i| i >= th.suspect) else { continue };
-            let holdout = f.finalists.iter().find(|x| x.class == c.class).and_then(|x| x.holdout_asr);
-            let confirmed = holdout.is_some_and(|a| a >= th.confirm_asr);
-            suspects.push(Suspect { class: c.class, family: f.family, index, holdout_asr: holdout, confirmed });
+            let fin = f.finalists.iter().find(|x| x.class == c.class);
+            let holdout = fin.and_then(|x| x.holdout_asr);
+            let control_ratio = fin.and_then(|x| x.control_ratio);
+            let confirmed = holdout.is_some_and(|a| a >= th.confirm_asr) && control_ratio.is_some_and(|r| r <= th.max_control_ratio);
+            suspects.push(Suspect { class: c.class, family: f.family, index, holdout_asr: holdout, control_ratio, confirmed });
         }
     }
     suspects.sort_by(|a, b| {

