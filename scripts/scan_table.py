@@ -29,8 +29,8 @@ print(f"\n- Backdoored models flagged with the right target: **{found} of {len(b
 print(f"- Clean models called backdoored: **{fp} of {len(clean)}**; "
       f"{sum(r['verdict'] == 'inconclusive' for r in clean)} inconclusive.")
 print(f"- Largest outlier index on any clean model: {fmt(clean_max)} (defaults: suspect at 3, flag at 4, "
-      "and a flag also needs the refined trigger at most half the size of the median controls' "
-      "and 90% attack success on held-out clean data).")
+      "and a flag also needs 90% attack success on held-out clean data and, below an index of 8, a "
+      "refined trigger at most half the size of the median controls').")
 print("\nThe index is a robust z-score of a class's log trigger size against the other classes "
       "(leave-one-out median and MAD), compared at equal optimisation budgets. All-to-all and "
       "untargeted backdoors have no single target; the scan does not detect them.")

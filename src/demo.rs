@@ -1,5 +1,5 @@
 //! `fineprune demo`: the whole story on the built-in synthetic sign set, with no downloads and
-//! no paths: train a backdoored model, measure it, defend it with the paper's fine-pruning and
+//! no paths: train a backdoored model, measure it, scan it without the trigger, defend it with the paper's fine-pruning and
 //! with the strongest trigger-free defense beyond it (feature-shift tuning), measure both,
 //! and write the models, a trigger preview, the activation plot, both pruning curves and a JSON
 //! summary.
@@ -25,6 +25,8 @@ pub struct DemoResult {
     pub classes: Vec<String>,
     pub backdoored_clean_accuracy: f64,
     pub backdoored_attack_success_rate: Option<f64>,
+    /// The scan of the backdoored model, from clean data alone (is it backdoored? which class?).
+    pub scan: crate::scan::ScanOutcome,
     /// The paper's fine-pruning.
     pub defense: DefenseOutcome,
     /// Feature-shift tuning on the same model, data and budget: the trigger-free defense that
@@ -66,6 +68,11 @@ pub fn run(out_dir: &Path, arch: &str, seed: u64, progress: &mut dyn Stages) -> 
     let chart = crate::report::activation_chart(&site.name, &crate::prune::ranking(&clean_means), &clean_means, Some(&trig_means));
     crate::fsutil::write_atomic(&out_dir.join("activations.svg"), chart.to_svg().as_bytes())?;
 
+    progress.stage("scanning the backdoored model from clean data alone: which class, which trigger?");
+    let scan_cfg = crate::scan::ScanConfig { clean_fraction: 0.25, seed, ..Default::default() };
+    let scan = crate::scan::scan(&trained.file, &ds, &scan_cfg, &device, progress)?;
+    crate::report::write_scan_report(&out_dir.join("scan"), &scan, &ds.val, ds.shape, Some(&trigger))?;
+
     progress.stage("fine-pruning with the paper's settings (4% validation-accuracy budget, then fine-tuning)");
     let known = KnownAttack { trigger: Triggered::Synthesised(trigger.clone()), target: Target::Class(target), include_target: false };
     let ad = device.clone().autodiff();
@@ -89,6 +96,7 @@ pub fn run(out_dir: &Path, arch: &str, seed: u64, progress: &mut dyn Stages) -> 
         classes: ds.classes.clone(),
         backdoored_clean_accuracy: before.clean.accuracy,
         backdoored_attack_success_rate: before.attack_success_rate.rate,
+        scan,
         defense,
         trigger_free,
         seconds: start.elapsed().as_secs_f64(),

@@ -26,7 +26,7 @@ fn train_then_eval_json() {
     assert_eq!(v["clean_accuracy"].as_f64().unwrap(), trained_acc);
     assert_eq!(v["samples"].as_u64().unwrap(), 1996);
     assert_eq!(v["per_class_accuracy"].as_array().unwrap().len(), 10);
-    assert!(v["seconds"].as_f64().unwrap() >= 0.0);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0, "evaluating 1996 images takes time");
 
     // Defend it with a trigger given for evaluation: the JSON has before/after numbers and the
     // report folder its curve.
@@ -52,6 +52,17 @@ fn train_then_eval_json() {
     assert!(ok);
     let e: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(e["clean_accuracy"], v["after"]["clean_accuracy"]);
+
+    // A result outside the budget is not a repair: exit status 3, and no model written unless
+    // asked for.
+    let over = dir.path().join("over.safetensors");
+    let args = ["defend", "--model", model.to_str().unwrap(), "--data", &data, "--method", "prune", "--prune-fraction", "1.0", "--trigger", "patch", "--target", "0", "--out", over.to_str().unwrap()];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fineprune")).args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not saved") && !over.exists());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fineprune")).args(args).arg("--keep-out-of-budget").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(over.exists());
 
     // inspect and trigger preview write their pictures.
     let plot = dir.path().join("act.svg");
@@ -81,19 +92,23 @@ fn bad_inputs_exit_nonzero_with_a_reason() {
     let empty = format!("folder:{}", empty.display());
     let npz = |f: &str| format!("npz:{}/tests/fixtures/npz/{f}", env!("CARGO_MANIFEST_DIR"));
     let bad_lengths = npz("bad_lengths.npz");
+    // Outputs go to a fresh folder: a failed run must leave nothing there, not even a temporary.
+    let outdir = tempfile::tempdir().unwrap();
+    let x = outdir.path().join("x");
+    let x = x.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["train", "--data", &empty, "--arch", "lenet", "--out", "/tmp/x"], "no class folders"),
-        (vec!["train", "--data", &bad_lengths, "--arch", "lenet", "--out", "/tmp/x"], "x has 9 samples but y has 8 labels"),
+        (vec!["train", "--data", &empty, "--arch", "lenet", "--out", x], "no class folders"),
+        (vec!["train", "--data", &bad_lengths, "--arch", "lenet", "--out", x], "x has 9 samples but y has 8 labels"),
         (vec!["eval", "--model", junk.to_str().unwrap(), "--data", &data], "junk.safetensors"),
         (vec!["eval", "--model", "/nonexistent.safetensors", "--data", &data], "/nonexistent.safetensors"),
-        (vec!["train", "--data", &data, "--arch", "alexnet", "--out", "/tmp/x"], "unknown architecture"),
-        (vec!["train", "--data", "cifar:/x", "--arch", "lenet", "--out", "/tmp/x"], "unknown dataset kind"),
-        (vec!["train", "--data", "cifar10:/nonexistent", "--arch", "lenet", "--out", "/tmp/x"], "/nonexistent"),
-        (vec!["train", "--data", &data, "--arch", "resnet18", "--out", "/tmp/x"], "at least 32x32"),
-        (vec!["train", "--data", &data, "--arch", "lenet", "--lr=-1", "--out", "/tmp/x"], "learning rate"),
-        (vec!["attack", "--data", &data, "--arch", "lenet", "--trigger", "laser", "--out", "/tmp/x"], "unknown trigger"),
-        (vec!["attack", "--data", &data, "--arch", "lenet", "--target", "12", "--out", "/tmp/x"], "out of range"),
-        (vec!["defend", "--model", junk.to_str().unwrap(), "--data", &data, "--out", "/tmp/x"], "junk.safetensors"),
+        (vec!["train", "--data", &data, "--arch", "alexnet", "--out", x], "unknown architecture"),
+        (vec!["train", "--data", "cifar:/x", "--arch", "lenet", "--out", x], "unknown dataset kind"),
+        (vec!["train", "--data", "cifar10:/nonexistent", "--arch", "lenet", "--out", x], "/nonexistent"),
+        (vec!["train", "--data", &data, "--arch", "resnet18", "--out", x], "at least 32x32"),
+        (vec!["train", "--data", &data, "--arch", "lenet", "--lr=-1", "--out", x], "learning rate"),
+        (vec!["attack", "--data", &data, "--arch", "lenet", "--trigger", "laser", "--out", x], "unknown trigger"),
+        (vec!["attack", "--data", &data, "--arch", "lenet", "--target", "12", "--out", x], "out of range"),
+        (vec!["defend", "--model", junk.to_str().unwrap(), "--data", &data, "--out", x], "junk.safetensors"),
     ];
     for (args, expect) in cases {
         let (ok, _, stderr) = fineprune(&args);
@@ -102,5 +117,5 @@ fn bad_inputs_exit_nonzero_with_a_reason() {
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     }
     // A failed run leaves no output behind.
-    assert!(!std::path::Path::new("/tmp/x").exists());
+    assert_eq!(std::fs::read_dir(outdir.path()).unwrap().count(), 0, "a failed run left files behind");
 }

@@ -6,6 +6,7 @@ mod common;
 
 use fineprune::attack::{AttackConfig, backdoor};
 use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions};
+use fineprune::defense::{DefenseConfig, Method, defend};
 use fineprune::rng::Rng;
 use fineprune::scan::{Family, ScanConfig, Verdict, scan};
 use fineprune::train::{Silent, TrainConfig, train_new};
@@ -53,6 +54,28 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
     assert_eq!(again.verdict, out.verdict);
     assert_eq!(again.targets, out.targets);
     assert_eq!(again.families[0].classes.iter().map(|c| c.size).collect::<Vec<_>>(), out.families[0].classes.iter().map(|c| c.size).collect::<Vec<_>>());
+
+    // `defend --method auto` with no trigger known: every candidate is verified against the
+    // reconstructed trigger, the kept one is within the budget, its reconstructed-trigger attack
+    // success fell, and it exports to ONNX that another runtime (tract) reads.
+    let mut cfg = DefenseConfig::paper(Method::Auto).with_seed(0);
+    cfg.clean_fraction = 0.25;
+    cfg.verify = Some(quick());
+    cfg.finetune.epochs = 2;
+    cfg.anp.iterations = Some(40);
+    cfg.fst.epochs = Some(3);
+    let mut stripped = bad.clone();
+    stripped.info.backdoor = None;
+    let o = defend(&stripped, &ds, &cfg, None, &dev.clone().autodiff(), &mut Silent).unwrap();
+    assert_eq!(o.candidates.len(), 4);
+    assert_eq!(o.candidates.iter().filter(|c| c.chosen).count(), 1);
+    assert!(o.within_budget);
+    let v = o.verification.as_ref().unwrap();
+    assert_eq!(v.target, Some(target));
+    assert!(v.reconstructed_asr_after.unwrap() < 0.5 * v.reconstructed_asr_before.unwrap(), "{v:?}");
+    let onnx = fineprune::model::onnx::to_onnx_bytes(&o.model).unwrap();
+    let model = tract_onnx::prelude::Framework::model_for_read(&tract_onnx::onnx(), &mut std::io::Cursor::new(&onnx[..]));
+    assert!(model.is_ok(), "tract reads the repaired model");
 
     // A clean model trained the same way is not flagged.
     let clean = train_new("lenet", &ds, &TrainConfig { epochs: 3, ..TrainConfig::default() }, &dev.clone().autodiff(), &mut Silent).unwrap().file;

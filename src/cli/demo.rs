@@ -34,12 +34,25 @@ pub(super) fn cmd_demo(a: DemoArgs) -> Result<()> {
     }
     let d = &r.defense;
     println!("(attack success: {})", d.attack_convention.as_deref().unwrap_or(""));
+    let s = &r.scan;
+    match s.suspects.first() {
+        Some(x) => println!(
+            "scan, from clean data alone: {} -- suspected target {} ({}), {} trigger reconstructed, held-out attack success {}",
+            s.verdict.name(),
+            x.class,
+            r.classes[x.class],
+            x.family.name(),
+            x.holdout_asr.map_or("-".into(), |v| format!("{v:.4}"))
+        ),
+        None => println!("scan, from clean data alone: {}", s.verdict.name()),
+    }
     println!();
     println!("{:.0}s. Everything is in {}/:", r.seconds, a.out.display());
     println!("  backdoored.safetensors                       the backdoored model (fineprune eval --model ...)");
     println!("  repaired.safetensors, repaired-fst.safetensors  after fine-pruning and after feature-shift tuning");
     println!("  trigger-preview.png                          clean | triggered test images");
     println!("  activations.svg                              last conv layer, clean vs triggered");
+    println!("  scan/                                        the scan: stamped.png (clean | reconstructed | real trigger), trigger files, result.json");
     println!("  report/, report-fst/                         each defense's result.json (fine-pruning's curve.svg, curve.csv)");
     println!("  results.json                                 this summary");
     println!("The same on real data, e.g. handwritten digits:");

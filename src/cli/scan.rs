@@ -40,6 +40,10 @@ pub(super) struct ScanArgs {
     /// backdoored.
     #[arg(long, default_value_t = fineprune::scan::FLAG_INDEX)]
     pub(super) flag_index: f64,
+    /// Outlier index at which a working trigger confirms without being compared with the
+    /// controls.
+    #[arg(long, default_value_t = fineprune::scan::STRONG_INDEX)]
+    pub(super) strong_index: f64,
     /// Seed of the clean subset and the image draws.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
@@ -71,7 +75,7 @@ impl ScanArgs {
             clean_fraction: self.clean_fraction,
             classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
             families: self.family.clone(),
-            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, ..Thresholds::default() },
+            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, strong: self.strong_index, ..Thresholds::default() },
             seed: self.seed,
             ..ScanConfig::default()
         }

@@ -29,11 +29,14 @@ fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let raw = span / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| span / s <= 6.0).unwrap_or(10.0 * mag);
-    let mut t = (lo / step).ceil() * step;
+    // Each tick is k * step, rounded to 12 decimals: 3 * 0.2 is 0.6000000000000001 in binary
+    // and would print so.
+    let first = (lo / step).ceil() as i64;
     let mut out = vec![];
-    while t <= hi + 1e-9 * step {
-        out.push(t);
-        t += step;
+    let mut k = first;
+    while k as f64 * step <= hi + 1e-9 * step {
+        out.push((k as f64 * step * 1e12).round() / 1e12);
+        k += 1;
     }
     out
 }
@@ -120,6 +123,7 @@ mod tests {
 
     #[test]
     fn ticks_are_round() {
-        assert_eq!(nice_ticks(0.0, 1.0), vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
+        assert_eq!(nice_ticks(0.0, 1.0), vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+        assert_eq!(nice_ticks(0.05, 0.31), vec![0.05, 0.1, 0.15, 0.2, 0.25, 0.3]);
     }
 }

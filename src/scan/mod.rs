@@ -80,17 +80,25 @@ pub struct Thresholds {
     /// classes refined with the same budget): a backdoor's trigger keeps shrinking far below
     /// what any ordinary class needs, a naturally easy class does not.
     pub max_control_ratio: f64,
+    /// At or above, the index alone (with the held-out check) confirms: an outlier this far
+    /// beyond every clean model's needs no second sign (a blended trigger's patch is not
+    /// smaller than ordinary classes' after refinement, yet stands out at equal budgets).
+    pub strong: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: 0.5 }
+        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: 0.5, strong: STRONG_INDEX }
     }
 }
 
-/// The default thresholds (see [`Thresholds`]).
+/// The default thresholds (see [`Thresholds`]), set on clean models only: on the clean zoo of
+/// 2026-12-01 (docs/detection.md) the largest index of any class was 5.15 (an 8-class model);
+/// a class of a clean model reached 4 or more only there, and its refined trigger was 0.88 of
+/// the controls' size. `STRONG_INDEX` is 1.5x that largest clean index.
 pub const SUSPECT_INDEX: f64 = 3.0;
 pub const FLAG_INDEX: f64 = 4.0;
+pub const STRONG_INDEX: f64 = 8.0;
 
 #[derive(Clone, Debug)]
 pub struct ScanConfig {
@@ -639,7 +647,7 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
             let fin = f.finalists.iter().find(|x| x.class == c.class);
             let holdout = fin.and_then(|x| x.holdout_asr);
             let control_ratio = fin.and_then(|x| x.control_ratio);
-            let confirmed = holdout.is_some_and(|a| a >= th.confirm_asr) && control_ratio.is_some_and(|r| r <= th.max_control_ratio);
+            let confirmed = holdout.is_some_and(|a| a >= th.confirm_asr) && (index >= th.strong || control_ratio.is_some_and(|r| r <= th.max_control_ratio));
             suspects.push(Suspect { class: c.class, family: f.family, index, holdout_asr: holdout, control_ratio, confirmed });
         }
     }
