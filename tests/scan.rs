@@ -64,7 +64,7 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
     cfg.finetune.epochs = 2;
     cfg.anp.iterations = Some(40);
     cfg.fst.epochs = Some(3);
-    let mut stripped = bad.clone();
+    let mut stripped = fineprune::model::ModelFile { model: bad.model.clone(), info: bad.info.clone() };
     stripped.info.backdoor = None;
     let o = defend(&stripped, &ds, &cfg, None, &dev.clone().autodiff(), &mut Silent).unwrap();
     assert_eq!(o.candidates.len(), 4);

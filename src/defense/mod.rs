@@ -393,10 +393,11 @@ pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option
     if cfg.method == Method::Auto {
         return verify::auto(file, ds, cfg, known, device, progress);
     }
-    let suspect_scan = match (&cfg.verify, cfg.method) {
-        (Some(s), _) => Some(verify::scan_suspect(file, ds, s, device, progress)?),
-        (None, Method::Unlearn) => Some(verify::scan_suspect(file, ds, &crate::scan::ScanConfig { clean_fraction: cfg.clean_fraction, seed: cfg.finetune.seed, ..Default::default() }, device, progress)?),
-        (None, _) => None,
+    // Unlearning needs the reconstructed trigger first; a plain verification scans the suspect
+    // after the defense, so the defense's own errors come before a long scan.
+    let suspect_scan = match cfg.method {
+        Method::Unlearn => Some(verify::scan_suspect(file, ds, &verify::scan_config(cfg), device, progress)?),
+        _ => None,
     };
     defend_scanned(file, ds, cfg, known, suspect_scan.as_ref(), device, progress)
 }
@@ -502,13 +503,21 @@ pub(crate) fn defend_scanned(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig
     progress.phase("evaluating the defended model on the test split", 1);
     let (after, _) = snapshot(&out_file, ds, val_after, known, &eval_device, progress)?;
     clock.lap("evaluation");
-    let verification = match suspect_scan {
-        Some(s) if cfg.verify.is_some() || cfg.method == Method::Unlearn => {
-            let v = verify::verify(s, &out_file, ds, device, progress)?;
-            clock.lap("verification scan");
-            Some(v)
+    let verification = if cfg.verify.is_some() || cfg.method == Method::Unlearn {
+        let checked = match suspect_scan {
+            Some(s) => verify::verify(s, &out_file, ds, device, progress),
+            None => verify::scan_suspect(file, ds, &verify::scan_config(cfg), device, progress).and_then(|s| verify::verify(&s, &out_file, ds, device, progress)),
+        };
+        clock.lap("verification scans");
+        match checked {
+            Ok(v) => Some(v),
+            Err(e) => {
+                notes.push(format!("the repair could not be checked without the trigger: {e}"));
+                None
+            }
         }
-        _ => None,
+    } else {
+        None
     };
     let (layer, layer_reason, site_pruned, by_layer, curve, anp_report) = match pruned {
         Some(p) => (p.layer, p.layer_reason, p.site_pruned, p.by_layer, p.curve, p.anp),

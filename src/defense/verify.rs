@@ -33,6 +33,12 @@ pub struct SuspectScan {
     pub reconstructed_asr: Option<f64>,
 }
 
+/// The scan a defense verifies with: `cfg.verify`, else the defaults on the defense's clean
+/// data and seed.
+pub fn scan_config(cfg: &DefenseConfig) -> ScanConfig {
+    cfg.verify.clone().unwrap_or(ScanConfig { clean_fraction: cfg.clean_fraction, seed: cfg.finetune.seed, ..ScanConfig::default() })
+}
+
 pub fn scan_suspect(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, progress: &mut dyn Progress) -> Result<SuspectScan> {
     let eval = device.clone().without_autodiff();
     let outcome = scan(file, ds, cfg, &eval, progress)?;
@@ -139,7 +145,7 @@ pub struct Candidate {
 pub const AUTO_METHODS: [Method; 4] = [Method::Fineprune, Method::Anp, Method::Fst, Method::Unlearn];
 
 pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option<&KnownAttack>, device: &Device, progress: &mut dyn Progress) -> Result<DefenseOutcome> {
-    let scan_cfg = cfg.verify.clone().unwrap_or(ScanConfig { clean_fraction: cfg.clean_fraction, seed: cfg.finetune.seed, ..ScanConfig::default() });
+    let scan_cfg = scan_config(cfg);
     let suspect = scan_suspect(file, ds, &scan_cfg, device, progress)?;
     let mut notes = vec![];
     if suspect.outcome.verdict == Verdict::NoEvidence {
@@ -152,13 +158,13 @@ pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: O
         let c = DefenseConfig { method, verify: Some(scan_cfg.clone()), ..cfg.clone() };
         match defend_scanned(file, ds, &c, known, Some(&suspect), device, progress) {
             Ok(o) => {
-                let v = o.verification.as_ref().expect("auto verifies every candidate");
+                let v = o.verification.as_ref();
                 candidates.push(Candidate {
                     method,
                     within_budget: o.within_budget,
                     val_accuracy: o.after.val_accuracy,
-                    reconstructed_asr_after: v.reconstructed_asr_after,
-                    still_flagged: v.still_flagged,
+                    reconstructed_asr_after: v.and_then(|v| v.reconstructed_asr_after),
+                    still_flagged: v.is_none_or(|v| v.still_flagged),
                     attack_success_rate: o.after.attack_success_rate,
                     seconds: o.seconds,
                     chosen: false,
@@ -175,8 +181,8 @@ pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: O
     // Within the budget first, then not flagged again, then the lowest reconstructed-trigger
     // attack success, then the highest validation accuracy.
     let key = |o: &DefenseOutcome| {
-        let v = o.verification.as_ref().expect("verified");
-        (o.within_budget, !v.still_flagged, -v.reconstructed_asr_after.unwrap_or(0.0), o.after.val_accuracy)
+        let v = o.verification.as_ref();
+        (o.within_budget, !v.is_none_or(|v| v.still_flagged), -v.and_then(|v| v.reconstructed_asr_after).unwrap_or(0.0), o.after.val_accuracy)
     };
     let best = (0..outcomes.len())
         .max_by(|&a, &b| key(&outcomes[a]).partial_cmp(&key(&outcomes[b])).expect("finite numbers"))

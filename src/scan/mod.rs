@@ -201,13 +201,17 @@ impl Verdict {
     }
 }
 
-/// One suspected target: the class, the family that shows it, its index and its trigger's
-/// held-out attack success.
+/// One suspected target class. The evidence may come from two families: the largest index from
+/// one, the confirming trigger from the other (a patch backdoor can stand out most among the
+/// additive patterns, and its patch trigger confirm it).
 #[derive(Clone, Debug, Serialize)]
 pub struct Suspect {
     pub class: usize,
+    /// The family of the reported trigger: the one that confirms, else the one of the index.
     pub family: Family,
+    /// The class's largest index over the families, and where it is.
     pub index: f64,
+    pub index_family: Family,
     pub holdout_asr: Option<f64>,
     pub control_ratio: Option<f64>,
     /// The trigger works on held-out data and is far smaller than the controls'.
@@ -641,15 +645,30 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     // The verdict.
     let th = cfg.thresholds;
     let mut suspects: Vec<Suspect> = vec![];
-    for f in &families {
-        for c in &f.classes {
-            let Some(index) = c.index.filter(|&i| i >= th.suspect) else { continue };
-            let fin = f.finalists.iter().find(|x| x.class == c.class);
-            let holdout = fin.and_then(|x| x.holdout_asr);
-            let control_ratio = fin.and_then(|x| x.control_ratio);
-            let confirmed = holdout.is_some_and(|a| a >= th.confirm_asr) && (index >= th.strong || control_ratio.is_some_and(|r| r <= th.max_control_ratio));
-            suspects.push(Suspect { class: c.class, family: f.family, index, holdout_asr: holdout, control_ratio, confirmed });
-        }
+    for &class in &candidates {
+        let best = families
+            .iter()
+            .filter_map(|f| f.classes.iter().find(|c| c.class == class).and_then(|c| c.index).map(|i| (i, f.family)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((index, index_family)) = best.filter(|b| b.0 >= th.suspect) else { continue };
+        // A refined trigger of this class, in either family, that works on held-out data and is
+        // far smaller than the controls' (or the index is far beyond any clean model's).
+        let finalists: Vec<(Family, &Finalist)> = families.iter().flat_map(|f| f.finalists.iter().filter(|x| x.class == class && !x.control).map(move |x| (f.family, x))).collect();
+        let confirms = |x: &Finalist| x.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.strong || x.control_ratio.is_some_and(|r| r <= th.max_control_ratio));
+        let confirming = finalists.iter().find(|(_, x)| confirms(x));
+        let (family, fin) = match confirming.or_else(|| finalists.iter().find(|(f, _)| *f == index_family)) {
+            Some((f, x)) => (*f, Some(*x)),
+            None => (index_family, None),
+        };
+        suspects.push(Suspect {
+            class,
+            family,
+            index,
+            index_family,
+            holdout_asr: fin.and_then(|x| x.holdout_asr),
+            control_ratio: fin.and_then(|x| x.control_ratio),
+            confirmed: confirming.is_some(),
+        });
     }
     suspects.sort_by(|a, b| {
         let key = |s: &Suspect| (s.confirmed && s.index >= th.flag, s.index);
@@ -662,12 +681,7 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     } else {
         Verdict::Inconclusive
     };
-    let mut targets = vec![];
-    for s in &suspects {
-        if !targets.contains(&s.class) {
-            targets.push(s.class);
-        }
-    }
+    let targets = suspects.iter().map(|s| s.class).collect();
     notes.push("all-to-all and untargeted backdoors have no single target class; this scan does not detect them".into());
     Ok(ScanOutcome {
         verdict,
