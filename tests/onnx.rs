@@ -272,11 +272,13 @@ fn fineprune_an_imported_backdoored_onnx_model_end_to_end() {
         let out = p(&format!("repaired-{method}.onnx"));
         let (code, stdout, err) = fineprune_cmd(&[
             "defend", "--model", &p("suspect.onnx"), "--data", &data, "--method", method, extra[0], extra[1], "--clean-fraction", "0.1",
-            "--trigger", "patch", "--target", "0", "--out", &out, "--json",
+            "--trigger", "patch", "--target", "0", "--out", &out, "--json", "--keep-out-of-budget",
         ]);
-        assert_eq!(code, 0, "{method}: {err}");
-        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        assert!(v["within_budget"].is_boolean() && v["seconds_by_stage"].is_array(), "{method}: {v}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{method}: {e}: {err}"));
+        // One epoch may not stay within the budget: then the exit status says so (3), and the
+        // output is written only because it was asked for.
+        assert_eq!(code, if v["within_budget"].as_bool().unwrap() { 0 } else { 3 }, "{method}: {err}");
+        assert!(v["seconds_by_stage"].is_array() && v["written"] == true, "{method}: {v}");
         let repaired = import(Path::new(&out), &ImportOptions::default(), &dev).unwrap();
         let theirs = tract_outputs(&std::fs::read(&out).unwrap(), &[4, 1, 28, 28], &x);
         assert!(max_abs_diff(&onnx_outputs(&repaired, &x, 4), &theirs) < 1e-4, "{method}: tract differs");
