@@ -372,6 +372,20 @@ impl Dataset {
     }
 }
 
+/// The defender's clean training data: a seeded `fraction` of the train split (every defense
+/// and the scan draw theirs the same way).
+pub fn defender_split(train: &Split, fraction: f64, seed: u64) -> Result<Split> {
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(Error::invalid(format!("clean fraction {fraction} is not in (0, 1]")));
+    }
+    let n = ((fraction * train.len() as f64).round() as usize).max(1).min(train.len());
+    let mut idx: Vec<usize> = (0..train.len()).collect();
+    Rng::new(seed ^ 0xDEF3).shuffle(&mut idx);
+    idx.truncate(n);
+    idx.sort_unstable();
+    Ok(train.subset(&idx))
+}
+
 /// Data with no test split: [`TEST_FRACTION`] of each class is carved out as test, seeded (a
 /// different stream from the validation carve's). Returns (train, test) indices.
 pub fn carve_test(labels: &[usize], seed: u64) -> (Vec<usize>, Vec<usize>) {

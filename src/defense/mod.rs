@@ -24,11 +24,11 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::metrics::{ClassReport, predict};
 use crate::model::ModelFile;
-use crate::rng::Rng;
 use crate::train::{Progress, TrainConfig};
 use crate::trigger::Triggered;
 use crate::trigger::poison::Target;
 
+pub use crate::data::defender_split;
 pub use anp::AnpConfig;
 pub use fst::FstConfig;
 
@@ -318,19 +318,6 @@ pub struct DefenseOutcome {
     pub attack_convention: Option<String>,
     #[serde(skip)]
     pub model: ModelFile,
-}
-
-/// The defender's clean training data: a seeded `fraction` of the train split.
-pub fn defender_split(train: &Split, fraction: f64, seed: u64) -> Result<Split> {
-    if !(fraction > 0.0 && fraction <= 1.0) {
-        return Err(Error::invalid(format!("clean fraction {fraction} is not in (0, 1]")));
-    }
-    let n = ((fraction * train.len() as f64).round() as usize).max(1).min(train.len());
-    let mut idx: Vec<usize> = (0..train.len()).collect();
-    Rng::new(seed ^ 0xDEF3).shuffle(&mut idx);
-    idx.truncate(n);
-    idx.sort_unstable();
-    Ok(train.subset(&idx))
 }
 
 /// Clean accuracy of `model` on `split` (evaluation mode).

@@ -547,7 +547,7 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
 
     // Stage 0: the clean data. Only correctly classified inputs: a trigger should change the
     // model's mind, not exploit its mistakes.
-    let clean = crate::defense::defender_split(&ds.train, cfg.clean_fraction, cfg.seed)?;
+    let clean = crate::data::defender_split(&ds.train, cfg.clean_fraction, cfg.seed)?;
     progress.phase("scan: checking the clean data", 0);
     let norm = &file.info.normalization;
     let keep_correct = |s: &Split| -> (Split, f64) {
