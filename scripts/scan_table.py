@@ -31,6 +31,31 @@ print(f"- Clean models called backdoored: **{fp} of {len(clean)}**; "
 print(f"- Largest outlier index on any clean model: {fmt(clean_max)} (defaults: suspect at 3, flag at 4, "
       "and a flag also needs 90% attack success on held-out clean data and, below an index of 8, a "
       "refined trigger at most half the size of the median controls').")
-print("\nThe index is a robust z-score of a class's log trigger size against the other classes "
+print("""
+## How the scan works
+
+For every candidate target class the scan looks for the smallest change that sends clean inputs
+of *other* classes to it, in two families: a **patch** (mask + pattern, size = mask L1 in
+pixels, Neural Cleanse's form) and a full-image **additive** pattern (size = L2 norm; what a
+blended or noise trigger needs). All classes ride in one batch per step with the weights frozen
+(gradients reach only the trigger tensors); every class gets the same first-pass budget, then
+the smallest three and two median controls are refined and measured on the held-out validation
+split. A class is suspected when its log size is a robust outlier among the other classes
+(leave-one-out median and MAD); the model is called backdoored when a suspected class's refined
+trigger works on held-out data and is far smaller than the controls' (or its index is far beyond
+any clean model's). Neural Cleanse's classical MAD index is reported beside it in `--json`.
+
+`--report DIR` writes `result.json`, each refined trigger as `FAMILY-classK.json` (for
+`--trigger file:PATH`) and `FAMILY-classK.png`, and `stamped.png` (held-out images clean, with
+the reconstructed trigger, and with the real one when the model file records it).
+
+`defend` without `--trigger`/`--asr-data` scans the suspect model, reports the reconstructed
+trigger's attack success before and after the defense, and scans the output afresh (still
+flagged?). `--method unlearn` fine-tunes with 20% of the clean data stamped with the
+reconstructed trigger at its true label (Neural Cleanse's mitigation); `--method auto` runs
+fineprune, anp, fst and unlearn, drops outputs outside the budget and keeps the one not flagged
+again with the lowest reconstructed-trigger attack success, printing every candidate.
+""")
+print("The index is a robust z-score of a class's log trigger size against the other classes "
       "(leave-one-out median and MAD), compared at equal optimisation budgets. All-to-all and "
       "untargeted backdoors have no single target; the scan does not detect them.")
