@@ -273,7 +273,7 @@ struct Inversion<'a> {
     shape: [usize; 3],
     inv: &'a Split,
     /// Indices of `inv` not of class t, for each class t.
-    pools: Vec<Vec<usize>>,
+    pools: &'a [Vec<usize>],
     mean: Tensor<4>,
     std: Tensor<4>,
     device: Device,
@@ -587,7 +587,7 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
     let mut families = vec![];
     for &family in &cfg.families {
-        let job = Inversion { file, family, shape, inv: &inv, pools: pools.clone(), mean: mean.clone(), std: std.clone(), device: device.clone() };
+        let job = Inversion { file, family, shape, inv: &inv, pools: &pools, mean: mean.clone(), std: std.clone(), device: device.clone() };
         let mut states: Vec<ClassState> = candidates.iter().map(|_| job.init()).collect();
         let all: Vec<usize> = (0..candidates.len()).collect();
         job.run(&all, &candidates, &mut states, cfg.steps, cfg, &mut rng, &format!("scan ({}): {} classes x {} steps, {} images each", family.name(), candidates.len(), cfg.steps, cfg.per_class), progress)?;
