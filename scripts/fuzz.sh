@@ -12,7 +12,9 @@
 # so one huge allocation from a declared length is a finding) and a per-input time limit (a
 # hang is a finding). Prints per target: executions, executions/s, coverage (edges, features)
 # and findings (files in fuzz/artifacts/TARGET). A finding becomes a fix plus a regression test
-# with the minimised input under tests/fixtures/fuzz/.
+# with the minimised input under tests/fixtures/fuzz/. Each target's row is also appended to
+# docs/results/fuzz.jsonl (date, commit, machine stamped); scripts/fuzz_table.py turns the
+# latest row per target into the table of docs/security.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}; shift || true
@@ -51,6 +53,12 @@ run_target() {
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   found=$(( $(ls "fuzz/artifacts/$t" | wc -l) - before ))
   row "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$found" $((SECONDS - start))
+  # One line per target, written whole (targets run in parallel).
+  local line
+  line=$(printf '{"target": "%s", "executions": %s, "exec_per_s": %s, "edges": %s, "features": %s, "findings": %s, "seconds": %s, "runs_asked": %s, "max_seconds": %s, "jobs": %s, "date": "%s", "commit": "%s", "machine": "%s, %s cores"}' \
+    "$t" "${execs:-null}" "${rate:-null}" "${cov:-null}" "${ft:-null}" "$found" $((SECONDS - start)) "$RUNS" "$secs" "$JOBS" \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)")
+  echo "$line" >> docs/results/fuzz.jsonl
 }
 for t in $targets; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
