@@ -41,7 +41,7 @@ row() { printf "%-14s %12s %9s %8s %8s %9s %8s\n" "$@"; }
 row target executions exec/s edges features findings seconds
 run_target() {
   local t=$1 work=target/fuzz-corpus/$1 log=target/fuzz-logs/$1.log start=$SECONDS
-  mkdir -p "$work" "fuzz/artifacts/$t"
+  mkdir -p "$work" "fuzz/artifacts/$t" "fuzz/corpus/$t"  # a new target may have no seeds yet
   local before; before=$(ls "fuzz/artifacts/$t" | wc -l)
   # libFuzzer exits non-zero on a finding; the table reports it, the loop goes on.
   cargo +nightly fuzz run -O "$t" "$work" "fuzz/corpus/$t" -- -max_total_time="$secs" -runs="$RUNS" \

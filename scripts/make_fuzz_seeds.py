@@ -56,3 +56,21 @@ put("gtsrb_csv/train-rows", header + "00000_00000.ppm;30;31;5;6;24;25;0\n00001_0
 put("gtsrb_csv/test-rows", header + "00000.ppm;53;54;6;5;48;49;16\n")
 for i, name in enumerate(["0_alice_0.wav", "9_bob_49.wav", "3_carol_10.wav", "x_y_z.wav", "1__2.wav"]):
     put(f"fsdd_name/name{i}", name)
+# data_to_shape: six header bytes (bit 0 of the first: 1 or 3 channels; bit 1: npz or CIFAR
+# binary; then height-1 and width-1 as little-endian u16, then classes-2), followed by the file.
+def shape_head(kind_cifar, channels, side, classes):
+    flags = (1 if channels == 3 else 0) | (2 if kind_cifar else 0)
+    return bytes([flags]) + struct.pack("<HH", side - 1, side - 1) + bytes([classes - 2])
+for name in ["nchw_f32.npz", "nhwc_u8.npz"]:
+    with open(f"{C}/npz/{name}", "rb") as f:
+        put(f"data_to_shape/{name}-28", shape_head(False, 1, 28, 10) + f.read())
+with open(f"{C}/cifar/two10.bin", "rb") as f:
+    put("data_to_shape/cifar-32", shape_head(True, 3, 32, 10) + f.read())
+# graph_shapes: little-endian u32 words read in order: the input's (channels, height, width),
+# the layer count, then per layer an op selector (0 conv, 1 max pool, 2 avg pool, 3 batch norm,
+# 4 relu, 5 global pool) and its attributes, finally the Linear's in and out features.
+def words(*w):
+    return b"".join(struct.pack("<I", x) for x in w)
+conv = lambda out, k, s, p: [0, out, 1, k, k, s, s, p, p, 1, 1, 0]
+put("graph_shapes/lenet", words(1, 28, 28, 5, *conv(6, 5, 1, 0), 4, 1, 2, 2, 2, 2, 0, 0, 0, *conv(16, 5, 1, 0), 5, 16, 10))
+put("graph_shapes/bn-pool", words(3, 32, 32, 4, *conv(8, 3, 2, 1), 3, 4, 2, 3, 3, 1, 1, 1, 1, 0, 512, 43))
