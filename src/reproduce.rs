@@ -1,8 +1,9 @@
 //! `fineprune reproduce`: the paper's protocol for one task, end to end. Train a clean model,
 //! build the baseline attack(s) and the pruning-aware attack, run the paper's defenses (pruning,
 //! fine-tuning, fine-pruning) and the trigger-free ones beyond it (ANP, FST, ANP+FST) on each
-//! with the same defender data and budget, and collect a results table, pruning curves,
-//! activation plots and a triggered-example grid for the HTML report.
+//! with the same defender data and budget, scan every model (clean and attacked) for a backdoor
+//! from the defender's clean data alone, and collect a results table, a detection table,
+//! pruning curves, activation plots and triggered-example grids for the HTML report.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,6 +15,7 @@ use crate::data::{DataSpec, Dataset, LoadOptions};
 use crate::defense::{CurvePoint, DefenseConfig, KnownAttack, Method, defend};
 use crate::error::{Error, Result};
 use crate::model::ModelFile;
+use crate::scan::{Family, ScanConfig, Verdict};
 use crate::train::{TrainConfig, train_new};
 use crate::trigger::poison::Target;
 use crate::trigger::{Triggered, Use, spec};
@@ -52,6 +54,8 @@ pub struct Plan {
     pub anp_iterations: Option<usize>,
     /// FST's epochs (None: its default for the number of classes).
     pub fst_epochs: Option<usize>,
+    /// The scan's first-pass and refinement steps (None: its defaults).
+    pub scan_steps: Option<(usize, usize)>,
     /// Quick runs keep this many validation and test samples (None: all): every defense
     /// evaluates both many times, so on a large test set they dominate a quick run.
     pub eval_samples: Option<(usize, usize)>,
@@ -104,6 +108,7 @@ impl Task {
             anp_iterations: None,
             // Quick runs: a first look at every defense, not their measured strength.
             fst_epochs: quick.then_some(3),
+            scan_steps: None,
             eval_samples: None,
             seed,
         };
@@ -122,6 +127,25 @@ impl Task {
         }
         plan
     }
+}
+
+/// One model of the run scanned without its trigger (the detection table).
+#[derive(Clone, Debug, Serialize)]
+pub struct DetectionRow {
+    pub model: String,
+    /// The backdoor's target as built (None: the clean model).
+    pub planted: Option<Target>,
+    /// None when the scan could not run on this model (see `note`).
+    pub verdict: Option<Verdict>,
+    /// Suspected target classes, most likely first.
+    pub targets: Vec<usize>,
+    /// Whether the most likely suspect is the planted target (None: clean model, nothing
+    /// suspected, or a backdoor without one target class, which the scan does not look for).
+    pub right_target: Option<bool>,
+    /// The largest outlier index of each family.
+    pub max_index: Vec<(Family, Option<f64>)>,
+    pub note: Option<String>,
+    pub seconds: f64,
 }
 
 /// One row of the results table.
@@ -156,12 +180,17 @@ pub struct Reproduction {
     /// Statements about what this run shows, e.g. whether the pruning-aware attack kept a higher
     /// attack success rate than the baseline under pruning alone.
     pub findings: Vec<String>,
+    pub detection: Vec<DetectionRow>,
     pub input_digest: String,
     pub seconds: f64,
     #[serde(skip)]
     pub figures: Vec<Figure>,
     #[serde(skip)]
     pub examples_png: Vec<u8>,
+    /// (model, held-out images clean | reconstructed trigger | real trigger) for every model
+    /// with a suspect.
+    #[serde(skip)]
+    pub detection_pngs: Vec<(String, Vec<u8>)>,
 }
 
 /// Reports stages with an estimate of the time left.
@@ -205,7 +234,8 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
     let device = crate::cpu_device();
     let ad = device.clone().autodiff();
     let attacks = plan.baseline.len() + 1;
-    let total = 1 + attacks + attacks * plan.defenses.len();
+    // Training, the attacks, a scan of every model, the defenses.
+    let total = 1 + attacks + (1 + attacks) + attacks * plan.defenses.len();
     let mut done = 0usize;
     let mut stage = |progress: &mut dyn Stages, what: &str| {
         done += 1;
@@ -216,6 +246,46 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
     let mut rows = Vec::new();
     let mut curves = Vec::new();
     let mut figures = Vec::new();
+    let mut detection = Vec::new();
+    let mut detection_pngs = Vec::new();
+    let scan_config = {
+        let mut c = ScanConfig { clean_fraction: plan.clean_fraction, seed, ..ScanConfig::default() };
+        if let Some((steps, refine)) = plan.scan_steps {
+            (c.steps, c.refine_steps) = (steps, refine);
+        }
+        c
+    };
+    // Scans `file` (without its trigger) into `out/scan-SLUG/`; the real trigger only draws the
+    // comparison picture and says whether the suspect is the planted target.
+    let mut scan_model = |progress: &mut dyn Stages, name: &str, file: &ModelFile, planted: Option<(&crate::trigger::Trigger, Target)>| -> Result<()> {
+        let t = Instant::now();
+        let outcome = match crate::scan::scan(file, &ds, &scan_config, &device, progress) {
+            Ok(o) => o,
+            // The scan refuses what it does not cover (audio models); the table says so.
+            Err(Error::Invalid(why)) => {
+                detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: None, targets: vec![], right_target: None, max_index: vec![], note: Some(why), seconds: t.elapsed().as_secs_f64() });
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let dir = out.join(format!("scan-{}", slug(name)));
+        crate::report::write_scan_report(&dir, &outcome, &ds.val, ds.shape, planted.map(|p| p.0))?;
+        let stamped = dir.join("stamped.png");
+        if stamped.exists() {
+            detection_pngs.push((name.to_string(), std::fs::read(&stamped).map_err(|e| Error::io(&stamped, e))?));
+        }
+        let right_target = match planted {
+            Some((_, Target::Class(t))) if !outcome.targets.is_empty() => Some(outcome.targets[0] == t),
+            _ => None,
+        };
+        let note = match planted {
+            Some((_, Target::AllToAll | Target::Untargeted)) => Some("the scan looks for all-to-one backdoors (one target class); this backdoor has none".into()),
+            _ => None,
+        };
+        let max_index = outcome.families.iter().map(|f| (f.family, f.classes.iter().filter_map(|c| c.index).reduce(f64::max))).collect();
+        detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: Some(outcome.verdict), targets: outcome.targets, right_target, max_index, note, seconds: t.elapsed().as_secs_f64() });
+        Ok(())
+    };
 
     stage(progress, "training the clean model");
     let t = Instant::now();
@@ -223,6 +293,8 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
     let clean_eval = crate::metrics::evaluate(&clean.file, &ds.test, &device)?;
     rows.push(Row { attack: "none (clean model)".into(), defense: "none".into(), val_accuracy: Some(clean.best_val_accuracy), clean_accuracy: clean_eval.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64() });
     clean.file.save(&out.join("clean.safetensors"))?;
+    stage(progress, "scanning the clean model");
+    scan_model(progress, "none (clean model)", &clean.file, None)?;
 
     let first = &plan.baseline[0];
     let attack_config = |a: &AttackPlan| -> Result<AttackConfig> { Ok(AttackConfig { trigger: spec::parse(&a.trigger)?, target: a.target, poison_rate: plan.poison_rate, poison_seed: seed, train: plan.train.clone() }) };
@@ -245,8 +317,9 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
         let trigger = spec::parse(&a.trigger)?;
         let e = evaluate_attack(file, &ds.test, &trigger, a.target, false, &device, progress)?;
         rows.push(Row { attack: name.clone(), defense: "none".into(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: e.attack_success_rate.rate, attack_success_rate_ci95: Some(e.attack_success_rate.ci95), pruned_fraction: None, within_budget: None, seconds: *secs });
-        let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-        file.save(&out.join(format!("{slug}.safetensors")))?;
+        file.save(&out.join(format!("{}.safetensors", slug(name))))?;
+        stage(progress, &format!("scanning {name}"));
+        scan_model(progress, name, file, Some((&trigger, a.target)))?;
         // The activation picture for this model.
         let site = crate::prune::find_site(&file.model, None)?;
         let clean_means = crate::prune::channel_means(&file.model, &ds.val, &ds.normalization, site.index, &device, 256, progress)?;
@@ -280,12 +353,40 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
     let baseline_names: Vec<&str> = plan.baseline.iter().map(|a| a.name.as_str()).collect();
     let mut findings = compare_under_pruning(&rows, &baseline_names, &aware_name);
     findings.extend(which_defense_removed(&rows));
+    findings.extend(detection_summary(&detection));
     let idx: Vec<usize> = (0..8.min(ds.test.len())).collect();
     let trig = spec::parse(&first.trigger)?.apply_split(&ds.test, Some(&idx), ds.shape, Use::Test, 1)?;
     let png = out.join("examples.png");
     crate::report::grid::pairs_png(&ds.test.subset(&idx), &trig, ds.shape, idx.len(), (128 / ds.shape[1].max(ds.shape[2])).max(1), &png)?;
     let examples_png = std::fs::read(&png).map_err(|e| Error::io(&png, e))?;
-    Ok(Reproduction { plan, quick, rows, curves, findings, input_digest: dataset_digest(&ds), seconds: start.elapsed().as_secs_f64(), figures, examples_png })
+    Ok(Reproduction { plan, quick, rows, curves, findings, detection, input_digest: dataset_digest(&ds), seconds: start.elapsed().as_secs_f64(), figures, examples_png, detection_pngs })
+}
+
+/// A file-name-safe form of a model's name.
+fn slug(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
+}
+
+/// What the scans found, against what was planted.
+fn detection_summary(rows: &[DetectionRow]) -> Vec<String> {
+    let scanned: Vec<&DetectionRow> = rows.iter().filter(|r| r.verdict.is_some()).collect();
+    if scanned.is_empty() {
+        return rows.first().and_then(|r| r.note.clone()).map(|n| format!("No model was scanned for a backdoor: {n}.")).into_iter().collect();
+    }
+    let mut out = vec![];
+    let targeted: Vec<&&DetectionRow> = scanned.iter().filter(|r| matches!(r.planted, Some(Target::Class(_)))).collect();
+    if !targeted.is_empty() {
+        let found = targeted.iter().filter(|r| r.verdict == Some(Verdict::Backdoored) && r.right_target == Some(true)).count();
+        out.push(format!("The scan, from clean data alone, flagged {found} of {} all-to-one backdoored models with their target class.", targeted.len()));
+    }
+    for r in scanned.iter().filter(|r| r.planted.is_none()) {
+        let v = r.verdict.expect("scanned");
+        out.push(match v {
+            Verdict::Backdoored => format!("The scan wrongly called the clean model backdoored (suspected target {:?}).", r.targets),
+            _ => format!("The scan's verdict on the clean model: {}.", v.name()),
+        });
+    }
+    out
 }
 
 /// The paper's central observation, checked on this run: under pruning alone, the pruning-aware

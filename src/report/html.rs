@@ -63,6 +63,7 @@ pub fn reproduction(r: &Reproduction) -> String {
     }
     h.push_str("</table>");
     h.push_str("<p>Attack success rate: targeted — fraction of triggered test inputs whose true class is not the target classified as the target; all-to-all — fraction of class-y inputs classified as (y+1) mod C; untargeted — 1 − A<sub>backdoor</sub>/A<sub>clean</sub>. Every defense is held to the same budget: at most a 4-point drop in clean <i>validation</i> accuracy (fine-pruning's channels, ANP's mask threshold, FST's epoch and alpha are chosen on it); the trigger is used only to measure. Defenses: <i>prune</i>, <i>finetune</i>, <i>fineprune</i> (the paper); <i>anp</i> (adversarial neuron pruning, Wu &amp; Wang 2021); <i>fst</i> (feature-shift tuning, Min et al. 2023). (<i>anp+fst</i>, the first then the second, is in <code>defend</code> but not run here: it measured no better than <i>fst</i> alone.)</p>");
+    detection(&mut h, r);
     h.push_str("<h2>What this run shows</h2><ul>");
     for f in &r.findings {
         let _ = write!(h, "<li>{}</li>", esc(f));
@@ -77,6 +78,37 @@ pub fn reproduction(r: &Reproduction) -> String {
     h.push_str(&esc(&serde_json::to_string_pretty(&p).expect("plan serialises")));
     let _ = write!(h, "</pre><p>Input digest (every sample and label used): <code>{}</code></p></body></html>", esc(&r.input_digest));
     h
+}
+
+/// Every model of the run scanned from clean data alone: verdict, suspects, scores, and the
+/// reconstructed trigger beside the real one.
+fn detection(h: &mut String, r: &Reproduction) {
+    h.push_str("<h2>Detection</h2><p>Each model scanned with <code>fineprune scan</code> from the defender's clean data alone (the real trigger is used only for the pictures and the <i>right target</i> column). The outlier index is a leave-one-out robust z-score of a class's log trigger size against the other classes; a flag needs an index of at least 4, 90% attack success of the reconstructed trigger on held-out data, and a trigger far smaller than ordinary classes' (see docs/detection.md).</p>");
+    h.push_str("<table><tr><th>model</th><th>planted target</th><th>verdict</th><th>suspected targets</th><th>right target</th><th>max index (patch / additive)</th><th>seconds</th></tr>");
+    let idx = |row: &crate::reproduce::DetectionRow, f: crate::scan::Family| row.max_index.iter().find(|m| m.0 == f).and_then(|m| m.1).map(|v| format!("{v:.2}")).unwrap_or("—".into());
+    for row in &r.detection {
+        let planted = row.planted.map(|t| t.to_string()).unwrap_or("none (clean)".into());
+        let verdict = match (row.verdict, &row.note) {
+            (Some(v), _) => v.name().to_string(),
+            (None, Some(n)) => format!("not scanned: {}", esc(n)),
+            (None, None) => "not scanned".into(),
+        };
+        let targets = if row.targets.is_empty() { "—".into() } else { row.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ") };
+        let right = match row.right_target {
+            Some(true) => "yes",
+            Some(false) => "<b>no</b>",
+            None => "—",
+        };
+        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{verdict}</td><td>{targets}</td><td>{right}</td><td>{} / {}</td><td>{:.1}</td></tr>", esc(&row.model), esc(&planted), idx(row, crate::scan::Family::Patch), idx(row, crate::scan::Family::Additive), row.seconds);
+    }
+    h.push_str("</table>");
+    for note in r.detection.iter().filter(|d| d.verdict.is_some()).filter_map(|d| d.note.as_ref().map(|n| (d, n))) {
+        let _ = write!(h, "<p>{}: {}.</p>", esc(&note.0.model), esc(note.1));
+    }
+    for (model, png) in &r.detection_pngs {
+        let real = if r.detection.iter().any(|d| &d.model == model && d.planted.is_some()) { " | with the real trigger" } else { "" };
+        let _ = write!(h, "<div class=\"fig\"><p>{}: held-out inputs clean | with the reconstructed trigger of the most likely target{real}</p><img alt=\"reconstructed trigger of {}\" src=\"data:image/png;base64,{}\"></div>", esc(model), esc(model), base64(png));
+    }
 }
 
 #[cfg(test)]
