@@ -191,38 +191,84 @@ fn external_data_inside_the_folder_is_read_and_outside_is_refused() {
     assert!(err.contains("outside the model's folder"), "{err}");
 }
 
+/// The keys and shapes of `torchvision.models.resnet18(num_classes=10).state_dict()` with the
+/// CIFAR stem (a 3x3 `conv1`), listed from torchvision's module structure, not from our graph:
+/// 62 parameters and 60 BatchNorm buffers (`num_batches_tracked` an int64 scalar), in PyTorch's
+/// order.
+fn torchvision_resnet18_keys() -> Vec<(String, Vec<usize>)> {
+    let mut keys = vec![];
+    let bn = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
+        for role in ["weight", "bias", "running_mean", "running_var"] {
+            keys.push((format!("{p}.{role}"), vec![c]));
+        }
+        keys.push((format!("{p}.num_batches_tracked"), vec![]));
+    };
+    keys.push(("conv1.weight".to_string(), vec![64, 3, 3, 3]));
+    bn(&mut keys, "bn1", 64);
+    let mut cin = 64;
+    for (layer, width) in [(1, 64), (2, 128), (3, 256), (4, 512)] {
+        for block in 0..2 {
+            let p = format!("layer{layer}.{block}");
+            keys.push((format!("{p}.conv1.weight"), vec![width, if block == 0 { cin } else { width }, 3, 3]));
+            bn(&mut keys, &format!("{p}.bn1"), width);
+            keys.push((format!("{p}.conv2.weight"), vec![width, width, 3, 3]));
+            bn(&mut keys, &format!("{p}.bn2"), width);
+            if block == 0 && layer > 1 {
+                keys.push((format!("{p}.downsample.0.weight"), vec![width, cin, 1, 1]));
+                bn(&mut keys, &format!("{p}.downsample.1"), width);
+            }
+        }
+        cin = width;
+    }
+    keys.push(("fc.weight".to_string(), vec![10, 512]));
+    keys.push(("fc.bias".to_string(), vec![10]));
+    keys
+}
+
 #[test]
 fn pytorch_state_dict_loads_into_a_builtin_architecture() {
-    let dev = fineprune::cpu_device();
-    let graph = fineprune::model::arch::build("signnet", [3, 32, 32], 43).unwrap();
-    let model = fineprune::model::Model::init(graph, 5, &dev).unwrap();
-    // A state dict as PyTorch writes it: our names, plus num_batches_tracked.
-    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = model
-        .named_tensors()
-        .into_iter()
-        .map(|(n, d)| {
-            let shape: Vec<usize> = d.shape().iter().copied().collect();
-            let bytes = d.try_to_vec::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
-            (n, bytes, shape)
-        })
-        .collect();
-    tensors.push(("bn1.num_batches_tracked".into(), 7i64.to_le_bytes().to_vec(), vec![]));
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+    let keys = torchvision_resnet18_keys();
+    assert_eq!(keys.len(), 122);
+    // Distinct values per tensor, so a tensor loaded into the wrong place shows; the classifier
+    // weight is zero, so the logits are exactly fc.bias whatever the features.
+    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = keys
         .iter()
-        .map(|(n, b, s)| {
-            let dtype = if n.ends_with("num_batches_tracked") { safetensors::Dtype::I64 } else { safetensors::Dtype::F32 };
-            (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap())
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            if name.ends_with("num_batches_tracked") {
+                return (name.clone(), safetensors::Dtype::I64, shape.clone(), 7i64.to_le_bytes().to_vec());
+            }
+            let n: usize = shape.iter().product();
+            let value = |j: usize| match name.as_str() {
+                "fc.weight" => 0.0,
+                "fc.bias" => j as f32 - 4.5,
+                _ if name.ends_with("running_var") => 1.0 + 0.01 * i as f32,
+                _ => ((i * 31 + j) % 97) as f32 / 97.0 - 0.5,
+            };
+            (name.clone(), safetensors::Dtype::F32, shape.clone(), (0..n).flat_map(|j| value(j).to_le_bytes()).collect())
         })
         .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        tensors.iter().map(|(n, dtype, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*dtype, s.clone(), b).unwrap())).collect();
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("state_dict.safetensors");
     safetensors::serialize_to_file(views, None, &path).unwrap();
-    let loaded = fineprune::model::store::from_state_dict("signnet", &path, None, None, &dev).unwrap();
-    assert_eq!(loaded.info.classes.len(), 43);
+
+    let dev = fineprune::cpu_device();
+    let loaded = fineprune::model::store::from_state_dict("resnet18", &path, None, None, &dev).unwrap();
+    assert_eq!(loaded.info.classes.len(), 10);
+    // Every float tensor is where PyTorch's name puts it.
+    let ours: std::collections::HashMap<String, Vec<f32>> = loaded.model.named_tensors().into_iter().map(|(n, d)| (n, d.try_to_vec::<f32>().unwrap())).collect();
+    for (name, dtype, _, bytes) in &tensors {
+        if *dtype == safetensors::Dtype::F32 {
+            let want: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            assert_eq!(ours.get(name), Some(&want), "{name}");
+        }
+    }
     let x = Tensor::<4>::from_data(TensorData::new((0..2 * 3 * 32 * 32).map(|i| ((i % 17) as f32) / 17.0).collect::<Vec<_>>(), [2, 3, 32, 32]), &dev);
-    let a = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
-    let b = loaded.model.forward(x).into_data().try_to_vec::<f32>().unwrap();
-    assert_eq!(a, b);
+    let logits = loaded.model.forward(x).into_data().try_to_vec::<f32>().unwrap();
+    let bias: Vec<f32> = (0..10).map(|j| j as f32 - 4.5).collect();
+    assert_eq!(logits, [bias.clone(), bias].concat());
     // The wrong architecture names what does not fit.
     let err = fineprune::model::store::from_state_dict("lenet", &path, None, None, &dev).unwrap_err().to_string();
     assert!(err.contains("state_dict.safetensors"), "{err}");
