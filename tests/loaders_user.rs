@@ -146,6 +146,10 @@ fn cifar_binaries_in_the_official_format_load() {
     assert_eq!(ds.test.labels, [3, 9]);
     assert_eq!(ds.test.sample(0)[0], 200.0 / 255.0, "the red plane comes first");
     assert_eq!(ds.test.sample(0)[1024], 1024.0 % 251.0 / 255.0);
+    // A named dataset is not converted to a model of other channels: said before decoding
+    // (found by the data_to_shape fuzz target, which expected the asked channels).
+    let e = load(Kind::Cifar10, dir.path(), &LoadOptions { channels: Some(1), ..LoadOptions::default() }).unwrap_err().to_string();
+    assert!(e.contains("cifar10 samples have 3 channel(s); the model expects 1"), "{e}");
     // CIFAR-100: coarse then fine label; the fine one is used.
     let dir100 = tempfile::tempdir().unwrap();
     let rec100 = |coarse: u8, fine: u8| [vec![coarse, fine], vec![7u8; 3072]].concat();

@@ -171,6 +171,16 @@ impl Kind {
         matches!(self, Kind::Mnist | Kind::Gtsrb | Kind::Fsdd | Kind::Orl | Kind::Synthetic | Kind::Cifar10 | Kind::Cifar100)
     }
 
+    /// The channels a named dataset's samples have (`None`: a format, converted to the
+    /// channels asked for).
+    pub fn channels(self) -> Option<usize> {
+        match self {
+            Kind::Mnist | Kind::Fsdd | Kind::Orl => Some(1),
+            Kind::Gtsrb | Kind::Synthetic | Kind::Cifar10 | Kind::Cifar100 => Some(3),
+            Kind::Folder | Kind::Npz => None,
+        }
+    }
+
     /// The sample size (height, width) a loader produces when none is asked for; `None` when
     /// it comes from the data (folders: the first image; arrays: their shape).
     pub fn default_size(self) -> Option<(usize, usize)> {
@@ -296,6 +306,13 @@ impl Dataset {
             return Err(Error::invalid(format!("sample size {h}x{w} is out of range (1..={MAX_SIDE})")));
         }
         let root = &spec.path;
+        // A named dataset is not converted: a model of other channels cannot use it, which is
+        // said before anything is decoded.
+        if let (Some(have), Some(want)) = (spec.kind.channels(), opts.channels)
+            && have != want
+        {
+            return Err(Error::format(root, format!("{} samples have {have} channel(s); the model expects {want}", spec.kind.name())));
+        }
         let mut budget = DecodeBudget::new(opts.max_decoded_bytes.unwrap_or_else(crate::fsutil::data_budget));
         let (loaded, size) = match spec.kind {
             Kind::Synthetic => {
