@@ -4,7 +4,10 @@
 # docs/results/scan-zoo.jsonl (date, commit, machine stamped). scripts/scan_table.py turns it
 # into docs/detection.md. Thresholds are never fitted here on backdoored models: the table shows
 # the clean models' largest index beside the defaults.
-#   scripts/scan_zoo.sh [quick|full]   (quick: MNIST and the synthetic set; full adds GTSRB)
+#   scripts/scan_zoo.sh [quick|full]   (quick: MNIST and the synthetic set; full adds GTSRB,
+#   faces, more clean architectures and seeds, every model `reproduce --quick` builds for the
+#   four tasks, and the PyTorch-made ONNX models with their clean twins when TORCH_DIR holds
+#   them: `scripts/torch_models.py make --clean-twins DIR`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 plan=${1:-quick}
@@ -58,6 +61,39 @@ if [ "$plan" = full ]; then
   scan gtsrb-signnet-clean $GT "$W/gtsrb-clean.safetensors" - --clean-fraction 0.05
   [ -f "$W/gtsrb-patch.safetensors" ] || $B attack --data $GT --arch signnet --epochs 4 --trigger patch --target 33 --out "$W/gtsrb-patch.safetensors" --json > /dev/null 2>&1
   scan gtsrb-signnet-patch $GT "$W/gtsrb-patch.safetensors" 33 --clean-fraction 0.05
+fi
+if [ "$plan" = full ]; then
+  # More clean architectures and seeds.
+  [ -f "$W/gtsrb-clean-1.safetensors" ] || $B train --data $GT --arch signnet --epochs 4 --seed 1 --out "$W/gtsrb-clean-1.safetensors" --json > /dev/null 2>&1
+  scan gtsrb-signnet-clean-seed1 $GT "$W/gtsrb-clean-1.safetensors" - --clean-fraction 0.05
+  for arch in vgg11-small resnet18; do
+    [ -f "$W/syn-$arch.safetensors" ] || $B train --data $SY --arch $arch --epochs 4 --out "$W/syn-$arch.safetensors" --json > /dev/null 2>&1
+    scan "synthetic-$arch-clean" $SY "$W/syn-$arch.safetensors" -
+  done
+  OR=orl:../shared/data/orl-faces
+  [ -f "$W/orl-clean.safetensors" ] || $B train --data $OR --arch deepid --epochs 60 --out "$W/orl-clean.safetensors" --json > /dev/null 2>&1
+  scan orl-deepid-clean $OR "$W/orl-clean.safetensors" -
+  # Every model reproduce builds (clean, baselines, pruning-aware), scanned by reproduce itself.
+  for task in mnist traffic face speech; do
+    [ -f "$W/reproduce-$task/results.json" ] || $B reproduce --task $task --quick --data-root ../shared/data --out "$W/reproduce-$task" > "$W/reproduce-$task.log" 2>&1
+    python3 - "$W/reproduce-$task/results.json" "$task" "$(stamp)" >> "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); task = sys.argv[2]
+for r in d["detection"]:
+    planted = r["planted"]
+    print(json.dumps({**json.loads("{" + sys.argv[3] + "}"), "model": f"reproduce {task}: {r['model']}",
+      "backdoored": planted is not None, "planted": None if planted is None else planted["kind"],
+      "true_target": planted.get("class") if planted else None, "verdict": r["verdict"] or "not scanned",
+      "targets": r["targets"], "max_index": {f: v for f, v in r["max_index"]}, "note": r["note"], "seconds": r["seconds"]}))
+PY
+  done
+  # PyTorch-made ONNX models and their clean twins.
+  if [ -n "${TORCH_DIR:-}" ]; then
+    scan torch-mnist-cnn-blend $MN "$TORCH_DIR/mnist-blend.onnx" 0
+    scan torch-mnist-cnn-clean $MN "$TORCH_DIR/mnist-clean.onnx" -
+    scan torch-gtsrb-resnet-sticker $GT "$TORCH_DIR/gtsrb-resnet.onnx" 14 --clean-fraction 0.05
+    scan torch-gtsrb-resnet-clean $GT "$TORCH_DIR/gtsrb-resnet-clean.onnx" - --clean-fraction 0.05
+  fi
 fi
 python3 scripts/scan_table.py "$out" > docs/detection.md
 echo "wrote $out and docs/detection.md" >&2

@@ -16,6 +16,8 @@ models come from here. Needs a venv with torch, onnx, onnxruntime, numpy, pillow
 - gtsrb-resnet.onnx: a residual CNN with BatchNorm (312k weights, 128-channel last block) on
   GTSRB, a 4x4 yellow sticker at the bottom right relabelled 14, exported with BatchNorm kept
   (fineprune: --trigger patch:color=yellow --target 14).
+- with --clean-twins, mnist-clean.onnx and gtsrb-resnet-clean.onnx: the same networks, recipes
+  and exports without poison (the detection zoo's clean twins).
 
 `eval` measures an ONNX model (e.g. one fineprune repaired) with onnxruntime, on the test split
 read with the same conventions as fineprune's loaders: clean accuracy and attack success
@@ -224,7 +226,7 @@ def noise_pattern(out):
     return np.asarray(Image.open(os.path.join(out, "blend-noise.png")), np.float32)[None, None] / 255.0
 
 
-def make(out, root):
+def make(out, root, clean_twins=False):
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -253,6 +255,27 @@ def make(out, root):
     export(model, (3, 32, 32), path, keep_batchnorm=True)
     sidecar(path[:-5] + ".toml", mean.ravel(), std.ravel(), [f"{c:05d}" for c in range(43)], "gtsrb")
     report(path, tx, ty, apply, 14, mean, std)
+    if clean_twins:
+        twins(out, root, mean, std)
+
+
+def twins(out, root, gtsrb_mean, gtsrb_std):
+    """The clean twins: the same networks, recipes and exports on unpoisoned data (a scan must
+    not flag them)."""
+    torch.manual_seed(1)
+    print("MNIST, clean twin of mnist-blend.onnx")
+    x, y, _, _ = mnist(root)
+    mean, std = per_channel(x)
+    model = train(MnistCNN(), x, y, torch.from_numpy(mean), torch.from_numpy(std), epochs=4, lr=1e-3, seed=1)
+    path = os.path.join(out, "mnist-clean.onnx")
+    export(model, (1, 28, 28), path, keep_batchnorm=False)
+    sidecar(path[:-5] + ".toml", mean.ravel(), std.ravel(), [str(d) for d in range(10)], "mnist")
+    print("GTSRB, clean twin of gtsrb-resnet.onnx")
+    x, y, _, _ = gtsrb(root)
+    model = train(SignResNet(), x, y, torch.from_numpy(gtsrb_mean), torch.from_numpy(gtsrb_std), epochs=6, lr=1e-3, seed=1)
+    path = os.path.join(out, "gtsrb-resnet-clean.onnx")
+    export(model, (3, 32, 32), path, keep_batchnorm=True)
+    sidecar(path[:-5] + ".toml", gtsrb_mean.ravel(), gtsrb_std.ravel(), [f"{c:05d}" for c in range(43)], "gtsrb")
 
 
 def evaluate(path, task, root, pattern_png):
@@ -275,6 +298,7 @@ if __name__ == "__main__":
     m = sub.add_parser("make", help="train and export the backdoored models")
     m.add_argument("out")
     m.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    m.add_argument("--clean-twins", action="store_true", help="also train mnist-clean.onnx and gtsrb-resnet-clean.onnx (same recipes, no poison)")
     e = sub.add_parser("eval", help="clean accuracy and attack success of an ONNX model, by onnxruntime")
     e.add_argument("model")
     e.add_argument("--task", choices=["mnist", "gtsrb"], required=True)
@@ -282,7 +306,7 @@ if __name__ == "__main__":
     e.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     a = p.parse_args()
     if a.cmd == "make":
-        make(a.out, a.data_root)
+        make(a.out, a.data_root, a.clean_twins)
     else:
         evaluate(a.model, a.task, a.data_root, a.pattern or os.path.join(os.path.dirname(a.model), "blend-noise.png"))
     sys.exit(0)
