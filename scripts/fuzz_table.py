@@ -30,8 +30,11 @@ handed over a possibly backdoored model may also hand over the files around it.
   anything is allocated, in every loader (IDX, GTSRB, ORL,
   FSDD, npz, CIFAR, image folders) and in every streamed chunk of `eval --data folder:`. A tiny
   `.npz` resized to a huge model, uint8 widened to f32, or a compressed bomb is one error line.
-- **Models**: the file's size, every tensor's element count (`--max-tensor-elements`) and all
-  tensors' bytes together (`--max-model-bytes`) before `onnx-ir` sees an ONNX file; graph shape
+- **Models**: the file's size, every tensor's element count (`--max-tensor-elements`, default
+  2^28) and all tensors' bytes together (`--max-model-bytes`, default a quarter of the available
+  memory, at most 4 GiB; the file may be 16 MiB more) before `onnx-ir` sees an ONNX file;
+  dangling inputs, duplicate outputs, cycles, subgraphs, string tensors and stored data that
+  does not match its dims are refused (`tests/fixtures/onnx/bad/` holds such files); graph shape
   inference uses saturating arithmetic and bounds every output dimension and the parameter
   count (the kernels' indexing relies on it); NaN or infinite weights are refused
   (`--allow-non-finite` to load them anyway); a state dict's tensors must fit the architecture
@@ -84,6 +87,12 @@ print(f"\nFindings in the latest runs: **{open_findings}**."
       + (f" Stopped by the time bound before a million executions: {', '.join(f'`{t}`' for t in short)}." if short else ""))
 print("""
 A finding becomes a fix and a regression test with the minimised input (`tests/fuzz_regressions.rs`,
-inputs in `tests/fixtures/fuzz/`). Not covered by fuzzing: the training and defense loops on
+inputs in `tests/fixtures/fuzz/`, none hidden behind a `catch_unwind`). Found so far: a
+`--trigger` colour with a multi-byte character panicked; a 95-byte `.npy` declaring a 4 GiB
+header made `npyz` allocate it; a 468-byte `.npy` header of nested braces hung `npyz`'s header
+parser for over 15 s (the preamble and the header's nesting are now checked first); an ONNX node
+reading one value twice (`Add(x, x)`) crashed the forward pass; an `AveragePool` with `auto_pad`
+and a zero stride divided by zero; a `Gemm` bias of the wrong length reached `TensorData::new`
+unchecked. Not covered by fuzzing: the training and defense loops on
 valid but adversarial weights (they are covered by the bounds above, not by a fuzzer), and
 `onnx-ir`'s own code beyond what our targets reach through it.""")

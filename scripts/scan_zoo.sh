@@ -73,6 +73,17 @@ if [ "$plan" = full ]; then
   OR=orl:../shared/data/orl-faces
   [ -f "$W/orl-clean.safetensors" ] || $B train --data $OR --arch deepid --epochs 60 --out "$W/orl-clean.safetensors" --json > /dev/null 2>&1
   scan orl-deepid-clean $OR "$W/orl-clean.safetensors" -
+  # PyTorch-made ONNX models and their clean twins.
+  if [ -n "${TORCH_DIR:-}" ]; then
+    while read -r name data file target fraction; do
+      if [ -f "$TORCH_DIR/$file" ]; then scan "$name" "$data" "$TORCH_DIR/$file" "$target" --clean-fraction "$fraction"; else echo "no $TORCH_DIR/$file: skipped" >&2; fi
+    done <<LIST
+torch-mnist-cnn-blend $MN mnist-blend.onnx 0 1
+torch-mnist-cnn-clean $MN mnist-clean.onnx - 1
+torch-gtsrb-resnet-sticker $GT gtsrb-resnet.onnx 14 0.05
+torch-gtsrb-resnet-clean $GT gtsrb-resnet-clean.onnx - 0.05
+LIST
+  fi
   # Every model reproduce builds (clean, baselines, pruning-aware), scanned by reproduce itself.
   for task in mnist traffic face speech; do
     [ -f "$W/reproduce-$task/results.json" ] || $B reproduce --task $task --quick --data-root ../shared/data --out "$W/reproduce-$task" > "$W/reproduce-$task.log" 2>&1
@@ -87,13 +98,6 @@ for r in d["detection"]:
       "targets": r["targets"], "max_index": {f: v for f, v in r["max_index"]}, "note": r["note"], "seconds": r["seconds"]}))
 PY
   done
-  # PyTorch-made ONNX models and their clean twins.
-  if [ -n "${TORCH_DIR:-}" ]; then
-    scan torch-mnist-cnn-blend $MN "$TORCH_DIR/mnist-blend.onnx" 0
-    scan torch-mnist-cnn-clean $MN "$TORCH_DIR/mnist-clean.onnx" -
-    scan torch-gtsrb-resnet-sticker $GT "$TORCH_DIR/gtsrb-resnet.onnx" 14 --clean-fraction 0.05
-    scan torch-gtsrb-resnet-clean $GT "$TORCH_DIR/gtsrb-resnet-clean.onnx" - --clean-fraction 0.05
-  fi
 fi
 python3 scripts/scan_table.py "$out" > docs/detection.md
 echo "wrote $out and docs/detection.md" >&2
