@@ -46,7 +46,7 @@ pub fn measure_model(name: &str, model: Model, batch_size: usize, steps: usize, 
     let train_device = device.clone().autodiff();
     let mut model = model.train();
     let mut rng = Rng::new(1);
-    let mut optim = crate::train::adam::FusedAdam::init(0.0);
+    let mut optim = crate::backend::adam::FusedAdam::init(0.0);
     let (x, y) = random_batch(input, batch_size, classes, &mut rng, &train_device);
     let mut step = |model: Model, rng: &mut Rng| {
         let loss = cross_entropy(model.forward_train(x.clone(), rng), y.clone());
@@ -97,7 +97,7 @@ pub struct SweepBench {
 pub fn sweep(model: &Model, split: &crate::data::Split, norm: &crate::data::Normalization, layer: Option<&str>, device: &Device) -> Result<SweepBench> {
     use crate::prune::{self, PrefixCache, sweep};
     let site = prune::find_site(model, layer)?;
-    let means = prune::channel_means(model, split, norm, site.index, device, 256, &mut crate::train::Silent)?;
+    let means = prune::channel_means(model, split, norm, site.index, device, 256, &mut crate::progress::Silent)?;
     let order = prune::ranking(&means);
     // Warm-up, untimed: the first cache of a fresh process lands on pages the kernel must
     // fault in and zero (50 ms of a 160 ms fast side here), which the naive side, timed

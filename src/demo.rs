@@ -12,7 +12,8 @@ use crate::attack::{AttackConfig, backdoor, evaluate_attack};
 use crate::data::{DataSpec, Dataset, Kind, LoadOptions};
 use crate::defense::{DefenseConfig, DefenseOutcome, KnownAttack, Method, defend};
 use crate::error::Result;
-use crate::train::{Progress, TrainConfig};
+use crate::train::TrainConfig;
+use crate::progress::Progress;
 use crate::trigger::poison::Target;
 use crate::trigger::{Trigger, Triggered, Use, spec};
 

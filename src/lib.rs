@@ -7,6 +7,7 @@
 //! these.
 
 pub mod attack;
+pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod defense;
@@ -14,6 +15,7 @@ pub mod demo;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;
+pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod reproduce;

@@ -6,7 +6,8 @@ mod common;
 use fineprune::attack::{AttackConfig, PruningAwareConfig, backdoor, evaluate_attack, pruning_aware};
 use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions};
 use fineprune::prune;
-use fineprune::train::{Silent, TrainConfig};
+use fineprune::train::TrainConfig;
+use fineprune::progress::Silent;
 use fineprune::trigger::poison::Target;
 use fineprune::trigger::spec;
 

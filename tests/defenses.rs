@@ -11,7 +11,8 @@ use fineprune::model::{Model, ModelFile, ModelInfo, arch};
 use fineprune::prune::sweep::{naive_predictions, sweep_predictions};
 use fineprune::prune::{self, PrefixCache};
 use fineprune::rng::Rng;
-use fineprune::train::{Silent, TrainConfig, train_new};
+use fineprune::train::{TrainConfig, train_new};
+use fineprune::progress::Silent;
 use fineprune::trigger::poison::Target;
 use fineprune::trigger::{PatchPattern, Position, Trigger, Triggered};
 

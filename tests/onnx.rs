@@ -368,7 +368,7 @@ fn trigger_free_defenses_export_an_imported_residual_net_with_batchnorm() {
         cfg.anp.iterations = Some(20);
         cfg.fst.batch_size = 32;
         cfg.fst.epochs = Some(2);
-        let out = defend(&file, &ds, &cfg, None, &dev.clone().autodiff(), &mut fineprune::train::Silent).unwrap_or_else(|e| panic!("{method}: {e}"));
+        let out = defend(&file, &ds, &cfg, None, &dev.clone().autodiff(), &mut fineprune::progress::Silent).unwrap_or_else(|e| panic!("{method}: {e}"));
         if method.uses_anp() {
             let bn = out.pruned_by_layer.iter().filter(|l| l.layer.contains("bn")).count();
             assert!(bn >= 3, "{method}: every BatchNorm is a neuron layer: {:?}", out.pruned_by_layer);

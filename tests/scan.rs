@@ -9,7 +9,8 @@ use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions};
 use fineprune::defense::{DefenseConfig, Method, defend};
 use fineprune::rng::Rng;
 use fineprune::scan::{Family, ScanConfig, Verdict, scan};
-use fineprune::train::{Silent, TrainConfig, train_new};
+use fineprune::train::{TrainConfig, train_new};
+use fineprune::progress::Silent;
 use fineprune::trigger::poison::Target;
 use fineprune::trigger::{Trigger, spec};
 
@@ -93,7 +94,7 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
 #[test]
 fn a_reconstructed_trigger_file_is_a_trigger_spec() {
     let dir = tempfile::tempdir().unwrap();
-    let t = Trigger::Reconstructed { shape: [1, 2, 2], mask: Some(vec![0.0, 1.0, 0.5, 0.0]), pattern: vec![1.0, 1.0, 0.0, 0.0] };
+    let t = Trigger::Reconstructed { shape: [1, 2, 2], mask: Some(vec![0.0, 1.0, 0.5, 0.0]), pattern: vec![1.0, 1.0, 0.0, 0.0], range: [0.0, 1.0] };
     let path = dir.path().join("t.json");
     spec::write_file(&t, &path).unwrap();
     let back = spec::parse(&format!("file:{}", path.display())).unwrap();

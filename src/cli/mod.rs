@@ -11,7 +11,8 @@ use fineprune::metrics::{ClassReport, evaluate};
 use fineprune::trigger::poison::Target;
 use fineprune::trigger::{Triggered, Use, spec as trigger_spec};
 use fineprune::model::{ModelFile, arch};
-use fineprune::train::{OptimizerKind, Progress, Schedule, TrainConfig, train_new};
+use fineprune::train::{OptimizerKind, Schedule, TrainConfig, train_new};
+use fineprune::progress::Progress;
 
 #[derive(Parser)]
 #[command(name = "fineprune", version, about = "Find and remove backdoors in neural networks (Fine-Pruning, RAID 2018)")]
@@ -35,7 +36,7 @@ enum Command {
     Inspect(InspectArgs),
     /// Is this model backdoored? Reconstruct triggers from clean data, name the target class.
     Scan(ScanArgs),
-    /// Remove a backdoor: the paper's prune, finetune, fineprune; or anp, fst, anp+fst.
+    /// Remove a backdoor: the paper's prune, finetune, fineprune; anp, fst, anp+fst; unlearn; or auto (all, checked by scans).
     Defend(DefendArgs),
     /// Run the paper's protocol for one task and write results.json and report.html.
     Reproduce(ReproduceArgs),

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use fineprune::train::{EpochStats, Progress};
+use fineprune::progress::{EpochStats, Progress};
 
 /// How often a plain progress line is printed when stderr is not a terminal (logs, CI, nohup).
 const LOG_EVERY: Duration = Duration::from_secs(10);

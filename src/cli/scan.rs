@@ -33,17 +33,21 @@ pub(super) struct ScanArgs {
     /// Clean images per class per step.
     #[arg(long, default_value_t = ScanConfig::default().per_class)]
     pub(super) per_class: usize,
+    /// Most images in one first-pass step, all classes together (with many classes each gets
+    /// fewer, at least 8).
+    #[arg(long, default_value_t = ScanConfig::default().max_batch)]
+    pub(super) max_batch: usize,
     /// Outlier index at which a class is suspected.
     #[arg(long, default_value_t = fineprune::scan::SUSPECT_INDEX)]
     pub(super) suspect_index: f64,
-    /// Outlier index at which, with its trigger confirmed on held-out data, the model is called
-    /// backdoored.
+    /// Outlier index at which a suspect whose reconstructed trigger works on held-out data makes
+    /// the model "backdoored".
     #[arg(long, default_value_t = fineprune::scan::FLAG_INDEX)]
     pub(super) flag_index: f64,
-    /// Outlier index at which a working trigger confirms without being compared with the
-    /// controls.
-    #[arg(long, default_value_t = fineprune::scan::STRONG_INDEX)]
-    pub(super) strong_index: f64,
+    /// A suspect below the flag index is a target too when its refined trigger is at most this
+    /// fraction of the median classes' (and works on held-out data).
+    #[arg(long, default_value_t = fineprune::scan::MAX_CONTROL_RATIO)]
+    pub(super) max_control_ratio: f64,
     /// Seed of the clean subset and the image draws.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
@@ -72,10 +76,11 @@ impl ScanArgs {
             steps: self.steps,
             refine_steps: self.refine_steps,
             per_class: self.per_class,
+            max_batch: self.max_batch,
             clean_fraction: self.clean_fraction,
             classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
             families: self.family.clone(),
-            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, strong: self.strong_index, ..Thresholds::default() },
+            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, max_control_ratio: self.max_control_ratio, ..Thresholds::default() },
             seed: self.seed,
             ..ScanConfig::default()
         }
@@ -115,6 +120,7 @@ pub(super) fn scan_json(o: &ScanOutcome) -> serde_json::Value {
         "suspects": o.suspects,
         "families": o.families,
         "thresholds": o.thresholds,
+        "min_control_ratio": o.min_control_ratio(),
         "holdout_clean_accuracy": o.holdout_clean_accuracy,
         "inversion_samples": o.inversion_samples,
         "holdout_samples": o.holdout_samples,
@@ -144,6 +150,14 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
             println!("  {role} class {}: refined size {} ({} of the controls'), held-out attack success {} ({} inputs)", x.class, opt(x.size, 2), opt(x.control_ratio, 2), opt(x.holdout_asr, 3), x.holdout_samples);
         }
     }
+    let th = &o.thresholds;
+    println!(
+        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index is {:.1} or more, or its refined size is at most {:.2} of the controls' (suspect: index {:.1} or that small a size)",
+        100.0 * th.confirm_asr,
+        th.flag,
+        th.max_control_ratio,
+        th.suspect
+    );
     for n in &o.notes {
         println!("note: {n}");
     }

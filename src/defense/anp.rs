@@ -29,7 +29,8 @@ use crate::model::net::{Activation, Mode, NodeHook};
 use crate::model::{Model, ModelFile};
 use crate::prune::neurons::{NeuronKind, NeuronLayer, neuron_layers, with_masks};
 use crate::rng::Rng;
-use crate::train::{Progress, cross_entropy};
+use crate::train::cross_entropy;
+use crate::progress::Progress;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AnpConfig {

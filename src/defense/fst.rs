@@ -26,7 +26,8 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::model::graph::Op;
 use crate::rng::Rng;
-use crate::train::{OptimizerKind, Progress, Schedule, TrainConfig, TrainData, TrainHooks, train_with};
+use crate::train::{OptimizerKind, Schedule, TrainConfig, TrainData, TrainHooks, train_with};
+use crate::progress::Progress;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FstConfig {
@@ -89,7 +90,7 @@ pub struct FstReport {
     /// ‖W₀‖², which caps the default α.
     pub head_norm_sq: f64,
     /// Every epoch of the chosen run (clean validation accuracy per epoch).
-    pub history: Vec<crate::train::EpochStats>,
+    pub history: Vec<crate::progress::EpochStats>,
 }
 
 /// The alignment penalty and the norm projection, on the head's weight.

@@ -24,7 +24,8 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::metrics::{ClassReport, predict};
 use crate::model::ModelFile;
-use crate::train::{Progress, TrainConfig};
+use crate::train::TrainConfig;
+use crate::progress::Progress;
 use crate::trigger::Triggered;
 use crate::trigger::poison::Target;
 

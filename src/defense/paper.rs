@@ -11,7 +11,8 @@ use crate::metrics::{ClassReport, attack_success};
 use crate::model::{Model, ModelFile};
 use crate::prune::sweep::{sweep_predictions, sweep_split};
 use crate::prune::{self, PrefixCache, Site};
-use crate::train::{Progress, TrainData, train};
+use crate::train::{TrainData, train};
+use crate::progress::Progress;
 
 /// Ranks the site's channels by mean clean validation activation and prunes the least active
 /// ones as the stop rule says; measures the whole curve on the way (the test split and a known

@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::model::{Model, ModelFile};
 use crate::rng::Rng;
 use crate::scan::{Family, ScanConfig, ScanOutcome, Verdict, holdout_asr, scan};
-use crate::train::{Progress, TrainData, train};
+use crate::train::{TrainData, train};
+use crate::progress::Progress;
 use crate::trigger::Use;
 
 /// The suspect model's scan, with the configuration that re-scans a repaired model.

@@ -2,14 +2,11 @@
 //! files.
 
 pub mod arch;
-pub mod fast;
 pub mod file;
 pub mod graph;
-pub mod kernels;
 pub mod net;
 pub mod onnx;
 pub mod store;
-pub mod winograd;
 
 pub use file::{ModelFile, ModelInfo};
 pub use graph::{Graph, Node, Op, Shape};

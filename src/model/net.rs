@@ -9,7 +9,7 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::model::fast::{add, channel_affine, conv2d, max_pool2d, relu};
+use crate::backend::ops::{add, channel_affine, conv2d, max_pool2d, relu};
 use crate::model::graph::{Graph, Op, Shape};
 use crate::rng::Rng;
 
@@ -436,7 +436,7 @@ fn batchnorm<const D: usize>(bn: &BatchNormParams, x: Tensor<D>, eps: f64, momen
     let dims = x.dims();
     if batch_stats {
         let rest: usize = dims[2..].iter().product();
-        let (out, mean, variance) = crate::model::fast::batch_norm_train(x.reshape([dims[0], dims[1], rest, 1]), bn.gamma.val(), bn.beta.val(), eps);
+        let (out, mean, variance) = crate::backend::ops::batch_norm_train(x.reshape([dims[0], dims[1], rest, 1]), bn.gamma.val(), bn.beta.val(), eps);
         let out = out.reshape(dims);
         if !update {
             return out;

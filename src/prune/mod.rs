@@ -18,7 +18,7 @@ use crate::metrics::argmax;
 use crate::model::graph::{Op, Shape};
 use crate::model::net::{Activation, LayerParams};
 use crate::model::Model;
-use crate::train::Progress;
+use crate::progress::Progress;
 
 /// The node whose output channels are pruned.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

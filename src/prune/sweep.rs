@@ -117,7 +117,7 @@ fn level_rows(model: &Model, lin: usize, pre: &mut [f32], pooled: &[f32], neg_we
     for &c in &order[..max_k] {
         // Channel c feeds linear inputs c*hw .. (c+1)*hw (flatten is channel-major):
         // pre [n, out] += P_c [n, hw] * (-W_c)^T [hw, out], both read in place by strides.
-        crate::model::kernels::matmul(n, out, hw, pre, true, &pooled[c * hw..], fan_in as isize, 1, &neg_weight[c * hw..], 1, fan_in as isize);
+        crate::backend::common::matmul(n, out, hw, pre, true, &pooled[c * hw..], fan_in as isize, 1, &neg_weight[c * hw..], 1, fan_in as isize);
         if stacked.len() == LEVELS_PER_RUN * n * out {
             flush(&mut stacked, &mut levels);
         }

@@ -1,7 +1,7 @@
-//! Output people read: plots (SVG, no dependency) and image grids (PNG).
+//! Output people read: plots (SVG, no dependency), image grids (PNG), and the reports of a
+//! defense and a scan. (A reproduction's HTML page is `reproduce`'s own, built from these.)
 
 pub mod grid;
-pub mod html;
 pub mod svg;
 
 /// The picture that shows dormant backdoor neurons: each channel's mean activation on clean
@@ -89,7 +89,7 @@ pub fn write_scan_report(dir: &std::path::Path, outcome: &crate::scan::ScanOutco
     };
     for f in &outcome.families {
         for fin in &f.finalists {
-            let Some(Trigger::Reconstructed { mask, pattern, .. }) = &fin.trigger else { continue };
+            let Some(Trigger::Reconstructed { mask, pattern, range: [lo, hi], .. }) = &fin.trigger else { continue };
             let stem = format!("{}-class{}", f.family.name(), fin.class);
             crate::trigger::spec::write_file(fin.trigger.as_ref().expect("matched above"), &dir.join(format!("{stem}.json")))?;
             let cols: Vec<Split> = match mask {
@@ -98,7 +98,7 @@ pub fn write_scan_report(dir: &std::path::Path, outcome: &crate::scan::ScanOutco
                     let fused: Vec<f32> = pattern.iter().enumerate().map(|(i, p)| p * m[i % (h * w)]).collect();
                     vec![sample_of(mask_c), sample_of(pattern.clone()), sample_of(fused)]
                 }
-                None => vec![sample_of(pattern.iter().map(|d| (0.5 + d).clamp(0.0, 1.0)).collect())],
+                None => vec![sample_of(pattern.iter().map(|d| (0.5 + d / (hi - lo)).clamp(0.0, 1.0)).collect())],
             };
             let refs: Vec<&Split> = cols.iter().collect();
             grid::columns_png(&refs, shape, 1, scale, &dir.join(format!("{stem}.png")))?;
@@ -109,7 +109,7 @@ pub fn write_scan_report(dir: &std::path::Path, outcome: &crate::scan::ScanOutco
         if !idx.is_empty() {
             let clean = holdout.subset(&idx);
             let mut cols = vec![clean.clone(), trigger.apply_split(holdout, Some(&idx), shape, Use::Test, 0)?];
-            if let Some(t) = known.filter(|t| !t.is_audio()) {
+            if let Some(t) = known.filter(|t| !t.is_audio() || !holdout.waves.is_empty()) {
                 cols.push(t.apply_split(holdout, Some(&idx), shape, Use::Test, 0)?);
             }
             let refs: Vec<&Split> = cols.iter().collect();

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{argmax, predict, wilson};
 use crate::model::ModelFile;
 use crate::rng::Rng;
-use crate::train::Progress;
+use crate::progress::Progress;
 use crate::trigger::{Trigger, Use};
 
 /// A family of reconstructed triggers.
@@ -65,40 +65,37 @@ impl Family {
     }
 }
 
-/// The outlier index above which a class is a suspected target, and above which the model is
-/// called backdoored (when its trigger also works on held-out data). Calibrated on clean models
-/// only: see `docs/` and `scripts/`.
+/// When a suspected class is called a target. Calibrated on clean models only: see
+/// `docs/detection.md` and `scripts/scan_zoo.sh`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Thresholds {
-    /// At or above: the class is a suspect ("inconclusive" unless flagged).
+    /// Index at or above which a class is a suspect ("inconclusive" unless confirmed).
     pub suspect: f64,
-    /// At or above, with a confirmed trigger: "backdoored".
+    /// Index at or above which a suspect whose reconstructed trigger works on held-out data is
+    /// a target: the model is "backdoored".
     pub flag: f64,
     /// The held-out attack success a reconstructed trigger must reach to confirm.
     pub confirm_asr: f64,
-    /// A confirmed trigger's refined size is at most this fraction of the controls' (median
-    /// classes refined with the same budget): a backdoor's trigger keeps shrinking far below
-    /// what any ordinary class needs, a naturally easy class does not.
+    /// A class whose refined trigger is at most this fraction of the controls' (median classes
+    /// refined with the same budget) and works on held-out data is a target whatever its index:
+    /// a patch backdoor's trigger keeps shrinking far below what any ordinary class needs, even
+    /// when the first pass, on a large input, had not yet found it.
     pub max_control_ratio: f64,
-    /// At or above, the index alone (with the held-out check) confirms: an outlier this far
-    /// beyond every clean model's needs no second sign (a blended trigger's patch is not
-    /// smaller than ordinary classes' after refinement, yet stands out at equal budgets).
-    pub strong: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: 0.5, strong: STRONG_INDEX }
+        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: MAX_CONTROL_RATIO }
     }
 }
 
-/// The default thresholds (see [`Thresholds`]), set on clean models only: on the clean zoo of
-/// 2026-12-01 (docs/detection.md) the largest index of any class was 5.15 (an 8-class model);
-/// a class of a clean model reached 4 or more only there, and its refined trigger was 0.88 of
-/// the controls' size. `STRONG_INDEX` is 1.5x that largest clean index.
+/// The default thresholds (see [`Thresholds`]), set on clean models only. On the clean zoo of
+/// 2026-12-02 (docs/detection.md: LeNets, PyTorch CNNs, signnets, VGG, ResNet, DeepID,
+/// speechnet) the largest index of any class was CLEAN_MAX_INDEX and the smallest refined
+/// ratio to the controls CLEAN_MIN_RATIO; the defaults keep a margin above and below them.
 pub const SUSPECT_INDEX: f64 = 3.0;
-pub const FLAG_INDEX: f64 = 4.0;
-pub const STRONG_INDEX: f64 = 8.0;
+pub const FLAG_INDEX: f64 = 5.0;
+pub const MAX_CONTROL_RATIO: f64 = 0.25;
 
 #[derive(Clone, Debug)]
 pub struct ScanConfig {
@@ -112,6 +109,10 @@ pub struct ScanConfig {
     pub controls: usize,
     /// Clean images per class per step.
     pub per_class: usize,
+    /// Most images in one first-pass step, all classes together: with many classes each gets
+    /// fewer (never below [`MIN_PER_CLASS`]), so the first pass costs about the same whatever
+    /// the number of classes. Refinement always uses `per_class`.
+    pub max_batch: usize,
     /// Adam's learning rate on the trigger tensors (Neural Cleanse's 0.1, betas 0.5/0.9).
     pub lr: f64,
     /// Fraction of the train split the defender has as clean data (inversion set).
@@ -123,6 +124,16 @@ pub struct ScanConfig {
     pub seed: u64,
 }
 
+/// The fewest images per class in a first-pass step.
+pub const MIN_PER_CLASS: usize = 8;
+
+impl ScanConfig {
+    /// Images per class in a first-pass step over `classes` classes.
+    pub fn first_pass_per_class(&self, classes: usize) -> usize {
+        (self.max_batch / classes.max(1)).clamp(MIN_PER_CLASS.min(self.per_class), self.per_class)
+    }
+}
+
 impl Default for ScanConfig {
     fn default() -> Self {
         ScanConfig {
@@ -131,6 +142,7 @@ impl Default for ScanConfig {
             finalists: 3,
             controls: 2,
             per_class: 24,
+            max_batch: 512,
             lr: 0.1,
             clean_fraction: 1.0,
             classes: None,
@@ -214,7 +226,8 @@ pub struct Suspect {
     pub index_family: Family,
     pub holdout_asr: Option<f64>,
     pub control_ratio: Option<f64>,
-    /// The trigger works on held-out data and is far smaller than the controls'.
+    /// The trigger works on held-out data, and the index is at the flag or the trigger far
+    /// smaller than the controls': the class is a target.
     pub confirmed: bool,
 }
 
@@ -236,6 +249,12 @@ pub struct ScanOutcome {
 }
 
 impl ScanOutcome {
+    /// The smallest refined size of any finalist over its controls', over the families.
+    pub fn min_control_ratio(&self) -> Option<f64> {
+        self.families.iter().flat_map(|f| f.finalists.iter()).filter(|x| !x.control).filter_map(|x| x.control_ratio).reduce(f64::min)
+    }
+
+
     /// The reconstructed trigger of the most likely target, if any class is suspected.
     pub fn best_trigger(&self) -> Option<(usize, Family, &Trigger)> {
         let s = self.suspects.first()?;
@@ -274,6 +293,8 @@ struct Inversion<'a> {
     inv: &'a Split,
     /// Indices of `inv` not of class t, for each class t.
     pools: &'a [Vec<usize>],
+    /// The inputs' value range: patterns stay inside it ([0, 1] for images).
+    range: [f32; 2],
     mean: Tensor<4>,
     std: Tensor<4>,
     device: Device,
@@ -306,9 +327,11 @@ impl Inversion<'_> {
     fn trigger(&self, params: &[f32]) -> Trigger {
         let [_, h, w] = self.shape;
         let sig = |a: f32| 1.0 / (1.0 + (-a).exp());
+        let [lo, hi] = self.range;
+        let (shape, range) = (self.shape, self.range);
         match self.family {
-            Family::Patch => Trigger::Reconstructed { shape: self.shape, mask: Some(params[..h * w].iter().map(|&a| sig(a)).collect()), pattern: params[h * w..].iter().map(|&b| sig(b)).collect() },
-            Family::Additive => Trigger::Reconstructed { shape: self.shape, mask: None, pattern: params.to_vec() },
+            Family::Patch => Trigger::Reconstructed { shape, mask: Some(params[..h * w].iter().map(|&a| sig(a)).collect()), pattern: params[h * w..].iter().map(|&b| lo + (hi - lo) * sig(b)).collect(), range },
+            Family::Additive => Trigger::Reconstructed { shape, mask: None, pattern: params.to_vec(), range },
         }
     }
 
@@ -347,8 +370,9 @@ impl Inversion<'_> {
                 }
                 let a = Tensor::<4>::from_data(TensorData::new(a, [l, 1, h, w]), &ad).require_grad();
                 let b = Tensor::<4>::from_data(TensorData::new(b, [l, c, h, w]), &ad).require_grad();
+                let [lo, hi] = self.range;
                 let m = sigmoid(a.clone());
-                let p = sigmoid(b.clone());
+                let p = sigmoid(b.clone()).mul_scalar(hi - lo).add_scalar(lo);
                 let size = m.clone().sum_dim(3).sum_dim(2).reshape([l]);
                 let mr = m.select(0, rows.clone().autodiff());
                 let pr = p.select(0, rows.clone().autodiff());
@@ -358,7 +382,7 @@ impl Inversion<'_> {
             Family::Additive => {
                 let d = Tensor::<4>::from_data(TensorData::new(stacked, [l, c, h, w]), &ad).require_grad();
                 let size = (d.clone() * d.clone()).sum_dim(3).sum_dim(2).sum_dim(1).reshape([l]).add_scalar(1e-12).sqrt();
-                let stamped = (x.autodiff() + d.clone().select(0, rows.clone().autodiff())).clamp(0.0, 1.0);
+                let stamped = (x.autodiff() + d.clone().select(0, rows.clone().autodiff())).clamp(self.range[0], self.range[1]);
                 (stamped, size, vec![d])
             }
         };
@@ -424,10 +448,10 @@ impl Inversion<'_> {
 
     /// Runs `steps` batched steps on the classes `live`, reporting progress.
     #[allow(clippy::too_many_arguments)]
-    fn run(&self, live: &[usize], targets: &[usize], states: &mut [ClassState], steps: usize, cfg: &ScanConfig, rng: &mut Rng, label: &str, progress: &mut dyn Progress) -> Result<()> {
+    fn run(&self, live: &[usize], targets: &[usize], states: &mut [ClassState], steps: usize, per_class: usize, cfg: &ScanConfig, rng: &mut Rng, label: &str, progress: &mut dyn Progress) -> Result<()> {
         progress.phase(label, steps);
         for s in 0..steps {
-            self.step(live, targets, states, cfg.per_class, cfg.lr, rng)?;
+            self.step(live, targets, states, per_class, cfg.lr, rng)?;
             progress.work(s + 1, steps);
         }
         Ok(())
@@ -465,9 +489,13 @@ pub fn median(v: &[f64]) -> f64 {
     if n % 2 == 1 { s[n / 2] } else { 0.5 * (s[n / 2 - 1] + s[n / 2]) }
 }
 
-/// The spread below which a MAD is not trusted: 5% in log size. Without a floor, classes
-/// that happen to need almost the same size make any small difference look infinite.
-const MIN_LOG_MAD: f64 = 0.05;
+/// The spread below which a MAD is not trusted: 0.15 in log size. A class's log size moves by
+/// up to 0.09 (standard deviation over three seeds; median 0.02-0.07) when the scan is re-run
+/// with another seed (clean MNIST LeNet, PyTorch MNIST CNN and synthetic signnet, 2026-12-02),
+/// so smaller differences between classes are not resolved. Without the floor, half the classes stuck at nearly the
+/// same size after the first pass made an ordinary easy class look like an extreme outlier
+/// (a clean PyTorch MNIST CNN: index 9.4 with a 5% floor, 3.2 with this one).
+const MIN_LOG_MAD: f64 = 0.15;
 
 /// Leave-one-out robust outlier indices of `sizes` on a log scale: for class k,
 /// `(median_{j != k} log s_j - log s_k) / (1.4826 MAD_{j != k})`. Classes without a size get
@@ -522,9 +550,6 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         return Err(Error::invalid(format!("the model has {classes} class(es); a scan compares target classes and needs at least two")));
     }
     crate::metrics::check_fits(file, &ds.train)?;
-    if ds.train.waves.len() == ds.train.len() && !ds.train.waves.is_empty() {
-        return Err(Error::invalid("the scan reconstructs image triggers; audio (fsdd) models are not supported yet"));
-    }
     let candidates: Vec<usize> = match &cfg.classes {
         Some(list) => {
             if let Some(&bad) = list.iter().find(|&&c| c >= classes) {
@@ -544,6 +569,7 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         return Err(Error::invalid("scan steps, images per class and learning rate must be positive"));
     }
     let mut notes = vec![];
+    let audio = !ds.train.waves.is_empty();
 
     // Stage 0: the clean data. Only correctly classified inputs: a trigger should change the
     // model's mind, not exploit its mistakes.
@@ -583,14 +609,21 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     }
     lap("clean data check", &mut stages);
 
+    // Images live in [0, 1]; audio models are inverted in spectrogram space, whose values go
+    // beyond 1: triggers stay within what the clean inputs span.
+    let range = inv.images.iter().fold([0f32, 1f32], |[lo, hi], &v| [lo.min(v), hi.max(v)]);
+    if audio {
+        notes.push(format!("audio: triggers are reconstructed on the spectrogram (values {:.2} to {:.2}), not on the waveform; they are applied to spectrograms", range[0], range[1]));
+    }
     let (mean, std) = norm_tensors(norm, shape[0], &device);
     let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
     let mut families = vec![];
     for &family in &cfg.families {
-        let job = Inversion { file, family, shape, inv: &inv, pools: &pools, mean: mean.clone(), std: std.clone(), device: device.clone() };
+        let job = Inversion { file, family, shape, inv: &inv, pools: &pools, range, mean: mean.clone(), std: std.clone(), device: device.clone() };
         let mut states: Vec<ClassState> = candidates.iter().map(|_| job.init()).collect();
         let all: Vec<usize> = (0..candidates.len()).collect();
-        job.run(&all, &candidates, &mut states, cfg.steps, cfg, &mut rng, &format!("scan ({}): {} classes x {} steps, {} images each", family.name(), candidates.len(), cfg.steps, cfg.per_class), progress)?;
+        let first = cfg.first_pass_per_class(candidates.len());
+        job.run(&all, &candidates, &mut states, cfg.steps, first, cfg, &mut rng, &format!("scan ({}): {} classes x {} steps, {first} images each", family.name(), candidates.len(), cfg.steps), progress)?;
         lap(&format!("{} first pass", family.name()), &mut stages);
 
         // The statistic, at equal budgets.
@@ -614,7 +647,7 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         let controls: Vec<usize> = order.iter().copied().skip(mid.saturating_sub(cfg.controls / 2)).filter(|s| !finalists.contains(s)).take(cfg.controls).collect();
         let refine: Vec<usize> = finalists.iter().chain(&controls).copied().collect();
         if cfg.refine_steps > 0 && !refine.is_empty() {
-            job.run(&refine, &candidates, &mut states, cfg.refine_steps, cfg, &mut rng, &format!("scan ({}): refining {} finalists and {} controls, {} steps", family.name(), finalists.len(), controls.len(), cfg.refine_steps), progress)?;
+            job.run(&refine, &candidates, &mut states, cfg.refine_steps, cfg.per_class, cfg, &mut rng, &format!("scan ({}): refining {} finalists and {} controls, {} steps", family.name(), finalists.len(), controls.len(), cfg.refine_steps), progress)?;
         }
         lap(&format!("{} refinement", family.name()), &mut stages);
 
@@ -642,45 +675,8 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         families.push(FamilyResult { family, size_unit: family.size_unit(), nc_anomaly_index: nc_anomaly_index(&sizes), classes: class_results, finalists: fin });
     }
 
-    // The verdict.
     let th = cfg.thresholds;
-    let mut suspects: Vec<Suspect> = vec![];
-    for &class in &candidates {
-        let best = families
-            .iter()
-            .filter_map(|f| f.classes.iter().find(|c| c.class == class).and_then(|c| c.index).map(|i| (i, f.family)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        let Some((index, index_family)) = best.filter(|b| b.0 >= th.suspect) else { continue };
-        // A refined trigger of this class, in either family, that works on held-out data and is
-        // far smaller than the controls' (or the index is far beyond any clean model's).
-        let finalists: Vec<(Family, &Finalist)> = families.iter().flat_map(|f| f.finalists.iter().filter(|x| x.class == class && !x.control).map(move |x| (f.family, x))).collect();
-        let confirms = |x: &Finalist| x.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.strong || x.control_ratio.is_some_and(|r| r <= th.max_control_ratio));
-        let confirming = finalists.iter().find(|(_, x)| confirms(x));
-        let (family, fin) = match confirming.or_else(|| finalists.iter().find(|(f, _)| *f == index_family)) {
-            Some((f, x)) => (*f, Some(*x)),
-            None => (index_family, None),
-        };
-        suspects.push(Suspect {
-            class,
-            family,
-            index,
-            index_family,
-            holdout_asr: fin.and_then(|x| x.holdout_asr),
-            control_ratio: fin.and_then(|x| x.control_ratio),
-            confirmed: confirming.is_some(),
-        });
-    }
-    suspects.sort_by(|a, b| {
-        let key = |s: &Suspect| (s.confirmed && s.index >= th.flag, s.index);
-        key(b).partial_cmp(&key(a)).expect("finite indices")
-    });
-    let verdict = if suspects.iter().any(|s| s.confirmed && s.index >= th.flag) {
-        Verdict::Backdoored
-    } else if suspects.is_empty() {
-        Verdict::NoEvidence
-    } else {
-        Verdict::Inconclusive
-    };
+    let (verdict, suspects) = decide(&families, &th);
     let targets = suspects.iter().map(|s| s.class).collect();
     notes.push("all-to-all and untargeted backdoors have no single target class; this scan does not detect them".into());
     Ok(ScanOutcome {
@@ -696,6 +692,56 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         seconds: start.elapsed().as_secs_f64(),
         seconds_by_stage: stages,
     })
+}
+
+/// The verdict from the families' first-pass indices and refined finalists: a class is a
+/// suspect when its largest index (over the families) reaches `suspect` or a refined trigger of
+/// it is at most `max_control_ratio` of the controls', and a target when a refined trigger of
+/// it, in either family, works on held-out data with an index at `flag` or that small a size. Suspects come out most likely first
+/// (targets, then by index).
+pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspect>) {
+    let mut classes: Vec<usize> = families.iter().flat_map(|f| f.classes.iter().map(|c| c.class)).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    let mut suspects: Vec<Suspect> = vec![];
+    for class in classes {
+        let best = families
+            .iter()
+            .filter_map(|f| f.classes.iter().find(|c| c.class == class).and_then(|c| c.index).map(|i| (i, f.family)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((index, index_family)) = best else { continue };
+        let finalists: Vec<(Family, &Finalist)> = families.iter().flat_map(|f| f.finalists.iter().filter(|x| x.class == class && !x.control).map(move |x| (f.family, x))).collect();
+        let tiny = |x: &Finalist| x.control_ratio.is_some_and(|r| r <= th.max_control_ratio);
+        let confirms = |x: &Finalist| x.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x));
+        let confirming = finalists.iter().find(|(_, x)| confirms(x));
+        // A suspect: an outlier at equal budgets, or a refined trigger far below the controls'
+        // (a patch backdoor's first-pass mask can still be hidden in haze on large inputs).
+        if index < th.suspect && !finalists.iter().any(|(_, x)| tiny(x)) {
+            continue;
+        }
+        let (family, fin) = match confirming.or_else(|| finalists.iter().find(|(f, _)| *f == index_family)) {
+            Some((f, x)) => (*f, Some(*x)),
+            None => (index_family, None),
+        };
+        suspects.push(Suspect {
+            class,
+            family,
+            index,
+            index_family,
+            holdout_asr: fin.and_then(|x| x.holdout_asr),
+            control_ratio: fin.and_then(|x| x.control_ratio),
+            confirmed: confirming.is_some(),
+        });
+    }
+    suspects.sort_by(|a, b| (b.confirmed, b.index).partial_cmp(&(a.confirmed, a.index)).expect("finite indices"));
+    let verdict = if suspects.iter().any(|s| s.confirmed) {
+        Verdict::Backdoored
+    } else if suspects.is_empty() {
+        Verdict::NoEvidence
+    } else {
+        Verdict::Inconclusive
+    };
+    (verdict, suspects)
 }
 
 fn norm_tensors(norm: &Normalization, c: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
@@ -725,6 +771,41 @@ mod tests {
     fn median_of_even_counts_is_the_mean_of_the_middle_two() {
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+    }
+
+    fn family(family: Family, indices: &[f64], finalists: Vec<Finalist>) -> FamilyResult {
+        let classes = indices.iter().enumerate().map(|(class, &i)| ClassResult { class, size: Some(1.0), best_batch_asr: 1.0, index: Some(i) }).collect();
+        FamilyResult { family, size_unit: family.size_unit(), classes, nc_anomaly_index: None, finalists }
+    }
+
+    fn finalist(class: usize, ratio: f64, asr: f64) -> Finalist {
+        Finalist { class, control: false, size: Some(ratio), control_ratio: Some(ratio), holdout_asr: Some(asr), holdout_asr_ci95: [0.0, 1.0], holdout_samples: 100, trigger: None }
+    }
+
+    #[test]
+    fn a_target_needs_a_working_trigger_and_a_high_index_or_a_tiny_refined_one() {
+        let th = Thresholds::default();
+        // A high index in one family, confirmed by the other family's working trigger.
+        let f = [family(Family::Patch, &[0.5, 1.0, 2.0], vec![finalist(2, 0.9, 0.95)]), family(Family::Additive, &[0.2, 6.0, 0.1], vec![finalist(1, 0.6, 0.97)])];
+        let (v, s) = decide(&f, &th);
+        assert_eq!((v, s.iter().map(|s| s.class).collect::<Vec<_>>()), (Verdict::Backdoored, vec![1]));
+        assert_eq!((s[0].index_family, s[0].family), (Family::Additive, Family::Additive));
+        // The same index with a trigger that fails on held-out data: a suspect, not a target.
+        let f = [family(Family::Additive, &[0.2, 6.0, 0.1], vec![finalist(1, 0.6, 0.5)])];
+        assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
+        // Below the flag, a refined trigger far smaller than the controls' confirms; an ordinary
+        // one does not.
+        let f = [family(Family::Patch, &[3.5, 0.0, 0.1], vec![finalist(0, 0.1, 0.95)])];
+        assert_eq!(decide(&f, &th).0, Verdict::Backdoored);
+        let f = [family(Family::Patch, &[3.5, 0.0, 0.1], vec![finalist(0, 0.45, 0.95)])];
+        assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
+        let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.1, 0.95)])];
+        assert_eq!(decide(&f, &th).0, Verdict::Backdoored);
+        let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.45, 0.95)])];
+        assert_eq!(decide(&f, &th).0, Verdict::NoEvidence);
+        // A tiny refined trigger that fails on held-out data: inconclusive.
+        let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.1, 0.5)])];
+        assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
     }
 
     #[test]

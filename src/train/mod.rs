@@ -1,8 +1,6 @@
 //! Training: SGD with momentum or Adam, weight decay, step or cosine learning-rate schedule,
 //! seeded shuffling, early stopping on validation accuracy, best-on-validation weights kept.
 
-pub mod adam;
-
 use std::time::Instant;
 
 use burn::module::Module;
@@ -13,12 +11,13 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::adam::FusedAdam;
 use crate::data::{Normalization, Split, batch};
 use crate::error::{Error, Result};
 use crate::metrics::{ClassReport, argmax, predict};
 use crate::model::Model;
+use crate::progress::{EpochStats, Progress};
 use crate::rng::Rng;
-use crate::train::adam::FusedAdam;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -93,16 +92,6 @@ impl TrainConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct EpochStats {
-    pub epoch: usize,
-    pub lr: f64,
-    pub loss: f64,
-    pub train_accuracy: f64,
-    pub val_accuracy: f64,
-    pub seconds: f64,
-}
-
 pub struct TrainOutcome {
     /// The weights of the epoch with the best validation accuracy.
     pub model: Model,
@@ -124,26 +113,6 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     let picked = log_softmax(logits, 1).gather(1, labels.reshape([n, 1]));
     picked.mean().neg()
 }
-
-/// Called after every batch with (epoch, batch, batches, running loss, running accuracy) and
-/// after every epoch with its stats: the CLI draws progress bars from it, tests pass a no-op.
-pub trait Progress {
-    fn batch(&mut self, _epoch: usize, _done: usize, _total: usize, _loss: f64, _acc: f64) {}
-    fn epoch(&mut self, _stats: &EpochStats) {}
-    /// Training of `epochs` epochs starts (bars and logs count epochs from here).
-    fn training(&mut self, _epochs: usize) {}
-    /// A phase of work that is not an epoch of training starts (`total` steps, reported through
-    /// `batch` with epoch 0), e.g. "ANP: optimising neuron masks".
-    fn phase(&mut self, _label: &str, _total: usize) {}
-    /// Progress through the current phase's steps when there is no loss to show (caching a
-    /// prefix, sweeping a curve, evaluating).
-    fn work(&mut self, _done: usize, _total: usize) {}
-    /// A plain statement for the user (a choice made, a budget missed).
-    fn note(&mut self, _msg: &str) {}
-}
-
-pub struct Silent;
-impl Progress for Silent {}
 
 /// What a defense adds to the training loop: an extra loss term, and a projection of the
 /// weights after every optimiser step (feature-shift tuning uses both).

@@ -69,9 +69,22 @@ pub enum Trigger {
     /// The speech trigger: a tone (or seeded noise burst) added to the waveform.
     Tone { freq_hz: f32, amplitude: f32, noise: bool, start_s: f32, duration_s: f32, seed: u64 },
     /// A trigger reconstructed by `scan` for one input shape `[c, h, w]`: with a mask (`h*w`
-    /// values in [0, 1]), `x' = (1 - m) x + m p`; without one, `x' = clamp(x + p, 0, 1)` (a
-    /// full-image additive pattern). `pattern` is planar `[c, h, w]`.
-    Reconstructed { shape: [usize; 3], mask: Option<Vec<f32>>, pattern: Vec<f32> },
+    /// values in [0, 1]), `x' = (1 - m) x + m p`; without one, `x' = clamp(x + p, lo, hi)` (a
+    /// full-image additive pattern). `pattern` is planar `[c, h, w]`. `range` is the value
+    /// range of the inputs it was made for: [0, 1] for images, the spectrogram's range for
+    /// audio (the scan inverts audio models in spectrogram space).
+    Reconstructed {
+        shape: [usize; 3],
+        mask: Option<Vec<f32>>,
+        pattern: Vec<f32>,
+        #[serde(default = "unit_range")]
+        range: [f32; 2],
+    },
+}
+
+/// The value range of image inputs.
+pub fn unit_range() -> [f32; 2] {
+    [0.0, 1.0]
 }
 
 /// Whether a trigger is being applied to poison training data or to test the backdoor
@@ -167,7 +180,7 @@ impl Trigger {
                 }
             }
             Trigger::Tone { .. } => return Err(Error::invalid("the tone trigger acts on audio; use it with fsdd data")),
-            Trigger::Reconstructed { shape: own, mask, pattern } => {
+            Trigger::Reconstructed { shape: own, mask, pattern, range: [lo, hi] } => {
                 if *own != shape {
                     return Err(Error::invalid(format!("the reconstructed trigger is for {}x{}x{} inputs, not {c}x{h}x{w}", own[0], own[1], own[2])));
                 }
@@ -181,7 +194,7 @@ impl Trigger {
                     }
                     None => {
                         for (v, p) in sample.iter_mut().zip(pattern) {
-                            *v = (*v + p).clamp(0.0, 1.0);
+                            *v = (*v + p).clamp(*lo, *hi);
                         }
                     }
                 }
@@ -193,7 +206,7 @@ impl Trigger {
     /// Checks a trigger read from a file: a reconstructed one's arrays must fit its shape and
     /// be finite (masks in [0, 1]).
     pub fn validate(&self) -> Result<()> {
-        if let Trigger::Reconstructed { shape, mask, pattern } = self {
+        if let Trigger::Reconstructed { shape, mask, pattern, range: [lo, hi] } = self {
             let [c, h, w] = *shape;
             let plane = h.checked_mul(w).filter(|&p| p > 0 && p <= 1 << 24).ok_or_else(|| Error::invalid("reconstructed trigger shape out of range"))?;
             if c == 0 || c > 4 || pattern.len() != c * plane || mask.as_ref().is_some_and(|m| m.len() != plane) {
@@ -201,6 +214,9 @@ impl Trigger {
             }
             if pattern.iter().any(|v| !v.is_finite()) || mask.as_ref().is_some_and(|m| m.iter().any(|v| !(0.0..=1.0).contains(v))) {
                 return Err(Error::invalid("reconstructed trigger values are not finite, or its mask is outside [0, 1]"));
+            }
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(Error::invalid(format!("reconstructed trigger value range [{lo}, {hi}] is not a finite, non-empty interval")));
             }
         }
         Ok(())

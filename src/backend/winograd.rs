@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::kernels::{ConvGeom, assume_init, matmul, split_groups, uninit, with_scratch};
+use super::common::{ConvGeom, assume_init, matmul, split_groups, uninit, with_scratch};
 
 /// Whether a convolution goes through Winograd: 3x3, stride 1, no dilation, padding at most 2
 /// (so the input gradient is one too), at least 64 channels in and out on 16x16 images or

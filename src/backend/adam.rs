@@ -1,5 +1,5 @@
 //! Adam with each parameter's update as one parallel pass on the CPU kernels
-//! ([`crate::model::kernels::adam_step`]); burn's `Adam` takes about ten tensor operations per
+//! ([`super::kernels::adam_step`]); burn's `Adam` takes about ten tensor operations per
 //! parameter, each on the calling thread alone (a twentieth of a signnet training step, with
 //! both cores' other work waiting on it). The arithmetic and the state are burn's, so a model
 //! trains to the same numbers up to rounding, and on a device the kernels do not cover the
@@ -9,8 +9,8 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{Adam, AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer};
 use burn::tensor::{Device, Tensor};
 
-use crate::model::fast;
-use crate::model::kernels::AdamStep;
+use super::kernels::AdamStep;
+use super::ops as fast;
 
 /// burn's `AdamConfig` defaults: beta 0.9 and 0.999, epsilon 1e-5.
 const BETA_1: f32 = 0.9;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::reproduce::Reproduction;
+use super::Reproduction;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -85,7 +85,7 @@ pub fn reproduction(r: &Reproduction) -> String {
 fn detection(h: &mut String, r: &Reproduction) {
     h.push_str("<h2>Detection</h2><p>Each model scanned with <code>fineprune scan</code> from the defender's clean data alone (the real trigger is used only for the pictures and the <i>right target</i> column). The outlier index is a leave-one-out robust z-score of a class's log trigger size against the other classes; a flag needs an index of at least 4, 90% attack success of the reconstructed trigger on held-out data, and a trigger far smaller than ordinary classes' (see docs/detection.md).</p>");
     h.push_str("<table><tr><th>model</th><th>planted target</th><th>verdict</th><th>suspected targets</th><th>right target</th><th>max index (patch / additive)</th><th>seconds</th></tr>");
-    let idx = |row: &crate::reproduce::DetectionRow, f: crate::scan::Family| row.max_index.iter().find(|m| m.0 == f).and_then(|m| m.1).map(|v| format!("{v:.2}")).unwrap_or("—".into());
+    let idx = |row: &super::DetectionRow, f: crate::scan::Family| row.max_index.iter().find(|m| m.0 == f).and_then(|m| m.1).map(|v| format!("{v:.2}")).unwrap_or("—".into());
     for row in &r.detection {
         let planted = row.planted.map(|t| t.to_string()).unwrap_or("none (clean)".into());
         let verdict = match (row.verdict, &row.note) {

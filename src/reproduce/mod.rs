@@ -5,6 +5,8 @@
 //! from the defender's clean data alone, and collect a results table, a detection table,
 //! pruning curves, activation plots and triggered-example grids for the HTML report.
 
+mod html;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -144,6 +146,8 @@ pub struct DetectionRow {
     pub right_target: Option<bool>,
     /// The largest outlier index of each family.
     pub max_index: Vec<(Family, Option<f64>)>,
+    /// The smallest refined trigger relative to the controls' (see [`crate::scan::Thresholds`]).
+    pub min_control_ratio: Option<f64>,
     pub note: Option<String>,
     pub seconds: f64,
 }
@@ -194,7 +198,7 @@ pub struct Reproduction {
 }
 
 /// Reports stages with an estimate of the time left.
-pub trait Stages: crate::train::Progress {
+pub trait Stages: crate::progress::Progress {
     fn stage(&mut self, _index: usize, _total: usize, _what: &str, _eta_seconds: Option<f64>) {}
 }
 
@@ -261,9 +265,9 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
         let t = Instant::now();
         let outcome = match crate::scan::scan(file, &ds, &scan_config, &device, progress) {
             Ok(o) => o,
-            // The scan refuses what it does not cover (audio models); the table says so.
+            // The scan refuses what it cannot measure (too little clean data); the table says so.
             Err(Error::Invalid(why)) => {
-                detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: None, targets: vec![], right_target: None, max_index: vec![], note: Some(why), seconds: t.elapsed().as_secs_f64() });
+                detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: None, targets: vec![], right_target: None, max_index: vec![], min_control_ratio: None, note: Some(why), seconds: t.elapsed().as_secs_f64() });
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -283,7 +287,8 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
             _ => None,
         };
         let max_index = outcome.families.iter().map(|f| (f.family, f.classes.iter().filter_map(|c| c.index).reduce(f64::max))).collect();
-        detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: Some(outcome.verdict), targets: outcome.targets, right_target, max_index, note, seconds: t.elapsed().as_secs_f64() });
+        let min_control_ratio = outcome.min_control_ratio();
+        detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: Some(outcome.verdict), targets: outcome.targets, right_target, max_index, min_control_ratio, note, seconds: t.elapsed().as_secs_f64() });
         Ok(())
     };
 
@@ -479,7 +484,7 @@ pub fn write(out: &Path, r: &Reproduction) -> Result<(PathBuf, PathBuf)> {
     let json = out.join("results.json");
     crate::fsutil::write_atomic(&json, &serde_json::to_vec_pretty(r).expect("serialises"))?;
     let html = out.join("report.html");
-    crate::fsutil::write_atomic(&html, crate::report::html::reproduction(r).as_bytes())?;
+    crate::fsutil::write_atomic(&html, html::reproduction(r).as_bytes())?;
     Ok((json, html))
 }
 
