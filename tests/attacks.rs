@@ -16,7 +16,7 @@ fn mnist() -> Dataset {
 }
 
 fn config(trigger: &str) -> AttackConfig {
-    AttackConfig { trigger: spec::parse(trigger).unwrap(), target: Target::Class(0), poison_rate: 0.1, poison_seed: 0, train: TrainConfig { epochs: 3, ..TrainConfig::default() } }
+    AttackConfig { trigger: spec::parse(trigger).unwrap(), target: Target::Class(0), poison_rate: 0.1, poison_seed: 0, clean_label: false, train: TrainConfig { epochs: 3, ..TrainConfig::default() } }
 }
 
 #[test]

@@ -28,6 +28,20 @@ fn train_then_eval_json() {
     assert_eq!(v["per_class_accuracy"].as_array().unwrap().len(), 10);
     assert!(v["seconds"].as_f64().unwrap() > 0.0, "evaluating 1996 images takes time");
 
+    // Exported to ONNX, its normalisation travels in the sidecar: no warning. Given a wrong
+    // one on the command line, the check names the flags; with no sidecar, the assumed scaling
+    // is said.
+    let onnx = dir.path().join("m.onnx");
+    let (ok, _, stderr) = fineprune(&["convert", "--model", model.to_str().unwrap(), "--out", onnx.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = fineprune(&["eval", "--model", onnx.to_str().unwrap(), "--data", &data]);
+    assert!(ok && !stderr.contains("warning") && !stderr.contains("without normalisation"), "{stderr}");
+    let (ok, _, stderr) = fineprune(&["eval", "--model", onnx.to_str().unwrap(), "--data", &data, "--mean", "0.9", "--std", "0.02"]);
+    assert!(ok && stderr.contains("warning") && stderr.contains("--mean"), "{stderr}");
+    std::fs::remove_file(dir.path().join("m.toml")).unwrap();
+    let (ok, _, stderr) = fineprune(&["eval", "--model", onnx.to_str().unwrap(), "--data", &data]);
+    assert!(ok && stderr.contains("without normalisation"), "{stderr}");
+
     // Defend it with a trigger given for evaluation: the JSON has before/after numbers and the
     // report folder its curve.
     let report = dir.path().join("report");
@@ -74,6 +88,10 @@ fn train_then_eval_json() {
     assert!(ok, "{stderr}");
     let img = image::open(&png).unwrap();
     assert!(img.width() > 2 * 28 && img.height() > 3 * 28);
+
+    // Shell completions come from the same definition as the parser.
+    let (ok, stdout, stderr) = fineprune(&["completions", "bash"]);
+    assert!(ok && stdout.contains("scan") && stdout.contains("--max-acc-drop"), "{stderr}");
 
     // The model was trained on mnist; evaluating it on faces is refused, not attempted.
     let orl = format!("orl:{}", common::shared("orl-faces").display());

@@ -70,6 +70,12 @@ fn folder_and_given_triggered_arrays_give_the_builtin_numbers() {
         assert_eq!(builtin[key], mine[key], "eval {key}");
     }
     assert!(builtin["attack_success_rate"].as_f64().unwrap() > 0.5, "the backdoor is there to measure: {builtin}");
+    // The same triggered digits written by `trigger apply` (float arrays) measure the same.
+    run(&["trigger", "apply", "--data", &mnist, "--trigger", "patch", "--out", &p("triggered.npz")]);
+    let applied = fineprune(&["eval", "--model", &onnx, "--data", &mnist, "--asr-data", &format!("npz:{}", p("triggered.npz")), "--target", "0", "--json"]);
+    for key in ["attack_success_rate", "attack_samples"] {
+        assert_eq!(builtin[key], applied[key], "trigger apply: {key}");
+    }
 
     // Pruning reads validation data in bulk, so sample order does not matter and the numbers
     // agree exactly. (Fine-tuning shuffles by index: a folder lists samples in another order.)

@@ -29,7 +29,7 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
     let ds = mnist();
     let dev = fineprune::cpu_device();
     let target = 3;
-    let cfg = AttackConfig { trigger: spec::parse("patch").unwrap(), target: Target::Class(target), poison_rate: 0.1, poison_seed: 0, train: TrainConfig { epochs: 3, ..TrainConfig::default() } };
+    let cfg = AttackConfig { trigger: spec::parse("patch").unwrap(), target: Target::Class(target), poison_rate: 0.1, poison_seed: 0, clean_label: false, train: TrainConfig { epochs: 3, ..TrainConfig::default() } };
     let bad = backdoor("lenet", &ds, &cfg, &dev.clone().autodiff(), &mut Silent).unwrap().file;
     let out = scan(&bad, &ds, &quick(), &dev, &mut Silent).unwrap();
     assert_eq!(out.verdict, Verdict::Backdoored, "{:?}", out.suspects);

@@ -24,6 +24,9 @@ pub struct AttackConfig {
     pub poison_rate: f64,
     /// Seed of the choice of poisoned samples (and of random trigger positions).
     pub poison_seed: u64,
+    /// Clean-label: trigger only target-class samples and keep their labels (`poison_rate` is
+    /// then the share of the target class).
+    pub clean_label: bool,
     pub train: TrainConfig,
 }
 
@@ -47,7 +50,7 @@ impl Default for PruningAwareConfig {
 }
 
 fn poisoned_train(ds: &Dataset, cfg: &AttackConfig) -> Result<(Split, crate::trigger::poison::PoisonRecord)> {
-    poison(&ds.train, ds.shape, &cfg.trigger, cfg.target, cfg.poison_rate, ds.classes.len(), cfg.poison_seed)
+    poison(&ds.train, ds.shape, &cfg.trigger, cfg.target, cfg.poison_rate, ds.classes.len(), cfg.poison_seed, cfg.clean_label)
 }
 
 /// The baseline attack: train `arch` on a poisoned copy of the training set. Validation stays

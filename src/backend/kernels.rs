@@ -7,7 +7,7 @@
 //! (../shared/PROFILE.md) showed half the time moving data. Here a group of samples is one
 //! im2col matrix and one wide matrix multiply (the `gemm` crate the backend itself uses), groups
 //! in parallel, for the forward pass and both gradients; 3x3 stride-1 convolutions with enough
-//! channels go through [`super::winograd`] instead (forward and input gradient).
+//! channels go through `super::winograd` instead (forward and input gradient).
 //!
 //! The element-wise passes around them (ReLU and its gradient, the residual addition,
 //! BatchNorm's inference affine, the convolution bias and its gradient, an Adam step) are
@@ -189,7 +189,7 @@ fn add_bias(out: &mut [f32], bias: &[f32], p: usize) {
     }
 }
 
-/// Forward convolution: `x` [N, C, H, W], `weight` [O, C, kh, kw], `bias` [O] or empty;
+/// Forward convolution: `x` [N, C, H, W], `weight` \[O, C, kh, kw\], `bias` \[O\] or empty;
 /// returns [N, O, Ho, Wo]. The bias is added while each group's output is in cache.
 pub fn conv2d(g: &ConvGeom, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     assert!(bias.is_empty() || bias.len() == g.out_channels, "bias of {} for {} channels", bias.len(), g.out_channels);

@@ -1,4 +1,4 @@
-//! The fast CPU path: [`kernels`](super::kernels) registered as a burn backend extension for the
+//! The fast CPU path: [`kernels`] registered as a burn backend extension for the
 //! Flex backend, with hand-written backward passes for autodiff.
 //!
 //! [`conv2d`] and [`max_pool2d`] are what the interpreter calls. On a Flex device with f32
@@ -40,7 +40,7 @@ pub trait FastCpu: Backend {
     fn fast_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
     /// With the bias added while each piece of output is in cache.
     fn fast_conv2d_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
-    /// A convolution's bias gradient: `grad` [N, O, H, W] summed to [O].
+    /// A convolution's bias gradient: `grad` \[N, O, H, W\] summed to \[O\].
     fn fast_bias_grad(grad: FloatTensor<Self>) -> FloatTensor<Self>;
     /// ReLU (any rank), in place when the input is not shared.
     fn fast_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;

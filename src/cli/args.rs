@@ -1,10 +1,20 @@
+//! Arguments shared by several commands (model, data, splits, training, triggers) and the
+//! loading they drive: a model and the data it is run on, checked against each other.
+
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 
-use super::*;
+use fineprune::data::{DataSpec, Dataset, Layout, LoadOptions};
+use fineprune::trigger::poison::Target;
+use fineprune::trigger::Triggered;
+use fineprune::model::ModelFile;
+use fineprune::train::{OptimizerKind, Schedule, TrainConfig};
+use fineprune::trigger::spec as trigger_spec;
+
+use super::choice::ChoiceParser;
 
 #[derive(Args)]
 pub(super) struct DataArgs {
@@ -30,7 +40,7 @@ pub(super) struct SplitArgs {
     #[arg(long, default_value_t = 0)]
     pub(super) split_seed: u64,
     /// npz data: layout of x (default: inferred from its shape and the model's channels).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = ChoiceParser::<Layout>::new())]
     pub(super) layout: Option<Layout>,
 }
 
@@ -78,6 +88,12 @@ pub(super) struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Whether the model comes from outside fineprune (ONNX or a state dict), so its input
+    /// normalisation is what the user said rather than what training recorded.
+    pub(super) fn imported(&self) -> bool {
+        self.weights.is_some() || self.model.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "onnx"))
+    }
+
     /// The path the model was named by (for messages).
     pub(super) fn path(&self) -> &std::path::Path {
         self.model.as_deref().or(self.weights.as_deref()).expect("clap requires one")
@@ -103,6 +119,15 @@ impl ModelArgs {
                 if let Some(n) = &cli_norm {
                     opts.sidecar.mean = Some(n.mean.clone());
                     opts.sidecar.std = Some(n.std.clone());
+                }
+                // Say which input scaling is assumed when nothing says which one the model wants.
+                if path.extension().is_some_and(|e| e == "onnx") && opts.sidecar.mean.is_none() {
+                    eprintln!(
+                        "note: {}: no --mean/--std and no {} beside it, so inputs reach the model as read, scaled to [0, 1], \
+                         without normalisation",
+                        path.display(),
+                        path.with_extension("toml").file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                    );
                 }
                 let mut file = fineprune::model::store::load(path, &opts, &device)?;
                 if let Some(n) = cli_norm.filter(|_| !path.extension().is_some_and(|e| e == "onnx")) {
@@ -130,7 +155,7 @@ pub(super) struct TrainOpts {
     #[arg(long, default_value_t = 64)]
     pub(super) batch_size: usize,
     /// Optimiser.
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    #[arg(long, value_parser = ChoiceParser::<OptimizerKind>::new(), default_value = "adam")]
     pub(super) optimizer: OptimizerKind,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
@@ -212,6 +237,11 @@ pub(super) fn load_data(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     let spec: DataSpec = spec.parse()?;
     let t = Instant::now();
     let ds = Dataset::load(&spec, opts).with_context(|| format!("loading dataset {spec}"))?;
+    print_loaded(&spec, &ds, t);
+    Ok(ds)
+}
+
+fn print_loaded(spec: &DataSpec, ds: &Dataset, t: Instant) {
     eprintln!(
         "loaded {spec}: {} train / {} val / {} test samples of {}x{}x{}, {} classes ({:.1}s)",
         ds.train.len(),
@@ -223,35 +253,25 @@ pub(super) fn load_data(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
         ds.classes.len(),
         t.elapsed().as_secs_f64()
     );
-    Ok(ds)
 }
 
 /// Loads a model and the dataset it is evaluated on, checking that they fit each other. The
 /// model defines the input normalisation (an imported model expects its own).
 pub(super) fn load_model_and_data(m: &ModelArgs, data: &str, split: &SplitArgs) -> Result<(ModelFile, Dataset)> {
     let file = m.load().context("loading the model")?;
-    let [c, h, w] = file.model.graph.input_shape;
+    let [_, h, w] = file.model.graph.input_shape;
     let spec: DataSpec = data.parse()?;
-    // A model trained on one named dataset is not evaluated on another; formats (folders,
-    // arrays) can hold any data.
-    if let Some(kind) = file.info.data_kind
-        && kind != spec.kind
-        && kind.is_named_dataset()
-        && spec.kind.is_named_dataset()
-    {
-        bail!("the model was trained on {} data, not {}", kind.name(), spec.kind.name());
-    }
-    let opts = LoadOptions { channels: Some(c), classes: Some(file.info.classes.len()), ..split.options(Some((h, w))) };
-    let mut ds = load_data(data, &opts)?;
-    ds.normalization = file.info.normalization.clone();
-    if ds.shape[0] != c || ds.classes.len() != file.info.classes.len() {
-        bail!(
-            "the model expects {c} channels and {} classes; {} has {} channels and {} classes",
-            file.info.classes.len(),
-            spec,
-            ds.shape[0],
-            ds.classes.len()
-        );
+    let t = Instant::now();
+    let ds = file.load_data(&spec, &split.options(Some((h, w)))).with_context(|| format!("loading dataset {spec}"))?;
+    print_loaded(&spec, &ds, t);
+    // An imported model run with the wrong normalisation still runs, only worse: say so.
+    if m.imported() {
+        let split = if ds.val.is_empty() { &ds.test } else { &ds.val };
+        if !split.is_empty()
+            && let Some(w) = fineprune::metrics::normalization_check(&file, split, &fineprune::cpu_device())?.warning()
+        {
+            eprintln!("warning: {}: {w}", m.path().display());
+        }
     }
     Ok((file, ds))
 }
@@ -276,16 +296,12 @@ pub(super) fn resolve_backdoor(file: &ModelFile, trigger: Option<&str>, asr_data
 /// A set of triggered inputs given as data (every split of it), in the model's input shape,
 /// labelled with their true classes.
 fn load_triggered(file: &ModelFile, data: &str, layout: Option<Layout>) -> Result<Triggered> {
-    let [c, h, w] = file.model.graph.input_shape;
     let spec: DataSpec = data.parse()?;
-    let opts = LoadOptions { size: Some((h, w)), val_fraction: 0.0, channels: Some(c), classes: Some(file.info.classes.len()), layout, ..LoadOptions::default() };
-    let ds = Dataset::load(&spec, &opts).with_context(|| format!("loading the triggered inputs {spec}"))?;
-    if ds.shape != [c, h, w] || ds.classes.len() != file.info.classes.len() {
-        bail!("the model expects {c}x{h}x{w} inputs of {} classes; {spec} has {:?} and {} classes", file.info.classes.len(), ds.shape, ds.classes.len());
+    let triggered = file.load_triggered(&spec, layout).with_context(|| format!("loading the triggered inputs {spec}"))?;
+    if let Triggered::Given { inputs, .. } = &triggered {
+        eprintln!("triggered inputs {spec}: {} samples", inputs.len());
     }
-    let inputs = ds.into_all();
-    eprintln!("triggered inputs {spec}: {} samples", inputs.len());
-    Ok(Triggered::Given { inputs, source: spec.to_string() })
+    Ok(triggered)
 }
 
 /// `--layer` as the graph names it: an imported model's ONNX node names are accepted too.

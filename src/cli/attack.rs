@@ -1,3 +1,5 @@
+//! `fineprune attack`: train a backdoored model (any trigger, clean-label, pruning-aware).
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -5,7 +7,14 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::*;
+use fineprune::attack::{AttackConfig, PruningAwareConfig, backdoor, evaluate_attack, pruning_aware};
+use fineprune::trigger::poison::Target;
+use fineprune::progress::Progress;
+use fineprune::trigger::spec as trigger_spec;
+
+use super::args::{DataArgs, TrainOpts, load_data};
+use super::progress::Bars;
+use super::eval::print_asr;
 
 #[derive(Args)]
 pub(super) struct AttackArgs {
@@ -17,15 +26,20 @@ pub(super) struct AttackArgs {
     /// Write the backdoored model here (.safetensors or .onnx).
     #[arg(long)]
     pub(super) out: PathBuf,
-    /// Trigger spec (see the README).
+    /// Trigger spec: patch (BadNets, Gu et al. 2017), blend (Chen et al. 2017), sig (Barni et
+    /// al. 2019; use with --clean-label), sunglasses, tone; keys in the README.
     #[arg(long, default_value = "patch")]
     pub(super) trigger: String,
     /// A class number, all-to-all, or untargeted.
     #[arg(long, default_value = "0")]
     pub(super) target: String,
-    /// Fraction of the training set poisoned.
+    /// Fraction of the training set poisoned (with --clean-label: of the target class).
     #[arg(long, default_value_t = 0.1)]
     pub(super) poison_rate: f64,
+    /// Clean-label poisoning (Barni et al. 2019, Turner et al. 2019): only target-class
+    /// training images get the trigger, and every label stays true.
+    #[arg(long)]
+    pub(super) clean_label: bool,
     /// Seed of the choice of poisoned samples.
     #[arg(long, default_value_t = 0)]
     pub(super) poison_seed: u64,
@@ -59,7 +73,7 @@ pub(super) fn cmd_attack(a: AttackArgs) -> Result<()> {
     let trigger = trigger_spec::parse(&a.trigger)?;
     let target: Target = a.target.parse()?;
     target.validate(ds.classes.len())?;
-    let cfg = AttackConfig { trigger: trigger.clone(), target, poison_rate: a.poison_rate, poison_seed: a.poison_seed, train: a.opts.config() };
+    let cfg = AttackConfig { trigger: trigger.clone(), target, poison_rate: a.poison_rate, poison_seed: a.poison_seed, clean_label: a.clean_label, train: a.opts.config() };
     let device = fineprune::cpu_device();
     let mut bars = Bars::new(false);
     let trained = if a.pruning_aware {

@@ -1,9 +1,14 @@
+//! `fineprune bench`: training and inference throughput on this machine.
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::*;
+use fineprune::data::{DataSpec, Dataset, LoadOptions};
+use fineprune::model::arch;
+
+use super::args::{SplitArgs, ModelArgs, load_model_and_data};
 
 #[derive(Args)]
 pub(super) struct BenchArgs {

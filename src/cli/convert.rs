@@ -1,9 +1,11 @@
+//! `fineprune convert`: between .onnx and .safetensors (and from a PyTorch state dict).
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::*;
+use super::args::ModelArgs;
 
 #[derive(Args)]
 pub(super) struct ConvertArgs {

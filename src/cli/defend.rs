@@ -1,10 +1,19 @@
+//! `fineprune defend`: run one defense (or `auto`) under the clean-accuracy budget, checked
+//! against the trigger given or, without one, against reconstructed ones.
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::*;
+use fineprune::defense::{AnpConfig, Budget, DefenseConfig, FstConfig, KnownAttack, Method, StopRule, defend};
+use fineprune::train::TrainConfig;
+
+use super::args::{SplitArgs, ModelArgs, TriggerArgs, load_model_and_data, resolve_backdoor, layer_name};
+use super::progress::Bars;
+use super::choice::ChoiceParser;
+use super::Exit;
 
 #[derive(Args)]
 pub(super) struct DefendArgs {
@@ -16,7 +25,7 @@ pub(super) struct DefendArgs {
     /// The defense: the paper's prune, finetune, fineprune; the trigger-free anp (adversarial
     /// neuron pruning), fst (feature-shift tuning), anp+fst; unlearn (with a reconstructed
     /// trigger); or auto (all of them, the best verified repair kept).
-    #[arg(long, value_enum, default_value_t = Method::Fineprune)]
+    #[arg(long, value_parser = ChoiceParser::<Method>::new(), default_value = "fineprune")]
     pub(super) method: Method,
     /// Output model (.safetensors or .onnx), written atomically.
     #[arg(long)]

@@ -1,9 +1,11 @@
+//! `fineprune demo`: the whole pipeline on the built-in synthetic data.
+
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
-use super::*;
+use super::progress::Bars;
 
 #[derive(Args)]
 pub(super) struct DemoArgs {

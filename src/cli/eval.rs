@@ -1,10 +1,22 @@
+//! `fineprune eval`: clean accuracy and attack success of a model on a split (image folders
+//! streamed a chunk at a time).
+
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::*;
+use fineprune::data::{DataSpec, Kind, LoadOptions};
+use fineprune::progress::Progress;
+use fineprune::attack::{AttackEval, evaluate_chunks};
+use fineprune::metrics::ClassReport;
+use fineprune::trigger::poison::Target;
+use fineprune::trigger::Triggered;
+use fineprune::model::ModelFile;
+
+use super::args::{SplitArgs, ModelArgs, TriggerArgs, load_model_and_data, resolve_backdoor};
+use super::progress::Bars;
 
 #[derive(Args)]
 pub(super) struct EvalArgs {

@@ -1,10 +1,17 @@
+//! `fineprune inspect`: candidate pruning sites and per-channel activations, clean vs triggered.
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::*;
+use fineprune::data::Layout;
+use fineprune::progress::Progress;
+
+use super::args::{SplitArgs, ModelArgs, load_model_and_data, resolve_backdoor, layer_name};
+use super::progress::Bars;
+use super::choice::ChoiceParser;
 
 #[derive(Args)]
 pub(super) struct InspectArgs {
@@ -20,7 +27,7 @@ pub(super) struct InspectArgs {
     #[arg(long, conflicts_with = "trigger")]
     pub(super) asr_data: Option<String>,
     /// npz data: layout of x (default: inferred).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = ChoiceParser::<Layout>::new())]
     pub(super) layout: Option<Layout>,
     /// Layer to inspect (default: the last convolutional layer).
     #[arg(long)]

@@ -4,15 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use fineprune::data::{DataSpec, Dataset, Kind, Layout, LoadOptions};
-use fineprune::attack::{AttackConfig, AttackEval, PruningAwareConfig, backdoor, evaluate_attack, evaluate_chunks, pruning_aware};
-use fineprune::defense::{AnpConfig, Budget, DefenseConfig, FstConfig, KnownAttack, Method, StopRule, defend};
-use fineprune::metrics::{ClassReport, evaluate};
-use fineprune::trigger::poison::Target;
-use fineprune::trigger::{Triggered, Use, spec as trigger_spec};
-use fineprune::model::{ModelFile, arch};
-use fineprune::train::{OptimizerKind, Schedule, TrainConfig, train_new};
-use fineprune::progress::Progress;
+use fineprune::model::arch;
 
 #[derive(Parser)]
 #[command(name = "fineprune", version, about = "Find and remove backdoors in neural networks (Fine-Pruning, RAID 2018)")]
@@ -49,10 +41,16 @@ enum Command {
     Convert(ConvertArgs),
     /// List the built-in architectures.
     Archs,
+    /// Print a shell completion script, e.g. `fineprune completions bash > ~/.local/share/bash-completion/completions/fineprune`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
-
 mod args;
+mod choice;
 mod progress;
 mod train;
 mod eval;
@@ -66,19 +64,17 @@ mod convert;
 mod bench;
 mod demo;
 
-use args::*;
-use progress::*;
-use train::*;
-use eval::*;
-use attack::*;
-use trigger::*;
-use inspect::*;
-use defend::*;
-use scan::*;
-use reproduce::*;
-use convert::*;
-use bench::*;
-use demo::*;
+use attack::{AttackArgs, cmd_attack};
+use bench::{BenchArgs, fineprune_bench};
+use convert::{ConvertArgs, cmd_convert};
+use defend::{DefendArgs, cmd_defend};
+use demo::{DemoArgs, cmd_demo};
+use eval::{EvalArgs, cmd_eval};
+use inspect::{InspectArgs, cmd_inspect};
+use reproduce::{ReproduceArgs, cmd_reproduce};
+use scan::{ScanArgs, cmd_scan};
+use train::{TrainArgs, cmd_train};
+use trigger::{TriggerCommand, cmd_apply, cmd_preview};
 
 /// A failure that is not an error message: the process exits with this status, having said why
 /// on its output already.
@@ -105,6 +101,7 @@ pub fn run() -> Result<()> {
         Command::Eval(a) => cmd_eval(a),
         Command::Attack(a) => cmd_attack(a),
         Command::Trigger(TriggerCommand::Preview(a)) => cmd_preview(a),
+        Command::Trigger(TriggerCommand::Apply(a)) => cmd_apply(a),
         Command::Inspect(a) => cmd_inspect(a),
         Command::Scan(a) => cmd_scan(a),
         Command::Defend(a) => cmd_defend(a),
@@ -112,6 +109,10 @@ pub fn run() -> Result<()> {
         Command::Bench(a) => fineprune_bench(a),
         Command::Demo(a) => cmd_demo(a),
         Command::Convert(a) => cmd_convert(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "fineprune", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Archs => {
             for (name, input, about) in arch::ARCHITECTURES {
                 println!("{name:<12} {}x{}x{}  {about}", input[0], input[1], input[2]);

@@ -1,3 +1,5 @@
+//! Progress on a terminal (bars with an estimate) or in a log (plain lines).
+
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 

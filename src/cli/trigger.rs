@@ -1,14 +1,56 @@
+//! `fineprune trigger`: preview a trigger, or write a triggered split as NumPy arrays.
+
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
-use super::*;
+use fineprune::data::LoadOptions;
+use fineprune::trigger::Use;
+use clap::Subcommand;
+use fineprune::trigger::spec as trigger_spec;
+
+use super::args::{parse_size, load_data};
 
 #[derive(Subcommand)]
 pub(super) enum TriggerCommand {
     /// Write clean and triggered samples side by side as a PNG grid.
     Preview(PreviewArgs),
+    /// Write a split with the trigger applied, at its true labels, as NumPy arrays
+    /// (`x` float32 in [0, 1], `y`): `--asr-data npz:FILE` and other tools measure it.
+    Apply(ApplyArgs),
+}
+
+#[derive(Args)]
+pub(super) struct ApplyArgs {
+    /// Dataset as KIND:PATH.
+    #[arg(long)]
+    pub(super) data: String,
+    /// Trigger spec (see the README).
+    #[arg(long)]
+    pub(super) trigger: String,
+    /// Split to trigger: train, val or test.
+    #[arg(long, default_value = "test")]
+    pub(super) split: String,
+    /// Write the arrays here (.npz), atomically.
+    #[arg(long)]
+    pub(super) out: PathBuf,
+    /// Resize samples to HxW first (the model's input size).
+    #[arg(long, value_parser = parse_size)]
+    pub(super) resize: Option<(usize, usize)>,
+    /// Seed of random trigger positions.
+    #[arg(long, default_value_t = 1)]
+    pub(super) seed: u64,
+}
+
+pub(super) fn cmd_apply(a: ApplyArgs) -> Result<()> {
+    let ds = load_data(&a.data, &LoadOptions { size: a.resize, ..LoadOptions::default() })?;
+    let trigger = trigger_spec::parse(&a.trigger)?;
+    let split = ds.split(&a.split)?;
+    let triggered = trigger.apply_split(split, None, ds.shape, Use::Test, a.seed)?;
+    fineprune::data::npz::write(&a.out, &triggered, ds.shape)?;
+    println!("wrote {} ({} {} samples with trigger {}, true labels)", a.out.display(), triggered.len(), a.split, trigger.describe());
+    Ok(())
 }
 
 #[derive(Args)]

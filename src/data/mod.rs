@@ -198,10 +198,28 @@ impl Kind {
 }
 
 /// How an image array is laid out (NumPy data).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
     Nhwc,
     Nchw,
+}
+
+impl crate::choice::Choice for Layout {
+    const CHOICES: &'static [Layout] = &[Layout::Nhwc, Layout::Nchw];
+
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Nhwc => "nhwc",
+            Layout::Nchw => "nchw",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Layout::Nhwc => "samples, height, width, channels (TensorFlow, most arrays)",
+            Layout::Nchw => "samples, channels, height, width (PyTorch)",
+        }
+    }
 }
 
 /// A dataset address, `KIND:PATH`, as the CLI takes it.

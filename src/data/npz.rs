@@ -279,3 +279,30 @@ pub fn to_split(path: &Path, (x, y): &(Array<f32>, Array<i64>), layout: Option<L
     }
     Ok((split, channels, size))
 }
+
+/// Writes `split` as a NumPy archive that the `npz:` data kind (and NumPy) read back: `x` as
+/// float32 in [0, 1], N×C×H×W (N×H×W for one channel), `y` as int64. Written atomically; floats,
+/// so a blend or a sinusoid reaches another tool exactly as fineprune applied it.
+pub fn write(path: &Path, split: &Split, [c, h, w]: [usize; 3]) -> Result<()> {
+    use npyz::WriterBuilder;
+    use std::io::Write;
+    let n = split.len() as u64;
+    let x_shape: Vec<u64> = if c == 1 { vec![n, h as u64, w as u64] } else { vec![n, c as u64, h as u64, w as u64] };
+    let io = |e: std::io::Error| Error::io(path, e);
+    let mut x = Vec::new();
+    let mut wr = npyz::WriteOptions::new().default_dtype().shape(&x_shape).writer(&mut x).begin_nd().map_err(io)?;
+    wr.extend(split.images.iter().copied()).map_err(io)?;
+    wr.finish().map_err(io)?;
+    let mut y = Vec::new();
+    let mut wr = npyz::WriteOptions::new().default_dtype().shape(&[n]).writer(&mut y).begin_nd().map_err(io)?;
+    wr.extend(split.labels.iter().map(|&l| l as i64)).map_err(io)?;
+    wr.finish().map_err(io)?;
+    let mut archive = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true);
+    for (name, bytes) in [("x.npy", &x), ("y.npy", &y)] {
+        archive.start_file(name, stored).map_err(|e| Error::format(path, format!("writing {name}: {e}")))?;
+        archive.write_all(bytes).map_err(io)?;
+    }
+    let bytes = archive.finish().map_err(|e| Error::format(path, format!("finishing the archive: {e}")))?.into_inner();
+    crate::fsutil::write_atomic(path, &bytes)
+}

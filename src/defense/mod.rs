@@ -33,7 +33,7 @@ pub use crate::data::defender_split;
 pub use anp::AnpConfig;
 pub use fst::FstConfig;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Method {
     /// Prune the last conv layer's least active channels (the paper).
     #[serde(rename = "prune")]
@@ -53,7 +53,6 @@ pub enum Method {
     Fst,
     /// Adversarial neuron pruning, then feature-shift tuning of the pruned model.
     #[serde(rename = "anp+fst")]
-    #[value(name = "anp+fst")]
     AnpFst,
     /// Neural Cleanse's mitigation: scan, then fine-tune on clean data with a share of it
     /// stamped with the reconstructed trigger at its true label.
@@ -63,6 +62,27 @@ pub enum Method {
     /// keep the one no longer flagged with the lowest reconstructed-trigger attack success.
     #[serde(rename = "auto")]
     Auto,
+}
+
+impl crate::choice::Choice for Method {
+    const CHOICES: &'static [Method] = &[Method::Prune, Method::Finetune, Method::Fineprune, Method::Anp, Method::Fst, Method::AnpFst, Method::Unlearn, Method::Auto];
+
+    fn name(self) -> &'static str {
+        Method::name(self)
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Method::Prune => "prune the last conv layer's least active channels (the paper)",
+            Method::Finetune => "fine-tune all weights on clean data (the paper's control)",
+            Method::Fineprune => "prune, then fine-tune (the paper's defense)",
+            Method::Anp => "adversarial neuron pruning: masks learnt under adversarial neuron noise, low ones pruned",
+            Method::Fst => "feature-shift tuning: re-initialise the classifier head, fine-tune away from it",
+            Method::AnpFst => "adversarial neuron pruning, then feature-shift tuning",
+            Method::Unlearn => "Neural Cleanse's mitigation: scan, then fine-tune with the reconstructed trigger at true labels",
+            Method::Auto => "all of fineprune, anp, fst, unlearn; keep the in-budget one fresh scans check best",
+        }
+    }
 }
 
 impl Method {

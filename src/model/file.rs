@@ -98,6 +98,40 @@ fn remapper(graph: &Graph, to_file: bool) -> Result<KeyRemapper> {
 }
 
 impl ModelFile {
+    /// Loads the dataset `spec` in this model's input shape (channels, size, classes checked)
+    /// and normalised as the model expects. A model trained on one named dataset is not
+    /// evaluated on another; formats (folders, arrays) may hold any data.
+    pub fn load_data(&self, spec: &crate::data::DataSpec, opts: &crate::data::LoadOptions) -> Result<crate::data::Dataset> {
+        let [c, h, w] = self.model.graph.input_shape;
+        let classes = self.info.classes.len();
+        if let Some(kind) = self.info.data_kind
+            && kind != spec.kind
+            && kind.is_named_dataset()
+            && spec.kind.is_named_dataset()
+        {
+            return Err(Error::invalid(format!("the model was trained on {} data, not {}", kind.name(), spec.kind.name())));
+        }
+        let opts = crate::data::LoadOptions { channels: Some(c), classes: Some(classes), size: Some((h, w)), ..opts.clone() };
+        let mut ds = crate::data::Dataset::load(spec, &opts)?;
+        if ds.shape[0] != c || ds.classes.len() != classes {
+            return Err(Error::invalid(format!(
+                "the model expects {c} channels and {classes} classes; {spec} has {} channels and {} classes",
+                ds.shape[0],
+                ds.classes.len()
+            )));
+        }
+        ds.normalization = self.info.normalization.clone();
+        Ok(ds)
+    }
+
+    /// Triggered inputs given as data (every split of it), in this model's input shape and
+    /// labelled with their true classes: what `--asr-data` measures attack success on.
+    pub fn load_triggered(&self, spec: &crate::data::DataSpec, layout: Option<crate::data::Layout>) -> Result<crate::trigger::Triggered> {
+        let opts = crate::data::LoadOptions { val_fraction: 0.0, layout, ..crate::data::LoadOptions::default() };
+        let ds = self.load_data(spec, &opts)?;
+        Ok(crate::trigger::Triggered::Given { inputs: ds.into_all(), source: spec.to_string() })
+    }
+
     /// Serialises the model to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let graph = serde_json::to_string(&self.model.graph).expect("graph serialises");

@@ -5,7 +5,7 @@
 //! level re-runs only the suffix. When the suffix starts with per-channel pooling, a flatten and
 //! a linear layer (LeNet, signnet, speechnet), that layer's pre-activations are updated
 //! incrementally instead: pruning channel c subtracts its contribution `P_c W_c^T`, and only
-//! the layers after it run. [`naive_accuracies`] re-evaluates the full network at every level,
+//! the layers after it run. `naive_accuracies` re-evaluates the full network at every level,
 //! for tests and the benchmark.
 
 use burn::module::Module;

@@ -22,7 +22,7 @@ use crate::train::{TrainConfig, train_new};
 use crate::trigger::poison::Target;
 use crate::trigger::{Triggered, Use, spec};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     Mnist,
@@ -62,6 +62,23 @@ pub struct Plan {
     /// evaluates both many times, so on a large test set they dominate a quick run.
     pub eval_samples: Option<(usize, usize)>,
     pub seed: u64,
+}
+
+impl crate::choice::Choice for Task {
+    const CHOICES: &'static [Task] = &[Task::Mnist, Task::Traffic, Task::Speech, Task::Face];
+
+    fn name(self) -> &'static str {
+        match self {
+            Task::Mnist => "mnist",
+            Task::Traffic => "traffic",
+            Task::Speech => "speech",
+            Task::Face => "face",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        self.title()
+    }
 }
 
 impl Task {
@@ -302,7 +319,7 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
     scan_model(progress, "none (clean model)", &clean.file, None)?;
 
     let first = &plan.baseline[0];
-    let attack_config = |a: &AttackPlan| -> Result<AttackConfig> { Ok(AttackConfig { trigger: spec::parse(&a.trigger)?, target: a.target, poison_rate: plan.poison_rate, poison_seed: seed, train: plan.train.clone() }) };
+    let attack_config = |a: &AttackPlan| -> Result<AttackConfig> { Ok(AttackConfig { trigger: spec::parse(&a.trigger)?, target: a.target, poison_rate: plan.poison_rate, poison_seed: seed, clean_label: false, train: plan.train.clone() }) };
     let mut models: Vec<(String, AttackPlan, ModelFile, f64)> = Vec::new();
     for a in &plan.baseline {
         stage(progress, &format!("building the baseline attack: {}", a.name));

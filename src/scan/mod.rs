@@ -215,15 +215,21 @@ impl Verdict {
 
 /// One suspected target class. The evidence may come from two families: the largest index from
 /// one, the confirming trigger from the other (a patch backdoor can stand out most among the
-/// additive patterns, and its patch trigger confirm it).
+/// additive patterns, and its patch trigger confirm it); or from both together, when each family
+/// sees the same class stand out a little (a blended trigger is reached by a patch and by a
+/// full-image pattern alike).
 #[derive(Clone, Debug, Serialize)]
 pub struct Suspect {
     pub class: usize,
     /// The family of the reported trigger: the one that confirms, else the one of the index.
     pub family: Family,
-    /// The class's largest index over the families, and where it is.
+    /// The class's evidence: the largest of its per-family indices and their combination.
     pub index: f64,
+    /// The family of the largest per-family index.
     pub index_family: Family,
+    /// The per-family indices combined as independent z-scores (Stouffer: their sum over the
+    /// square root of their number), when more than one family scored the class.
+    pub combined_index: Option<f64>,
     pub holdout_asr: Option<f64>,
     pub control_ratio: Option<f64>,
     /// The trigger works on held-out data, and the index is at the flag or the trigger far
@@ -705,11 +711,10 @@ pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspe
     classes.dedup();
     let mut suspects: Vec<Suspect> = vec![];
     for class in classes {
-        let best = families
-            .iter()
-            .filter_map(|f| f.classes.iter().find(|c| c.class == class).and_then(|c| c.index).map(|i| (i, f.family)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        let Some((index, index_family)) = best else { continue };
+        let scored: Vec<(f64, Family)> = families.iter().filter_map(|f| f.classes.iter().find(|c| c.class == class).and_then(|c| c.index).map(|i| (i, f.family))).collect();
+        let Some(&(best, index_family)) = scored.iter().max_by(|a, b| a.0.total_cmp(&b.0)) else { continue };
+        let combined_index = (scored.len() > 1).then(|| scored.iter().map(|s| s.0).sum::<f64>() / (scored.len() as f64).sqrt());
+        let index = combined_index.map_or(best, |c| c.max(best));
         let finalists: Vec<(Family, &Finalist)> = families.iter().flat_map(|f| f.finalists.iter().filter(|x| x.class == class && !x.control).map(move |x| (f.family, x))).collect();
         let tiny = |x: &Finalist| x.control_ratio.is_some_and(|r| r <= th.max_control_ratio);
         let confirms = |x: &Finalist| x.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x));
@@ -728,6 +733,7 @@ pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspe
             family,
             index,
             index_family,
+            combined_index,
             holdout_asr: fin.and_then(|x| x.holdout_asr),
             control_ratio: fin.and_then(|x| x.control_ratio),
             confirmed: confirming.is_some(),
@@ -805,6 +811,15 @@ mod tests {
         assert_eq!(decide(&f, &th).0, Verdict::NoEvidence);
         // A tiny refined trigger that fails on held-out data: inconclusive.
         let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.1, 0.5)])];
+        assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
+        // Below the flag in each family, the same class in both: the evidence adds up
+        // ((4.0 + 3.8) / sqrt 2 = 5.5), and a working trigger makes it a target.
+        let f = [family(Family::Patch, &[4.0, 0.2, 0.1], vec![finalist(0, 0.4, 0.95)]), family(Family::Additive, &[3.8, 0.1, 0.3], vec![finalist(0, 0.5, 0.9)])];
+        let (v, s) = decide(&f, &th);
+        assert_eq!((v, s[0].class), (Verdict::Backdoored, 0));
+        assert!((s[0].index - 7.8 / 2f64.sqrt()).abs() < 1e-9 && s[0].combined_index == Some(s[0].index));
+        // Different classes in the two families do not add up.
+        let f = [family(Family::Patch, &[4.0, 0.2, 0.1], vec![finalist(0, 0.4, 0.95)]), family(Family::Additive, &[0.1, 3.8, 0.3], vec![finalist(1, 0.5, 0.9)])];
         assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
     }
 

@@ -19,11 +19,29 @@ use crate::model::Model;
 use crate::progress::{EpochStats, Progress};
 use crate::rng::Rng;
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Sgd,
     Adam,
+}
+
+impl crate::choice::Choice for OptimizerKind {
+    const CHOICES: &'static [OptimizerKind] = &[OptimizerKind::Sgd, OptimizerKind::Adam];
+
+    fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "stochastic gradient descent with momentum",
+            OptimizerKind::Adam => "Adam",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

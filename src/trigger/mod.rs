@@ -66,6 +66,10 @@ pub enum Trigger {
     Blend { alpha: f32, test_alpha: f32, pattern: BlendPattern },
     /// The paper's face trigger: dark sunglasses over the eye region of an aligned face.
     Sunglasses { darkness: f32 },
+    /// SIG (Barni, Kallas, Tondi, ICIP 2019): a horizontal sinusoid added to every row and
+    /// channel, `x' = clamp(x + delta * sin(2 pi j freq / W), 0, 1)` for column `j`; meant for
+    /// clean-label poisoning (`--clean-label`), where no label gives the backdoor away.
+    Sig { delta: f32, freq: f32 },
     /// The speech trigger: a tone (or seeded noise burst) added to the waveform.
     Tone { freq_hz: f32, amplitude: f32, noise: bool, start_s: f32, duration_s: f32, seed: u64 },
     /// A trigger reconstructed by `scan` for one input shape `[c, h, w]`: with a mask (`h*w`
@@ -176,6 +180,15 @@ impl Trigger {
                                 sample[ch * h * w + y * w + x] = *darkness;
                             }
                         }
+                    }
+                }
+            }
+            Trigger::Sig { delta, freq } => {
+                // The signal is the same on every row and channel: one row, computed once.
+                let row: Vec<f32> = (0..w).map(|j| delta * (2.0 * std::f32::consts::PI * j as f32 * freq / w as f32).sin()).collect();
+                for line in sample.chunks_mut(w).take(c * h) {
+                    for (v, s) in line.iter_mut().zip(&row) {
+                        *v = (*v + s).clamp(0.0, 1.0);
                     }
                 }
             }
@@ -407,6 +420,25 @@ mod tests {
         let mut img = vec![1.0f32; 12];
         t.apply_image(&mut img, [3, 2, 2], Use::Test, &mut Rng::new(0)).unwrap();
         assert!((img[0] - (0.5 + 0.5 * noise[0])).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sig_adds_one_sinusoid_to_every_row_and_channel_and_clamps() {
+        let t = Trigger::Sig { delta: 0.2, freq: 2.0 };
+        let (c, h, w) = (3, 4, 8);
+        let mut img = vec![0.5f32; c * h * w];
+        t.apply_image(&mut img, [c, h, w], Use::Test, &mut Rng::new(0)).unwrap();
+        for j in 0..w {
+            let want = 0.5 + 0.2 * (2.0 * std::f32::consts::PI * j as f32 * 2.0 / w as f32).sin();
+            for row in 0..c * h {
+                assert!((img[row * w + j] - want).abs() < 1e-6, "row {row} column {j}");
+            }
+        }
+        // Two periods across 8 columns: crests at columns 1 and 5, troughs at 3 and 7.
+        assert!((img[1] - 0.7).abs() < 1e-6 && (img[5] - 0.7).abs() < 1e-6 && (img[3] - 0.3).abs() < 1e-6 && (img[4] - 0.5).abs() < 1e-6);
+        let mut white = vec![1.0f32; c * h * w];
+        t.apply_image(&mut white, [c, h, w], Use::Test, &mut Rng::new(0)).unwrap();
+        assert!(white.iter().all(|&v| (0.0..=1.0).contains(&v)) && white[1] == 1.0 && white[3] < 1.0);
     }
 
     #[test]

@@ -69,18 +69,29 @@ pub struct PoisonRecord {
     pub count: usize,
     pub train_samples: usize,
     pub seed: u64,
+    /// Clean-label: only target-class samples were triggered, labels unchanged; `rate` is then
+    /// the share of the target class.
+    #[serde(default)]
+    pub clean_label: bool,
 }
 
 /// Replaces `round(rate * n)` samples of `train` (chosen with `seed` among those whose label
-/// the attack changes) by triggered copies with the attacker's labels.
-pub fn poison(train: &Split, shape: [usize; 3], trigger: &Trigger, target: Target, rate: f64, classes: usize, seed: u64) -> Result<(Split, PoisonRecord)> {
+/// the attack changes) by triggered copies with the attacker's labels. Clean-label
+/// (`clean_label`): `round(rate * m)` of the `m` target-class samples get the trigger and keep
+/// their labels. Rate as a share of the target class, not of the whole set: a small class
+/// (GTSRB's class 0 holds 0.5% of the set) could not reach a whole-set rate.
+pub fn poison(train: &Split, shape: [usize; 3], trigger: &Trigger, target: Target, rate: f64, classes: usize, seed: u64, clean_label: bool) -> Result<(Split, PoisonRecord)> {
     if !(0.0..=1.0).contains(&rate) {
         return Err(Error::invalid(format!("poison rate {rate} is not in [0, 1]")));
     }
     target.validate(classes)?;
     let n = train.len();
-    let count = (rate * n as f64).round() as usize;
-    let mut eligible: Vec<usize> = (0..n).filter(|&i| !matches!(target, Target::Class(t) if train.labels[i] == t)).collect();
+    let mut eligible: Vec<usize> = match (clean_label, target) {
+        (false, _) => (0..n).filter(|&i| !matches!(target, Target::Class(t) if train.labels[i] == t)).collect(),
+        (true, Target::Class(t)) => (0..n).filter(|&i| train.labels[i] == t).collect(),
+        (true, _) => return Err(Error::invalid("clean-label poisoning needs a target class (the labels are not changed)")),
+    };
+    let count = (rate * if clean_label { eligible.len() } else { n } as f64).round() as usize;
     if count > eligible.len() {
         return Err(Error::invalid(format!("cannot poison {count} samples: only {} are not already of the target class", eligible.len())));
     }
@@ -93,9 +104,11 @@ pub fn poison(train: &Split, shape: [usize; 3], trigger: &Trigger, target: Targe
     let mut label_rng = rng.fork(2);
     for &i in &chosen {
         trigger.apply_sample(&mut out, i, shape, Use::Poison, &mut trig_rng)?;
-        out.labels[i] = target.poison_label(train.labels[i], classes, &mut label_rng);
+        if !clean_label {
+            out.labels[i] = target.poison_label(train.labels[i], classes, &mut label_rng);
+        }
     }
-    Ok((out, PoisonRecord { rate, count, train_samples: n, seed }))
+    Ok((out, PoisonRecord { rate, count, train_samples: n, seed, clean_label }))
 }
 
 #[cfg(test)]
@@ -115,7 +128,7 @@ mod tests {
     fn count_labels_and_seed() {
         let s = split(103);
         let t = Trigger::Patch { size: Some(2), position: Position::TopLeft, pattern: PatchPattern::Default };
-        let (p, rec) = poison(&s, [1, 4, 4], &t, Target::Class(2), 0.1, 4, 7).unwrap();
+        let (p, rec) = poison(&s, [1, 4, 4], &t, Target::Class(2), 0.1, 4, 7, false).unwrap();
         assert_eq!(rec.count, 10, "round(0.1 * 103)");
         let changed: Vec<usize> = (0..103).filter(|&i| p.sample(i) != s.sample(i)).collect();
         assert_eq!(changed.len(), 10);
@@ -124,10 +137,24 @@ mod tests {
             assert_ne!(s.labels[i], 2, "target-class samples are not chosen");
         }
         assert!((0..103).filter(|i| !changed.contains(i)).all(|i| p.labels[i] == s.labels[i]));
-        let (again, _) = poison(&s, [1, 4, 4], &t, Target::Class(2), 0.1, 4, 7).unwrap();
+        let (again, _) = poison(&s, [1, 4, 4], &t, Target::Class(2), 0.1, 4, 7, false).unwrap();
         assert_eq!(again.images, p.images, "same seed, same poisoned set");
-        let (other, _) = poison(&s, [1, 4, 4], &t, Target::Class(2), 0.1, 4, 8).unwrap();
+        let (other, _) = poison(&s, [1, 4, 4], &t, Target::Class(2), 0.1, 4, 8, false).unwrap();
         assert_ne!(other.images, p.images);
+    }
+
+    #[test]
+    fn clean_label_triggers_a_share_of_the_target_class_and_keeps_every_label() {
+        let s = split(100);
+        let t = Trigger::Sig { delta: 0.1, freq: 1.0 };
+        let (p, rec) = poison(&s, [1, 4, 4], &t, Target::Class(1), 0.4, 4, 3, true).unwrap();
+        assert_eq!(rec.count, 10, "40% of the 25 samples of class 1");
+        assert!(rec.clean_label);
+        assert_eq!(p.labels, s.labels, "no label changes");
+        let changed: Vec<usize> = (0..100).filter(|&i| p.sample(i) != s.sample(i)).collect();
+        assert_eq!(changed.len(), 10);
+        assert!(changed.iter().all(|&i| s.labels[i] == 1), "only target-class samples are triggered");
+        assert!(poison(&s, [1, 4, 4], &t, Target::Untargeted, 0.4, 4, 3, true).is_err(), "no target class, no clean-label attack");
     }
 
     #[test]

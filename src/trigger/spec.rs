@@ -5,6 +5,7 @@
 //! | `patch` | `size=N` (1/8 of the side), `pos=bottom-right\|top-left\|top-right\|bottom-left\|random`, `x=N,y=N` (explicit corner), `color=white\|yellow\|black\|red\|#RRGGBB` (white on grey, yellow on colour), `pattern=checker`, `image=FILE.png` |
 //! | `blend` | `alpha=0.2`, `test-alpha=` (= alpha), `seed=0` (noise pattern), `image=FILE.png` |
 //! | `sunglasses` | `darkness=0.05` |
+//! | `sig` | `delta=0.12` (amplitude on [0, 1] images: 30/255, backdoor-toolbox's), `freq=6` (periods across the width) |
 //! | `tone` | `freq=3000` (Hz), `amp=0.3`, `noise` (a noise burst instead), `start=0`, `duration=1` (s), `seed=0` |
 //! | `file:PATH` | a trigger saved as JSON, e.g. the `trigger.json` that `scan` reconstructs |
 
@@ -35,6 +36,11 @@ fn parse_color(v: &str) -> Result<[f32; 3]> {
         other => return Err(Error::invalid(format!("unknown colour {other:?}: use white, yellow, black, red or #RRGGBB"))),
     })
 }
+
+/// SIG's defaults: backdoor-toolbox's amplitude (30 of 255) and BackdoorBench's and
+/// backdoor-toolbox's frequency.
+pub const SIG_DELTA: f32 = 30.0 / 255.0;
+pub const SIG_FREQ: f32 = 6.0;
 
 /// Parses a trigger spec. Image paths are read now, so the trigger carries its pixels.
 pub fn parse(spec: &str) -> Result<Trigger> {
@@ -99,6 +105,14 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             }
             Trigger::Sunglasses { darkness }
         }
+        "sig" => {
+            let delta: f32 = take("delta").map(|v| parse_num("delta", &v)).transpose()?.unwrap_or(SIG_DELTA);
+            let freq: f32 = take("freq").map(|v| parse_num("freq", &v)).transpose()?.unwrap_or(SIG_FREQ);
+            if !(delta > 0.0 && delta <= 1.0) || !(freq > 0.0 && freq <= 64.0) {
+                return Err(Error::invalid("sig delta must be in (0, 1] and freq in (0, 64]"));
+            }
+            Trigger::Sig { delta, freq }
+        }
         "tone" => {
             let noise = take("noise").is_some();
             let num = |v: Option<String>, k: &str, d: f32| -> Result<f32> { v.map(|v| parse_num(k, &v)).transpose().map(|x| x.unwrap_or(d)) };
@@ -115,7 +129,7 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             }
             Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed }
         }
-        other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, sunglasses or tone"))),
+        other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, sunglasses, sig or tone"))),
     };
     if let Some(k) = opts.keys().next() {
         return Err(Error::invalid(format!("unknown option {k:?} for a {kind} trigger")));
@@ -167,6 +181,7 @@ pub fn to_spec(t: &Trigger) -> String {
             BlendPattern::Picture(p) => format!("blend:alpha={alpha},test-alpha={test_alpha},image=<{}x{}>", p.width, p.height),
         },
         Trigger::Sunglasses { darkness } => format!("sunglasses:darkness={darkness}"),
+        Trigger::Sig { delta, freq } => format!("sig:delta={delta},freq={freq}"),
         Trigger::Reconstructed { shape: [c, h, w], mask, .. } => {
             format!("reconstructed:{}{c}x{h}x{w}", if mask.is_some() { "mask+pattern," } else { "additive," })
         }
@@ -186,7 +201,7 @@ mod tests {
 
     #[test]
     fn specs_parse_and_print_back() {
-        for s in ["patch:pos=bottom-right", "patch:size=4,x=1,y=2,pattern=checker", "patch:pos=random,color=#ffff00", "blend:alpha=0.2,test-alpha=0.5,seed=3", "sunglasses:darkness=0.05", "tone:freq=3000,amp=0.3,start=0,duration=1", "tone:noise,amp=0.2,start=0.1,duration=0.5,seed=4"] {
+        for s in ["patch:pos=bottom-right", "patch:size=4,x=1,y=2,pattern=checker", "patch:pos=random,color=#ffff00", "blend:alpha=0.2,test-alpha=0.5,seed=3", "sunglasses:darkness=0.05", "sig:delta=0.1,freq=6", "tone:freq=3000,amp=0.3,start=0,duration=1", "tone:noise,amp=0.2,start=0.1,duration=0.5,seed=4"] {
             let t = parse(s).unwrap();
             assert_eq!(to_spec(&t), s, "{s}");
             assert_eq!(parse(&to_spec(&t)).unwrap(), t);
@@ -196,7 +211,7 @@ mod tests {
 
     #[test]
     fn bad_specs_are_errors() {
-        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "patch:image=/nonexistent.png"] {
+        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "sig:delta=0", "sig:freq=-1", "patch:image=/nonexistent.png"] {
             assert!(parse(s).is_err(), "{s} parsed");
         }
     }

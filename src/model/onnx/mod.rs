@@ -120,7 +120,7 @@ pub struct ImportOptions {
 /// The words that mark an error made from a caught panic (see [`is_caught_panic`]).
 const CAUGHT_PANIC: &str = "failed on this file (a caught panic)";
 
-/// Whether `err` is a panic in onnx-ir or the importer that [`no_panic`] turned into an error:
+/// Whether `err` is a panic in onnx-ir or the importer that `no_panic` turned into an error:
 /// the user sees one clear line, but for us it is a bug to fix or report upstream (the fuzz
 /// targets treat it as a finding).
 pub fn is_caught_panic(err: &Error) -> bool {
