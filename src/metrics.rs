@@ -133,7 +133,7 @@ impl NormalizationCheck {
         let list = |v: &[f32]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(",");
         self.suspicious().then(|| {
             format!(
-                "clean accuracy on {} validation images is {:.3} with the model's input normalisation but {:.3} with the data's own                  per-channel statistics: the model was probably trained with another normalisation. Give the one it was trained                  with (--mean/--std, or a MODEL.toml beside an ONNX file), e.g. --mean {} --std {}",
+                "clean accuracy on {} validation images is {:.3} with the model's input normalisation but {:.3} with the data's own per-channel statistics: the model was probably trained with another normalisation. Give the one it was trained with (--mean/--std, or a MODEL.toml beside an ONNX file), e.g. --mean {} --std {}",
                 self.images,
                 self.accuracy,
                 self.accuracy_with_data_stats,
