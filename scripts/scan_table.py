@@ -150,7 +150,7 @@ if defended:
           "the planted backdoor), 5% of the training split as clean data and the 4-point budget; the "
           "real trigger was measured on the output afterwards, for this table only.\n")
     print("| model | method (chosen) | exit | within budget | val accuracy before → after | scan of the suspect (target) "
-          "| reconstructed trigger's attack success before → after | fresh scan of the output | real trigger's attack success before → after | seconds (kept run) |")
+          "| reconstructed trigger's attack success before → after | fresh scan of the output | real trigger's attack success before → after | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     f3 = lambda v: "-" if v is None else f"{v:.3f}"
     arrow = lambda a, b: f"{f3(a)} → {f3(b)}"

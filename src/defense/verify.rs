@@ -146,6 +146,7 @@ pub struct Candidate {
 pub const AUTO_METHODS: [Method; 4] = [Method::Fineprune, Method::Anp, Method::Fst, Method::Unlearn];
 
 pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option<&KnownAttack>, device: &Device, progress: &mut dyn Progress) -> Result<DefenseOutcome> {
+    let start = std::time::Instant::now();
     let scan_cfg = scan_config(cfg);
     let suspect = scan_suspect(file, ds, &scan_cfg, device, progress)?;
     let mut notes = vec![];
@@ -200,5 +201,8 @@ pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: O
     notes.append(&mut chosen.notes);
     chosen.notes = notes;
     chosen.candidates = candidates;
+    // The whole run (the suspect scan and every candidate), not only the kept one's time, which
+    // stays in its candidate row.
+    chosen.seconds = start.elapsed().as_secs_f64();
     Ok(chosen)
 }
