@@ -92,6 +92,8 @@ fn train_then_eval_json() {
     // Shell completions come from the same definition as the parser.
     let (ok, stdout, stderr) = fineprune(&["completions", "bash"]);
     assert!(ok && stdout.contains("scan") && stdout.contains("--max-acc-drop"), "{stderr}");
+    let (ok, stdout, stderr) = fineprune(&["man"]);
+    assert!(ok && stdout.contains(".TH fineprune") && stdout.contains("defend"), "{stderr}");
 
     // The model was trained on mnist; evaluating it on faces is refused, not attempted.
     let orl = format!("orl:{}", common::shared("orl-faces").display());

@@ -47,6 +47,8 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the man page (roff), e.g. `fineprune man > fineprune.1 && man ./fineprune.1`.
+    Man,
 }
 
 mod args;
@@ -111,6 +113,10 @@ pub fn run() -> Result<()> {
         Command::Convert(a) => cmd_convert(a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "fineprune", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
         Command::Archs => {
