@@ -230,6 +230,38 @@ pub fn evaluate_triggered(file: &ModelFile, split: &Split, triggered: &Triggered
     Ok(e.expect("an attack was given"))
 }
 
+/// Images decoded at a time by [`evaluate_folder`].
+pub const FOLDER_CHUNK: usize = 1024;
+
+/// [`evaluate_chunks`] on one split of an image folder (`train`, `val` or `test`, as
+/// [`crate::data::folder_split_files`] lays them out): only that split's files are decoded,
+/// [`FOLDER_CHUNK`] at a time, so memory does not grow with the number of images. `opts` gives
+/// the split options; channels and size are the model's.
+pub fn evaluate_folder(
+    file: &ModelFile,
+    root: &std::path::Path,
+    split: &str,
+    opts: &crate::data::LoadOptions,
+    attack: Option<(&Triggered, Target, bool)>,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<(ClassReport, Option<AttackEval>)> {
+    let [c, h, w] = file.model.graph.input_shape;
+    if h > crate::data::MAX_SIDE || w > crate::data::MAX_SIDE {
+        return Err(Error::invalid(format!("the model's input is {h}x{w}; images are resized to at most {0}x{0}", crate::data::MAX_SIDE)));
+    }
+    let opts = crate::data::LoadOptions { channels: Some(c), size: Some((h, w)), ..opts.clone() };
+    let (classes, files) = crate::data::folder_split_files(root, split, &opts)?;
+    if classes.len() != file.info.classes.len() {
+        return Err(Error::invalid(format!("the model expects {} classes; {} has {} class folders", file.info.classes.len(), root.display(), classes.len())));
+    }
+    progress.phase(&format!("evaluating {}: {} {split} images, decoded at most {FOLDER_CHUNK} at a time", root.display(), files.len()), files.len());
+    // Half the budget per chunk: measuring attack success holds a triggered copy beside it.
+    let budget = crate::fsutil::DecodeBudget::new(crate::fsutil::data_budget() / 2);
+    let chunks = crate::data::folder::chunks(&files, c, (h, w), FOLDER_CHUNK, budget).map(|r| r.map(Cow::Owned));
+    evaluate_chunks(file, chunks, files.len(), attack, device, progress)
+}
+
 /// Clean accuracy over a split read in chunks (`samples` in all, for the progress display),
 /// and attack success when an attack is given (a synthesised trigger is applied chunk by
 /// chunk; given inputs are evaluated once), so memory holds one chunk at a time. Every chunk

@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use fineprune::data::{DataSpec, Kind, LoadOptions};
+use fineprune::data::{DataSpec, Kind};
 use fineprune::progress::Progress;
-use fineprune::attack::{AttackEval, evaluate_chunks};
+use fineprune::attack::{AttackEval, evaluate_chunks, evaluate_folder};
 use fineprune::metrics::ClassReport;
 use fineprune::trigger::poison::Target;
 use fineprune::trigger::Triggered;
@@ -93,26 +93,13 @@ fn attack_to_measure(a: &EvalArgs, file: &ModelFile) -> Result<Option<(Triggered
     }
 }
 
-/// `eval` on an image folder: only the asked split's files are decoded, a chunk at a time, so
-/// memory does not grow with the number of images.
+/// `eval` on an image folder: only the asked split's files are decoded, a chunk at a time.
 fn eval_folder_streamed(a: &EvalArgs, spec: &DataSpec, device: &burn::tensor::Device, bars: &mut Bars) -> Result<(ModelFile, ClassReport, Option<AttackEval>)> {
-    const CHUNK: usize = 1024;
     let file = a.model.load().context("loading the model")?;
-    let [c, h, w] = file.model.graph.input_shape;
-    if h > fineprune::data::MAX_SIDE || w > fineprune::data::MAX_SIDE {
-        bail!("the model's input is {h}x{w}; images are resized to at most {0}x{0}", fineprune::data::MAX_SIDE);
-    }
-    let opts = LoadOptions { channels: Some(c), ..a.carve.options(Some((h, w))) };
-    let (classes, files) = fineprune::data::folder_split_files(&spec.path, &a.split, &opts).with_context(|| format!("loading dataset {spec}"))?;
-    if classes.len() != file.info.classes.len() {
-        bail!("the model expects {} classes; {spec} has {} class folders", file.info.classes.len(), classes.len());
-    }
     let attack = attack_to_measure(a, &file)?;
-    bars.phase(&format!("evaluating {spec}: {} {} images, decoded at most {CHUNK} at a time", files.len(), a.split), files.len());
-    // Half the budget per chunk: measuring attack success holds a triggered copy beside it.
-    let budget = fineprune::fsutil::DecodeBudget::new(fineprune::fsutil::data_budget() / 2);
-    let chunks = fineprune::data::folder::chunks(&files, c, (h, w), CHUNK, budget).map(|r| r.map(std::borrow::Cow::Owned));
-    let (report, asr) = evaluate_chunks(&file, chunks, files.len(), attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target)), device, bars)?;
+    let [_, h, w] = file.model.graph.input_shape;
+    let measured = attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target));
+    let (report, asr) = evaluate_folder(&file, &spec.path, &a.split, &a.carve.options(Some((h, w))), measured, device, bars).with_context(|| format!("evaluating {spec}"))?;
     Ok((file, report, asr))
 }
 
