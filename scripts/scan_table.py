@@ -69,9 +69,10 @@ print(f"- On the clean models: the largest outlier index of any class was {fmt(c
       f"{fmt(th.get('suspect'))}; a target needs a reconstructed trigger with at least {fmt(th.get('confirm_asr'))} attack "
       f"success on held-out clean data and either an index of {fmt(th.get('flag'))} or more, or a refined size at most "
       f"{fmt(th.get('max_control_ratio'))} of the controls'.")
+# scripts/bench_scan.sh's rows, beside the zoo's.
+bench_path = os.path.join(os.path.dirname(sys.argv[1]), "scan-bench.jsonl")
+bench = [json.loads(l) for l in open(bench_path) if l.strip()] if os.path.exists(bench_path) else []
 if readme:
-    bench_path = os.path.join(os.path.dirname(sys.argv[1]), "scan-bench.jsonl")
-    bench = [json.loads(l) for l in open(bench_path) if l.strip()] if os.path.exists(bench_path) else []
     span = ""
     if bench:
         b = bench[-1]
@@ -86,8 +87,6 @@ if readme:
         sys.exit(f"{readme} has no detection summary markers")
     text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{summary}\n{end}", text, flags=re.S)
     open(readme, "w").write(text)
-bench_path = os.path.join(os.path.dirname(sys.argv[1]), "scan-bench.jsonl")
-bench = [json.loads(l) for l in open(bench_path) if l.strip()] if os.path.exists(bench_path) else []
 if bench:
     print("\n## Speed beside a plain Neural Cleanse\n")
     print("Written by `scripts/bench_scan.sh` (one run after the other on an otherwise idle machine): `fineprune scan` at its "
