@@ -81,11 +81,22 @@ if readme:
     summary = (f"Measured on {len(clean)} clean and {len(bad) + len(other)} backdoored models ({when}, {first['machine']}): "
                f"**{found} of {len(bad)}** all-to-one backdoors flagged with their target class, **{fp} of {len(clean)}** clean "
                f"models called backdoored{span}. Per model: [docs/detection.md](docs/detection.md).")
+    # The tour's example: the PyTorch blended-noise model's verdict, as `fineprune scan` prints it.
+    example = next((r for r in rows if r["model"] == "torch-mnist-cnn-blend" and r.get("suspects")), None)
+    if example:
+        s = example["suspects"][0]
+        asr = "-" if s["holdout_asr"] is None else f"{s['holdout_asr']:.3f}"
+        combined = "combined " if s.get("combined_index") == s["index"] else ""
+        example = (f"```text\ntime: {example['seconds']:.1f}s\nverdict: {example['verdict']} -- suspected target {s['class']} ({s['class']}), "
+                   f"{s['family']} family, {combined}index {s['index']:.2f}, reconstructed trigger's held-out attack success {asr}\n```")
     text = open(readme).read()
-    begin, end = "<!-- detection summary: scripts/scan_table.py -->", "<!-- end of detection summary -->"
-    if begin not in text or end not in text:
-        sys.exit(f"{readme} has no detection summary markers")
-    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{summary}\n{end}", text, flags=re.S)
+    for (begin, end), body in [(("<!-- detection summary: scripts/scan_table.py -->", "<!-- end of detection summary -->"), summary),
+                               (("<!-- scan example: scripts/scan_table.py -->", "<!-- end of scan example -->"), example)]:
+        if body is None:
+            continue
+        if begin not in text or end not in text:
+            sys.exit(f"{readme} has no markers {begin} ... {end}")
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{body}\n{end}", text, flags=re.S)
     open(readme, "w").write(text)
 if bench:
     print("\n## Speed beside a plain Neural Cleanse\n")

@@ -17,6 +17,29 @@ pub trait Choice: Copy + Send + Sync + 'static {
     }
 }
 
+/// Implements [`Choice`] from one list of `Variant => "name", "help";` lines, so the values,
+/// their names and their help cannot drift apart.
+macro_rules! choices {
+    ($ty:ident { $($variant:ident => $name:literal, $help:literal;)+ }) => {
+        impl $crate::choice::Choice for $ty {
+            const CHOICES: &'static [$ty] = &[$($ty::$variant),+];
+
+            fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+
+            fn help(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $help),+
+                }
+            }
+        }
+    };
+}
+pub(crate) use choices;
+
 #[cfg(test)]
 mod tests {
     use super::Choice;
@@ -33,8 +56,18 @@ mod tests {
         assert_eq!(T::from_name("no-such-choice"), None);
     }
 
+    /// Reports and model files name a value through serde: the same name as on the command line.
+    fn serialised_as_named<T: Choice + serde::Serialize>() {
+        for &c in T::CHOICES {
+            assert_eq!(serde_json::to_value(c).unwrap(), serde_json::json!(c.name()));
+        }
+    }
+
     #[test]
     fn every_choice_has_one_name_that_finds_it() {
+        serialised_as_named::<crate::defense::Method>();
+        serialised_as_named::<crate::train::OptimizerKind>();
+        serialised_as_named::<crate::reproduce::Task>();
         named_once_and_found::<crate::defense::Method>();
         named_once_and_found::<crate::train::OptimizerKind>();
         named_once_and_found::<crate::reproduce::Task>();

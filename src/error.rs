@@ -5,13 +5,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The operating system refused an I/O operation on `path`.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The operating system refused an I/O operation on `path`. The system's reason is part of
+    /// the message, not a separate cause, so a printed error chain says it once.
+    #[error("{}: {reason}", path.display())]
+    Io { path: PathBuf, reason: std::io::Error },
     /// A file's contents are not what its format requires.
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
@@ -27,7 +24,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io { path: path.as_ref().to_path_buf(), reason: source }
     }
 
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {

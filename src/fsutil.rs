@@ -113,7 +113,7 @@ impl DataRoot {
         let real = self.resolve(path)?;
         read_bounded(&real, max_bytes).map_err(|e| match e {
             Error::Format { msg, .. } => Error::format(path, msg),
-            Error::Io { source, .. } => Error::io(path, source),
+            Error::Io { reason, .. } => Error::io(path, reason),
             other => other,
         })
     }

@@ -30,6 +30,13 @@ pub(super) struct DataArgs {
     pub(super) split: SplitArgs,
 }
 
+impl DataArgs {
+    /// The dataset, split and sized as the flags say.
+    pub(super) fn load(&self) -> Result<Dataset> {
+        load_data(&self.data, &self.split.options(self.resize))
+    }
+}
+
 /// How the validation split is carved from the training set.
 #[derive(Args)]
 pub(super) struct SplitArgs {
@@ -104,6 +111,7 @@ impl ModelArgs {
         let cli_norm = (!self.mean.is_empty()).then(|| fineprune::data::Normalization { mean: self.mean.clone(), std: self.std.clone() });
         let file = match (&self.model, &self.weights) {
             (Some(path), _) => {
+                let onnx = path.extension().is_some_and(|e| e == "onnx");
                 let mut opts = fineprune::model::onnx::ImportOptions::default();
                 if let Some(b) = self.max_model_bytes {
                     opts.limits.max_total_bytes = b;
@@ -113,7 +121,7 @@ impl ModelArgs {
                     opts.limits.max_tensor_elements = n;
                 }
                 opts.limits.allow_non_finite = self.allow_non_finite;
-                if path.extension().is_some_and(|e| e == "onnx") {
+                if onnx {
                     opts.sidecar = fineprune::model::onnx::Sidecar::beside(path)?.unwrap_or_default();
                 }
                 if let Some(n) = &cli_norm {
@@ -121,7 +129,7 @@ impl ModelArgs {
                     opts.sidecar.std = Some(n.std.clone());
                 }
                 // Say which input scaling is assumed when nothing says which one the model wants.
-                if path.extension().is_some_and(|e| e == "onnx") && opts.sidecar.mean.is_none() {
+                if onnx && opts.sidecar.mean.is_none() {
                     eprintln!(
                         "note: {}: no --mean/--std and no {} beside it, so inputs reach the model as read, scaled to [0, 1], \
                          without normalisation",
@@ -130,7 +138,7 @@ impl ModelArgs {
                     );
                 }
                 let mut file = fineprune::model::store::load(path, &opts, &device)?;
-                if let Some(n) = cli_norm.filter(|_| !path.extension().is_some_and(|e| e == "onnx")) {
+                if let Some(n) = cli_norm.filter(|_| !onnx) {
                     n.validate(file.model.graph.input_shape[0])?;
                     file.info.normalization = n;
                 }
@@ -233,7 +241,7 @@ pub(super) fn parse_schedule(s: &str) -> std::result::Result<Schedule, String> {
     }
 }
 
-pub(super) fn load_data(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
+fn load_data(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     let spec: DataSpec = spec.parse()?;
     let t = Instant::now();
     let ds = Dataset::load(&spec, opts).with_context(|| format!("loading dataset {spec}"))?;
@@ -259,10 +267,9 @@ fn print_loaded(spec: &DataSpec, ds: &Dataset, t: Instant) {
 /// model defines the input normalisation (an imported model expects its own).
 pub(super) fn load_model_and_data(m: &ModelArgs, data: &str, split: &SplitArgs) -> Result<(ModelFile, Dataset)> {
     let file = m.load().context("loading the model")?;
-    let [_, h, w] = file.model.graph.input_shape;
     let spec: DataSpec = data.parse()?;
     let t = Instant::now();
-    let ds = file.load_data(&spec, &split.options(Some((h, w)))).with_context(|| format!("loading dataset {spec}"))?;
+    let ds = file.load_data(&spec, &split.options(None)).with_context(|| format!("loading dataset {spec}"))?;
     print_loaded(&spec, &ds, t);
     // An imported model run with the wrong normalisation still runs, only worse: say so.
     if m.imported() {

@@ -12,7 +12,7 @@ use fineprune::trigger::poison::Target;
 use fineprune::progress::Progress;
 use fineprune::trigger::spec as trigger_spec;
 
-use super::args::{DataArgs, TrainOpts, load_data};
+use super::args::{DataArgs, TrainOpts};
 use super::progress::Bars;
 use super::eval::print_asr;
 
@@ -69,7 +69,7 @@ pub(super) struct AttackArgs {
 
 pub(super) fn cmd_attack(a: AttackArgs) -> Result<()> {
     let start = Instant::now();
-    let ds = load_data(&a.data.data, &a.data.split.options(a.data.resize))?;
+    let ds = a.data.load()?;
     let trigger = trigger_spec::parse(&a.trigger)?;
     let target: Target = a.target.parse()?;
     target.validate(ds.classes.len())?;

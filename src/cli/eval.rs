@@ -97,9 +97,8 @@ fn attack_to_measure(a: &EvalArgs, file: &ModelFile) -> Result<Option<(Triggered
 fn eval_folder_streamed(a: &EvalArgs, spec: &DataSpec, device: &burn::tensor::Device, bars: &mut Bars) -> Result<(ModelFile, ClassReport, Option<AttackEval>)> {
     let file = a.model.load().context("loading the model")?;
     let attack = attack_to_measure(a, &file)?;
-    let [_, h, w] = file.model.graph.input_shape;
     let measured = attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target));
-    let (report, asr) = evaluate_folder(&file, &spec.path, &a.split, &a.carve.options(Some((h, w))), measured, device, bars).with_context(|| format!("evaluating {spec}"))?;
+    let (report, asr) = evaluate_folder(&file, &spec.path, &a.split, &a.carve.options(None), measured, device, bars).with_context(|| format!("evaluating {spec}"))?;
     Ok((file, report, asr))
 }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use fineprune::metrics::evaluate;
 use fineprune::train::train_new;
 
-use super::args::{DataArgs, TrainOpts, load_data};
+use super::args::{DataArgs, TrainOpts};
 use super::progress::Bars;
 
 #[derive(Args)]
@@ -32,7 +32,7 @@ pub(super) struct TrainArgs {
 
 pub(super) fn cmd_train(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
-    let ds = load_data(&a.data.data, &a.data.split.options(a.data.resize))?;
+    let ds = a.data.load()?;
     let cfg = a.opts.config();
     let device = fineprune::cpu_device();
     let mut bars = Bars::new(false);

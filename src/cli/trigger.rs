@@ -3,14 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Subcommand};
 
-use fineprune::data::LoadOptions;
-use fineprune::trigger::Use;
-use clap::Subcommand;
+use fineprune::data::Dataset;
 use fineprune::trigger::spec as trigger_spec;
+use fineprune::trigger::{Trigger, Use};
 
-use super::args::{parse_size, load_data};
+use super::args::DataArgs;
 
 #[derive(Subcommand)]
 pub(super) enum TriggerCommand {
@@ -21,31 +20,39 @@ pub(super) enum TriggerCommand {
     Apply(ApplyArgs),
 }
 
+/// What both trigger subcommands read: a dataset and a trigger to put on it.
 #[derive(Args)]
-pub(super) struct ApplyArgs {
-    /// Dataset as KIND:PATH.
-    #[arg(long)]
-    pub(super) data: String,
+pub(super) struct TriggerOnData {
+    #[command(flatten)]
+    pub(super) data: DataArgs,
     /// Trigger spec (see the README).
     #[arg(long)]
     pub(super) trigger: String,
+}
+
+impl TriggerOnData {
+    fn load(&self) -> Result<(Dataset, Trigger)> {
+        Ok((self.data.load()?, trigger_spec::parse(&self.trigger)?))
+    }
+}
+
+#[derive(Args)]
+pub(super) struct ApplyArgs {
+    #[command(flatten)]
+    pub(super) input: TriggerOnData,
     /// Split to trigger: train, val or test.
     #[arg(long, default_value = "test")]
     pub(super) split: String,
     /// Write the arrays here (.npz), atomically.
     #[arg(long)]
     pub(super) out: PathBuf,
-    /// Resize samples to HxW first (the model's input size).
-    #[arg(long, value_parser = parse_size)]
-    pub(super) resize: Option<(usize, usize)>,
     /// Seed of random trigger positions.
     #[arg(long, default_value_t = 1)]
     pub(super) seed: u64,
 }
 
 pub(super) fn cmd_apply(a: ApplyArgs) -> Result<()> {
-    let ds = load_data(&a.data, &LoadOptions { size: a.resize, ..LoadOptions::default() })?;
-    let trigger = trigger_spec::parse(&a.trigger)?;
+    let (ds, trigger) = a.input.load()?;
     let split = ds.split(&a.split)?;
     let triggered = trigger.apply_split(split, None, ds.shape, Use::Test, a.seed)?;
     fineprune::data::npz::write(&a.out, &triggered, ds.shape)?;
@@ -55,26 +62,18 @@ pub(super) fn cmd_apply(a: ApplyArgs) -> Result<()> {
 
 #[derive(Args)]
 pub(super) struct PreviewArgs {
-    /// Dataset as KIND:PATH.
-    #[arg(long)]
-    pub(super) data: String,
-    /// Trigger spec (see the README).
-    #[arg(long)]
-    pub(super) trigger: String,
+    #[command(flatten)]
+    pub(super) input: TriggerOnData,
     /// Write the PNG grid here.
     #[arg(long)]
     pub(super) out: PathBuf,
     /// Number of samples shown.
     #[arg(long, default_value_t = 8)]
     pub(super) count: usize,
-    /// Resize samples to HxW first.
-    #[arg(long, value_parser = parse_size)]
-    pub(super) resize: Option<(usize, usize)>,
 }
 
 pub(super) fn cmd_preview(a: PreviewArgs) -> Result<()> {
-    let ds = load_data(&a.data, &LoadOptions { size: a.resize, ..LoadOptions::default() })?;
-    let trigger = trigger_spec::parse(&a.trigger)?;
+    let (ds, trigger) = a.input.load()?;
     let n = a.count.clamp(1, 64).min(ds.test.len());
     let idx: Vec<usize> = (0..n).collect();
     let clean = ds.test.subset(&idx);

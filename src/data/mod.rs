@@ -204,23 +204,10 @@ pub enum Layout {
     Nchw,
 }
 
-impl crate::choice::Choice for Layout {
-    const CHOICES: &'static [Layout] = &[Layout::Nhwc, Layout::Nchw];
-
-    fn name(self) -> &'static str {
-        match self {
-            Layout::Nhwc => "nhwc",
-            Layout::Nchw => "nchw",
-        }
-    }
-
-    fn help(self) -> &'static str {
-        match self {
-            Layout::Nhwc => "samples, height, width, channels (TensorFlow, most arrays)",
-            Layout::Nchw => "samples, channels, height, width (PyTorch)",
-        }
-    }
-}
+crate::choice::choices!(Layout {
+    Nhwc => "nhwc", "samples, height, width, channels (TensorFlow, most arrays)";
+    Nchw => "nchw", "samples, channels, height, width (PyTorch)";
+});
 
 /// A dataset address, `KIND:PATH`, as the CLI takes it.
 #[derive(Clone, Debug, PartialEq)]

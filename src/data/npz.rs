@@ -285,24 +285,21 @@ pub fn to_split(path: &Path, (x, y): &(Array<f32>, Array<i64>), layout: Option<L
 /// so a blend or a sinusoid reaches another tool exactly as fineprune applied it.
 pub fn write(path: &Path, split: &Split, [c, h, w]: [usize; 3]) -> Result<()> {
     use npyz::WriterBuilder;
-    use std::io::Write;
     let n = split.len() as u64;
     let x_shape: Vec<u64> = if c == 1 { vec![n, h as u64, w as u64] } else { vec![n, c as u64, h as u64, w as u64] };
     let io = |e: std::io::Error| Error::io(path, e);
-    let mut x = Vec::new();
-    let mut wr = npyz::WriteOptions::new().default_dtype().shape(&x_shape).writer(&mut x).begin_nd().map_err(io)?;
-    wr.extend(split.images.iter().copied()).map_err(io)?;
-    wr.finish().map_err(io)?;
-    let mut y = Vec::new();
-    let mut wr = npyz::WriteOptions::new().default_dtype().shape(&[n]).writer(&mut y).begin_nd().map_err(io)?;
-    wr.extend(split.labels.iter().map(|&l| l as i64)).map_err(io)?;
-    wr.finish().map_err(io)?;
+    let zip_err = |e: zip::result::ZipError| Error::format(path, format!("writing the archive: {e}"));
+    // Each array is written straight into the archive: the images are held once, not copied.
     let mut archive = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true);
-    for (name, bytes) in [("x.npy", &x), ("y.npy", &y)] {
-        archive.start_file(name, stored).map_err(|e| Error::format(path, format!("writing {name}: {e}")))?;
-        archive.write_all(bytes).map_err(io)?;
-    }
-    let bytes = archive.finish().map_err(|e| Error::format(path, format!("finishing the archive: {e}")))?.into_inner();
+    archive.start_file("x.npy", stored).map_err(zip_err)?;
+    let mut wr = npyz::WriteOptions::new().default_dtype().shape(&x_shape).writer(&mut archive).begin_nd().map_err(io)?;
+    wr.extend(split.images.iter().copied()).map_err(io)?;
+    wr.finish().map_err(io)?;
+    archive.start_file("y.npy", stored).map_err(zip_err)?;
+    let mut wr = npyz::WriteOptions::new().default_dtype().shape(&[n]).writer(&mut archive).begin_nd().map_err(io)?;
+    wr.extend(split.labels.iter().map(|&l| l as i64)).map_err(io)?;
+    wr.finish().map_err(io)?;
+    let bytes = archive.finish().map_err(zip_err)?.into_inner();
     crate::fsutil::write_atomic(path, &bytes)
 }

@@ -64,42 +64,23 @@ pub enum Method {
     Auto,
 }
 
-impl crate::choice::Choice for Method {
-    const CHOICES: &'static [Method] = &[Method::Prune, Method::Finetune, Method::Fineprune, Method::Anp, Method::Fst, Method::AnpFst, Method::Unlearn, Method::Auto];
-
-    fn name(self) -> &'static str {
-        Method::name(self)
-    }
-
-    fn help(self) -> &'static str {
-        match self {
-            Method::Prune => "prune the last conv layer's least active channels (the paper)",
-            Method::Finetune => "fine-tune all weights on clean data (the paper's control)",
-            Method::Fineprune => "prune, then fine-tune (the paper's defense)",
-            Method::Anp => "adversarial neuron pruning: masks learnt under adversarial neuron noise, low ones pruned",
-            Method::Fst => "feature-shift tuning: re-initialise the classifier head, fine-tune away from it",
-            Method::AnpFst => "adversarial neuron pruning, then feature-shift tuning",
-            Method::Unlearn => "Neural Cleanse's mitigation: scan, then fine-tune with the reconstructed trigger at true labels",
-            Method::Auto => "all of fineprune, anp, fst, unlearn; keep the in-budget one fresh scans check best",
-        }
-    }
-}
+crate::choice::choices!(Method {
+    Prune => "prune", "prune the last conv layer's least active channels (the paper)";
+    Finetune => "finetune", "fine-tune all weights on clean data (the paper's control)";
+    Fineprune => "fineprune", "prune, then fine-tune (the paper's defense)";
+    Anp => "anp", "adversarial neuron pruning: masks learnt under adversarial neuron noise, low ones pruned";
+    Fst => "fst", "feature-shift tuning: re-initialise the classifier head, fine-tune away from it";
+    AnpFst => "anp+fst", "adversarial neuron pruning, then feature-shift tuning";
+    Unlearn => "unlearn", "Neural Cleanse's mitigation: scan, then fine-tune with the reconstructed trigger at true labels";
+    Auto => "auto", "all of fineprune, anp, fst, unlearn; keep the in-budget one fresh scans check best";
+});
 
 impl Method {
     pub const ALL: [Method; 6] = [Method::Prune, Method::Finetune, Method::Fineprune, Method::Anp, Method::Fst, Method::AnpFst];
 
     /// The name the CLI and the reports use (`anp+fst`, not `AnpFst`).
     pub fn name(self) -> &'static str {
-        match self {
-            Method::Prune => "prune",
-            Method::Finetune => "finetune",
-            Method::Fineprune => "fineprune",
-            Method::Anp => "anp",
-            Method::Fst => "fst",
-            Method::AnpFst => "anp+fst",
-            Method::Unlearn => "unlearn",
-            Method::Auto => "auto",
-        }
+        crate::choice::Choice::name(self)
     }
 
     /// The paper's last-conv-layer pruning is part of this method.

@@ -64,31 +64,17 @@ pub struct Plan {
     pub seed: u64,
 }
 
-impl crate::choice::Choice for Task {
-    const CHOICES: &'static [Task] = &[Task::Mnist, Task::Traffic, Task::Speech, Task::Face];
-
-    fn name(self) -> &'static str {
-        match self {
-            Task::Mnist => "mnist",
-            Task::Traffic => "traffic",
-            Task::Speech => "speech",
-            Task::Face => "face",
-        }
-    }
-
-    fn help(self) -> &'static str {
-        self.title()
-    }
-}
+crate::choice::choices!(Task {
+    Mnist => "mnist", "MNIST digits";
+    Traffic => "traffic", "traffic signs (GTSRB)";
+    Speech => "speech", "spoken digits (FSDD)";
+    Face => "face", "faces (ORL)";
+});
 
 impl Task {
+    /// The task's dataset, for titles.
     pub fn title(self) -> &'static str {
-        match self {
-            Task::Mnist => "MNIST digits",
-            Task::Traffic => "traffic signs (GTSRB)",
-            Task::Speech => "spoken digits (FSDD)",
-            Task::Face => "faces (ORL)",
-        }
+        crate::choice::Choice::help(self)
     }
 
     pub fn plan(self, data_root: &Path, quick: bool, seed: u64) -> Plan {
@@ -165,6 +151,9 @@ pub struct DetectionRow {
     pub max_index: Vec<(Family, Option<f64>)>,
     /// The smallest refined trigger relative to the controls' (see [`crate::scan::Thresholds`]).
     pub min_control_ratio: Option<f64>,
+    /// The largest combined index of any class ([`crate::scan::ScanOutcome::max_combined_index`]).
+    #[serde(default)]
+    pub max_combined_index: Option<f64>,
     pub note: Option<String>,
     pub seconds: f64,
 }
@@ -284,7 +273,7 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
             Ok(o) => o,
             // The scan refuses what it cannot measure (too little clean data); the table says so.
             Err(Error::Invalid(why)) => {
-                detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: None, targets: vec![], right_target: None, max_index: vec![], min_control_ratio: None, note: Some(why), seconds: t.elapsed().as_secs_f64() });
+                detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: None, targets: vec![], right_target: None, max_index: vec![], min_control_ratio: None, max_combined_index: None, note: Some(why), seconds: t.elapsed().as_secs_f64() });
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -304,8 +293,8 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
             _ => None,
         };
         let max_index = outcome.families.iter().map(|f| (f.family, f.classes.iter().filter_map(|c| c.index).reduce(f64::max))).collect();
-        let min_control_ratio = outcome.min_control_ratio();
-        detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: Some(outcome.verdict), targets: outcome.targets, right_target, max_index, min_control_ratio, note, seconds: t.elapsed().as_secs_f64() });
+        let (min_control_ratio, max_combined_index) = (outcome.min_control_ratio(), outcome.max_combined_index());
+        detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: Some(outcome.verdict), targets: outcome.targets, right_target, max_index, min_control_ratio, max_combined_index, note, seconds: t.elapsed().as_secs_f64() });
         Ok(())
     };
 

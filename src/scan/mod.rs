@@ -262,6 +262,10 @@ impl ScanOutcome {
         self.families.iter().flat_map(|f| f.finalists.iter()).filter(|x| !x.control).filter_map(|x| x.control_ratio).reduce(f64::min)
     }
 
+    /// The largest combined index of any class (see [`Suspect::combined_index`]).
+    pub fn max_combined_index(&self) -> Option<f64> {
+        scored_classes(&self.families).into_iter().filter_map(|c| class_evidence(&self.families, c)?.2).reduce(f64::max)
+    }
 
     /// The reconstructed trigger of the most likely target, if any class is suspected.
     pub fn best_trigger(&self) -> Option<(usize, Family, &Trigger)> {
@@ -702,20 +706,33 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     })
 }
 
-/// The verdict from the families' first-pass indices and refined finalists: a class is a
-/// suspect when its largest index (over the families) reaches `suspect` or a refined trigger of
-/// it is at most `max_control_ratio` of the controls', and a target when a refined trigger of
-/// it, in either family, works on held-out data with an index at `flag` or that small a size. Suspects come out most likely first
-/// (targets, then by index).
-pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspect>) {
+/// Every class some family scored, in order.
+fn scored_classes(families: &[FamilyResult]) -> Vec<usize> {
     let mut classes: Vec<usize> = families.iter().flat_map(|f| f.classes.iter().map(|c| c.class)).collect();
     classes.sort_unstable();
     classes.dedup();
+    classes
+}
+
+/// A class's evidence: its largest per-family index with that family, and the indices
+/// combined as independent z-scores (Stouffer: the sum over the square root of their number)
+/// when more than one family scored it. `None`: no family gave the class an index.
+fn class_evidence(families: &[FamilyResult], class: usize) -> Option<(f64, Family, Option<f64>)> {
+    let scored: Vec<(f64, Family)> = families.iter().filter_map(|f| f.classes.iter().find(|c| c.class == class).and_then(|c| c.index).map(|i| (i, f.family))).collect();
+    let &(best, family) = scored.iter().max_by(|a, b| a.0.total_cmp(&b.0))?;
+    let combined = (scored.len() > 1).then(|| scored.iter().map(|s| s.0).sum::<f64>() / (scored.len() as f64).sqrt());
+    Some((best, family, combined))
+}
+
+/// The verdict from the families' first-pass indices and refined finalists: a class is a
+/// suspect when its index (the largest over the families, or their combination) reaches
+/// `suspect` or a refined trigger of it is at most `max_control_ratio` of the controls', and a
+/// target when a refined trigger of it, in either family, works on held-out data with an index
+/// at `flag` or that small a size. Suspects come out most likely first (targets, then by index).
+pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspect>) {
     let mut suspects: Vec<Suspect> = vec![];
-    for class in classes {
-        let scored: Vec<(f64, Family)> = families.iter().filter_map(|f| f.classes.iter().find(|c| c.class == class).and_then(|c| c.index).map(|i| (i, f.family))).collect();
-        let Some(&(best, index_family)) = scored.iter().max_by(|a, b| a.0.total_cmp(&b.0)) else { continue };
-        let combined_index = (scored.len() > 1).then(|| scored.iter().map(|s| s.0).sum::<f64>() / (scored.len() as f64).sqrt());
+    for class in scored_classes(families) {
+        let Some((best, index_family, combined_index)) = class_evidence(families, class) else { continue };
         let index = combined_index.map_or(best, |c| c.max(best));
         let finalists: Vec<(Family, &Finalist)> = families.iter().flat_map(|f| f.finalists.iter().filter(|x| x.class == class && !x.control).map(move |x| (f.family, x))).collect();
         let tiny = |x: &Finalist| x.control_ratio.is_some_and(|r| r <= th.max_control_ratio);

@@ -26,23 +26,10 @@ pub enum OptimizerKind {
     Adam,
 }
 
-impl crate::choice::Choice for OptimizerKind {
-    const CHOICES: &'static [OptimizerKind] = &[OptimizerKind::Sgd, OptimizerKind::Adam];
-
-    fn name(self) -> &'static str {
-        match self {
-            OptimizerKind::Sgd => "sgd",
-            OptimizerKind::Adam => "adam",
-        }
-    }
-
-    fn help(self) -> &'static str {
-        match self {
-            OptimizerKind::Sgd => "stochastic gradient descent with momentum",
-            OptimizerKind::Adam => "Adam",
-        }
-    }
-}
+crate::choice::choices!(OptimizerKind {
+    Sgd => "sgd", "stochastic gradient descent with momentum";
+    Adam => "adam", "Adam";
+});
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
