@@ -173,12 +173,13 @@ impl NodeHook for Perturbation<'_> {
     }
 }
 
-/// The per-channel shift of a neuron layer: BatchNorm's β, a conv's or linear layer's bias
+/// The per-channel shift of a neuron layer: BatchNorm's or LayerNorm's β, a conv's or linear layer's bias
 /// (zero without one).
 fn shift_of(model: &Model, layer: &NeuronLayer, device: &Device) -> Tensor<1> {
     let p = &model.layers[layer.node];
     let bias = match layer.kind {
         NeuronKind::BatchNorm => p.bn.as_ref().map(|b| b.beta.val()),
+        NeuronKind::LayerNorm => p.ln.as_ref().map(|l| l.beta.val()),
         NeuronKind::Conv => p.conv.as_ref().and_then(|c| c.bias.as_ref().map(|b| b.val())),
         NeuronKind::Linear => p.linear.as_ref().and_then(|l| l.bias.as_ref().map(|b| b.val())),
     };
@@ -407,8 +408,9 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
         model: masked(&model, &layers, &keep),
         layer: format!("{} neuron layers ({units} neurons)", layers.len()),
         layer_reason: format!(
-            "every BatchNorm ({}), and every convolution ({}) and hidden linear layer ({}) without one, on the pre-activation",
+            "every BatchNorm ({}) and LayerNorm ({}), and every convolution ({}) and hidden linear layer ({}) without one, on the pre-activation",
             kinds(NeuronKind::BatchNorm),
+            kinds(NeuronKind::LayerNorm),
             kinds(NeuronKind::Conv),
             kinds(NeuronKind::Linear)
         ),

@@ -72,6 +72,7 @@ fn name_patterns(graph: &Graph, to_file: bool) -> Vec<(String, String)> {
         let roles: &[(&str, &str)] = match node.op {
             Op::Conv2d { .. } => &[("conv.weight", "weight"), ("conv.bias", "bias")],
             Op::Linear { .. } => &[("linear.weight", "weight"), ("linear.bias", "bias")],
+            Op::LayerNorm { .. } => &[("ln.gamma", "weight"), ("ln.beta", "bias")],
             Op::BatchNorm { .. } => &[
                 ("bn.gamma", "weight"),
                 ("bn.beta", "bias"),

@@ -54,10 +54,24 @@ pub enum Op {
         bias: bool,
     },
     BatchNorm { channels: usize, epsilon: f64, momentum: f64 },
+    /// Layer normalisation over the channels of each position (ConvNeXt's, on a map) or over
+    /// the features (on a flat vector), with a learned scale and shift per channel.
+    LayerNorm { channels: usize, epsilon: f64 },
     Relu,
     LeakyRelu { alpha: f64 },
     Sigmoid,
     Tanh,
+    /// `min(max(x, min), max)`; PyTorch's ReLU6 is `Clip { min: 0, max: 6 }` (MobileNetV2).
+    Clip { min: f64, max: f64 },
+    /// `max(0, min(1, alpha x + beta))`, ONNX's HardSigmoid (PyTorch's is alpha 1/6, beta 1/2).
+    HardSigmoid { alpha: f64, beta: f64 },
+    /// `x * hardsigmoid(x)` with PyTorch's constants (MobileNetV3).
+    HardSwish,
+    /// `x * sigmoid(x)`, also called swish (EfficientNet, RegNet's SE); exporters write it as
+    /// `Mul(x, Sigmoid(x))`, which the importer recognises.
+    Silu,
+    /// `x * (1 + erf(x / sqrt 2)) / 2`, the exact GELU (ConvNeXt, transformers).
+    Gelu,
     MaxPool { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], ceil_mode: bool },
     AvgPool {
         kernel: [usize; 2],
@@ -73,6 +87,14 @@ pub enum Op {
     Add,
     /// Concatenation along the channel axis.
     Concat,
+    /// ShuffleNet's channel shuffle: the channels, viewed as `groups` rows, read column by
+    /// column (output channel `j * groups + i` is input channel `i * (C / groups) + j`).
+    ChannelShuffle { groups: usize },
+    /// Channels `start..end` of the input (a Split or Slice along the channel axis).
+    ChannelSlice { start: usize, end: usize },
+    /// Element-wise product of two values: equal shapes, or a feature map times a per-channel
+    /// gate of shape [C, 1, 1] broadcast over it (squeeze-and-excitation, in either order).
+    Mul,
     Dropout { p: f64 },
     /// Multiplies each channel by 1 (kept) or 0 (pruned): a pruned channel's output is exactly
     /// zero for every input, and stays zero through fine-tuning (no parameter to update).
@@ -193,7 +215,31 @@ impl Op {
                 }
                 Ok(s)
             }
-            Op::Relu | Op::Sigmoid | Op::Tanh => one(),
+            Op::LayerNorm { channels, epsilon } => {
+                let s = one()?;
+                if s.channels() != *channels || *channels < 2 {
+                    return Err(Error::model(format!("layer norm has {channels} channels, input has {}", s.channels())));
+                }
+                if !(epsilon.is_finite() && *epsilon > 0.0) {
+                    return Err(Error::model("layer norm epsilon out of range"));
+                }
+                Ok(s)
+            }
+            Op::Relu | Op::Sigmoid | Op::Tanh | Op::HardSwish | Op::Silu | Op::Gelu => one(),
+            Op::Clip { min, max } => {
+                // Finite, so the graph's JSON round-trips (an absent ONNX bound is imported as
+                // f32's largest value, which bounds nothing an f32 holds).
+                if !min.is_finite() || !max.is_finite() || min > max {
+                    return Err(Error::model(format!("clip bounds [{min}, {max}] are not an interval")));
+                }
+                one()
+            }
+            Op::HardSigmoid { alpha, beta } => {
+                if !alpha.is_finite() || !beta.is_finite() {
+                    return Err(Error::model(format!("hard sigmoid alpha {alpha} / beta {beta} not finite")));
+                }
+                one()
+            }
             Op::LeakyRelu { alpha } => {
                 if !alpha.is_finite() {
                     return Err(Error::model(format!("leaky relu alpha = {alpha} is not finite")));
@@ -247,6 +293,23 @@ impl Op {
                 }
                 Ok(first)
             }
+            Op::ChannelShuffle { groups } => {
+                let s = one()?;
+                if !matches!(s, Shape::Map(_)) || *groups == 0 || s.channels() % groups != 0 {
+                    return Err(Error::model(format!("channel shuffle of {} channels in {groups} groups", s.channels())));
+                }
+                Ok(s)
+            }
+            Op::ChannelSlice { start, end } => match one()? {
+                Shape::Map([c, h, w]) if start < end && *end <= c => Ok(Shape::Map([end - start, h, w])),
+                Shape::Flat(n) if start < end && *end <= n => Ok(Shape::Flat(end - start)),
+                s => Err(Error::model(format!("channels {start}..{end} of {} channels", s.channels()))),
+            },
+            Op::Mul => match inputs {
+                [a, b] if a == b => Ok(*a),
+                [Shape::Map([c, h, w]), Shape::Map([c2, 1, 1])] | [Shape::Map([c2, 1, 1]), Shape::Map([c, h, w])] if c == c2 => Ok(Shape::Map([*c, *h, *w])),
+                _ => Err(Error::model(format!("mul needs two equal shapes or a map and a [C, 1, 1] gate, got {inputs:?}"))),
+            },
             Op::Concat => {
                 let first = *inputs.first().ok_or_else(|| Error::model("concat has no inputs"))?;
                 let mut total = 0usize;
@@ -281,6 +344,7 @@ impl Op {
                 .saturating_mul(kernel[1])
                 .saturating_add(if bias { out_channels } else { 0 }),
             Op::BatchNorm { channels, .. } => channels.saturating_mul(4),
+            Op::LayerNorm { channels, .. } => channels.saturating_mul(2),
             Op::Linear { in_features, out_features, bias } => {
                 in_features.saturating_mul(out_features).saturating_add(if bias { out_features } else { 0 })
             }
@@ -294,7 +358,7 @@ impl Op {
 
     /// An element-wise activation function.
     pub fn is_activation(&self) -> bool {
-        matches!(self, Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh)
+        matches!(self, Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish | Op::Silu | Op::Gelu)
     }
 
     /// Maps each channel to the same channel, reading no other: a pruned channel stays a
@@ -308,9 +372,15 @@ impl Op {
     }
 
     /// Per-channel and maps an all-zero channel to an all-zero channel (so a pruned channel
-    /// stays exactly zero through it). Sigmoid (0 -> 0.5) and BatchNorm (0 -> its shift) do not.
+    /// stays exactly zero through it). Sigmoid (0 -> 0.5), a hard sigmoid (0 -> beta), a clip
+    /// whose interval excludes 0 and BatchNorm (0 -> its shift) do not.
     pub fn keeps_zero(&self) -> bool {
-        self.is_per_channel() && !matches!(self, Op::Sigmoid | Op::BatchNorm { .. })
+        let moves_zero = match *self {
+            Op::Sigmoid | Op::HardSigmoid { .. } | Op::BatchNorm { .. } => true,
+            Op::Clip { min, max } => min > 0.0 || max < 0.0,
+            _ => false,
+        };
+        self.is_per_channel() && !moves_zero
     }
 }
 

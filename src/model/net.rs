@@ -3,7 +3,7 @@
 //! definition of what a model computes.
 
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::activation::{leaky_relu, sigmoid};
+use burn::tensor::activation::{gelu, hard_sigmoid, hard_swish, leaky_relu, sigmoid, silu};
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -29,6 +29,12 @@ pub struct BatchNormParams {
 }
 
 #[derive(Module, Debug)]
+pub struct LayerNormParams {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+}
+
+#[derive(Module, Debug)]
 pub struct LinearParams {
     /// [out, in], PyTorch/ONNX layout (burn's own `Linear` stores [in, out]).
     pub weight: Param<Tensor<2>>,
@@ -41,6 +47,14 @@ pub struct LayerParams {
     pub conv: Option<ConvParams>,
     pub bn: Option<BatchNormParams>,
     pub linear: Option<LinearParams>,
+    pub ln: Option<LayerNormParams>,
+}
+
+impl LayerParams {
+    /// No weights: the layer of every op without parameters.
+    pub fn none() -> LayerParams {
+        LayerParams { conv: None, bn: None, linear: None, ln: None }
+    }
 }
 
 #[derive(Module, Debug)]
@@ -139,7 +153,7 @@ impl Model {
                     let w = uniform(shape.iter().product(), bound * 6f64.sqrt());
                     let weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, shape), device));
                     let bias = bias.then(|| param1(uniform(out_channels, bound), device));
-                    LayerParams { conv: Some(ConvParams { weight, bias }), bn: None, linear: None }
+                    LayerParams { conv: Some(ConvParams { weight, bias }), ..LayerParams::none() }
                 }
                 Op::BatchNorm { channels, .. } => LayerParams {
                     conv: None,
@@ -149,7 +163,7 @@ impl Model {
                         running_mean: RunningState::new(Tensor::zeros([channels], device)),
                         running_var: RunningState::new(Tensor::ones([channels], device)),
                     }),
-                    linear: None,
+                    ..LayerParams::none()
                 },
                 Op::Linear { in_features, out_features, bias } => {
                     let bound = 1.0 / (in_features as f64).sqrt();
@@ -159,9 +173,13 @@ impl Model {
                         device,
                     ));
                     let bias = bias.then(|| param1(uniform(out_features, bound), device));
-                    LayerParams { conv: None, bn: None, linear: Some(LinearParams { weight, bias }) }
+                    LayerParams { linear: Some(LinearParams { weight, bias }), ..LayerParams::none() }
                 }
-                _ => LayerParams { conv: None, bn: None, linear: None },
+                Op::LayerNorm { channels, .. } => LayerParams {
+                    ln: Some(LayerNormParams { gamma: param1(vec![1.0; channels], device), beta: param1(vec![0.0; channels], device) }),
+                    ..LayerParams::none()
+                },
+                _ => LayerParams::none(),
             })
             .collect();
         Ok(Model { layers, graph })
@@ -263,10 +281,22 @@ impl Model {
                     Activation::Flat(x) => Activation::Flat(batchnorm(bn, x, *epsilon, *momentum, batch_stats, update)),
                 }
             }
+            Op::LayerNorm { epsilon, .. } => {
+                let ln = p.ln.as_ref().expect("layer norm params");
+                match ins.pop().unwrap() {
+                    Activation::Map(x) => Activation::Map(layer_norm(ln, x, *epsilon)),
+                    Activation::Flat(x) => Activation::Flat(layer_norm(ln, x, *epsilon)),
+                }
+            }
             Op::Relu => elementwise(ins.pop().unwrap(), relu, relu),
             Op::LeakyRelu { alpha } => elementwise(ins.pop().unwrap(), |t| leaky_relu(t, *alpha), |t| leaky_relu(t, *alpha)),
             Op::Sigmoid => elementwise(ins.pop().unwrap(), sigmoid, sigmoid),
             Op::Tanh => elementwise(ins.pop().unwrap(), |t| t.tanh(), |t| t.tanh()),
+            Op::Clip { min, max } => elementwise(ins.pop().unwrap(), |t| t.clamp(*min, *max), |t| t.clamp(*min, *max)),
+            Op::HardSigmoid { alpha, beta } => elementwise(ins.pop().unwrap(), |t| hard_sigmoid(t, *alpha, *beta), |t| hard_sigmoid(t, *alpha, *beta)),
+            Op::HardSwish => elementwise(ins.pop().unwrap(), hard_swish, hard_swish),
+            Op::Silu => elementwise(ins.pop().unwrap(), silu, silu),
+            Op::Gelu => elementwise(ins.pop().unwrap(), gelu, gelu),
             Op::MaxPool { kernel, stride, padding, ceil_mode } => {
                 let opts = MaxPoolOptions::new(*kernel)
                     .with_stride(*stride)
@@ -307,6 +337,24 @@ impl Model {
                 Activation::Map(_) => Activation::Map(Tensor::cat(ins.into_iter().map(Activation::into_map).collect(), 1)),
                 Activation::Flat(_) => Activation::Flat(Tensor::cat(ins.into_iter().map(Activation::into_flat).collect(), 1)),
             },
+            Op::ChannelShuffle { groups } => {
+                let x = ins.pop().unwrap().into_map();
+                let [n, c, h, w] = x.dims();
+                Activation::Map(x.reshape([n, *groups, c / groups, h, w]).swap_dims(1, 2).reshape([n, c, h, w]))
+            }
+            Op::ChannelSlice { start, end } => match ins.pop().unwrap() {
+                Activation::Map(t) => Activation::Map(t.narrow(1, *start, end - start)),
+                Activation::Flat(t) => Activation::Flat(t.narrow(1, *start, end - start)),
+            },
+            Op::Mul => {
+                let b = ins.pop().unwrap();
+                let a = ins.pop().unwrap();
+                match (a, b) {
+                    // Broadcasting covers the [N, C, 1, 1] gate of a squeeze-and-excitation block.
+                    (Activation::Map(a), b) => Activation::Map(a * b.into_map()),
+                    (Activation::Flat(a), b) => Activation::Flat(a * b.into_flat()),
+                }
+            }
             Op::ChannelMask { keep } => {
                 let x = ins.pop().unwrap();
                 let m: Vec<f32> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
@@ -350,6 +398,10 @@ impl Model {
                 push("running_mean", bn.running_mean.value_sync().into_data());
                 push("running_var", bn.running_var.value_sync().into_data());
             }
+            if let Some(ln) = &p.ln {
+                push("weight", ln.gamma.val().into_data());
+                push("bias", ln.beta.val().into_data());
+            }
             if let Some(l) = &p.linear {
                 push("weight", l.weight.val().into_data());
                 if let Some(b) = &l.bias {
@@ -390,6 +442,13 @@ impl Model {
             Ok(())
         }
         let missing = || Error::model(format!("the graph has no tensor {name}"));
+        if let Some(ln) = &mut p.ln {
+            return match role {
+                "weight" => set(&name, &mut ln.gamma, &given, values),
+                "bias" => set(&name, &mut ln.beta, &given, values),
+                _ => Err(missing()),
+            };
+        }
         match (role, &mut p.conv, &mut p.bn, &mut p.linear) {
             ("weight", Some(c), _, _) => set(&name, &mut c.weight, &given, values),
             ("bias", Some(c), _, _) => set(&name, c.bias.as_mut().ok_or_else(missing)?, &given, values),
@@ -463,6 +522,18 @@ fn batchnorm<const D: usize>(bn: &BatchNormParams, x: Tensor<D>, eps: f64, momen
         }
         x * scale.reshape(per_channel) + shift.reshape(per_channel)
     }
+}
+
+/// Normalises over dimension 1 (the channels) at every other index, then scales and shifts
+/// per channel: `(x - mean) / sqrt(var + eps) * gamma + beta`, the biased variance as ONNX
+/// and PyTorch use.
+fn layer_norm<const D: usize>(ln: &LayerNormParams, x: Tensor<D>, eps: f64) -> Tensor<D> {
+    let dims = x.dims();
+    let mut per_channel = [1usize; D];
+    per_channel[1] = dims[1];
+    let (var, mean) = x.clone().var_mean_bias(1);
+    let normed = (x - mean) / var.add_scalar(eps).sqrt();
+    normed * ln.gamma.val().reshape(per_channel) + ln.beta.val().reshape(per_channel)
 }
 
 fn dropout(x: Activation, p: f64, rng: &mut Rng) -> Activation {

@@ -140,7 +140,7 @@ pub fn with_mask(model: &Model, site: usize, keep: &[bool]) -> Model {
             let name = format!("{}.mask", m.graph.nodes[site].name);
             let (graph, at) = m.graph.insert_after(site, name, op);
             m.graph = graph;
-            m.layers.insert(at, LayerParams { conv: None, bn: None, linear: None });
+            m.layers.insert(at, LayerParams::none());
         }
     }
     m

@@ -1,6 +1,6 @@
 //! Neurons across the whole network: the units a neuron-level defense (adversarial neuron
-//! pruning) scores and prunes. A *neuron layer* is every BatchNorm (its channels), and, where no
-//! BatchNorm follows, every convolution's output channels and every hidden linear layer's units
+//! pruning) scores and prunes. A *neuron layer* is every normalisation layer, BatchNorm or
+//! LayerNorm (its channels), and, where no normalisation follows, every convolution's output channels and every hidden linear layer's units
 //! on the pre-activation, the form an exporter leaves when it folds BatchNorm into the
 //! convolution. Pruning many layers at once is the same [`ChannelMask`](crate::model::Op) as
 //! fine-pruning's one site, inserted after each neuron layer.
@@ -15,6 +15,7 @@ use crate::model::Model;
 #[serde(rename_all = "lowercase")]
 pub enum NeuronKind {
     BatchNorm,
+    LayerNorm,
     Conv,
     Linear,
 }
@@ -36,9 +37,10 @@ pub fn neuron_layers(g: &Graph) -> Vec<NeuronLayer> {
             continue;
         }
         let readers = g.readers(i);
-        let feeds_bn = !readers.is_empty() && readers.iter().all(|&r| matches!(g.nodes[r].op, Op::BatchNorm { .. }));
+        let feeds_bn = !readers.is_empty() && readers.iter().all(|&r| matches!(g.nodes[r].op, Op::BatchNorm { .. } | Op::LayerNorm { .. }));
         let (kind, units) = match n.op {
             Op::BatchNorm { channels, .. } => (NeuronKind::BatchNorm, channels),
+            Op::LayerNorm { channels, .. } => (NeuronKind::LayerNorm, channels),
             Op::Conv2d { out_channels, .. } if !feeds_bn => (NeuronKind::Conv, out_channels),
             Op::Linear { out_features, .. } if !feeds_bn => (NeuronKind::Linear, out_features),
             _ => continue,

@@ -12,10 +12,20 @@ use crate::error::{Error, Result};
 use crate::model::graph::{Op, Shape};
 use crate::model::ModelFile;
 
-/// The opset we write; 19 when an average pool uses ceil mode (onnx-ir reads AveragePool's
-/// ceil_mode only from opset 19 on).
+/// The opset we write unless an op needs a later one ([`opset_for`]).
 pub const OPSET: i64 = 13;
-const OPSET_AVGPOOL_CEIL: i64 = 19;
+
+/// The opset an op needs: 19 for an average pool in ceil mode (onnx-ir reads AveragePool's
+/// ceil_mode only from opset 19 on), 17 for LayerNormalization, 20 for GELU (ONNX's Gelu
+/// operator), else [`OPSET`].
+fn opset_for(op: &Op) -> i64 {
+    match op {
+        Op::AvgPool { ceil_mode: true, .. } => 19,
+        Op::Gelu => 20,
+        Op::LayerNorm { .. } => 17,
+        _ => OPSET,
+    }
+}
 
 // Protobuf builders, public for the structure-aware fuzz target (fuzz/fuzz_targets/onnx_graph.rs),
 // which writes arbitrary (also negative or huge) values through them.
@@ -57,6 +67,16 @@ fn tensor(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
     t.data_type = 1;
     t.dims = dims.iter().map(|&d| d as i64).collect();
     t.float_data = values;
+    t
+}
+
+/// A 1-d int64 tensor (shapes, slice bounds).
+fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = 7;
+    t.dims = vec![values.len() as i64];
+    t.int64_data = values.to_vec();
     t
 }
 
@@ -151,10 +171,67 @@ pub fn to_onnx_bytes(file: &ModelFile) -> Result<Vec<u8>> {
                 }
                 emit(&mut graph, "BatchNormalization", inputs, vec![float("epsilon", *epsilon as f32), float("momentum", (1.0 - momentum) as f32)]);
             }
+            Op::LayerNorm { epsilon, .. } => {
+                // ONNX normalises the trailing axes: a map goes channels-last and back.
+                let scale = init(&mut graph, name.clone(), "weight")?;
+                let shift = init(&mut graph, name.clone(), "bias")?;
+                match shapes[i] {
+                    Shape::Flat(_) => emit(&mut graph, "LayerNormalization", vec![ins[0].clone(), scale, shift], vec![int("axis", -1), float("epsilon", *epsilon as f32)]),
+                    Shape::Map(_) => {
+                        let (last, normed) = (fresh(&format!("{name}.nhwc")), fresh(&format!("{name}.normed")));
+                        graph.node.push(node("Transpose", &format!("{name}.to_nhwc"), vec![ins[0].clone()], &last, vec![ints("perm", &[0, 2, 3, 1])]));
+                        graph.node.push(node("LayerNormalization", &format!("{name}.norm"), vec![last, scale, shift], &normed, vec![int("axis", -1), float("epsilon", *epsilon as f32)]));
+                        emit(&mut graph, "Transpose", vec![normed], vec![ints("perm", &[0, 3, 1, 2])]);
+                    }
+                }
+            }
             Op::Relu => emit(&mut graph, "Relu", ins, vec![]),
             Op::LeakyRelu { alpha } => emit(&mut graph, "LeakyRelu", ins, vec![float("alpha", *alpha as f32)]),
             Op::Sigmoid => emit(&mut graph, "Sigmoid", ins, vec![]),
             Op::Tanh => emit(&mut graph, "Tanh", ins, vec![]),
+            Op::Clip { min, max } => {
+                // Opset 11 on: the bounds are scalar inputs, not attributes.
+                let (lo, hi) = (format!("{name}.min"), format!("{name}.max"));
+                graph.initializer.push(tensor(&lo, &[], vec![*min as f32]));
+                graph.initializer.push(tensor(&hi, &[], vec![*max as f32]));
+                emit(&mut graph, "Clip", vec![ins[0].clone(), lo, hi], vec![]);
+            }
+            Op::HardSigmoid { alpha, beta } => emit(&mut graph, "HardSigmoid", ins, vec![float("alpha", *alpha as f32), float("beta", *beta as f32)]),
+            // x * gate(x), the form exporters write and our importer reads back (ONNX's own
+            // HardSwish needs opset 14).
+            Op::HardSwish | Op::Silu => {
+                let gate = fresh(&format!("{name}.gate"));
+                let (op, attrs) = match n.op {
+                    Op::HardSwish => ("HardSigmoid", vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)]),
+                    _ => ("Sigmoid", vec![]),
+                };
+                graph.node.push(node(op, &format!("{name}.gate"), vec![ins[0].clone()], &gate, attrs));
+                emit(&mut graph, "Mul", vec![ins[0].clone(), gate], vec![]);
+            }
+            Op::Gelu => emit(&mut graph, "Gelu", ins, vec![]),
+            Op::Mul => emit(&mut graph, "Mul", ins, vec![]),
+            Op::ChannelShuffle { groups } => {
+                // Reshape to [N, g, C/g, H, W], swap the two channel axes, reshape back; a 0 in
+                // a Reshape target keeps the input's (batch) dimension.
+                let Shape::Map([c, h, w]) = shapes[i] else { return Err(Error::model(format!("{name}: a channel shuffle of a flat vector"))) };
+                let grouped = format!("{name}.grouped_shape");
+                let flat = format!("{name}.shape");
+                graph.initializer.push(int64_tensor(&grouped, &[0, *groups as i64, (c / groups) as i64, h as i64, w as i64]));
+                graph.initializer.push(int64_tensor(&flat, &[0, c as i64, h as i64, w as i64]));
+                let (v, t) = (fresh(&format!("{name}.grouped")), fresh(&format!("{name}.transposed")));
+                graph.node.push(node("Reshape", &format!("{name}.group"), vec![ins[0].clone(), grouped], &v, vec![]));
+                graph.node.push(node("Transpose", &format!("{name}.swap"), vec![v], &t, vec![ints("perm", &[0, 2, 1, 3, 4])]));
+                emit(&mut graph, "Reshape", vec![t, flat], vec![]);
+            }
+            Op::ChannelSlice { start, end } => {
+                let names = [format!("{name}.starts"), format!("{name}.ends"), format!("{name}.axes")];
+                for (n, v) in names.iter().zip([*start as i64, *end as i64, 1]) {
+                    graph.initializer.push(int64_tensor(n, &[v]));
+                }
+                let mut inputs = vec![ins[0].clone()];
+                inputs.extend(names);
+                emit(&mut graph, "Slice", inputs, vec![]);
+            }
             Op::MaxPool { kernel, stride, padding, ceil_mode } => {
                 let attrs = vec![ints("kernel_shape", kernel), ints("strides", stride), ints("pads", &[padding[0], padding[1], padding[0], padding[1]]), int("ceil_mode", *ceil_mode as i64)];
                 emit(&mut graph, "MaxPool", ins, attrs);
@@ -214,8 +291,7 @@ pub fn to_onnx_bytes(file: &ModelFile) -> Result<Vec<u8>> {
     m.producer_name = "fineprune".into();
     m.producer_version = env!("CARGO_PKG_VERSION").into();
     m.opset_import.push(Default::default());
-    let ceil_avg = g.nodes.iter().any(|n| matches!(n.op, Op::AvgPool { ceil_mode: true, .. }));
-    m.opset_import.last_mut().expect("just pushed").version = if ceil_avg { OPSET_AVGPOOL_CEIL } else { OPSET };
+    m.opset_import.last_mut().expect("just pushed").version = g.nodes.iter().map(|n| opset_for(&n.op)).max().unwrap_or(OPSET);
     *m.graph.mut_or_insert_default() = graph;
     m.write_to_bytes().map_err(|e| Error::model(format!("encoding ONNX: {e}")))
 }

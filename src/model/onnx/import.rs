@@ -92,6 +92,12 @@ struct Builder {
     weight_names: HashMap<u64, (String, String)>,
     used_weight_names: HashSet<u64>,
     unsupported: Vec<String>,
+    /// Rank-5 views of a feature map on the way to a channel shuffle: value -> (node, groups,
+    /// whether the two channel axes are already swapped). They become one node or an error.
+    views: HashMap<String, (usize, usize, bool)>,
+    /// Channels-last views of feature maps (ConvNeXt's blocks): value -> the channels-first
+    /// node it is a transpose of.
+    nhwc: HashMap<String, usize>,
 }
 
 fn f32s(data: &TensorData) -> Result<Vec<f32>> {
@@ -250,6 +256,8 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
         weight_names: initializer_names(proto),
         used_weight_names: HashSet::new(),
         unsupported: vec![],
+        views: HashMap::new(),
+        nhwc: HashMap::new(),
     };
     if let Some(t) = &nhwc_transpose {
         b.values.insert(t.clone(), 0);
@@ -282,7 +290,17 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
             failed.extend(node.outputs().iter().map(|o| o.name.clone()));
             continue;
         }
-        let x = node.inputs().first().and_then(|a| b.input(a));
+        if let Some(step) = shuffle_step(&mut b, node).or_else(|| nhwc_step(&mut b, node)) {
+            if let Err(why) = step {
+                failed.extend(node.outputs().iter().map(|o| o.name.clone()));
+                b.unsupported(node, why);
+            }
+            continue;
+        }
+        // Add and Mul commute: `constant * x` (PyTorch's layer scale) reads as `x * constant`.
+        let commutes = matches!(node, Node::Add(_) | Node::Mul(_)) && node.inputs().len() == 2;
+        let first = if commutes && b.input(&node.inputs()[0]).is_none() && b.input(&node.inputs()[1]).is_some() { 1 } else { 0 };
+        let x = node.inputs().get(first).and_then(|a| b.input(a));
         let Some(x) = x else {
             failed.extend(node.outputs().iter().map(|o| o.name.clone()));
             let name = node.inputs().first().map(|a| a.name.clone()).unwrap_or_default();
@@ -340,6 +358,26 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                     b.add_named(&n.name, op, vec![x], out).map_err(|e| e.to_string())?;
                 }
                 Node::GlobalAveragePool(n) => drop(b.add_named(&n.name, Op::GlobalAvgPool, vec![x], out).map_err(|e| e.to_string())?),
+                Node::ReduceMean(n) => {
+                    // PyTorch's dynamo exporter writes adaptive average pooling to 1x1 as a mean
+                    // over height and width.
+                    let onnx_ir::node::reduce::ReduceAxes::Static(axes) = &n.config.axes else { return Err("the axes are not constants".into()) };
+                    let mut axes = axes.clone();
+                    axes.sort_unstable();
+                    if axes != [2, 3] || !matches!(xs, Shape::Map(_)) {
+                        return Err(format!("a mean over axes {axes:?} (only over height and width, [2, 3], of a feature map)"));
+                    }
+                    if n.config.keepdims {
+                        b.add_named(&n.name, Op::GlobalAvgPool, vec![x], out).map_err(|e| e.to_string())?;
+                    } else {
+                        let pool = b.unique(&n.name);
+                        let shape = Op::GlobalAvgPool.output_shape(&[xs]).map_err(|e| e.to_string())?;
+                        b.graph.nodes.push(crate::model::Node { name: pool, op: Op::GlobalAvgPool, inputs: vec![x] });
+                        b.shapes.push(shape);
+                        let p = b.graph.nodes.len() - 1;
+                        b.add_named(&format!("{}.flatten", n.name), Op::Flatten, vec![p], out).map_err(|e| e.to_string())?;
+                    }
+                }
                 Node::Flatten(n) => {
                     if n.config.axis != 1 {
                         return Err(format!("axis {} (only 1, keeping the batch, is supported)", n.config.axis));
@@ -384,22 +422,45 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                     linear(&mut b, name, x, xs, cols, transpose(&wv, rows, cols), None, out)?;
                 }
                 Node::Add(n) => {
-                    let other = &n.inputs[1];
+                    let other = &n.inputs[1 - first];
                     match (b.input(other), other.value()) {
                         (Some(y), _) => drop(b.add_named(&n.name, Op::Add, vec![x, y], out).map_err(|e| e.to_string())?),
-                        (None, Some(c)) => fold_bias(&mut b, x, &n.inputs[0].name, &readers, f32s(&c).map_err(|e| e.to_string())?, out)?,
+                        (None, Some(c)) => fold_bias(&mut b, x, &n.inputs[first].name, &readers, f32s(&c).map_err(|e| e.to_string())?, out)?,
                         (None, None) => return Err(format!("reads {:?}, which is not computed from the model input", other.name)),
                     }
                 }
                 Node::Mul(n) => {
-                    // Only a 0/1 per-channel constant: the channel mask of a `--keep-shape` export.
-                    let c = n.inputs.get(1).and_then(|a| a.value()).ok_or("multiplies by something other than a constant")?;
-                    let v = f32s(&c).map_err(|e| e.to_string())?;
-                    if v.len() != xs.channels() || v.iter().any(|&m| m != 0.0 && m != 1.0) {
-                        return Err("multiplies by something other than a per-channel 0/1 mask".into());
+                    let other = &n.inputs[1 - first];
+                    match (b.input(other), other.value()) {
+                        (Some(y), _) => mul_values(&mut b, &n.name, x, y, &readers, [&n.inputs[first].name, &other.name], out)?,
+                        (None, Some(c)) => drop(channel_scale(&mut b, &n.name, x, f32s(&c).map_err(|e| e.to_string())?, out)?),
+                        (None, None) => return Err(format!("reads {:?}, which is not computed from the model input", other.name)),
                     }
-                    let keep = v.iter().map(|&m| m == 1.0).collect();
-                    b.add_named(&n.name, Op::ChannelMask { keep }, vec![x], out).map_err(|e| e.to_string())?;
+                }
+                Node::Clip(n) => {
+                    use onnx_ir::node::clip::ClipInput;
+                    // An absent bound is f32's largest value: it bounds nothing an f32 holds.
+                    let bound = |v: &Option<ClipInput>, default: f64| match v {
+                        None => Ok(default),
+                        Some(ClipInput::Static(v)) => Ok(v.clamp(-(f32::MAX as f64), f32::MAX as f64)),
+                        Some(ClipInput::Runtime(_)) => Err("a bound is not a constant".to_string()),
+                    };
+                    let (min, max) = (bound(&n.config.min, -(f32::MAX as f64))?, bound(&n.config.max, f32::MAX as f64)?);
+                    b.add_named(&n.name, Op::Clip { min, max }, vec![x], out).map_err(|e| e.to_string())?;
+                }
+                Node::HardSigmoid(n) => drop(b.add_named(&n.name, Op::HardSigmoid { alpha: n.config.alpha, beta: n.config.beta }, vec![x], out).map_err(|e| e.to_string())?),
+                Node::HardSwish(n) => drop(b.add_named(&n.name, Op::HardSwish, vec![x], out).map_err(|e| e.to_string())?),
+                Node::LayerNormalization(n) => {
+                    if !matches!(xs, Shape::Flat(_)) || !(n.config.axis == -1 || n.config.axis == 1) {
+                        return Err(format!("axis {} of {xs:?} (a feature map normalises over its channels only channels-last, as ConvNeXt does)", n.config.axis));
+                    }
+                    layer_norm(&mut b, n, x, out)?;
+                }
+                Node::Gelu(n) => {
+                    if !matches!(n.config.approximate, onnx_ir::node::gelu::GeluApproximate::Exact) {
+                        return Err("the tanh approximation (only the exact, erf form is supported)".into());
+                    }
+                    b.add_named(&n.name, Op::Gelu, vec![x], out).map_err(|e| e.to_string())?;
                 }
                 Node::Concat(n) => {
                     if n.config.axis != 1 {
@@ -408,6 +469,49 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                     let ins: Option<Vec<usize>> = n.inputs.iter().map(|a| b.input(a)).collect();
                     let ins = ins.ok_or("an input is not computed from the model input")?;
                     b.add_named(&n.name, Op::Concat, ins, out).map_err(|e| e.to_string())?;
+                }
+                Node::Split(n) => {
+                    if n.config.axis != 1 {
+                        return Err(format!("axis {} (only the channel axis 1 is supported)", n.config.axis));
+                    }
+                    let c = xs.channels();
+                    let k = n.outputs.len();
+                    let sizes: Vec<usize> = match &n.config.split_sizes {
+                        Some(onnx_ir::node::split::SplitSizesInput::Static(v)) => v.clone(),
+                        Some(_) => return Err("the split sizes are not constants".into()),
+                        // ONNX: equal parts, the last one smaller when they do not divide.
+                        None => {
+                            let part = n.config.split_size.unwrap_or_else(|| c.div_ceil(k.max(1)));
+                            (0..k).map(|i| part.min(c.saturating_sub(i * part))).collect()
+                        }
+                    };
+                    if sizes.len() != k || sizes.iter().sum::<usize>() != c || sizes.contains(&0) {
+                        return Err(format!("splits {c} channels into {sizes:?} for {k} outputs"));
+                    }
+                    let mut start = 0;
+                    for (o, size) in n.outputs.iter().zip(sizes) {
+                        b.add_named(&format!("{}.{start}", n.name), Op::ChannelSlice { start, end: start + size }, vec![x], o).map_err(|e| e.to_string())?;
+                        start += size;
+                    }
+                }
+                Node::Slice(n) => {
+                    use onnx_ir::node::slice::SliceInput;
+                    let stat = |v: &Option<SliceInput>| match v {
+                        None => Ok(None),
+                        Some(SliceInput::Static(v)) => Ok(Some(v.clone())),
+                        Some(SliceInput::Runtime(_)) => Err("its bounds are not constants (a shape expression that did not fold)".to_string()),
+                    };
+                    let (starts, ends) = (stat(&Some(n.config.starts.clone()))?.unwrap_or_default(), stat(&Some(n.config.ends.clone()))?.unwrap_or_default());
+                    let axes = stat(&n.config.axes)?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+                    let steps = stat(&n.config.steps)?.unwrap_or_else(|| vec![1; starts.len()]);
+                    let rank = if matches!(xs, Shape::Map(_)) { 4 } else { 2 };
+                    if starts.len() != 1 || ends.len() != 1 || axes.len() != 1 || steps != [1] || (axes[0] != 1 && axes[0] != 1 - rank) {
+                        return Err(format!("slices axes {axes:?} with steps {steps:?} (only a contiguous range of channels is supported)"));
+                    }
+                    let c = xs.channels() as i64;
+                    let at = |v: i64| (if v < 0 { v.saturating_add(c) } else { v }).clamp(0, c) as usize;
+                    let (start, end) = (at(starts[0]), at(ends[0]));
+                    b.add_named(&n.name, Op::ChannelSlice { start, end }, vec![x], out).map_err(|e| e.to_string())?;
                 }
                 Node::Dropout(n) => {
                     let onnx_ir::node::dropout::DropoutInput::Static(p) = n.config.prob else { return Err("the ratio is not a constant".into()) };
@@ -454,6 +558,180 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
         node_names: b.aliases,
     };
     Ok(Converted { graph, tensors: b.tensors, io })
+}
+
+/// `x * constant` on a feature map: a 0/1 per-channel constant is a channel mask (a
+/// `--keep-shape` export); any other per-channel or scalar constant (ConvNeXt's layer scale) a
+/// depthwise 1x1 convolution, which every pass already knows.
+fn channel_scale(b: &mut Builder, name: &str, x: usize, v: Vec<f32>, out: &Argument) -> std::result::Result<usize, String> {
+    let xs = b.shapes[x];
+    let c = xs.channels();
+    if v.len() == c && v.iter().all(|&m| m == 0.0 || m == 1.0) {
+        let keep = v.iter().map(|&m| m == 1.0).collect();
+        return b.add_named(name, Op::ChannelMask { keep }, vec![x], out).map_err(|e| e.to_string());
+    }
+    if !matches!(xs, Shape::Map(_)) || (v.len() != c && v.len() != 1) {
+        return Err(format!("multiplies {xs:?} by a constant of {} values (only per-channel constants of a feature map)", v.len()));
+    }
+    let weight = if v.len() == 1 { vec![v[0]; c] } else { v };
+    let lname = b.layer_name(name, &weight);
+    let op = Op::Conv2d { in_channels: c, out_channels: c, kernel: [1, 1], stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: c, bias: false };
+    let i = b.add(lname, op, vec![x], out).map_err(|e| e.to_string())?;
+    b.tensors.push((i, "weight", TensorData::new(weight, [c, 1, 1, 1])));
+    Ok(i)
+}
+
+/// A layer normalisation over the channels of node `x` (a flat vector's features, or a
+/// channels-last map's last axis).
+fn layer_norm(b: &mut Builder, n: &onnx_ir::node::layer_norm::LayerNormalizationNode, x: usize, out: &Argument) -> std::result::Result<usize, String> {
+    let c = b.shapes[x].channels();
+    let gamma = f32s(&n.inputs.get(1).and_then(|a| a.value()).ok_or("the scale is not a constant")?).map_err(|e| e.to_string())?;
+    let beta = match n.inputs.get(2).filter(|a| !a.is_optional()) {
+        Some(a) => f32s(&a.value().ok_or("the bias is not a constant")?).map_err(|e| e.to_string())?,
+        None => vec![0.0; c],
+    };
+    if gamma.len() != c || beta.len() != c {
+        return Err(format!("scale and bias of {} and {} values for {c} channels", gamma.len(), beta.len()));
+    }
+    let name = b.layer_name(&n.name, &gamma);
+    let i = b.add(name, Op::LayerNorm { channels: c, epsilon: n.config.epsilon }, vec![x], out).map_err(|e| e.to_string())?;
+    b.tensors.extend([(i, "weight", TensorData::new(gamma, [c])), (i, "bias", TensorData::new(beta, [c]))]);
+    Ok(i)
+}
+
+/// ConvNeXt's channels-last blocks as PyTorch exports them: Transpose(0, 2, 3, 1) of a map,
+/// then layer normalisation over the last axis, linear layers on it, element-wise activations,
+/// a per-channel constant scale, and Transpose(0, 3, 1, 2) back. Each has a channels-first op
+/// with the same function (layer norm over the channels, 1x1 convolution, depthwise 1x1
+/// convolution), so the graph IR stays channels-first. `None` when the node is not part of
+/// such a view.
+fn nhwc_step(b: &mut Builder, node: &Node) -> Option<std::result::Result<(), String>> {
+    let input = &node.inputs().first()?.name;
+    let out = &node.outputs()[0];
+    let Some(&src) = b.nhwc.get(input) else {
+        let Node::Transpose(t) = node else { return None };
+        let &src = b.values.get(input)?;
+        if t.config.perm != [0, 2, 3, 1] || !matches!(b.shapes[src], Shape::Map(_)) {
+            return None;
+        }
+        b.nhwc.insert(out.name.clone(), src);
+        return Some(Ok(()));
+    };
+    // Adds a channels-first node for this one; its value is channels-last again.
+    fn keep_view(b: &mut Builder, i: usize, out: &Argument) {
+        b.values.remove(&out.name);
+        b.nhwc.insert(out.name.clone(), i);
+    }
+    let c = b.shapes[src].channels();
+    let mut step = || -> std::result::Result<(), String> {
+        match node {
+            Node::Transpose(t) if t.config.perm == [0, 3, 1, 2] => {
+                b.values.insert(out.name.clone(), src);
+            }
+            Node::LayerNormalization(n) if n.config.axis == -1 || n.config.axis == 3 => {
+                let i = layer_norm(b, n, src, out)?;
+                keep_view(b, i, out);
+            }
+            Node::Linear(_) | Node::MatMul(_) => {
+                let (weight_arg, transposed, bias) = match node {
+                    Node::Linear(n) => (n.inputs.get(1), n.config.transpose_weight, n.inputs.get(2).filter(|a| !a.is_optional())),
+                    Node::MatMul(n) => (n.inputs.get(1), false, None),
+                    _ => unreachable!("matched above"),
+                };
+                let (wv, [rows, cols]) = matrix(weight_arg, "the weight")?;
+                // To [out, in]: Gemm-sourced weights are already, MatMul-sourced are [in, out].
+                let (weight, out_f) = if transposed { (wv, rows) } else { (transpose(&wv, rows, cols), cols) };
+                if weight.len() != c * out_f {
+                    return Err(format!("a weight of {} values for {c} channels", weight.len()));
+                }
+                let bias = bias.map(|a| a.value().ok_or("the bias is not a constant")).transpose()?.map(|d| f32s(&d)).transpose().map_err(|e| e.to_string())?;
+                if bias.as_ref().is_some_and(|v| v.len() != out_f) {
+                    return Err(format!("a bias of {} values for {out_f} outputs", bias.map_or(0, |v| v.len())));
+                }
+                let name = b.layer_name(node.name(), &weight);
+                let op = Op::Conv2d { in_channels: c, out_channels: out_f, kernel: [1, 1], stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1, bias: bias.is_some() };
+                let i = b.add(name, op, vec![src], out).map_err(|e| e.to_string())?;
+                b.tensors.push((i, "weight", TensorData::new(weight, [out_f, c, 1, 1])));
+                if let Some(bias) = bias {
+                    b.tensors.push((i, "bias", TensorData::new(bias, [out_f])));
+                }
+                keep_view(b, i, out);
+            }
+            Node::Gelu(n) if matches!(n.config.approximate, onnx_ir::node::gelu::GeluApproximate::Exact) => {
+                let i = b.add_named(&n.name, Op::Gelu, vec![src], out).map_err(|e| e.to_string())?;
+                keep_view(b, i, out);
+            }
+            Node::Relu(n) => {
+                let i = b.add_named(&n.name, Op::Relu, vec![src], out).map_err(|e| e.to_string())?;
+                keep_view(b, i, out);
+            }
+            Node::Mul(n) if n.inputs.get(1).is_some_and(|a| a.value().is_some()) => {
+                let v = f32s(&n.inputs[1].value().expect("checked")).map_err(|e| e.to_string())?;
+                let i = channel_scale(b, &n.name, src, v, out)?;
+                keep_view(b, i, out);
+            }
+            _ => return Err("uses a channels-last view of a feature map in a way fineprune does not support".into()),
+        }
+        Ok(())
+    };
+    Some(step())
+}
+
+/// One step of ShuffleNet's channel shuffle as exporters write it: Reshape a map [N, C, H, W]
+/// to [N, g, C/g, H, W], Transpose(0, 2, 1, 3, 4), Reshape back to [N, C, H, W]. `None` when the
+/// node is not part of one; an error when a rank-5 view is used any other way.
+fn shuffle_step(b: &mut Builder, node: &Node) -> Option<std::result::Result<(), String>> {
+    let input = &node.inputs().first()?.name;
+    let out = &node.outputs()[0];
+    let per_sample = || -> Option<Vec<usize>> { out.ty.static_shape()?.get(1..)?.iter().copied().collect() };
+    if let Some(&(src, groups, swapped)) = b.views.get(input) {
+        let shape = b.shapes[src];
+        return Some(match node {
+            Node::Transpose(t) if !swapped && t.config.perm == [0, 2, 1, 3, 4] => {
+                b.views.insert(out.name.clone(), (src, groups, true));
+                Ok(())
+            }
+            Node::Reshape(r) if swapped && per_sample().is_some_and(|p| Shape::Map([p[0], p[1], p[2]]) == shape && p.len() == 3) => {
+                b.add_named(&r.name, Op::ChannelShuffle { groups }, vec![src], out).map(drop).map_err(|e| e.to_string())
+            }
+            _ => Err("uses a rank-5 view of a feature map other than as a channel shuffle".into()),
+        });
+    }
+    let Node::Reshape(r) = node else { return None };
+    let &src = b.values.get(input)?;
+    let Shape::Map([c, h, w]) = b.shapes[src] else { return None };
+    let p = per_sample()?;
+    if p.len() != 4 || p[0] == 0 || p[0] * p[1] != c || p[2..] != [h, w] {
+        return None;
+    }
+    let _ = r;
+    b.views.insert(out.name.clone(), (src, p[0], false));
+    Some(Ok(()))
+}
+
+/// `Mul` of two computed values. `x * sigmoid(x)` is SiLU and `x * hardsigmoid(x)` (PyTorch's
+/// constants) HardSwish when nothing else reads the gate: one activation instead of two nodes,
+/// so the prune site and the sweep see an activation. Anything else is an element-wise product
+/// (a squeeze-and-excitation gate broadcast over its map).
+#[allow(clippy::too_many_arguments)]
+fn mul_values(b: &mut Builder, name: &str, x: usize, y: usize, readers: &HashMap<&str, usize>, onnx_names: [&String; 2], out: &Argument) -> std::result::Result<(), String> {
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+    for (value, gate, gate_name) in [(x, y, onnx_names[1]), (y, x, onnx_names[0])] {
+        let node = &b.graph.nodes[gate];
+        if node.inputs != [value] || readers.get(gate_name.as_str()).copied() != Some(1) {
+            continue;
+        }
+        let op = match node.op {
+            Op::Sigmoid => Op::Silu,
+            Op::HardSigmoid { alpha, beta } if close(alpha, 1.0 / 6.0) && close(beta, 0.5) => Op::HardSwish,
+            _ => continue,
+        };
+        // The gate node is left without readers; `prune_dead` removes it.
+        b.add_named(name, op, vec![value], out).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    b.add_named(name, Op::Mul, vec![x, y], out).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// A constant 2-d operand (a linear layer's weight): its values and shape.
