@@ -4,8 +4,9 @@
     throughput ARCH... [--batch 64 --steps N]   training and inference images/s on random inputs,
         the same networks as fineprune's built-in architectures (src/model/arch.rs), Adam, the
         thread count in $THREADS; prints one JSON line per network.
-    export-resnet OUT.onnx                    a freshly initialised copy of the residual GTSRB CNN
-        of scripts/torch_models.py (BatchNorm kept), for fineprune's side of the throughput table.
+    export ARCH OUT.onnx                      a freshly initialised copy of ARCH (sign-resnet: the
+        residual GTSRB CNN of scripts/torch_models.py; or a torchvision mobile net) with BatchNorm
+        kept, for fineprune's side of the throughput table.
     peer-fineprune MODEL.onnx --data-root D --clean-fraction F [--no-curve]
         fine-pruning the way the Python toolkits do it, producing what `fineprune defend` reports:
         rank the last block's channels by mean clean activation; for each channel re-run the
@@ -70,11 +71,23 @@ def sign_resnet(classes=43):
     return SignResNet(classes)
 
 
+def torchvision_net(name):
+    def make(classes):
+        import torchvision.models as tvm
+        return getattr(tvm, name)(num_classes=classes)
+    return make
+
+
 NETS = {
     "lenet": (lenet, (1, 28, 28), 10),
     "signnet": (signnet, (3, 32, 32), 10),
     "resnet18": (ResNet18, (3, 32, 32), 10),
     "sign-resnet": (sign_resnet, (3, 32, 32), 43),
+    # torchvision's mobile architectures (needs torchvision) at 64x64: depthwise convolutions,
+    # squeeze-and-excitation, HardSwish, SiLU.
+    "mobilenet_v2": (torchvision_net("mobilenet_v2"), (3, 64, 64), 10),
+    "mobilenet_v3_small": (torchvision_net("mobilenet_v3_small"), (3, 64, 64), 10),
+    "efficientnet_b0": (torchvision_net("efficientnet_b0"), (3, 64, 64), 10),
 }
 
 
@@ -219,7 +232,8 @@ def main():
     t.add_argument("arch", nargs="+", choices=sorted(NETS))
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--steps", type=int, default=10)
-    e = sub.add_parser("export-resnet")
+    e = sub.add_parser("export")
+    e.add_argument("arch", choices=sorted(NETS))
     e.add_argument("out")
     f = sub.add_parser("peer-fineprune")
     f.add_argument("model")
@@ -230,12 +244,13 @@ def main():
     if a.cmd == "throughput":
         for name in a.arch:
             print(json.dumps(throughput(name, a.batch, a.steps)), flush=True)
-    elif a.cmd == "export-resnet":
+    elif a.cmd == "export":
         torch.manual_seed(0)
-        model = sign_resnet().eval()
-        torch.onnx.export(model, torch.zeros(1, 3, 32, 32), a.out, dynamo=False, do_constant_folding=False,
+        make, shape, classes = NETS[a.arch]
+        model = make(classes).eval()
+        torch.onnx.export(model, torch.zeros((1,) + shape), a.out, dynamo=False, do_constant_folding=False,
                           input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=13)
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=14)
     else:
         print(json.dumps(peer_fineprune(a.model, a.data_root, a.clean_fraction, not a.no_curve)), flush=True)
 

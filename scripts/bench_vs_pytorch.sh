@@ -3,8 +3,8 @@
 #
 #   scripts/bench_vs_pytorch.sh [throughput] [defend]
 #
-# throughput: training and inference images/s of the same networks (lenet, signnet, resnet18 and
-#   the 312k-weight residual GTSRB CNN), batch $BATCH (64), Adam, $THREADS threads (2) on both
+# throughput: training and inference images/s of the same networks (lenet, signnet, resnet18, the
+#   312k-weight residual GTSRB CNN, and torchvision's mobilenet_v2 and efficientnet_b0), batch $BATCH (64), Adam, $THREADS threads (2) on both
 #   sides, random inputs, $STEPS steps ($STEPS/3 for resnet18), best of $REPEATS (3) alternating
 #   runs per side; prints both rates and their ratio, and each side's peak memory.
 # defend: `fineprune defend --method fineprune --clean-fraction 0.05` on a PyTorch-trained
@@ -21,6 +21,9 @@ cd "$(dirname "$0")/.."
 parts=${*:-throughput defend}
 THREADS=${THREADS:-2}; BATCH=${BATCH:-64}; STEPS=${STEPS:-40}; REPEATS=${REPEATS:-3}
 VENV=${VENV:-.venv-bench}; RUNS=${RUNS:-target/bench-runs}; DATA=${DATA:-../shared/data}
+# torchvision's mobile nets at 64x64, exported by PyTorch with BatchNorm kept (both sides train
+# the same network); ARCHS overrides the whole list.
+MOBILE=${MOBILE:-mobilenet_v2 efficientnet_b0}
 export THREADS RAYON_NUM_THREADS=$THREADS
 mkdir -p "$RUNS"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -37,11 +40,14 @@ peak() { grep "Maximum resident" "$1" | awk '{printf "%.0f", $NF/1024}'; }
 echo "# $(date -u +%Y-%m-%d) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $THREADS threads, batch $BATCH, $STEPS steps, best of $REPEATS; torch $("$PY" -c 'import torch; print(torch.__version__)')"
 
 if [[ " $parts " == *" throughput "* ]]; then
-  [ -f "$RUNS/sign-resnet.onnx" ] || "$PY" scripts/bench_torch.py export-resnet "$RUNS/sign-resnet.onnx" 2>/dev/null
+  "$PY" -c "import torchvision" 2>/dev/null || "$VENV/bin/pip" install -q torchvision
+  for arch in sign-resnet $MOBILE; do
+    [ -f "$RUNS/$arch.onnx" ] || "$PY" scripts/bench_torch.py export "$arch" "$RUNS/$arch.onnx" 2>/dev/null
+  done
   printf "%-12s %12s %12s %7s   %12s %12s %7s   %9s %9s\n" arch "fp train" "torch train" ratio "fp infer" "torch infer" ratio "fp MiB" "torch MiB"
-  for arch in lenet signnet resnet18 sign-resnet; do
+  for arch in ${ARCHS:-lenet signnet resnet18 sign-resnet $MOBILE}; do
     fp_arch=$arch; steps=$STEPS
-    [ "$arch" = sign-resnet ] && fp_arch="$RUNS/sign-resnet.onnx"
+    [ -f "$RUNS/$arch.onnx" ] && fp_arch="$RUNS/$arch.onnx"
     [ "$arch" = resnet18 ] && steps=$(( (STEPS + 2) / 3 ))
     # $REPEATS alternating runs of each side; each side's best rate counts (this virtual
     # machine's neighbours move single runs of either side by up to 2x).

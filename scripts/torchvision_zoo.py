@@ -77,6 +77,13 @@ def main():
     stamp = {"date": datetime.date.today().isoformat(), "commit": commit, "machine": f"{platform.machine()} {os.cpu_count()} cores",
              "torch": torch.__version__}
     exporters = ["dynamo"] + (["torchscript"] if a.torchscript else [])
+
+    def emit(row):
+        print(json.dumps(row), flush=True)
+        if a.jsonl:
+            with open(a.jsonl, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
     for name, make in models():
         if a.only and name not in a.only:
             continue
@@ -102,7 +109,7 @@ def main():
                                       dynamic_shapes=({0: torch.export.Dim("batch")},) if exporter == "dynamo" else None)
             except Exception as e:  # noqa: BLE001 - the exporter's own failure is a result too
                 row.update(imported=False, error=f"PyTorch could not export: {str(e).splitlines()[0][:300]}")
-                print(json.dumps(row), flush=True)
+                emit(row)
                 continue
             ops = sorted({n.op_type for n in __import__("onnx").load(path).graph.node})
             row["onnx_ops"] = ops
@@ -112,7 +119,7 @@ def main():
             row["seconds_import_eval"] = round(time.time() - t0, 2)
             if code != 0:
                 row.update(imported=False, error=err.strip().splitlines()[-1][:600] if err.strip() else f"exit {code}")
-                print(json.dumps(row), flush=True)
+                emit(row)
                 continue
             res = json.loads(out)
             row.update(imported=True, agreement=res.get("clean_accuracy", res.get("accuracy")))
@@ -125,10 +132,7 @@ def main():
                 got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
                 row.update(exported=True, export_max_abs_diff=float(np.abs(got - logits).max()),
                            export_agreement=float((got.argmax(1) == y).mean()))
-            print(json.dumps(row), flush=True)
-            if a.jsonl:
-                with open(a.jsonl, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            emit(row)
 
 
 if __name__ == "__main__":
