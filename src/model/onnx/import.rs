@@ -697,14 +697,13 @@ fn shuffle_step(b: &mut Builder, node: &Node) -> Option<std::result::Result<(), 
             _ => Err("uses a rank-5 view of a feature map other than as a channel shuffle".into()),
         });
     }
-    let Node::Reshape(r) = node else { return None };
+    let Node::Reshape(_) = node else { return None };
     let &src = b.values.get(input)?;
     let Shape::Map([c, h, w]) = b.shapes[src] else { return None };
     let p = per_sample()?;
     if p.len() != 4 || p[0] == 0 || p[0] * p[1] != c || p[2..] != [h, w] {
         return None;
     }
-    let _ = r;
     b.views.insert(out.name.clone(), (src, p[0], false));
     Some(Ok(()))
 }
