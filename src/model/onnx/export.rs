@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::model::graph::{Op, Shape};
 use crate::model::ModelFile;
 
-/// The opset we write unless an op needs a later one ([`opset_for`]).
+/// The opset we write unless an op needs a later one (17 for a layer norm, 19 for a ceil-mode
+/// average pool, 20 for GELU).
 pub const OPSET: i64 = 13;
 
 /// The opset an op needs: 19 for an average pool in ceil mode (onnx-ir reads AveragePool's
