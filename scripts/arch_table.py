@@ -8,12 +8,10 @@ hand: rerun the zoo, then this.
 import json
 import sys
 
+from generated import pop_option, replace_blocks
+
 args = sys.argv[1:]
-readme = None
-if "--readme" in args:
-    i = args.index("--readme")
-    readme = args[i + 1]
-    del args[i:i + 2]
+readme = pop_option(args, "--readme")
 rows = [json.loads(line) for line in open(args[0]) if line.strip()]
 stamp = rows[0]
 archs = list(dict.fromkeys(r["model"] for r in rows))
@@ -56,10 +54,4 @@ if readme:
     summary = (f"Of {len(archs)} torchvision architectures exported from PyTorch, {len(ok)} import and predict as PyTorch "
                f"does with at least one of its exporters ({len(both)} with both): {', '.join(ok)}; not yet: "
                f"{', '.join(no) or 'none'} ([docs/architectures.md](docs/architectures.md)).")
-    begin, end = "<!-- architectures: scripts/arch_table.py -->", "<!-- end of architectures -->"
-    text = open(readme).read()
-    if begin not in text or end not in text:
-        sys.exit(f"{readme} has no markers {begin} ... {end}")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    open(readme, "w").write(f"{head}{begin}\n{summary}\n{end}{tail}")
+    replace_blocks(readme, [(("<!-- architectures: scripts/arch_table.py -->", "<!-- end of architectures -->"), summary)])

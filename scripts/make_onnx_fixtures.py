@@ -280,6 +280,26 @@ def bad_corpus(good):
     def dangling_output(m):
         m.graph.output[0].name = "nowhere"
     save_bad("dangling_output", variant(dangling_output))
+    new_op_corpus()
+
+
+def new_op_corpus():
+    """The mobile and ConvNeXt operators used against the importer: bounds that are not an
+    interval, a view that is not a channel shuffle, parameters that do not fit."""
+    def tiny(name, nodes, inits):
+        g = helper.make_graph(nodes, name, [tensor_in("input", ["batch", 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+        save_bad(name, helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    i64 = lambda n, v: numpy_helper.from_array(np.array(v, dtype=np.int64), n)  # noqa: E731
+    f32 = lambda n, v: numpy_helper.from_array(np.array(v, dtype=np.float32), n)  # noqa: E731
+    tiny("clip_inverted", [helper.make_node("Clip", ["input", "lo", "hi"], ["y"])], [f32("lo", 6.0), f32("hi", 0.0)])
+    tiny("hardsigmoid_inf", [helper.make_node("HardSigmoid", ["input"], ["y"], alpha=float("inf"))], [])
+    tiny("split_huge", [helper.make_node("Split", ["input", "s"], ["a", "y"], axis=1)], [i64("s", [1 << 40, 2])])
+    tiny("slice_empty", [helper.make_node("Slice", ["input", "st", "en", "ax"], ["y"])], [i64("st", [3]), i64("en", [1]), i64("ax", [1])])
+    tiny("shuffle_bad_groups", [helper.make_node("Reshape", ["input", "s1"], ["v"]), helper.make_node("Transpose", ["v"], ["t"], perm=[0, 2, 1, 3, 4]),
+                                helper.make_node("Reshape", ["t", "s2"], ["y"])], [i64("s1", [0, 3, 1, 4, 4]), i64("s2", [0, 4, 4, 4])])
+    tiny("layernorm_wrong_len", [helper.make_node("Transpose", ["input"], ["t"], perm=[0, 2, 3, 1]),
+                                 helper.make_node("LayerNormalization", ["t", "g", "b"], ["y"], axis=-1)], [f32("g", [1.0] * 7), f32("b", [0.0] * 7)])
 
 
 if __name__ == "__main__":

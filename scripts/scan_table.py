@@ -7,15 +7,12 @@ With --readme, the README's detection summary (between its two marker comments) 
 from the same rows."""
 import json
 import os
-import re
 import sys
 
+from generated import pop_option, replace_blocks
+
 args = sys.argv[1:]
-readme = None
-if "--readme" in args:
-    i = args.index("--readme")
-    readme = args[i + 1]
-    del args[i:i + 2]
+readme = pop_option(args, "--readme")
 sys.argv[1:] = args
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 if not rows:
@@ -89,15 +86,8 @@ if readme:
         combined = "combined " if s.get("combined_index") == s["index"] else ""
         example = (f"```text\ntime: {example['seconds']:.1f}s\nverdict: {example['verdict']} -- suspected target {s['class']} ({s['class']}), "
                    f"{s['family']} family, {combined}index {s['index']:.2f}, reconstructed trigger's held-out attack success {asr}\n```")
-    text = open(readme).read()
-    for (begin, end), body in [(("<!-- detection summary: scripts/scan_table.py -->", "<!-- end of detection summary -->"), summary),
-                               (("<!-- scan example: scripts/scan_table.py -->", "<!-- end of scan example -->"), example)]:
-        if body is None:
-            continue
-        if begin not in text or end not in text:
-            sys.exit(f"{readme} has no markers {begin} ... {end}")
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{body}\n{end}", text, flags=re.S)
-    open(readme, "w").write(text)
+    replace_blocks(readme, [(("<!-- detection summary: scripts/scan_table.py -->", "<!-- end of detection summary -->"), summary),
+                            (("<!-- scan example: scripts/scan_table.py -->", "<!-- end of scan example -->"), example)])
 if bench:
     print("\n## Speed beside a plain Neural Cleanse\n")
     print("Written by `scripts/bench_scan.sh` (one run after the other on an otherwise idle machine): `fineprune scan` at its "

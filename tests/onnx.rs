@@ -176,6 +176,11 @@ fn every_bad_file_gets_a_clean_error() {
     assert!(reason("cyclic.onnx").contains("cycle"));
     assert!(reason("missing_initializer.onnx").contains("conv2.weight"));
     assert!(reason("huge_dims.onnx").contains("limit"));
+    // The mobile and ConvNeXt operators: scripts/make_onnx_fixtures.py's `new_op_corpus`.
+    assert!(reason("clip_inverted.onnx").contains("not an interval"));
+    assert!(reason("shuffle_bad_groups.onnx").contains("rank 5"));
+    assert!(reason("layernorm_wrong_len.onnx").contains("7 and 7 values for 4 channels"));
+    assert!(reason("slice_empty.onnx").contains("channels 3..1"));
 }
 
 #[test]
@@ -361,29 +366,41 @@ fn teacher_set(file: &ModelFile, n: usize, seed: u64) -> fineprune::data::Datase
     Dataset { spec: DataSpec { kind: Kind::Synthetic, path: "teacher".into() }, shape, classes: file.info.classes.clone(), train, val, test, normalization: file.info.normalization.clone() }
 }
 
+/// `method` with few steps (these tests check the plumbing on imported graphs; the README
+/// measures the defenses), and the defended model's ONNX export checked against tract.
+fn quick_defense(file: &ModelFile, ds: &fineprune::data::Dataset, method: fineprune::defense::Method, epochs: usize) -> fineprune::defense::DefenseOutcome {
+    let dev = fineprune::cpu_device();
+    let mut cfg = fineprune::defense::DefenseConfig::paper(method);
+    cfg.finetune.epochs = epochs;
+    cfg.anp.batch_size = 32;
+    cfg.anp.iterations = Some(20);
+    cfg.fst.batch_size = 32;
+    cfg.fst.epochs = Some(epochs);
+    fineprune::defense::defend(file, ds, &cfg, None, &dev.autodiff(), &mut fineprune::progress::Silent).unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
+/// tract reads the export of `file` and computes what our runtime computes on `x` (batch 2).
+fn assert_tract_agrees(file: &ModelFile, x: &[f32], what: &str) {
+    let [c, h, w] = file.model.graph.input_shape;
+    let theirs = tract_outputs(&to_onnx_bytes(file).unwrap(), &[2, c, h, w], x);
+    assert!(max_abs_diff(&onnx_outputs(file, x, 2), &theirs) < 1e-4, "{what}: tract differs from the defended model");
+}
+
 #[test]
 fn trigger_free_defenses_export_an_imported_residual_net_with_batchnorm() {
-    use fineprune::defense::{DefenseConfig, Method, defend};
+    use fineprune::defense::Method;
     let dev = fineprune::cpu_device();
     let file = import(&fixture("resnet_block.onnx"), &ImportOptions::default(), &dev).unwrap();
     assert!(file.model.graph.nodes.iter().any(|n| matches!(n.op, fineprune::model::Op::BatchNorm { .. })));
     let ds = teacher_set(&file, 96, 3);
     let x = read_f32(&fixture("resnet_block.in.f32"));
     for method in [Method::Anp, Method::Fst, Method::AnpFst] {
-        let mut cfg = DefenseConfig::paper(method);
-        cfg.anp.batch_size = 32;
-        cfg.anp.iterations = Some(20);
-        cfg.fst.batch_size = 32;
-        cfg.fst.epochs = Some(2);
-        let out = defend(&file, &ds, &cfg, None, &dev.clone().autodiff(), &mut fineprune::progress::Silent).unwrap_or_else(|e| panic!("{method}: {e}"));
+        let out = quick_defense(&file, &ds, method, 2);
         if method.uses_anp() {
             let bn = out.pruned_by_layer.iter().filter(|l| l.layer.contains("bn")).count();
             assert!(bn >= 3, "{method}: every BatchNorm is a neuron layer: {:?}", out.pruned_by_layer);
         }
-        let bytes = to_onnx_bytes(&out.model).unwrap();
-        let ours = onnx_outputs(&out.model, &x, 2);
-        let theirs = tract_outputs(&bytes, &[2, 3, 16, 16], &x);
-        assert!(max_abs_diff(&ours, &theirs) < 1e-4, "{method}: tract differs from the defended model");
+        assert_tract_agrees(&out.model, &x, &method.to_string());
     }
 }
 
@@ -414,7 +431,7 @@ fn trigger_free_defense_inputs_are_refused_with_a_reason() {
 
 #[test]
 fn every_defense_runs_on_a_mobile_net_from_pytorch_and_exports_what_it_computes() {
-    use fineprune::defense::{DefenseConfig, Method, defend};
+    use fineprune::defense::Method;
     use fineprune::model::Op;
     let dev = fineprune::cpu_device();
     let file = import(&fixture("mobile_torch.onnx"), &ImportOptions::default(), &dev).unwrap();
@@ -428,23 +445,12 @@ fn every_defense_runs_on_a_mobile_net_from_pytorch_and_exports_what_it_computes(
     let ds = teacher_set(&file, 96, 5);
     let x = read_f32(&fixture("mobile_torch.in.f32"));
     for method in [Method::Fineprune, Method::Anp, Method::Fst] {
-        let mut cfg = DefenseConfig::paper(method);
-        cfg.finetune.epochs = 1;
-        cfg.anp.batch_size = 32;
-        cfg.anp.iterations = Some(20);
-        cfg.fst.batch_size = 32;
-        cfg.fst.epochs = Some(1);
-        let out = defend(&file, &ds, &cfg, None, &dev.clone().autodiff(), &mut fineprune::progress::Silent).unwrap_or_else(|e| panic!("{method}: {e}"));
-        let bytes = to_onnx_bytes(&out.model).unwrap();
-        let ours = onnx_outputs(&out.model, &x, 2);
-        let theirs = tract_outputs(&bytes, &[2, 3, 16, 16], &x);
-        assert!(max_abs_diff(&ours, &theirs) < 1e-4, "{method}: tract differs from the defended model");
+        assert_tract_agrees(&quick_defense(&file, &ds, method, 1).model, &x, &method.to_string());
     }
 }
 
 #[test]
 fn anp_masks_layer_norm_neurons_of_a_convnext_block() {
-    use fineprune::defense::{DefenseConfig, Method, defend};
     let dev = fineprune::cpu_device();
     let file = import(&fixture("convnext_torch.onnx"), &ImportOptions::default(), &dev).unwrap();
     let layers = fineprune::prune::neurons::neuron_layers(&file.model.graph);
@@ -452,10 +458,7 @@ fn anp_masks_layer_norm_neurons_of_a_convnext_block() {
     assert_eq!(norms, 3, "the stem's, the block's and the head's layer norms: {layers:?}");
     let ds = teacher_set(&file, 96, 7);
     let x = read_f32(&fixture("convnext_torch.in.f32"));
-    let mut cfg = DefenseConfig::paper(Method::Anp);
-    cfg.anp.batch_size = 32;
-    cfg.anp.iterations = Some(20);
-    let out = defend(&file, &ds, &cfg, None, &dev.clone().autodiff(), &mut fineprune::progress::Silent).unwrap();
+    let out = quick_defense(&file, &ds, fineprune::defense::Method::Anp, 1);
     // Exported (opset 20: tract has no Gelu) and read back by our importer, the same function.
     let bytes = to_onnx_bytes(&out.model).unwrap();
     let again = fineprune::model::onnx::import_bytes(&bytes, None, &ImportOptions::default(), &dev).unwrap();

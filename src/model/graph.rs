@@ -512,7 +512,8 @@ impl Graph {
     }
 }
 
-fn strip(e: &Error) -> String {
+/// The message of a model error without its "invalid model:" prefix (for errors nested in another).
+pub(crate) fn strip(e: &Error) -> String {
     match e {
         Error::Model(m) => m.clone(),
         other => other.to_string(),
