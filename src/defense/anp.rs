@@ -21,13 +21,14 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
-use super::{CurvePoint, DefenseConfig, KnownAttack, Pruned, PrunedLayer, Snapshot, Stopwatch, accuracy, defender_split};
+use super::{CurvePoint, DefenseConfig, KnownAttack, Pruned, PrunedLayer, Snapshot, Stopwatch, defender_split};
 use crate::data::{Dataset, Split, batch};
 use crate::error::{Error, Result};
 use crate::metrics::{ClassReport, argmax, attack_success, predict};
 use crate::model::net::{Activation, Mode, NodeHook};
 use crate::model::{Model, ModelFile};
 use crate::prune::neurons::{NeuronKind, NeuronLayer, neuron_layers, with_masks};
+use crate::prune::sweep::{NeuronMasks, masked_predictions};
 use crate::rng::Rng;
 use crate::train::cross_entropy;
 use crate::progress::Progress;
@@ -284,9 +285,35 @@ fn keep_at(masks: &[Vec<f32>], t: f64) -> Vec<Vec<bool>> {
     masks.iter().map(|m| m.iter().map(|&v| v as f64 > t).collect()).collect()
 }
 
+fn masks_of(layers: &[NeuronLayer], keep: &[Vec<bool>]) -> NeuronMasks {
+    layers.iter().zip(keep).map(|(l, k)| (l.node, k.clone())).collect()
+}
+
 fn masked(model: &Model, layers: &[NeuronLayer], keep: &[Vec<bool>]) -> Model {
-    let masks: Vec<(usize, Vec<bool>)> = layers.iter().zip(keep).map(|(l, k)| (l.node, k.clone())).collect();
-    with_masks(model, &masks)
+    with_masks(model, &masks_of(layers, keep))
+}
+
+/// Accuracy on `split` of the unpruned model (first) and at every threshold's keep-masks. The
+/// sets grow with the threshold, so equal counts are equal sets: each distinct level is
+/// evaluated once, through the cached prefix before its first pruned layer.
+#[allow(clippy::too_many_arguments)]
+fn level_accuracies(model: &Model, layers: &[NeuronLayer], keeps: &[Vec<Vec<bool>>], counts: &[usize], split: &Split, ds: &Dataset, device: &Device, progress: &mut dyn Progress) -> Vec<f64> {
+    let distinct: Vec<usize> = (0..keeps.len()).filter(|&j| j == 0 || counts[j] != counts[j - 1]).collect();
+    let levels: Vec<NeuronMasks> = std::iter::once(vec![]).chain(distinct.iter().map(|&j| masks_of(layers, &keeps[j]))).collect();
+    progress.phase(&format!("ANP: clean validation accuracy at {} distinct thresholds", distinct.len()), levels.len());
+    let preds = masked_predictions(model, split, &ds.normalization, &levels, device, &mut |done, _| progress.work(done, levels.len()));
+    let classes = model.num_classes();
+    let acc: Vec<f64> = preds.iter().map(|p| ClassReport::new(p, &split.labels, classes).accuracy).collect();
+    // Level j's accuracy is that of the last distinct level at or before it.
+    let mut out = vec![acc[0]];
+    let mut d = 0;
+    for j in 0..keeps.len() {
+        if d < distinct.len() && distinct[d] == j {
+            d += 1;
+        }
+        out.push(acc[d]);
+    }
+    out
 }
 
 /// Optimises the neuron masks, chooses the threshold on clean validation data, and returns the
@@ -319,12 +346,7 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
     let thresholds = c.thresholds();
     let keeps: Vec<Vec<Vec<bool>>> = thresholds.iter().map(|&t| keep_at(&masks, t)).collect();
     let counts: Vec<usize> = keeps.iter().map(|k| k.iter().flatten().filter(|v| !**v).count()).collect();
-    let mut val_acc = vec![accuracy(&model, &ds.val, ds, &eval_device)];
-    for (j, keep) in keeps.iter().enumerate() {
-        // Equal neuron sets give equal accuracy: evaluate each distinct level once.
-        let acc = if j > 0 && counts[j] == counts[j - 1] { val_acc[j] } else { accuracy(&masked(&model, &layers, keep), &ds.val, ds, &eval_device) };
-        val_acc.push(acc);
-    }
+    let val_acc = level_accuracies(&model, &layers, &keeps, &counts, &ds.val, ds, &eval_device, progress);
     let chosen = match c.threshold {
         Some(t) => 1 + thresholds.iter().position(|&x| (x - t).abs() < 1e-9).expect("the fixed threshold is in the list"),
         None => cfg.budget.last_within(&val_acc),

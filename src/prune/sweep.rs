@@ -12,6 +12,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
+use super::neurons::with_masks;
 use super::{PrefixCache, keep_mask, with_mask};
 use crate::data::{Normalization, Split};
 use crate::metrics::{argmax, predict};
@@ -141,8 +142,9 @@ pub const SWEEP_CHUNK: usize = 2048;
 pub fn sweep_split(model: &Model, split: &Split, norm: &Normalization, site: usize, channels: usize, order: &[usize], max_k: usize, device: &Device, progress: &mut dyn FnMut(usize, usize)) -> LevelPredictions {
     let mut levels: LevelPredictions = vec![Vec::with_capacity(split.len()); max_k + 1];
     let total = split.len();
-    for start in (0..total).step_by(SWEEP_CHUNK) {
-        let end = (start + SWEEP_CHUNK).min(total);
+    let chunk = chunk_at(model, site);
+    for start in (0..total).step_by(chunk) {
+        let end = (start + chunk).min(total);
         let cache = PrefixCache::build_range(model, split, start..end, norm, site, device, 256, &mut |done, n| progress(start + (end - start) * done / n.max(1), total));
         for (all, chunk) in levels.iter_mut().zip(sweep_predictions(model, &cache, site, channels, order, max_k)) {
             all.extend(chunk);
@@ -150,6 +152,61 @@ pub fn sweep_split(model: &Model, split: &Split, norm: &Normalization, site: usi
         progress(end, total);
     }
     levels
+}
+
+/// Neuron masks of one pruning level: `(node, keep)` pairs, as [`with_masks`] takes them.
+pub type NeuronMasks = Vec<(usize, Vec<bool>)>;
+
+/// Bytes a [`PrefixCache`] may hold per chunk of samples: the cut's values for a few thousand
+/// images of a small net, fewer images when an early cut of a wide net is larger.
+const CACHE_BYTES: usize = 256 << 20;
+
+/// Samples per cached chunk at `cut`: [`SWEEP_CHUNK`], or fewer so that the chunk's frontier
+/// values stay within [`CACHE_BYTES`].
+fn chunk_at(model: &Model, cut: usize) -> usize {
+    let shapes = model.graph.validate().expect("a model that ran is valid");
+    let mut frontier = model.graph.frontier(cut);
+    frontier.push(cut);
+    frontier.dedup();
+    let per_sample: usize = frontier.iter().map(|&f| shapes[f].numel().saturating_mul(4)).sum();
+    (CACHE_BYTES / per_sample.max(1)).clamp(64, SWEEP_CHUNK)
+}
+
+/// Predictions of `model` on `split` under each level's neuron masks (ANP's thresholds): exact,
+/// and fast because nothing before a level's first masked node changes. Levels that mask the
+/// same first node share one cached prefix and re-run only what follows it; a level without
+/// masks is the unpruned model. `progress(done, total)` counts levels.
+pub fn masked_predictions(model: &Model, split: &Split, norm: &Normalization, levels: &[NeuronMasks], device: &Device, progress: &mut dyn FnMut(usize, usize)) -> LevelPredictions {
+    let model = model.valid();
+    let first_masked = |masks: &NeuronMasks| masks.iter().filter(|(_, keep)| keep.iter().any(|k| !k)).map(|(node, _)| *node).min();
+    let mut by_cut: std::collections::BTreeMap<Option<usize>, Vec<usize>> = Default::default();
+    for (j, masks) in levels.iter().enumerate() {
+        by_cut.entry(first_masked(masks)).or_default().push(j);
+    }
+    let mut out: LevelPredictions = vec![Vec::with_capacity(split.len()); levels.len()];
+    let mut done = 0;
+    for (cut, group) in by_cut {
+        let Some(cut) = cut else {
+            let unpruned = predict(&model, split, norm, device, 256);
+            for j in group {
+                out[j] = unpruned.clone();
+            }
+            done += 1;
+            progress(done, levels.len());
+            continue;
+        };
+        let masked: Vec<Model> = group.iter().map(|&j| with_masks(&model, &levels[j])).collect();
+        let chunk = chunk_at(&model, cut);
+        for start in (0..split.len()).step_by(chunk) {
+            let cache = PrefixCache::build_range(&model, split, start..(start + chunk).min(split.len()), norm, cut, device, 256, &mut |_, _| {});
+            for (&j, m) in group.iter().zip(&masked) {
+                out[j].extend(cache.predict(m));
+            }
+        }
+        done += group.len();
+        progress(done, levels.len());
+    }
+    out
 }
 
 /// The reference: the full masked network re-evaluated at every level.
