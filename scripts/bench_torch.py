@@ -15,6 +15,17 @@
         re-running the whole network per level; --no-curve skips it); fine-tune (5 epochs, Adam
         1e-4, batch 64) on the defender's clean fraction; evaluate the result on the test split.
         Prints the stage times as one JSON line.
+    peer-loops MODEL.onnx|signnet --data-root D --clean-fraction F [--epochs 5 --fst-epochs 5
+        --anp-steps 100]
+        the defense loops of `fineprune defend` written in PyTorch with the same counts, batch
+        sizes and optimisers, each followed by what fineprune does per epoch (clean validation
+        accuracy on the whole validation split, the best epoch's weights kept): fine-tuning (Adam
+        1e-4, batch 64), FST (head re-initialised, SGD momentum 0.9 + cosine, lr 0.01, batch 128,
+        penalty alpha <W, W0>, head rescaled to |W0| after every step) and ANP's mask
+        optimisation (batch 128; per step one signed noise step and one mask step on the clean
+        and the perturbed loss; every BatchNorm's neurons, batch statistics). MODEL.onnx is the
+        residual GTSRB CNN; `signnet` is a fresh copy of fineprune's signnet for 43 classes.
+        Prints the seconds of each loop as one JSON line.
 """
 import argparse
 import json
@@ -225,6 +236,140 @@ def peer_fineprune(path, root, clean_fraction, curve, seed=0):
             "seconds": sum(times.values()), "seconds_without_load": sum(v for k, v in times.items() if k != "load")}
 
 
+def defender_data(root, clean_fraction, mean, std, seed=0):
+    """GTSRB split as fineprune splits it (counts, not the same indices): a seeded 10% of the
+    training set is validation; the defender holds a fraction of the rest."""
+    x, y, _, _ = gtsrb(root)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(y))
+    nval = len(y) // 10
+    val, rest = perm[:nval], perm[nval:]
+    clean = rest[: max(1, round(clean_fraction * len(rest)))]
+    xs = (torch.from_numpy(x) - mean) / std
+    return xs[clean], torch.from_numpy(y[clean]), xs[val], torch.from_numpy(y[val])
+
+
+def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, seed=0):
+    import copy
+    import math
+    if what == "signnet":
+        torch.manual_seed(seed)
+        make = lambda: signnet(43)  # noqa: E731
+        mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    else:
+        side = dict(l.split(" = ", 1) for l in open(what[:-5] + ".toml").read().splitlines() if " = " in l)
+        mean = torch.tensor(json.loads(side["mean"])).view(1, -1, 1, 1)
+        std = torch.tensor(json.loads(side["std"])).view(1, -1, 1, 1)
+        make = lambda: onnx_to_torch(what)  # noqa: E731
+    cx, cy, vx, vy = defender_data(root, clean_fraction, mean, std, seed)
+    g = torch.Generator().manual_seed(seed)
+
+    def accuracy(m):
+        m.eval()
+        with torch.no_grad():
+            return sum((m(vx[i:i + 256]).argmax(1) == vy[i:i + 256]).sum().item() for i in range(0, len(vy), 256)) / len(vy)
+
+    def epoch_loop(model, opt, epochs, batch, step_hook=None, loss_extra=None, sched=None):
+        best, best_state, per_epoch = -1.0, None, []
+        for _ in range(epochs):
+            t = time.perf_counter()
+            model.train()
+            p = torch.randperm(len(cy), generator=g)
+            for i in range(0, len(p), batch):
+                b = p[i:i + batch]
+                loss = F.cross_entropy(model(cx[b]), cy[b])
+                if loss_extra is not None:
+                    loss = loss + loss_extra()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if step_hook is not None:
+                    step_hook()
+            if sched is not None:
+                sched.step()
+            acc = accuracy(model)
+            if acc > best:
+                best, best_state = acc, copy.deepcopy(model.state_dict())
+            per_epoch.append(time.perf_counter() - t)
+        model.load_state_dict(best_state)
+        return per_epoch
+
+    out = {"model": what, "clean": len(cy), "val": len(vy), "threads": THREADS}
+    # Fine-tuning: Adam 1e-4, batch 64.
+    model = make()
+    out["finetune_epoch_seconds"] = epoch_loop(model, torch.optim.Adam(model.parameters(), lr=1e-4), epochs, 64)
+    # FST: the head (the last Linear) re-initialised, the penalty and the norm projection.
+    model = make()
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    w0 = head.weight.detach().clone()
+    norm0 = w0.norm()
+    alpha = min(0.1, 1.25 / float(norm0 ** 2))
+    head.reset_parameters()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, fst_epochs)
+
+    def rescale():
+        with torch.no_grad():
+            head.weight.mul_(norm0 / head.weight.norm())
+    out["fst_epoch_seconds"] = epoch_loop(model, opt, fst_epochs, 128, rescale, lambda: alpha * (head.weight * w0).sum(), sched)
+    # ANP's mask optimisation over every BatchNorm's neurons.
+    model = make()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    masks = [torch.ones(b.num_features, requires_grad=True) for b in bns]
+    state = {"scale": None, "coef": None}
+
+    def hook(k):
+        def f(mod, inp, o):
+            c = o.shape[1]
+            scale = masks[k] if state["scale"] is None else state["scale"][k]
+            coef = torch.ones(c) if state["coef"] is None else state["coef"][k]
+            return o * scale.view(1, c, 1, 1) + mod.bias.view(1, c, 1, 1) * (coef - scale).view(1, c, 1, 1)
+        return f
+    for k, b in enumerate(bns):
+        b.register_forward_hook(hook(k))
+    model.train()  # batch statistics, as fineprune's default
+    for b in bns:
+        b.momentum = 0.0  # the running statistics are never changed
+    mopt = torch.optim.SGD(masks, lr=0.2, momentum=0.9)
+    eps = 0.4
+    t = time.perf_counter()
+    p = torch.randperm(len(cy), generator=g)
+    at = 0
+    for _ in range(anp_steps):
+        if at + 128 > len(p):
+            p, at = torch.randperm(len(cy), generator=g), 0
+        b = p[at:at + 128]
+        at += 128
+        x, y = cx[b], cy[b]
+        delta = [(torch.rand(m.shape[0]) * 2 - 1).mul_(eps).requires_grad_() for m in masks]
+        xi = [(torch.rand(m.shape[0]) * 2 - 1).mul_(eps).requires_grad_() for m in masks]
+        state["scale"] = [m.detach() + d for m, d in zip(masks, delta)]
+        state["coef"] = [1 + v for v in xi]
+        gr = torch.autograd.grad(F.cross_entropy(model(x), y), delta + xi)
+        with torch.no_grad():
+            delta = [(d + gd.sign() * eps).clamp(-eps, eps) for d, gd in zip(delta, gr[:len(delta)])]
+            xi = [(v + gv.sign() * eps).clamp(-eps, eps) for v, gv in zip(xi, gr[len(delta):])]
+        state["scale"], state["coef"] = None, None
+        loss_nat = F.cross_entropy(model(x), y)
+        state["scale"] = [m + d for m, d in zip(masks, delta)]
+        state["coef"] = [1 + v for v in xi]
+        loss_rob = F.cross_entropy(model(x), y)
+        state["scale"], state["coef"] = None, None
+        loss = 0.2 * loss_nat + 0.8 * loss_rob
+        mopt.zero_grad()
+        loss.backward()
+        mopt.step()
+        with torch.no_grad():
+            for m in masks:
+                m.clamp_(0, 1)
+    out["anp_steps"] = anp_steps
+    out["anp_seconds"] = time.perf_counter() - t
+    assert math.isfinite(float(loss))
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -240,6 +385,13 @@ def main():
     f.add_argument("--data-root", default="../shared/data")
     f.add_argument("--clean-fraction", type=float, default=0.05)
     f.add_argument("--no-curve", action="store_true")
+    lp = sub.add_parser("peer-loops")
+    lp.add_argument("model")
+    lp.add_argument("--data-root", default="../shared/data")
+    lp.add_argument("--clean-fraction", type=float, default=0.05)
+    lp.add_argument("--epochs", type=int, default=5)
+    lp.add_argument("--fst-epochs", type=int, default=5)
+    lp.add_argument("--anp-steps", type=int, default=100)
     a = p.parse_args()
     if a.cmd == "throughput":
         for name in a.arch:
@@ -251,6 +403,8 @@ def main():
         torch.onnx.export(model, torch.zeros((1,) + shape), a.out, dynamo=False, do_constant_folding=False,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=14)
+    elif a.cmd == "peer-loops":
+        print(json.dumps(peer_loops(a.model, a.data_root, a.clean_fraction, a.epochs, a.fst_epochs, a.anp_steps)), flush=True)
     else:
         print(json.dumps(peer_fineprune(a.model, a.data_root, a.clean_fraction, not a.no_curve)), flush=True)
 

@@ -40,10 +40,11 @@ fn value_info(name: &str, dims: &[i64], symbolic_batch: bool) -> ValueInfoProto 
 const OTHER_OPS: &[&str] = &[
     "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "Dropout", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul", "MaxPool", "Mul",
     "Relu", "Reshape", "Shape", "Sigmoid", "Softmax", "Squeeze", "Tanh", "Transpose", "Unsqueeze", "Sub", "Div", "Pad", "Clip", "ConvTranspose", "Resize", "Slice", "Split", "LSTM", "Loop",
+    "HardSigmoid", "HardSwish", "Erf", "LayerNormalization", "ReduceMean", "Equal", "Where", "Expand", "ConstantOfShape", "Range",
 ];
 
 const ATTR_NAMES: &[&str] =
-    &["kernel_shape", "strides", "pads", "dilations", "group", "axis", "axes", "perm", "transA", "transB", "alpha", "beta", "epsilon", "momentum", "ceil_mode", "count_include_pad", "auto_pad", "to", "value", "allowzero", "training_mode", "storage_order"];
+    &["kernel_shape", "strides", "pads", "dilations", "group", "axis", "axes", "perm", "transA", "transB", "alpha", "beta", "epsilon", "momentum", "ceil_mode", "count_include_pad", "auto_pad", "to", "value", "allowzero", "training_mode", "storage_order", "keepdims", "split", "min", "max"];
 
 impl<'a, 'b> Gen<'a, 'b> {
     fn name(&mut self, base: &str) -> String {
@@ -169,7 +170,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let map = x.dims.len() == 4;
         let (c, h, w) = if map { (x.dims[1], x.dims[2], x.dims[3]) } else { (x.dims.get(1).copied().unwrap_or(1), 1, 1) };
         let features: i64 = x.dims.iter().skip(1).product();
-        match self.u.int_in_range(0..=20u8)? {
+        match self.u.int_in_range(0..=28u8)? {
             0 | 1 => {
                 let out = self.size(1, 6)?;
                 let k = self.size(1, 3)?;
@@ -295,6 +296,112 @@ impl<'a, 'b> Gen<'a, 'b> {
             19 => {
                 let to = self.perturb(1)?;
                 self.emit("Cast", vec![x.name], vec![int("to", to)], x.dims)
+            }
+            20 => {
+                // ReLU6 and friends: Clip with scalar bounds as inputs (opset >= 11), sometimes
+                // missing, inverted or not finite.
+                let mut inputs = vec![x.name];
+                for _ in 0..self.u.int_in_range(0..=2u8)? {
+                    inputs.push(self.initializer("bound", vec![])?);
+                }
+                self.emit("Clip", inputs, vec![], x.dims)
+            }
+            21 => {
+                let op = *self.u.choose(&["HardSigmoid", "HardSwish", "Erf", "Neg", "Sqrt"])?;
+                let attrs = if op == "HardSigmoid" { vec![float("alpha", self.u.arbitrary()?), float("beta", self.u.arbitrary()?)] } else { vec![] };
+                self.emit(op, vec![x.name], attrs, x.dims)
+            }
+            22 => {
+                // SiLU and hard swish as exporters write them: x * Sigmoid(x), x * HardSigmoid(x).
+                let gate = *self.u.choose(&["Sigmoid", "HardSigmoid"])?;
+                let attrs = if gate == "HardSigmoid" && self.u.arbitrary()? { vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)] } else { vec![] };
+                self.emit(gate, vec![x.name.clone()], attrs, x.dims.clone())?;
+                let g = self.values.last().expect("just emitted").name.clone();
+                let inputs = if self.u.arbitrary()? { vec![x.name, g] } else { vec![g, x.name] };
+                self.emit("Mul", inputs, vec![], x.dims)
+            }
+            23 => {
+                // A squeeze-and-excitation gate: pool, a 1x1 conv, a sigmoid, times the map.
+                self.emit("GlobalAveragePool", vec![x.name.clone()], vec![], vec![1, c, 1, 1])?;
+                let pooled = self.values.last().expect("just emitted").name.clone();
+                let out = self.perturb(c)?;
+                let wt = self.initializer("se.weight", vec![out, c, 1, 1])?;
+                self.emit("Conv", vec![pooled, wt], vec![ints("kernel_shape", &[1, 1])], vec![1, out, 1, 1])?;
+                let squeezed = self.values.last().expect("just emitted").name.clone();
+                self.emit("Sigmoid", vec![squeezed], vec![], vec![1, out, 1, 1])?;
+                let gate = self.values.last().expect("just emitted").name.clone();
+                self.emit("Mul", vec![x.name, gate], vec![], x.dims)
+            }
+            24 => {
+                // Channel halves: Split with sizes (an input or an attribute) or Slice.
+                let half = self.perturb(c / 2)?;
+                let rest = self.perturb(c - c / 2)?;
+                if self.u.arbitrary()? {
+                    let axis = self.perturb(1)?;
+                    let split = self.int64_initializer("split", vec![half, rest]);
+                    let first = self.name("split");
+                    let second = self.name("split");
+                    let mut n = NodeProto::new();
+                    n.op_type = "Split".into();
+                    n.input = vec![x.name, split];
+                    n.output = vec![first.clone(), second.clone()];
+                    n.attribute = vec![int("axis", axis)];
+                    self.graph.node.push(n);
+                    self.values.push(Value { name: first, dims: vec![1, half, h, w] });
+                    self.values.push(Value { name: second, dims: vec![1, rest, h, w] });
+                    Ok(())
+                } else {
+                    let start = self.perturb(half)?;
+                    let end = self.perturb(c)?;
+                    let starts = self.int64_initializer("starts", vec![start]);
+                    let ends = self.int64_initializer("ends", vec![end]);
+                    let axis = self.perturb(1)?;
+                    let axes = self.int64_initializer("axes", vec![axis]);
+                    self.emit("Slice", vec![x.name, starts, ends, axes], vec![], vec![1, end.saturating_sub(start), h, w])
+                }
+            }
+            25 => {
+                // ShuffleNet's channel shuffle: [N, g, C/g, H, W], swap 1 and 2, back to maps.
+                let groups = self.perturb(2)?;
+                let per = if groups > 0 { c / groups } else { c };
+                let view = self.int64_initializer("shape", vec![1, groups, per, h, w]);
+                self.emit("Reshape", vec![x.name, view], vec![], vec![1, groups, per, h, w])?;
+                let v = self.values.last().expect("just emitted").name.clone();
+                let perm = if self.u.ratio(1, 4)? { vec![0, 2, 1, 4, 3] } else { vec![0, 2, 1, 3, 4] };
+                self.emit("Transpose", vec![v], vec![ints("perm", &perm)], vec![1, per, groups, h, w])?;
+                let t = self.values.last().expect("just emitted").name.clone();
+                let channels = self.perturb(c)?;
+                let back = self.int64_initializer("shape", vec![1, channels, h, w]);
+                self.emit("Reshape", vec![t, back], vec![], x.dims)
+            }
+            26 => {
+                // LayerNormalization over the last axis: on flat features, or on a
+                // channels-last view of a map (ConvNeXt).
+                let (input, dims, n) = if map && self.u.arbitrary()? {
+                    self.emit("Transpose", vec![x.name], vec![ints("perm", &[0, 2, 3, 1])], vec![1, h, w, c])?;
+                    let v = self.values.last().expect("just emitted").clone();
+                    (v.name, v.dims, c)
+                } else {
+                    (x.name, x.dims.clone(), *x.dims.last().unwrap_or(&1))
+                };
+                let scale = self.initializer("ln.weight", vec![n])?;
+                let bias = self.initializer("ln.bias", vec![n])?;
+                let axis = self.perturb(-1)?;
+                let eps = if self.u.ratio(1, 8)? { -1.0 } else { 1e-6 };
+                self.emit("LayerNormalization", vec![input, scale, bias], vec![int("axis", axis), float("epsilon", eps)], dims)
+            }
+            27 => {
+                // The dynamo exporter's adaptive pooling: ReduceMean over H and W (axes as an
+                // input from opset 18, an attribute before).
+                let keep = self.u.arbitrary::<bool>()?;
+                let axes = vec![self.perturb(2)?, self.perturb(3)?];
+                let dims = if keep { vec![1, c, 1, 1] } else { vec![1, c] };
+                if self.u.arbitrary()? {
+                    let a = self.int64_initializer("axes", axes);
+                    self.emit("ReduceMean", vec![x.name, a], vec![int("keepdims", keep as i64)], dims)
+                } else {
+                    self.emit("ReduceMean", vec![x.name], vec![ints("axes", &axes), int("keepdims", keep as i64)], dims)
+                }
             }
             _ => {
                 // Anything: an operator with random inputs and attributes.
