@@ -153,23 +153,12 @@ def onnx_to_torch(path):
 
 
 def peer_fineprune(path, root, clean_fraction, curve, seed=0):
-    side = dict(l.split(" = ", 1) for l in open(path[:-5] + ".toml").read().splitlines() if " = " in l)
-    mean = torch.tensor(json.loads(side["mean"])).view(1, -1, 1, 1)
-    std = torch.tensor(json.loads(side["std"])).view(1, -1, 1, 1)
+    mean, std = sidecar_normalization(path)
     times = {}
     t = time.perf_counter()
     x, y, tx, ty = gtsrb(root)
     times["load"] = time.perf_counter() - t
-    # As fineprune splits it: a seeded 10% of the training set is validation, the defender holds
-    # a fraction of the rest.
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(y))
-    nval = len(y) // 10
-    val, rest = perm[:nval], perm[nval:]
-    clean = rest[: max(1, round(clean_fraction * len(rest)))]
-    xs = (torch.from_numpy(x) - mean) / std
-    vx, vy = xs[val], torch.from_numpy(y[val])
-    cx, cy = xs[clean], torch.from_numpy(y[clean])
+    cx, cy, vx, vy = defender_split(x, y, clean_fraction, mean, std, seed)
     tx_clean = (torch.from_numpy(tx) - mean) / std
     keep = ty != 14
     tx_trig = (torch.from_numpy(sticker(tx[keep], (1.0, 1.0, 0.0))) - mean) / std
@@ -236,10 +225,16 @@ def peer_fineprune(path, root, clean_fraction, curve, seed=0):
             "seconds": sum(times.values()), "seconds_without_load": sum(v for k, v in times.items() if k != "load")}
 
 
-def defender_data(root, clean_fraction, mean, std, seed=0):
-    """GTSRB split as fineprune splits it (counts, not the same indices): a seeded 10% of the
-    training set is validation; the defender holds a fraction of the rest."""
-    x, y, _, _ = gtsrb(root)
+def sidecar_normalization(path):
+    """The mean and std an exported model was trained with, from its .toml sidecar."""
+    side = dict(l.split(" = ", 1) for l in open(path[:-5] + ".toml").read().splitlines() if " = " in l)
+    return tuple(torch.tensor(json.loads(side[k])).view(1, -1, 1, 1) for k in ("mean", "std"))
+
+
+def defender_split(x, y, clean_fraction, mean, std, seed=0):
+    """GTSRB's training split divided as fineprune divides it (counts, not the same indices): a
+    seeded 10% is validation, the defender holds a fraction of the rest. Returns the normalised
+    clean inputs and labels, then the validation ones."""
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(y))
     nval = len(y) // 10
@@ -257,11 +252,10 @@ def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, seed=0
         make = lambda: signnet(43)  # noqa: E731
         mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
     else:
-        side = dict(l.split(" = ", 1) for l in open(what[:-5] + ".toml").read().splitlines() if " = " in l)
-        mean = torch.tensor(json.loads(side["mean"])).view(1, -1, 1, 1)
-        std = torch.tensor(json.loads(side["std"])).view(1, -1, 1, 1)
+        mean, std = sidecar_normalization(what)
         make = lambda: onnx_to_torch(what)  # noqa: E731
-    cx, cy, vx, vy = defender_data(root, clean_fraction, mean, std, seed)
+    x, y, _, _ = gtsrb(root)
+    cx, cy, vx, vy = defender_split(x, y, clean_fraction, mean, std, seed)
     g = torch.Generator().manual_seed(seed)
 
     def accuracy(m):
@@ -366,7 +360,7 @@ def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, seed=0
                 m.clamp_(0, 1)
     out["anp_steps"] = anp_steps
     out["anp_seconds"] = time.perf_counter() - t
-    assert math.isfinite(float(loss))
+    assert math.isfinite(loss.item())
     return out
 
 
