@@ -295,6 +295,7 @@ def new_op_corpus():
     tiny("clip_inverted", [helper.make_node("Clip", ["input", "lo", "hi"], ["y"])], [f32("lo", 6.0), f32("hi", 0.0)])
     tiny("hardsigmoid_inf", [helper.make_node("HardSigmoid", ["input"], ["y"], alpha=float("inf"))], [])
     tiny("split_huge", [helper.make_node("Split", ["input", "s"], ["a", "y"], axis=1)], [i64("s", [1 << 40, 2])])
+    tiny("split_axis_out_of_range", [helper.make_node("Split", ["input", "s"], ["a", "y"], axis=7)], [i64("s", [2, 2])])
     tiny("slice_empty", [helper.make_node("Slice", ["input", "st", "en", "ax"], ["y"])], [i64("st", [3]), i64("en", [1]), i64("ax", [1])])
     tiny("shuffle_bad_groups", [helper.make_node("Reshape", ["input", "s1"], ["v"]), helper.make_node("Transpose", ["v"], ["t"], perm=[0, 2, 1, 3, 4]),
                                 helper.make_node("Reshape", ["t", "s2"], ["y"])], [i64("s1", [0, 3, 1, 4, 4]), i64("s2", [0, 4, 4, 4])])

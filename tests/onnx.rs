@@ -181,6 +181,9 @@ fn every_bad_file_gets_a_clean_error() {
     assert!(reason("shuffle_bad_groups.onnx").contains("rank 5"));
     assert!(reason("layernorm_wrong_len.onnx").contains("7 and 7 values for 4 channels"));
     assert!(reason("slice_empty.onnx").contains("channels 3..1"));
+    // onnx-ir would index the shape with this axis unchecked: refused before it runs.
+    let split = reason("split_axis_out_of_range.onnx");
+    assert!(split.contains("Split on axis 7") && !split.contains("caught panic"), "{split}");
 }
 
 #[test]

@@ -203,6 +203,25 @@ fn check_finite(t: &TensorProto, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A Split the importer could take: on the channel axis (1, the only one it supports) of a
+/// value computed in the graph, not of a weight or a shape. onnx-ir 0.22 indexes the input's
+/// static shape with the axis unchecked (node/split.rs), so any other axis, or a 1-D input, is
+/// refused here, before it gets there.
+fn check_splits(graph: &GraphProto) -> Result<()> {
+    let weights: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let shape_like: HashSet<&str> = graph.node.iter().filter(|n| matches!(n.op_type.as_str(), "Shape" | "Constant")).flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    for (i, n) in graph.node.iter().enumerate().filter(|(_, n)| n.op_type == "Split") {
+        let axis = n.attribute.iter().find(|a| a.name == "axis").map_or(0, |a| a.i);
+        if axis != 1 {
+            return Err(Error::model(format!("node {}: Split on axis {axis} (only the channel axis 1 is supported)", node_label(n, i))));
+        }
+        if let Some(x) = n.input.first().filter(|x| weights.contains(x.as_str()) || shape_like.contains(x.as_str())) {
+            return Err(Error::model(format!("node {}: Split of {x:?}, a weight or a shape (only feature maps computed from the input can be split)", node_label(n, i))));
+        }
+    }
+    Ok(())
+}
+
 fn node_label(n: &NodeProto, i: usize) -> String {
     if n.name.is_empty() { format!("#{i} ({})", n.op_type) } else { format!("{:?} ({})", n.name, n.op_type) }
 }
@@ -235,6 +254,7 @@ pub fn check(model: &mut ModelProto, dir: Option<&Path>, limits: &OnnxLimits) ->
     if !unsupported.is_empty() {
         return Err(Error::model(format!("unsupported operators: {}", unsupported.join(", "))));
     }
+    check_splits(graph)?;
     let mut budget = Budget { limits, total_bytes: 0, dir };
     let mut defined: HashSet<String> = HashSet::new();
     for t in graph.initializer.iter_mut() {
