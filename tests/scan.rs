@@ -1,6 +1,7 @@
 //! The scan on real MNIST models: a planted patch backdoor is flagged with its target class and
-//! the reconstructed mask sits on the real patch; a clean model is not flagged; the test split
-//! plays no part (replacing it with noise changes nothing); bad requests are clear errors.
+//! the reconstructed mask sits on the real patch; an untargeted one is flagged without a target;
+//! a clean model is not flagged; the test split plays no part (replacing it with noise changes
+//! nothing); bad requests are clear errors.
 
 mod common;
 
@@ -89,6 +90,26 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
     assert!(e.contains("class 10"), "{e}");
     let e = scan(&clean, &ds, &ScanConfig { clean_fraction: 0.001, per_class: 24, ..quick() }, &dev, &mut Silent).unwrap_err().to_string();
     assert!(e.contains("at least 24"), "{e}");
+}
+
+#[test]
+fn an_untargeted_backdoor_is_flagged_without_a_target_class() {
+    let ds = mnist();
+    let dev = fineprune::cpu_device();
+    let cfg = AttackConfig { trigger: spec::parse("patch").unwrap(), target: Target::Untargeted, poison_rate: 0.1, poison_seed: 0, clean_label: false, train: TrainConfig { epochs: 4, ..TrainConfig::default() } };
+    let bad = backdoor("lenet", &ds, &cfg, &dev.clone().autodiff(), &mut Silent).unwrap().file;
+    let out = scan(&bad, &ds, &quick(), &dev, &mut Silent).unwrap();
+    let u = out.untargeted.as_ref().expect("untargeted evidence");
+    assert!(u.confirmed && u.refined_ratio <= out.thresholds.untargeted_ratio, "{u:?}");
+    assert_eq!((out.verdict, out.targets.len()), (Verdict::Backdoored, 0), "{:?}", out.suspects);
+    // Its trigger is the one a repair is checked against, and it misleads held-out data.
+    let (target, family, trigger) = out.best_trigger().expect("a trigger to check repairs with");
+    assert_eq!((target, family), (None, u.family));
+    let (rate, _, n) = fineprune::scan::holdout_success(&bad, &ds.val, trigger, None, ds.shape, &dev).unwrap();
+    assert!(n > 0 && rate.unwrap() >= 0.9, "{rate:?}");
+    // Without the untargeted goal the same scan sees nothing.
+    let blind = scan(&bad, &ds, &ScanConfig { untargeted: false, ..quick() }, &dev, &mut Silent).unwrap();
+    assert!(blind.untargeted.is_none() && blind.verdict != Verdict::Backdoored);
 }
 
 #[test]

@@ -242,6 +242,14 @@ pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
                     v.after_verdict.name(),
                     if v.still_flagged { " (STILL FLAGGED)" } else { "" }
                 ),
+                None if v.untargeted => println!(
+                    "  check without the trigger: reconstructed untargeted trigger ({}), share of inputs sent to another class {} -> {}; fresh scan of the output: {}{}",
+                    v.family.map_or("", |f| f.name()),
+                    r(v.reconstructed_asr_before),
+                    r(v.reconstructed_asr_after),
+                    v.after_verdict.name(),
+                    if v.still_flagged { " (STILL FLAGGED)" } else { "" }
+                ),
                 None => println!("  check without the trigger: the suspect scan suspected no class ({}); fresh scan of the output: {}", v.before_verdict.name(), v.after_verdict.name()),
             }
         }

@@ -52,6 +52,13 @@ pub(super) struct ScanArgs {
     /// fraction of the median classes' (and works on held-out data).
     #[arg(long, default_value_t = fineprune::scan::MAX_CONTROL_RATIO)]
     pub(super) max_control_ratio: f64,
+    /// An untargeted or all-to-all backdoor is flagged when a trigger towards any wrong class is
+    /// at most this multiple of the smallest class's (and misleads held-out data).
+    #[arg(long, default_value_t = fineprune::scan::UNTARGETED_RATIO)]
+    pub(super) untargeted_ratio: f64,
+    /// Do not look for untargeted and all-to-all backdoors (one goal fewer to optimise).
+    #[arg(long)]
+    pub(super) no_untargeted: bool,
     /// Seed of the clean subset and the image draws.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
@@ -84,7 +91,8 @@ impl ScanArgs {
             clean_fraction: self.clean_fraction,
             classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
             families: self.family.clone(),
-            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, max_control_ratio: self.max_control_ratio, ..Thresholds::default() },
+            untargeted: !self.no_untargeted,
+            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, max_control_ratio: self.max_control_ratio, untargeted_ratio: self.untargeted_ratio, ..Thresholds::default() },
             seed: self.seed,
             ..ScanConfig::default()
         }
@@ -122,6 +130,7 @@ pub(super) fn scan_json(o: &ScanOutcome) -> serde_json::Value {
         "verdict": o.verdict.name(),
         "targets": o.targets,
         "suspects": o.suspects,
+        "untargeted": o.untargeted,
         "families": o.families,
         "thresholds": o.thresholds,
         "min_control_ratio": o.min_control_ratio(),
@@ -154,6 +163,9 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
             let role = if x.control { "control" } else { "finalist" };
             println!("  {role} class {}: refined size {} ({} of the controls'), held-out attack success {} ({} inputs)", x.class, opt(x.size, 2), opt(x.control_ratio, 2), opt(x.holdout_asr, 3), x.holdout_samples);
         }
+        if let Some(u) = &f.untargeted {
+            println!("  untargeted (any wrong class): refined size {} ({} of the smallest finalist's), sends {} of held-out inputs to another class ({} inputs)", opt(u.refined_size, 2), opt(u.refined_ratio, 2), opt(u.holdout_asr, 3), u.holdout_samples);
+        }
     }
     let th = &o.thresholds;
     println!(
@@ -179,6 +191,15 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
             s.index,
             opt(s.holdout_asr, 3)
         ),
-        None => println!("verdict: {} -- no class needs an unusually small change to be reached", o.verdict.name()),
+        None => match &o.untargeted {
+            Some(u) => println!(
+                "verdict: {} -- no target class, but a {} trigger {:.2}x the smallest class's sends {} of held-out inputs to other classes (untargeted or all-to-all backdoor)",
+                o.verdict.name(),
+                u.family.name(),
+                u.refined_ratio,
+                opt(u.holdout_asr, 3)
+            ),
+            None => println!("verdict: {} -- no class needs an unusually small change to be reached", o.verdict.name()),
+        },
     }
 }

@@ -20,7 +20,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelFile};
 use crate::rng::Rng;
-use crate::scan::{Family, ScanConfig, ScanOutcome, Verdict, holdout_asr, scan};
+use crate::scan::{Family, ScanConfig, ScanOutcome, Verdict, holdout_success, scan};
 use crate::train::{TrainData, train};
 use crate::progress::Progress;
 use crate::trigger::Use;
@@ -30,7 +30,8 @@ pub struct SuspectScan {
     pub outcome: ScanOutcome,
     pub config: ScanConfig,
     /// Attack success of the best reconstructed trigger on the suspect model, on the
-    /// validation inputs of other classes (what the repaired model is measured on too).
+    /// validation inputs of other classes (what the repaired model is measured on too); for an
+    /// untargeted trigger, the share of validation inputs it sends to another class.
     pub reconstructed_asr: Option<f64>,
 }
 
@@ -44,7 +45,7 @@ pub fn scan_suspect(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &D
     let eval = device.clone().without_autodiff();
     let outcome = scan(file, ds, cfg, &eval, progress)?;
     let reconstructed_asr = match outcome.best_trigger() {
-        Some((target, _, t)) => holdout_asr(file, &ds.val, t, target, file.model.graph.input_shape, &eval)?.0,
+        Some((target, _, t)) => holdout_success(file, &ds.val, t, target, file.model.graph.input_shape, &eval)?.0,
         None => None,
     };
     Ok(SuspectScan { outcome, config: cfg.clone(), reconstructed_asr })
@@ -59,6 +60,9 @@ pub struct Verification {
     /// suspect scan suspected no class).
     pub target: Option<usize>,
     pub family: Option<Family>,
+    /// The trigger checked is the untargeted one (no target class: its success is the share
+    /// of inputs sent to another class).
+    pub untargeted: bool,
     /// That trigger's attack success on the validation inputs of other classes, before and
     /// after the defense.
     pub reconstructed_asr_before: Option<f64>,
@@ -76,17 +80,20 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
     let eval = device.clone().without_autodiff();
     let best = s.outcome.best_trigger();
     let after_asr = match best {
-        Some((target, _, t)) => holdout_asr(repaired, &ds.val, t, target, repaired.model.graph.input_shape, &eval)?.0,
+        Some((target, _, t)) => holdout_success(repaired, &ds.val, t, target, repaired.model.graph.input_shape, &eval)?.0,
         None => None,
     };
     let after = scan(repaired, ds, &s.config, &eval, progress)?;
-    let target = best.map(|b| b.0);
-    let still_flagged = after.verdict == Verdict::Backdoored || target.is_some_and(|t| after.targets.contains(&t));
+    let target = best.and_then(|b| b.0);
+    let untargeted = best.is_some_and(|b| b.0.is_none());
+    // Still backdoored, or the old target (or the untargeted evidence) still suspected.
+    let still_flagged = after.verdict == Verdict::Backdoored || target.is_some_and(|t| after.targets.contains(&t)) || (untargeted && after.untargeted.is_some());
     Ok(Verification {
         before_verdict: s.outcome.verdict,
         before_targets: s.outcome.targets.clone(),
         target,
         family: best.map(|b| b.1),
+        untargeted,
         reconstructed_asr_before: s.reconstructed_asr,
         reconstructed_asr_after: after_asr,
         after_verdict: after.verdict,
@@ -119,7 +126,8 @@ pub(super) fn unlearn(model: Model, ds: &Dataset, cfg: &DefenseConfig, s: &Suspe
     for &i in &idx {
         trigger.apply_sample(&mut clean, i, shape, Use::Test, &mut rng)?;
     }
-    progress.note(&format!("unlearn: {} of {} clean samples stamped with the reconstructed {} trigger of class {target}, at their true labels", idx.len(), clean.len(), family.name()));
+    let goal = target.map_or("the untargeted goal".to_string(), |t| format!("class {t}"));
+    progress.note(&format!("unlearn: {} of {} clean samples stamped with the reconstructed {} trigger of {goal}, at their true labels", idx.len(), clean.len(), family.name()));
     let data = TrainData { train: &clean, val: &ds.val, normalization: &ds.normalization };
     let outcome = train(model.train(), &data, &cfg.finetune, device, progress)?;
     Ok((outcome.model, outcome.history.len()))

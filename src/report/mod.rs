@@ -71,7 +71,8 @@ pub fn write_defense_report(dir: &std::path::Path, outcome: &crate::defense::Def
 }
 
 /// Writes a scan's report into `dir`: `result.json`; for every refined trigger
-/// `FAMILY-classK.json` (a trigger file `--trigger file:...` accepts) and `FAMILY-classK.png`
+/// `FAMILY-classK.json` (a trigger file `--trigger file:...` accepts; `FAMILY-untargeted.json`
+/// for the trigger towards any wrong class) and `FAMILY-classK.png`
 /// (mask, pattern and mask x pattern for the patch family; the pattern, shifted to show
 /// negative changes, for the additive one); and `stamped.png`, held-out images clean and with
 /// the most likely target's trigger (and with the real trigger beside, when one is known).
@@ -88,10 +89,11 @@ pub fn write_scan_report(dir: &std::path::Path, outcome: &crate::scan::ScanOutco
         s
     };
     for f in &outcome.families {
-        for fin in &f.finalists {
-            let Some(Trigger::Reconstructed { mask, pattern, range: [lo, hi], .. }) = &fin.trigger else { continue };
-            let stem = format!("{}-class{}", f.family.name(), fin.class);
-            crate::trigger::spec::write_file(fin.trigger.as_ref().expect("matched above"), &dir.join(format!("{stem}.json")))?;
+        let refined = f.finalists.iter().map(|fin| (format!("{}-class{}", f.family.name(), fin.class), &fin.trigger));
+        let untargeted = f.untargeted.iter().map(|u| (format!("{}-untargeted", f.family.name()), &u.trigger));
+        for (stem, trigger) in refined.chain(untargeted) {
+            let Some(t @ Trigger::Reconstructed { mask, pattern, range: [lo, hi], .. }) = trigger else { continue };
+            crate::trigger::spec::write_file(t, &dir.join(format!("{stem}.json")))?;
             let cols: Vec<Split> = match mask {
                 Some(m) => {
                     let mask_c: Vec<f32> = (0..c).flat_map(|_| m.iter().copied()).collect();
@@ -105,7 +107,7 @@ pub fn write_scan_report(dir: &std::path::Path, outcome: &crate::scan::ScanOutco
         }
     }
     if let Some((class, _, trigger)) = outcome.best_trigger() {
-        let idx: Vec<usize> = (0..holdout.len()).filter(|&i| holdout.labels[i] != class).take(8).collect();
+        let idx: Vec<usize> = (0..holdout.len()).filter(|&i| Some(holdout.labels[i]) != class).take(8).collect();
         if !idx.is_empty() {
             let clean = holdout.subset(&idx);
             let mut cols = vec![clean.clone(), trigger.apply_split(holdout, Some(&idx), shape, Use::Test, 0)?];

@@ -145,7 +145,7 @@ pub struct DetectionRow {
     /// Suspected target classes, most likely first.
     pub targets: Vec<usize>,
     /// Whether the most likely suspect is the planted target (None: clean model, nothing
-    /// suspected, or a backdoor without one target class, which the scan does not look for).
+    /// suspected, or a backdoor without one target class).
     pub right_target: Option<bool>,
     /// The largest outlier index of each family.
     pub max_index: Vec<(Family, Option<f64>)>,
@@ -289,7 +289,10 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
             _ => None,
         };
         let note = match planted {
-            Some((_, Target::AllToAll | Target::Untargeted)) => Some("the scan looks for all-to-one backdoors (one target class); this backdoor has none".into()),
+            Some((_, Target::AllToAll | Target::Untargeted)) => Some(match &outcome.untargeted {
+                Some(u) if u.confirmed => format!("no target class: flagged by the untargeted {} trigger, {:.2}x the smallest class's", u.family.name(), u.refined_ratio),
+                _ => "no target class, and the untargeted trigger was no smaller than a clean model's".into(),
+            }),
             _ => None,
         };
         let max_index = outcome.families.iter().map(|f| (f.family, f.classes.iter().filter_map(|c| c.index).reduce(f64::max))).collect();
@@ -389,6 +392,11 @@ fn detection_summary(rows: &[DetectionRow]) -> Vec<String> {
     if !targeted.is_empty() {
         let found = targeted.iter().filter(|r| r.verdict == Some(Verdict::Backdoored) && r.right_target == Some(true)).count();
         out.push(format!("The scan, from clean data alone, flagged {found} of {} all-to-one backdoored models with their target class.", targeted.len()));
+    }
+    let untargeted: Vec<&&DetectionRow> = scanned.iter().filter(|r| matches!(r.planted, Some(Target::AllToAll | Target::Untargeted))).collect();
+    if !untargeted.is_empty() {
+        let found = untargeted.iter().filter(|r| r.verdict == Some(Verdict::Backdoored)).count();
+        out.push(format!("It called {found} of {} backdoored models without a target class (all-to-all, untargeted) backdoored.", untargeted.len()));
     }
     for r in scanned.iter().filter(|r| r.planted.is_none()) {
         let v = r.verdict.expect("scanned");

@@ -21,8 +21,12 @@
 //! `(median_j log s_j - log s_k) / (1.4826 MAD_j)` over the other classes j. Logs make it
 //! scale-free (MNIST masks are spread out, GTSRB's small), and leaving the class out keeps a
 //! strong outlier from inflating its own spread. Thresholds come from clean models only.
-//! All-to-all and untargeted backdoors have no single target class: this test cannot see them,
-//! and the scan says so.
+//!
+//! All-to-all and untargeted backdoors have no single target class to stand out. For them each
+//! family also reconstructs one trigger towards *any wrong class* (inputs of every class, loss
+//! `-log(1 - p(true))`); on a clean model that takes more than reaching the easiest class, so
+//! an untargeted trigger no larger than the smallest class's, that misleads held-out data, is
+//! a backdoor without a target ([`UntargetedResult`]).
 
 use std::time::Instant;
 
@@ -81,11 +85,15 @@ pub struct Thresholds {
     /// a patch backdoor's trigger keeps shrinking far below what any ordinary class needs, even
     /// when the first pass, on a large input, had not yet found it.
     pub max_control_ratio: f64,
+    /// The untargeted trigger's refined size over the smallest refined class's at or below
+    /// which, when it misleads held-out data, the model has an untargeted or all-to-all
+    /// backdoor (see [`UntargetedResult`]).
+    pub untargeted_ratio: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: MAX_CONTROL_RATIO }
+        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: MAX_CONTROL_RATIO, untargeted_ratio: UNTARGETED_RATIO }
     }
 }
 
@@ -98,6 +106,12 @@ impl Default for Thresholds {
 pub const SUSPECT_INDEX: f64 = 3.0;
 pub const FLAG_INDEX: f64 = 5.0;
 pub const MAX_CONTROL_RATIO: f64 = 0.25;
+/// On clean models, a trigger that moves inputs of *every* class off their class is larger
+/// than the smallest that moves other classes' inputs into one: from 1.79x (a GTSRB signnet's
+/// additive pattern) up, on the clean models of `scripts/scan_untargeted.sh` (2026-12-03:
+/// LeNets, signnets on GTSRB and the synthetic set, speechnet, DeepID; docs/detection.md). The
+/// flag keeps the index flag's margin of 1.4x below that smallest clean ratio.
+pub const UNTARGETED_RATIO: f64 = 1.25;
 
 #[derive(Clone, Debug)]
 pub struct ScanConfig {
@@ -122,6 +136,8 @@ pub struct ScanConfig {
     /// Candidate target classes; `None`: all.
     pub classes: Option<Vec<usize>>,
     pub families: Vec<Family>,
+    /// Also reconstruct a trigger towards any wrong class (untargeted and all-to-all backdoors).
+    pub untargeted: bool,
     pub thresholds: Thresholds,
     pub seed: u64,
 }
@@ -149,6 +165,7 @@ impl Default for ScanConfig {
             clean_fraction: 1.0,
             classes: None,
             families: vec![Family::Patch, Family::Additive],
+            untargeted: true,
             thresholds: Thresholds::default(),
             seed: 0,
         }
@@ -186,11 +203,34 @@ pub struct Finalist {
     pub trigger: Option<Trigger>,
 }
 
+/// The smallest trigger that sends clean inputs to *any* wrong class, beside the per-class
+/// ones: an untargeted or all-to-all backdoor has no target class to stand out, but its
+/// trigger misleads far more cheaply than reaching even the easiest class does.
+#[derive(Clone, Debug, Serialize)]
+pub struct UntargetedResult {
+    /// First-pass size (the class sizes' budget), `None` if never reached.
+    pub size: Option<f64>,
+    /// That size over the smallest class's first-pass size.
+    pub ratio: Option<f64>,
+    /// Size after refinement.
+    pub refined_size: Option<f64>,
+    /// The refined size over the smallest refined class's (the finalists').
+    pub refined_ratio: Option<f64>,
+    /// Share of held-out clean inputs the refined trigger sends to another class.
+    pub holdout_asr: Option<f64>,
+    pub holdout_asr_ci95: [f64; 2],
+    pub holdout_samples: usize,
+    #[serde(skip)]
+    pub trigger: Option<Trigger>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct FamilyResult {
     pub family: Family,
     pub size_unit: &'static str,
     pub classes: Vec<ClassResult>,
+    /// The untargeted trigger (when the scan looked for one).
+    pub untargeted: Option<UntargetedResult>,
     /// Neural Cleanse's classical anomaly index of the smallest raw size (median of an even
     /// count = mean of the two middle values), for comparison with peers.
     pub nc_anomaly_index: Option<f64>,
@@ -239,12 +279,26 @@ pub struct Suspect {
     pub confirmed: bool,
 }
 
+/// Evidence of a backdoor without a target class (see [`UntargetedResult`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct UntargetedFinding {
+    /// The family whose untargeted trigger is smallest relative to its classes'.
+    pub family: Family,
+    pub refined_ratio: f64,
+    pub holdout_asr: Option<f64>,
+    /// The ratio is at the threshold and the trigger misleads held-out data.
+    pub confirmed: bool,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ScanOutcome {
     pub verdict: Verdict,
     /// Suspected target classes, most likely first.
     pub targets: Vec<usize>,
     pub suspects: Vec<Suspect>,
+    /// An untargeted or all-to-all backdoor's evidence, when some family's untargeted trigger
+    /// is at or below the threshold ratio.
+    pub untargeted: Option<UntargetedFinding>,
     pub families: Vec<FamilyResult>,
     pub thresholds: Thresholds,
     /// Clean accuracy of the model on the held-out split (checks the input pipeline).
@@ -267,12 +321,17 @@ impl ScanOutcome {
         scored_classes(&self.families).into_iter().filter_map(|c| class_evidence(&self.families, c)?.2).reduce(f64::max)
     }
 
-    /// The reconstructed trigger of the most likely target, if any class is suspected.
-    pub fn best_trigger(&self) -> Option<(usize, Family, &Trigger)> {
-        let s = self.suspects.first()?;
+    /// The reconstructed trigger of the most likely target, if any class is suspected; else
+    /// the untargeted trigger (target `None`) when one is evidence of a backdoor.
+    pub fn best_trigger(&self) -> Option<(Option<usize>, Family, &Trigger)> {
+        let Some(s) = self.suspects.first() else {
+            let u = self.untargeted.as_ref()?;
+            let fam = self.families.iter().find(|f| f.family == u.family)?;
+            return Some((None, u.family, fam.untargeted.as_ref()?.trigger.as_ref()?));
+        };
         let fam = self.families.iter().find(|f| f.family == s.family)?;
         let fin = fam.finalists.iter().find(|f| f.class == s.class)?;
-        Some((s.class, s.family, fin.trigger.as_ref()?))
+        Some((Some(s.class), s.family, fin.trigger.as_ref()?))
     }
 }
 
@@ -293,6 +352,39 @@ struct ClassState {
     best_batch_asr: f64,
 }
 
+impl ClassState {
+    /// Records a step's batch attack success and size (both of the trigger *before* this
+    /// update), takes the Adam step with `grad`, and moves λ by Neural Cleanse's schedule: more
+    /// pressure on size while the trigger works, less while it does not.
+    fn update(&mut self, target: usize, asr: f64, size: f64, grad: &[f32], lr: f64) -> Result<()> {
+        if grad.iter().any(|g| !g.is_finite()) {
+            return Err(Error::model(format!("the trigger of goal {target} (one past the last class: untargeted) got a non-finite gradient (NaN weights or activations?)")));
+        }
+        self.best_batch_asr = self.best_batch_asr.max(asr);
+        if asr >= REACHED && self.best_size.is_none_or(|b| size < b) {
+            self.best_size = Some(size);
+            self.best_params = Some(self.params.clone());
+        }
+        adam(self, grad, lr);
+        if asr >= REACHED {
+            self.up += 1;
+            self.down = 0;
+        } else {
+            self.down += 1;
+            self.up = 0;
+        }
+        if self.up >= PATIENCE {
+            self.lambda *= LAMBDA_UP;
+            self.up = 0;
+        } else if self.down >= PATIENCE {
+            self.lambda /= LAMBDA_UP.powf(1.5);
+            self.down = 0;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+}
+
 const REACHED: f64 = 0.99;
 const PATIENCE: usize = 5;
 const LAMBDA_UP: f64 = 1.5;
@@ -303,8 +395,12 @@ struct Inversion<'a> {
     family: Family,
     shape: [usize; 3],
     inv: &'a Split,
-    /// Indices of `inv` not of class t, for each class t.
+    /// Indices of `inv` not of class t, for each class t; then, for the untargeted goal, all.
     pools: &'a [Vec<usize>],
+    /// The goal "any wrong class": one past the last class.
+    untargeted: usize,
+    /// Its image draws, apart: the classes' draws are the same with or without it.
+    untargeted_rng: std::cell::RefCell<Rng>,
     /// The inputs' value range: patterns stay inside it ([0, 1] for images).
     range: [f32; 2],
     mean: Tensor<4>,
@@ -347,7 +443,8 @@ impl Inversion<'_> {
         }
     }
 
-    /// One batched step for the classes `live` (indices into `states`, classes `targets`).
+    /// One batched step for the goals `live` (indices into `states`; `targets` are their
+    /// classes, the goal [`Inversion::untargeted`] any wrong class).
     fn step(&self, live: &[usize], targets: &[usize], states: &mut [ClassState], per_class: usize, lr: f64, rng: &mut Rng) -> Result<()> {
         let [c, h, w] = self.shape;
         let sample_len = c * h * w;
@@ -355,16 +452,22 @@ impl Inversion<'_> {
         let n = l * per_class;
         let mut xs = Vec::with_capacity(n * sample_len);
         let mut rows = Vec::with_capacity(n);
+        // A targeted row's label is its goal; an untargeted row's, the true class it must leave.
         let mut labels = Vec::with_capacity(n);
+        let mut away = Vec::with_capacity(n);
         for (k, &s) in live.iter().enumerate() {
+            let untargeted = targets[s] == self.untargeted;
             let pool = &self.pools[targets[s]];
             for _ in 0..per_class {
-                let i = pool[rng.below(pool.len())];
+                let i = if untargeted { pool[self.untargeted_rng.borrow_mut().below(pool.len())] } else { pool[rng.below(pool.len())] };
                 xs.extend_from_slice(self.inv.sample(i));
                 rows.push(k as i64);
-                labels.push(targets[s] as i64);
+                labels.push(if untargeted { self.inv.labels[i] as i64 } else { targets[s] as i64 });
+                away.push(if untargeted { 1f32 } else { 0.0 });
             }
         }
+        let host_labels: Vec<usize> = labels.iter().map(|&y| y as usize).collect();
+        let away = Tensor::<2>::from_data(TensorData::new(away, [n, 1]), &self.device);
         let x = Tensor::<4>::from_data(TensorData::new(xs, [n, c, h, w]), &self.device);
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
         let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &self.device);
@@ -402,7 +505,10 @@ impl Inversion<'_> {
         let logits = self.file.model.forward(normalised);
         let hits = argmax(logits.clone().detach());
         let logp = log_softmax(logits, 1).gather(1, labels.clone().autodiff().reshape([n, 1]));
-        let ce = logp.sum().neg().div_scalar(per_class as f64);
+        // Towards the goal: -log p(goal). Away from the true class: -log(1 - p(true)).
+        let leave = (logp.clone().exp().neg() + 1.0).clamp_min(1e-6).log();
+        let away = away.autodiff();
+        let ce = (logp * (away.clone().neg() + 1.0) + leave * away).sum().neg().div_scalar(per_class as f64);
         let loss = ce + (size.clone() * lambdas.autodiff()).sum();
         let grads = loss.backward();
         let sizes = host(size.detach().without_autodiff());
@@ -424,36 +530,10 @@ impl Inversion<'_> {
             }
         }
         for (k, &s) in live.iter().enumerate() {
-            let target = targets[s];
-            let asr = hits[k * per_class..(k + 1) * per_class].iter().filter(|&&p| p == target).count() as f64 / per_class as f64;
-            let st = &mut states[s];
-            if grad_rows[k].iter().any(|g| !g.is_finite()) {
-                return Err(Error::model(format!("the trigger of class {target} got a non-finite gradient (NaN weights or activations?)")));
-            }
-            // The size and success are of the trigger *before* this update.
-            st.best_batch_asr = st.best_batch_asr.max(asr);
-            if asr >= REACHED && st.best_size.is_none_or(|b| (sizes[k] as f64) < b) {
-                st.best_size = Some(sizes[k] as f64);
-                st.best_params = Some(st.params.clone());
-            }
-            adam(st, &grad_rows[k], lr);
-            // Neural Cleanse's schedule: more pressure on size while the trigger works, less
-            // while it does not.
-            if asr >= REACHED {
-                st.up += 1;
-                st.down = 0;
-            } else {
-                st.down += 1;
-                st.up = 0;
-            }
-            if st.up >= PATIENCE {
-                st.lambda *= LAMBDA_UP;
-                st.up = 0;
-            } else if st.down >= PATIENCE {
-                st.lambda /= LAMBDA_UP.powf(1.5);
-                st.down = 0;
-            }
-            st.steps += 1;
+            let batch = k * per_class..(k + 1) * per_class;
+            let hit = |(p, y): (&usize, &usize)| if targets[s] == self.untargeted { p != y } else { p == y };
+            let asr = hits[batch.clone()].iter().zip(&host_labels[batch]).filter(|&r| hit(r)).count() as f64 / per_class as f64;
+            states[s].update(targets[s], asr, sizes[k] as f64, &grad_rows[k], lr)?;
         }
         Ok(())
     }
@@ -612,6 +692,8 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     for (t, pool) in pools.iter_mut().enumerate() {
         *pool = (0..inv.len()).filter(|&i| inv.labels[i] != t).collect();
     }
+    // The untargeted goal draws from every class.
+    pools.push((0..inv.len()).collect());
     if inv.len() < cfg.per_class || candidates.iter().any(|&t| pools[t].is_empty()) {
         return Err(Error::invalid(format!(
             "the clean set has {} correctly classified samples; the scan needs at least {} (one batch), from more than one class",
@@ -631,15 +713,20 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
     let mut families = vec![];
     for &family in &cfg.families {
-        let job = Inversion { file, family, shape, inv: &inv, pools: &pools, range, mean: mean.clone(), std: std.clone(), device: device.clone() };
-        let mut states: Vec<ClassState> = candidates.iter().map(|_| job.init()).collect();
-        let all: Vec<usize> = (0..candidates.len()).collect();
+        let job = Inversion { file, family, shape, inv: &inv, pools: &pools, untargeted: classes, untargeted_rng: std::cell::RefCell::new(Rng::new(cfg.seed ^ 0xA11)), range, mean: mean.clone(), std: std.clone(), device: device.clone() };
+        // The goals: the candidate classes, then (last) any wrong class.
+        let goals: Vec<usize> = candidates.iter().copied().chain(cfg.untargeted.then_some(classes)).collect();
+        let u_slot = cfg.untargeted.then_some(candidates.len());
+        let mut states: Vec<ClassState> = goals.iter().map(|_| job.init()).collect();
+        let all: Vec<usize> = (0..goals.len()).collect();
         let first = cfg.first_pass_per_class(candidates.len());
-        job.run(&all, &candidates, &mut states, cfg.steps, first, cfg, &mut rng, &format!("scan ({}): {} classes x {} steps, {first} images each", family.name(), candidates.len(), cfg.steps), progress)?;
+        let also = if cfg.untargeted { " and the untargeted goal" } else { "" };
+        job.run(&all, &goals, &mut states, cfg.steps, first, cfg, &mut rng, &format!("scan ({}): {} classes{also} x {} steps, {first} images each", family.name(), candidates.len(), cfg.steps), progress)?;
         lap(&format!("{} first pass", family.name()), &mut stages);
 
         // The statistic, at equal budgets.
-        let sizes: Vec<Option<f64>> = states.iter().map(|s| s.best_size).collect();
+        let sizes: Vec<Option<f64>> = states[..candidates.len()].iter().map(|s| s.best_size).collect();
+        let u_first = u_slot.and_then(|u| states[u].best_size);
         let idx = outlier_indices(&sizes);
         let class_results: Vec<ClassResult> = candidates
             .iter()
@@ -658,8 +745,9 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         let mid = order.len() / 2;
         let controls: Vec<usize> = order.iter().copied().skip(mid.saturating_sub(cfg.controls / 2)).filter(|s| !finalists.contains(s)).take(cfg.controls).collect();
         let refine: Vec<usize> = finalists.iter().chain(&controls).copied().collect();
-        if cfg.refine_steps > 0 && !refine.is_empty() {
-            job.run(&refine, &candidates, &mut states, cfg.refine_steps, cfg.per_class, cfg, &mut rng, &format!("scan ({}): refining {} finalists and {} controls, {} steps", family.name(), finalists.len(), controls.len(), cfg.refine_steps), progress)?;
+        let refined: Vec<usize> = refine.iter().copied().chain(u_slot).collect();
+        if cfg.refine_steps > 0 && !refined.is_empty() {
+            job.run(&refined, &goals, &mut states, cfg.refine_steps, cfg.per_class, cfg, &mut rng, &format!("scan ({}): refining {} finalists and {} controls{also}, {} steps", family.name(), finalists.len(), controls.len(), cfg.refine_steps), progress)?;
         }
         lap(&format!("{} refinement", family.name()), &mut stages);
 
@@ -683,18 +771,52 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
                 f.control_ratio = f.size.map(|s| s / m.max(1e-12));
             }
         }
+        let untargeted = match u_slot {
+            Some(u) => {
+                let st = &states[u];
+                let trigger = st.best_params.as_ref().map(|p| job.trigger(p));
+                let (asr, ci, n) = match &trigger {
+                    Some(t) => holdout_misclassified(file, &hold, t, shape, &device)?,
+                    None => (None, [0.0, 1.0], 0),
+                };
+                let smallest = |v: Vec<f64>| v.into_iter().reduce(f64::min);
+                let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?.max(1e-12));
+                let smallest_refined = smallest(fin.iter().filter(|f| !f.control).filter_map(|f| f.size).collect());
+                Some(UntargetedResult {
+                    size: u_first,
+                    ratio: ratio(u_first, smallest(sizes.iter().flatten().copied().collect())),
+                    refined_size: st.best_size,
+                    refined_ratio: ratio(st.best_size, smallest_refined),
+                    holdout_asr: asr,
+                    holdout_asr_ci95: ci,
+                    holdout_samples: n,
+                    trigger,
+                })
+            }
+            None => None,
+        };
         lap(&format!("{} held-out check", family.name()), &mut stages);
-        families.push(FamilyResult { family, size_unit: family.size_unit(), nc_anomaly_index: nc_anomaly_index(&sizes), classes: class_results, finalists: fin });
+        families.push(FamilyResult { family, size_unit: family.size_unit(), nc_anomaly_index: nc_anomaly_index(&sizes), classes: class_results, untargeted, finalists: fin });
     }
 
     let th = cfg.thresholds;
-    let (verdict, suspects) = decide(&families, &th);
+    let (verdict, suspects, untargeted) = decide(&families, &th);
     let targets = suspects.iter().map(|s| s.class).collect();
-    notes.push("all-to-all and untargeted backdoors have no single target class; this scan does not detect them".into());
+    match &untargeted {
+        Some(u) if u.confirmed => notes.push(format!(
+            "a {} trigger {:.2}x the size of the smallest class's sends {:.0}% of held-out inputs to other classes: an untargeted or all-to-all backdoor (no single target class)",
+            u.family.name(),
+            u.refined_ratio,
+            100.0 * u.holdout_asr.unwrap_or(0.0)
+        )),
+        _ if cfg.untargeted => notes.push(format!("untargeted and all-to-all backdoors are looked for as a trigger towards any wrong class, flagged at {:.2}x the smallest class's or less; one whose trigger is larger goes unseen", th.untargeted_ratio)),
+        _ => notes.push("untargeted and all-to-all backdoors were not looked for (no untargeted goal)".into()),
+    }
     Ok(ScanOutcome {
         verdict,
         targets,
         suspects,
+        untargeted,
         families,
         thresholds: th,
         holdout_clean_accuracy: hold_acc,
@@ -729,7 +851,11 @@ fn class_evidence(families: &[FamilyResult], class: usize) -> Option<(f64, Famil
 /// `suspect` or a refined trigger of it is at most `max_control_ratio` of the controls', and a
 /// target when a refined trigger of it, in either family, works on held-out data with an index
 /// at `flag` or that small a size. Suspects come out most likely first (targets, then by index).
-pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspect>) {
+///
+/// Without a target class, a family's untargeted trigger at most `untargeted_ratio` of its
+/// smallest refined class's is evidence of an untargeted or all-to-all backdoor, and makes the
+/// model "backdoored" when it misleads held-out data.
+pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspect>, Option<UntargetedFinding>) {
     let mut suspects: Vec<Suspect> = vec![];
     for class in scored_classes(families) {
         let Some((best, index_family, combined_index)) = class_evidence(families, class) else { continue };
@@ -759,20 +885,49 @@ pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspe
         });
     }
     suspects.sort_by(|a, b| (b.confirmed, b.index).partial_cmp(&(a.confirmed, a.index)).expect("finite indices"));
-    let verdict = if suspects.iter().any(|s| s.confirmed) {
+    let untargeted = families
+        .iter()
+        .filter_map(|f| {
+            let u = f.untargeted.as_ref()?;
+            let ratio = u.refined_ratio.filter(|&r| r <= th.untargeted_ratio)?;
+            Some(UntargetedFinding { family: f.family, refined_ratio: ratio, holdout_asr: u.holdout_asr, confirmed: u.holdout_asr.is_some_and(|a| a >= th.confirm_asr) })
+        })
+        .max_by(|a, b| (a.confirmed, -a.refined_ratio).partial_cmp(&(b.confirmed, -b.refined_ratio)).expect("finite ratios"));
+    let verdict = if suspects.iter().any(|s| s.confirmed) || untargeted.as_ref().is_some_and(|u| u.confirmed) {
         Verdict::Backdoored
-    } else if suspects.is_empty() {
+    } else if suspects.is_empty() && untargeted.is_none() {
         Verdict::NoEvidence
     } else {
         Verdict::Inconclusive
     };
-    (verdict, suspects)
+    (verdict, suspects, untargeted)
 }
 
 fn norm_tensors(norm: &Normalization, c: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
     let mean = Tensor::from_data(TensorData::new(norm.mean.clone(), [1, c, 1, 1]), device);
     let std = Tensor::from_data(TensorData::new(norm.std.clone(), [1, c, 1, 1]), device);
     (mean, std)
+}
+
+/// The success of a reconstructed trigger on held-out data: towards `target` (inputs of other
+/// classes), or for the untargeted trigger (`None`) away from the true class.
+pub fn holdout_success(file: &ModelFile, hold: &Split, trigger: &Trigger, target: Option<usize>, shape: [usize; 3], device: &Device) -> Result<(Option<f64>, [f64; 2], usize)> {
+    match target {
+        Some(t) => holdout_asr(file, hold, trigger, t, shape, device),
+        None => holdout_misclassified(file, hold, trigger, shape, device),
+    }
+}
+
+/// Share of the held-out inputs (all correctly classified when clean) that `trigger` sends to
+/// another class: rate, Wilson interval, samples.
+pub fn holdout_misclassified(file: &ModelFile, hold: &Split, trigger: &Trigger, shape: [usize; 3], device: &Device) -> Result<(Option<f64>, [f64; 2], usize)> {
+    if hold.is_empty() {
+        return Ok((None, [0.0, 1.0], 0));
+    }
+    let stamped = trigger.apply_split(hold, None, shape, Use::Test, 0)?;
+    let preds = predict(&file.model, &stamped, &file.info.normalization, device, 256);
+    let wrong = preds.iter().zip(&hold.labels).filter(|(p, y)| p != y).count();
+    Ok((Some(wrong as f64 / hold.len() as f64), wilson(wrong, hold.len()), hold.len()))
 }
 
 /// Attack success of `trigger` towards `target` on the held-out inputs of other classes (all
@@ -800,7 +955,7 @@ mod tests {
 
     fn family(family: Family, indices: &[f64], finalists: Vec<Finalist>) -> FamilyResult {
         let classes = indices.iter().enumerate().map(|(class, &i)| ClassResult { class, size: Some(1.0), best_batch_asr: 1.0, index: Some(i) }).collect();
-        FamilyResult { family, size_unit: family.size_unit(), classes, nc_anomaly_index: None, finalists }
+        FamilyResult { family, size_unit: family.size_unit(), classes, untargeted: None, nc_anomaly_index: None, finalists }
     }
 
     fn finalist(class: usize, ratio: f64, asr: f64) -> Finalist {
@@ -812,7 +967,7 @@ mod tests {
         let th = Thresholds::default();
         // A high index in one family, confirmed by the other family's working trigger.
         let f = [family(Family::Patch, &[0.5, 1.0, 2.0], vec![finalist(2, 0.9, 0.95)]), family(Family::Additive, &[0.2, 6.0, 0.1], vec![finalist(1, 0.6, 0.97)])];
-        let (v, s) = decide(&f, &th);
+        let (v, s, _) = decide(&f, &th);
         assert_eq!((v, s.iter().map(|s| s.class).collect::<Vec<_>>()), (Verdict::Backdoored, vec![1]));
         assert_eq!((s[0].index_family, s[0].family), (Family::Additive, Family::Additive));
         // The same index with a trigger that fails on held-out data: a suspect, not a target.
@@ -834,12 +989,29 @@ mod tests {
         // Below the flag in each family, the same class in both: the evidence adds up
         // ((4.0 + 3.8) / sqrt 2 = 5.5), and a working trigger makes it a target.
         let f = [family(Family::Patch, &[4.0, 0.2, 0.1], vec![finalist(0, 0.4, 0.95)]), family(Family::Additive, &[3.8, 0.1, 0.3], vec![finalist(0, 0.5, 0.9)])];
-        let (v, s) = decide(&f, &th);
+        let (v, s, _) = decide(&f, &th);
         assert_eq!((v, s[0].class), (Verdict::Backdoored, 0));
         assert!((s[0].index - 7.8 / 2f64.sqrt()).abs() < 1e-9 && s[0].combined_index == Some(s[0].index));
         // Different classes in the two families do not add up.
         let f = [family(Family::Patch, &[4.0, 0.2, 0.1], vec![finalist(0, 0.4, 0.95)]), family(Family::Additive, &[0.1, 3.8, 0.3], vec![finalist(1, 0.5, 0.9)])];
         assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn an_untargeted_trigger_no_larger_than_the_smallest_class_makes_a_backdoor_without_a_target() {
+        let th = Thresholds::default();
+        let with = |ratio: f64, asr: f64| {
+            let mut f = family(Family::Patch, &[0.5, 1.0, 2.0], vec![finalist(2, 0.9, 0.95)]);
+            f.untargeted = Some(UntargetedResult { size: Some(1.0), ratio: None, refined_size: Some(ratio), refined_ratio: Some(ratio), holdout_asr: Some(asr), holdout_asr_ci95: [0.0, 1.0], holdout_samples: 100, trigger: None });
+            decide(&[f], &th)
+        };
+        let (v, s, u) = with(0.4, 0.95);
+        assert_eq!((v, s.len()), (Verdict::Backdoored, 0), "no target class, yet backdoored");
+        assert!(u.is_some_and(|u| u.confirmed && u.family == Family::Patch));
+        // Small but not misleading held-out data: inconclusive. Clean-sized: no evidence.
+        assert_eq!(with(0.4, 0.5).0, Verdict::Inconclusive);
+        let (v, _, u) = with(1.8, 0.95);
+        assert_eq!((v, u.is_none()), (Verdict::NoEvidence, true));
     }
 
     #[test]
