@@ -67,6 +67,9 @@ print(f"- On the clean models: the largest outlier index of any class was {fmt(c
       f"{fmt(th.get('suspect'))}; a target needs a reconstructed trigger with at least {fmt(th.get('confirm_asr'))} attack "
       f"success on held-out clean data and either an index of {fmt(th.get('flag'))} or more, or a refined size at most "
       f"{fmt(th.get('max_control_ratio'))} of the controls'.")
+# ------------------------------------------------------------------------ without a target class
+untargeted_path = os.path.join(os.path.dirname(sys.argv[1]), "scan-untargeted.jsonl")
+urows = [json.loads(l) for l in open(untargeted_path) if l.strip()] if os.path.exists(untargeted_path) else []
 # scripts/bench_scan.sh's rows, beside the zoo's.
 bench_path = os.path.join(os.path.dirname(sys.argv[1]), "scan-bench.jsonl")
 bench = [json.loads(l) for l in open(bench_path) if l.strip()] if os.path.exists(bench_path) else []
@@ -76,9 +79,14 @@ if readme:
         b = bench[-1]
         span = (f"; the 43-class residual GTSRB model with 5% clean data is scanned in {b['fineprune']['seconds']:.0f} s, "
                 f"where a plain Neural Cleanse in PyTorch takes {b['neural_cleanse_pytorch']['seconds']:.0f} s")
+    ubad_all = [r for r in urows if r["planted"] is not None]
+    uclean_all = [r for r in urows if r["planted"] is None]
+    untargeted_span = (f". Backdoors without a target class ({', '.join(sorted({r['date'][:10] for r in urows}))}): "
+                       f"**{sum(r['verdict'] == 'backdoored' for r in ubad_all)} of {len(ubad_all)}** flagged, "
+                       f"**{sum(r['verdict'] == 'backdoored' for r in uclean_all)} of {len(uclean_all)}** clean models called backdoored") if urows else ""
     summary = (f"Measured on {len(clean)} clean and {len(bad) + len(other)} backdoored models ({when}, {first['machine']}): "
                f"**{found} of {len(bad)}** all-to-one backdoors flagged with their target class, **{fp} of {len(clean)}** clean "
-               f"models called backdoored{span}. Per model: [docs/detection.md](docs/detection.md).")
+               f"models called backdoored{span}{untargeted_span}. Per model: [docs/detection.md](docs/detection.md).")
     # The tour's example: the PyTorch blended-noise model's verdict, as `fineprune scan` prints it.
     example = next((r for r in rows if r["model"] == "torch-mnist-cnn-blend" and r.get("suspects")), None)
     if example:
@@ -138,9 +146,6 @@ again with the lowest reconstructed-trigger attack success, printing every candi
 print("The index is a robust z-score of a class's log trigger size against the other classes "
       "(leave-one-out median and MAD), compared at equal optimisation budgets.")
 
-# ------------------------------------------------------------------------ without a target class
-untargeted_path = os.path.join(os.path.dirname(sys.argv[1]), "scan-untargeted.jsonl")
-urows = [json.loads(l) for l in open(untargeted_path) if l.strip()] if os.path.exists(untargeted_path) else []
 if urows:
     u0 = urows[0]
     udates = sorted({r["date"][:10] for r in urows})
@@ -166,6 +171,10 @@ if urows:
     print(f"\n- Flagged: **{sum(r['verdict'] == 'backdoored' for r in ubad)} of {len(ubad)}** backdoors without a target class; "
           f"clean models called backdoored: **{sum(r['verdict'] == 'backdoored' for r in uclean)} of {len(uclean)}**.")
     print(f"- The smallest ratio on a clean model: {fmt(cmin)}; the threshold keeps the index flag's 1.4x margin below it.")
+    pictures = [r["model"] for r in ubad if os.path.exists(os.path.join(os.path.dirname(untargeted_path), "scan-untargeted", r["model"] + ".png"))]
+    if pictures:
+        print("- Held-out images clean, with the reconstructed trigger of the verdict, and with the real trigger: "
+              + ", ".join(f"[{m}](results/scan-untargeted/{m}.png)" for m in pictures) + ".")
     missed = [r for r in ubad if r["verdict"] != "backdoored"]
     if missed:
         print(f"- Missed: {', '.join(r['model'] + ' (' + r['planted'] + ', attack success ' + fmt(r['attack_success_rate']) + ')' for r in missed)}: "

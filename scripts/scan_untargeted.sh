@@ -14,6 +14,7 @@ W=${ZOO_DIR:-/tmp/fineprune-zoo}
 out=docs/results/scan-untargeted.jsonl
 mkdir -p "$W" docs/results
 : > "$out"
+rm -rf docs/results/scan-untargeted
 stamp() {
   printf '"date": "%s", "commit": "%s", "machine": "%s, %s cores"' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)"
 }
@@ -21,7 +22,14 @@ stamp() {
 scan() {
   local name=$1 data=$2 model=$3 planted=$4; shift 4
   echo "scan $name" >&2
-  $B scan --model "$model" --data "$data" --json "$@" > "$W/u-$name.json" 2> "$W/u-$name.log"
+  rm -rf "$W/u-$name-report"
+  $B scan --model "$model" --data "$data" --json --report "$W/u-$name-report" "$@" > "$W/u-$name.json" 2> "$W/u-$name.log"
+  # A backdoored model keeps its pictures: held-out images clean, with the reconstructed
+  # trigger, and with the real one.
+  if [ "$planted" != - ]; then
+    mkdir -p docs/results/scan-untargeted
+    cp "$W/u-$name-report/stamped.png" "docs/results/scan-untargeted/$name.png" 2>/dev/null || true
+  fi
   python3 - "$W/u-$name.json" "$name" "$planted" "$W/$name.train.json" "$(stamp)" >> "$out" <<'PY'
 import json, os, sys
 d = json.load(open(sys.argv[1])); name, planted, train = sys.argv[2], sys.argv[3], sys.argv[4]

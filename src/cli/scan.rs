@@ -180,7 +180,8 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
     }
     let stages: Vec<String> = o.seconds_by_stage.iter().map(|(k, v)| format!("{k} {v:.1}s")).collect();
     println!("time: {:.1}s ({})", o.seconds, stages.join(", "));
-    match o.suspects.first() {
+    let untargeted_confirmed = o.untargeted.as_ref().is_some_and(|u| u.confirmed);
+    match o.suspects.first().filter(|s| s.confirmed || !untargeted_confirmed) {
         Some(s) => println!(
             "verdict: {} -- suspected target {} ({}), {} family, {}index {:.2}, reconstructed trigger's held-out attack success {}",
             o.verdict.name(),
@@ -193,8 +194,9 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
         ),
         None => match &o.untargeted {
             Some(u) => println!(
-                "verdict: {} -- no target class, but a {} trigger {:.2}x the smallest class's sends {} of held-out inputs to other classes (untargeted or all-to-all backdoor)",
+                "verdict: {} -- no confirmed target class{}, but a {} trigger {:.2}x the smallest class's sends {} of held-out inputs to other classes (untargeted or all-to-all backdoor)",
                 o.verdict.name(),
+                if o.targets.is_empty() { String::new() } else { format!(" (suspected: {:?})", o.targets) },
                 u.family.name(),
                 u.refined_ratio,
                 opt(u.holdout_asr, 3)

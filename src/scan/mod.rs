@@ -321,10 +321,12 @@ impl ScanOutcome {
         scored_classes(&self.families).into_iter().filter_map(|c| class_evidence(&self.families, c)?.2).reduce(f64::max)
     }
 
-    /// The reconstructed trigger of the most likely target, if any class is suspected; else
-    /// the untargeted trigger (target `None`) when one is evidence of a backdoor.
+    /// The reconstructed trigger of the most likely target, if any class is suspected; else,
+    /// or when the untargeted trigger confirms and no class does, the untargeted trigger
+    /// (target `None`).
     pub fn best_trigger(&self) -> Option<(Option<usize>, Family, &Trigger)> {
-        let Some(s) = self.suspects.first() else {
+        let untargeted_confirmed = self.untargeted.as_ref().is_some_and(|u| u.confirmed);
+        let Some(s) = self.suspects.first().filter(|s| s.confirmed || !untargeted_confirmed) else {
             let u = self.untargeted.as_ref()?;
             let fam = self.families.iter().find(|f| f.family == u.family)?;
             return Some((None, u.family, fam.untargeted.as_ref()?.trigger.as_ref()?));
