@@ -24,9 +24,9 @@
 //!
 //! All-to-all and untargeted backdoors have no single target class to stand out. For them each
 //! family also reconstructs one trigger towards *any wrong class* (inputs of every class, loss
-//! `-log(1 - p(true))`); on a clean model that takes more than reaching the easiest class, so
-//! an untargeted trigger no larger than the smallest class's, that misleads held-out data, is
-//! a backdoor without a target ([`UntargetedResult`]).
+//! `-log(1 - p(true))`); on a clean model that takes about as much as reaching the easiest
+//! class or more, so an untargeted trigger far smaller than the smallest class's, that misleads
+//! held-out data, is a backdoor without a target ([`UntargetedResult`]).
 
 use std::time::Instant;
 
@@ -106,12 +106,13 @@ impl Default for Thresholds {
 pub const SUSPECT_INDEX: f64 = 3.0;
 pub const FLAG_INDEX: f64 = 5.0;
 pub const MAX_CONTROL_RATIO: f64 = 0.25;
-/// On clean models, a trigger that moves inputs of *every* class off their class is larger
-/// than the smallest that moves other classes' inputs into one: from 1.79x (a GTSRB signnet's
-/// additive pattern) up, on the clean models of `scripts/scan_untargeted.sh` (2026-12-03:
-/// LeNets, signnets on GTSRB and the synthetic set, speechnet, DeepID; docs/detection.md). The
+/// On clean models, a trigger that moves inputs of *every* class off their class is about as
+/// large as the smallest that moves other classes' inputs into one, or larger: from 0.996x (the
+/// PyTorch residual GTSRB model's additive pattern; 1.79x without it) up, on the clean models
+/// of `scripts/scan_untargeted.sh` (2026-12-03: LeNets, signnets on GTSRB and the synthetic set,
+/// speechnet, DeepID, and PyTorch's MNIST CNN and residual GTSRB net; docs/detection.md). The
 /// flag keeps the index flag's margin of 1.4x below that smallest clean ratio.
-pub const UNTARGETED_RATIO: f64 = 1.25;
+pub const UNTARGETED_RATIO: f64 = 0.7;
 
 #[derive(Clone, Debug)]
 pub struct ScanConfig {
