@@ -154,8 +154,8 @@ if urows:
           f"{u0['machine']}. An all-to-all or untargeted backdoor has no class that stands out, so beside the classes the "
           "scan reconstructs one more trigger in each family, towards *any wrong class* (loss -log(1 - p(true class)), "
           "inputs of every class). The ratio is its refined size over the smallest refined class's: on a clean model, "
-          "moving inputs of every class off their class takes more than moving other classes' inputs into the easiest "
-          f"one. The model is called backdoored when a family's ratio is at most {u0['threshold']:.2f} and the trigger "
+          "moving inputs of every class off their class takes about as much as moving other classes' inputs into the "
+          f"easiest one, or more. The model is called backdoored when a family's ratio is at most {u0['threshold']:.2f} and the trigger "
           f"sends at least {u0['confirm_asr']:.0%} of held-out inputs to another class.\n")
     print("| model | planted (attack success) | verdict | ratio patch / additive | held-out share sent elsewhere patch / additive | seconds |")
     print("|---|---|---|---|---|---|")
@@ -177,8 +177,9 @@ if urows:
               + ", ".join(f"[{m}](results/scan-untargeted/{m}.png)" for m in pictures) + ".")
     missed = [r for r in ubad if r["verdict"] != "backdoored"]
     if missed:
-        print(f"- Missed: {', '.join(r['model'] + ' (' + r['planted'] + ', attack success ' + fmt(r['attack_success_rate']) + ')' for r in missed)}: "
-              "their untargeted triggers were no smaller, relative to the classes', than a clean model's.")
+        least = lambda r: min((v["refined_ratio"] for v in r["families"].values() if v.get("refined_ratio") is not None), default=None)
+        print(f"- Missed: {', '.join(r['model'] + ' (' + r['planted'] + ', attack success ' + fmt(r['attack_success_rate']) + ', smallest ratio ' + fmt(least(r)) + ')' for r in missed)}: "
+              f"above the threshold of {u0['threshold']:.2f}.")
 
 # ------------------------------------------------------------------------------------ repairs
 repairs_path = sys.argv[2] if len(sys.argv) > 2 else None
