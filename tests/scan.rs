@@ -90,6 +90,9 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
     assert!(e.contains("class 10"), "{e}");
     let e = scan(&clean, &ds, &ScanConfig { clean_fraction: 0.001, per_class: 24, ..quick() }, &dev, &mut Silent).unwrap_err().to_string();
     assert!(e.contains("at least 24"), "{e}");
+    let nan = fineprune::scan::Thresholds { untargeted_ratio: f64::NAN, ..Default::default() };
+    let e = scan(&clean, &ds, &ScanConfig { thresholds: nan, ..quick() }, &dev, &mut Silent).unwrap_err().to_string();
+    assert!(e.contains("thresholds must be finite"), "{e}");
 }
 
 #[test]

@@ -663,6 +663,11 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     if cfg.steps == 0 || cfg.per_class == 0 || !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(Error::invalid("scan steps, images per class and learning rate must be positive"));
     }
+    let th = &cfg.thresholds;
+    let ratios = [th.max_control_ratio, th.untargeted_ratio];
+    if !(th.suspect.is_finite() && th.flag.is_finite() && (0.0..=1.0).contains(&th.confirm_asr) && ratios.iter().all(|r| r.is_finite() && *r >= 0.0)) {
+        return Err(Error::invalid(format!("scan thresholds must be finite, the ratios not negative and the attack success in [0, 1]: {th:?}")));
+    }
     let mut notes = vec![];
     let audio = !ds.train.waves.is_empty();
 
