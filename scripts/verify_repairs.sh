@@ -67,6 +67,7 @@ done
 repair gtsrb-signnet-pruning-aware $GT "$W/gtsrb-pa.onnx" unlearn "$W/gtsrb-pa-unlearn.onnx" --trigger patch:color=yellow --target 14
 repair gtsrb-signnet-untargeted $GT "$W/gtsrb-untargeted.onnx" unlearn "$W/gtsrb-untargeted-unlearn.onnx" --trigger patch:color=yellow --target untargeted
 repair gtsrb-signnet-pruning-aware $GT "$W/gtsrb-pa.onnx" auto "$W/gtsrb-pa-auto.onnx" --trigger patch:color=yellow --target 14
+repair gtsrb-signnet-untargeted $GT "$W/gtsrb-untargeted.onnx" auto "$W/gtsrb-untargeted-auto.onnx" --trigger patch:color=yellow --target untargeted
 # A PyTorch-made ONNX model, no trigger given: `auto` writes a repaired ONNX model that
 # onnxruntime then runs (clean accuracy and the real trigger's attack success there).
 if [ -n "${TORCH_DIR:-}" ] && [ -f "$TORCH_DIR/mnist-blend.onnx" ]; then
