@@ -46,7 +46,7 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
     let near: f32 = (24..28).flat_map(|y| (24..28).map(move |x| y * 28 + x)).map(|i| mask[i]).sum();
     let total: f32 = mask.iter().sum();
     assert!(on_patch / total > 0.2 && near / total > 0.5, "{on_patch} on the patch, {near} within a pixel, of {total}");
-    assert!(fin.holdout_asr.unwrap() >= 0.9);
+    assert!(fin.held_out.holdout_asr.unwrap() >= 0.9);
 
     // The test split plays no part: replaced by noise, the verdict and the numbers are the same.
     let mut noisy = ds.clone();
@@ -110,8 +110,8 @@ fn an_untargeted_backdoor_is_flagged_without_a_target_class() {
     // Its trigger is the one a repair is checked against, and it misleads held-out data.
     let (target, family, trigger) = out.best_trigger().expect("a trigger to check repairs with");
     assert_eq!((target, family), (None, u.family));
-    let (rate, _, n) = fineprune::scan::holdout_success(&bad, &ds.val, trigger, None, ds.shape, &dev).unwrap();
-    assert!(n > 0 && rate.unwrap() >= 0.9, "{rate:?}");
+    let h = fineprune::scan::holdout_success(&bad, &ds.val, trigger, None, ds.shape, &dev).unwrap();
+    assert!(h.holdout_samples > 0 && h.holdout_asr.unwrap() >= 0.9, "{h:?}");
     // Without the untargeted goal the same scan sees nothing.
     let blind = scan(&bad, &ds, &ScanConfig { untargeted: false, ..ScanConfig::default() }, &dev, &mut Silent).unwrap();
     assert!(blind.untargeted.is_none() && blind.verdict != Verdict::Backdoored);

@@ -161,10 +161,10 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
         }
         for x in &f.finalists {
             let role = if x.control { "control" } else { "finalist" };
-            println!("  {role} class {}: refined size {} ({} of the controls'), held-out attack success {} ({} inputs)", x.class, opt(x.size, 2), opt(x.control_ratio, 2), opt(x.holdout_asr, 3), x.holdout_samples);
+            println!("  {role} class {}: refined size {} ({} of the controls'), held-out attack success {} ({} inputs)", x.class, opt(x.size, 2), opt(x.control_ratio, 2), opt(x.held_out.holdout_asr, 3), x.held_out.holdout_samples);
         }
         if let Some(u) = &f.untargeted {
-            println!("  untargeted (any wrong class): refined size {} ({} of the smallest finalist's), sends {} of held-out inputs to another class ({} inputs)", opt(u.refined_size, 2), opt(u.refined_ratio, 2), opt(u.holdout_asr, 3), u.holdout_samples);
+            println!("  untargeted (any wrong class): refined size {} ({} of the smallest finalist's), sends {} of held-out inputs to another class ({} inputs)", opt(u.refined_size, 2), opt(u.refined_ratio, 2), opt(u.held_out.holdout_asr, 3), u.held_out.holdout_samples);
         }
     }
     let th = &o.thresholds;

@@ -45,7 +45,7 @@ pub fn scan_suspect(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &D
     let eval = device.clone().without_autodiff();
     let outcome = scan(file, ds, cfg, &eval, progress)?;
     let reconstructed_asr = match outcome.best_trigger() {
-        Some((target, _, t)) => holdout_success(file, &ds.val, t, target, file.model.graph.input_shape, &eval)?.0,
+        Some((target, _, t)) => holdout_success(file, &ds.val, t, target, file.model.graph.input_shape, &eval)?.holdout_asr,
         None => None,
     };
     Ok(SuspectScan { outcome, config: cfg.clone(), reconstructed_asr })
@@ -80,7 +80,7 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
     let eval = device.clone().without_autodiff();
     let best = s.outcome.best_trigger();
     let after_asr = match best {
-        Some((target, _, t)) => holdout_success(repaired, &ds.val, t, target, repaired.model.graph.input_shape, &eval)?.0,
+        Some((target, _, t)) => holdout_success(repaired, &ds.val, t, target, repaired.model.graph.input_shape, &eval)?.holdout_asr,
         None => None,
     };
     let after = scan(repaired, ds, &s.config, &eval, progress)?;

@@ -187,6 +187,17 @@ pub struct ClassResult {
     pub index: Option<f64>,
 }
 
+/// A reconstructed trigger measured on held-out clean data (see [`holdout_success`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HeldOut {
+    /// Its attack success: the share of held-out inputs of other classes sent to the target,
+    /// or, for the untargeted trigger, of all held-out inputs sent to another class. `None`
+    /// without a trigger or inputs to measure it on.
+    pub holdout_asr: Option<f64>,
+    pub holdout_asr_ci95: [f64; 2],
+    pub holdout_samples: usize,
+}
+
 /// A refined trigger, measured on held-out clean data.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finalist {
@@ -196,10 +207,8 @@ pub struct Finalist {
     pub size: Option<f64>,
     /// Refined size over the median refined size of the controls.
     pub control_ratio: Option<f64>,
-    /// Attack success of the reconstructed trigger on held-out clean inputs of other classes.
-    pub holdout_asr: Option<f64>,
-    pub holdout_asr_ci95: [f64; 2],
-    pub holdout_samples: usize,
+    #[serde(flatten)]
+    pub held_out: HeldOut,
     #[serde(skip)]
     pub trigger: Option<Trigger>,
 }
@@ -211,16 +220,12 @@ pub struct Finalist {
 pub struct UntargetedResult {
     /// First-pass size (the class sizes' budget), `None` if never reached.
     pub size: Option<f64>,
-    /// That size over the smallest class's first-pass size.
-    pub ratio: Option<f64>,
     /// Size after refinement.
     pub refined_size: Option<f64>,
     /// The refined size over the smallest refined class's (the finalists').
     pub refined_ratio: Option<f64>,
-    /// Share of held-out clean inputs the refined trigger sends to another class.
-    pub holdout_asr: Option<f64>,
-    pub holdout_asr_ci95: [f64; 2],
-    pub holdout_samples: usize,
+    #[serde(flatten)]
+    pub held_out: HeldOut,
     #[serde(skip)]
     pub trigger: Option<Trigger>,
 }
@@ -470,6 +475,7 @@ impl Inversion<'_> {
             }
         }
         let host_labels: Vec<usize> = labels.iter().map(|&y| y as usize).collect();
+        let any_away = away.contains(&1.0);
         let away = Tensor::<2>::from_data(TensorData::new(away, [n, 1]), &self.device);
         let x = Tensor::<4>::from_data(TensorData::new(xs, [n, c, h, w]), &self.device);
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
@@ -508,10 +514,16 @@ impl Inversion<'_> {
         let logits = self.file.model.forward(normalised);
         let hits = argmax(logits.clone().detach());
         let logp = log_softmax(logits, 1).gather(1, labels.clone().autodiff().reshape([n, 1]));
-        // Towards the goal: -log p(goal). Away from the true class: -log(1 - p(true)).
-        let leave = (logp.clone().exp().neg() + 1.0).clamp_min(1e-6).log();
-        let away = away.autodiff();
-        let ce = (logp * (away.clone().neg() + 1.0) + leave * away).sum().neg().div_scalar(per_class as f64);
+        // Towards the goal: -log p(goal). Away from the true class: -log(1 - p(true)), only
+        // computed when the batch has untargeted rows.
+        let log_success = if any_away {
+            let leave = (logp.clone().exp().neg() + 1.0).clamp_min(1e-6).log();
+            let away = away.autodiff();
+            logp * (away.clone().neg() + 1.0) + leave * away
+        } else {
+            logp
+        };
+        let ce = log_success.sum().neg().div_scalar(per_class as f64);
         let loss = ce + (size.clone() * lambdas.autodiff()).sum();
         let grads = loss.backward();
         let sizes = host(size.detach().without_autodiff());
@@ -766,11 +778,8 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
             let class = candidates[s];
             let st = &states[s];
             let trigger = st.best_params.as_ref().map(|p| job.trigger(p));
-            let (asr, ci, n) = match &trigger {
-                Some(t) => holdout_asr(file, &hold, t, class, shape, &device)?,
-                None => (None, [0.0, 1.0], 0),
-            };
-            fin.push(Finalist { class, control: controls.contains(&s), size: st.best_size, control_ratio: None, holdout_asr: asr, holdout_asr_ci95: ci, holdout_samples: n, trigger });
+            let held_out = trigger.as_ref().map(|t| holdout_success(file, &hold, t, Some(class), shape, &device)).transpose()?.unwrap_or_default();
+            fin.push(Finalist { class, control: controls.contains(&s), size: st.best_size, control_ratio: None, held_out, trigger });
         }
         let control_sizes: Vec<f64> = fin.iter().filter(|f| f.control).filter_map(|f| f.size).collect();
         if !control_sizes.is_empty() {
@@ -783,23 +792,10 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
             Some(u) => {
                 let st = &states[u];
                 let trigger = st.best_params.as_ref().map(|p| job.trigger(p));
-                let (asr, ci, n) = match &trigger {
-                    Some(t) => holdout_misclassified(file, &hold, t, shape, &device)?,
-                    None => (None, [0.0, 1.0], 0),
-                };
-                let smallest = |v: Vec<f64>| v.into_iter().reduce(f64::min);
-                let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?.max(1e-12));
-                let smallest_refined = smallest(fin.iter().filter(|f| !f.control).filter_map(|f| f.size).collect());
-                Some(UntargetedResult {
-                    size: u_first,
-                    ratio: ratio(u_first, smallest(sizes.iter().flatten().copied().collect())),
-                    refined_size: st.best_size,
-                    refined_ratio: ratio(st.best_size, smallest_refined),
-                    holdout_asr: asr,
-                    holdout_asr_ci95: ci,
-                    holdout_samples: n,
-                    trigger,
-                })
+                let held_out = trigger.as_ref().map(|t| holdout_success(file, &hold, t, None, shape, &device)).transpose()?.unwrap_or_default();
+                let smallest_refined = fin.iter().filter(|f| !f.control).filter_map(|f| f.size).reduce(f64::min);
+                let refined_ratio = st.best_size.zip(smallest_refined).map(|(u, c)| u / c.max(1e-12));
+                Some(UntargetedResult { size: u_first, refined_size: st.best_size, refined_ratio, held_out, trigger })
             }
             None => None,
         };
@@ -870,7 +866,7 @@ pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspe
         let index = combined_index.map_or(best, |c| c.max(best));
         let finalists: Vec<(Family, &Finalist)> = families.iter().flat_map(|f| f.finalists.iter().filter(|x| x.class == class && !x.control).map(move |x| (f.family, x))).collect();
         let tiny = |x: &Finalist| x.control_ratio.is_some_and(|r| r <= th.max_control_ratio);
-        let confirms = |x: &Finalist| x.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x));
+        let confirms = |x: &Finalist| x.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x));
         let confirming = finalists.iter().find(|(_, x)| confirms(x));
         // A suspect: an outlier at equal budgets, or a refined trigger far below the controls'
         // (a patch backdoor's first-pass mask can still be hidden in haze on large inputs).
@@ -887,7 +883,7 @@ pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspe
             index,
             index_family,
             combined_index,
-            holdout_asr: fin.and_then(|x| x.holdout_asr),
+            holdout_asr: fin.and_then(|x| x.held_out.holdout_asr),
             control_ratio: fin.and_then(|x| x.control_ratio),
             confirmed: confirming.is_some(),
         });
@@ -898,7 +894,8 @@ pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspe
         .filter_map(|f| {
             let u = f.untargeted.as_ref()?;
             let ratio = u.refined_ratio.filter(|&r| r <= th.untargeted_ratio)?;
-            Some(UntargetedFinding { family: f.family, refined_ratio: ratio, holdout_asr: u.holdout_asr, confirmed: u.holdout_asr.is_some_and(|a| a >= th.confirm_asr) })
+            let holdout_asr = u.held_out.holdout_asr;
+            Some(UntargetedFinding { family: f.family, refined_ratio: ratio, holdout_asr, confirmed: holdout_asr.is_some_and(|a| a >= th.confirm_asr) })
         })
         .max_by(|a, b| (a.confirmed, -a.refined_ratio).partial_cmp(&(b.confirmed, -b.refined_ratio)).expect("finite ratios"));
     let verdict = if suspects.iter().any(|s| s.confirmed) || untargeted.as_ref().is_some_and(|u| u.confirmed) {
@@ -917,38 +914,18 @@ fn norm_tensors(norm: &Normalization, c: usize, device: &Device) -> (Tensor<4>, 
     (mean, std)
 }
 
-/// The success of a reconstructed trigger on held-out data: towards `target` (inputs of other
-/// classes), or for the untargeted trigger (`None`) away from the true class.
-pub fn holdout_success(file: &ModelFile, hold: &Split, trigger: &Trigger, target: Option<usize>, shape: [usize; 3], device: &Device) -> Result<(Option<f64>, [f64; 2], usize)> {
-    match target {
-        Some(t) => holdout_asr(file, hold, trigger, t, shape, device),
-        None => holdout_misclassified(file, hold, trigger, shape, device),
-    }
-}
-
-/// Share of the held-out inputs (all correctly classified when clean) that `trigger` sends to
-/// another class: rate, Wilson interval, samples.
-pub fn holdout_misclassified(file: &ModelFile, hold: &Split, trigger: &Trigger, shape: [usize; 3], device: &Device) -> Result<(Option<f64>, [f64; 2], usize)> {
-    if hold.is_empty() {
-        return Ok((None, [0.0, 1.0], 0));
-    }
-    let stamped = trigger.apply_split(hold, None, shape, Use::Test, 0)?;
-    let preds = predict(&file.model, &stamped, &file.info.normalization, device, 256);
-    let wrong = preds.iter().zip(&hold.labels).filter(|(p, y)| p != y).count();
-    Ok((Some(wrong as f64 / hold.len() as f64), wilson(wrong, hold.len()), hold.len()))
-}
-
-/// Attack success of `trigger` towards `target` on the held-out inputs of other classes (all
-/// correctly classified when clean): rate, Wilson interval, samples.
-pub fn holdout_asr(file: &ModelFile, hold: &Split, trigger: &Trigger, target: usize, shape: [usize; 3], device: &Device) -> Result<(Option<f64>, [f64; 2], usize)> {
-    let idx: Vec<usize> = (0..hold.len()).filter(|&i| hold.labels[i] != target).collect();
+/// A reconstructed trigger on held-out inputs (all correctly classified when clean): towards
+/// `target`, the share of other classes' inputs sent to it; for the untargeted trigger
+/// (`None`), the share of all inputs sent away from their class. Rate, Wilson interval, samples.
+pub fn holdout_success(file: &ModelFile, hold: &Split, trigger: &Trigger, target: Option<usize>, shape: [usize; 3], device: &Device) -> Result<HeldOut> {
+    let idx: Vec<usize> = (0..hold.len()).filter(|&i| Some(hold.labels[i]) != target).collect();
     if idx.is_empty() {
-        return Ok((None, [0.0, 1.0], 0));
+        return Ok(HeldOut { holdout_asr: None, holdout_asr_ci95: [0.0, 1.0], holdout_samples: 0 });
     }
     let stamped = trigger.apply_split(hold, Some(&idx), shape, Use::Test, 0)?;
     let preds = predict(&file.model, &stamped, &file.info.normalization, device, 256);
-    let hits = preds.iter().filter(|&&p| p == target).count();
-    Ok((Some(hits as f64 / idx.len() as f64), wilson(hits, idx.len()), idx.len()))
+    let hits = preds.iter().zip(&stamped.labels).filter(|&(&p, &y)| target.map_or(p != y, |t| p == t)).count();
+    Ok(HeldOut { holdout_asr: Some(hits as f64 / idx.len() as f64), holdout_asr_ci95: wilson(hits, idx.len()), holdout_samples: idx.len() })
 }
 
 #[cfg(test)]
@@ -967,7 +944,7 @@ mod tests {
     }
 
     fn finalist(class: usize, ratio: f64, asr: f64) -> Finalist {
-        Finalist { class, control: false, size: Some(ratio), control_ratio: Some(ratio), holdout_asr: Some(asr), holdout_asr_ci95: [0.0, 1.0], holdout_samples: 100, trigger: None }
+        Finalist { class, control: false, size: Some(ratio), control_ratio: Some(ratio), held_out: HeldOut { holdout_asr: Some(asr), holdout_asr_ci95: [0.0, 1.0], holdout_samples: 100 }, trigger: None }
     }
 
     #[test]
@@ -1010,7 +987,7 @@ mod tests {
         let th = Thresholds::default();
         let with = |ratio: f64, asr: f64| {
             let mut f = family(Family::Patch, &[0.5, 1.0, 2.0], vec![finalist(2, 0.9, 0.95)]);
-            f.untargeted = Some(UntargetedResult { size: Some(1.0), ratio: None, refined_size: Some(ratio), refined_ratio: Some(ratio), holdout_asr: Some(asr), holdout_asr_ci95: [0.0, 1.0], holdout_samples: 100, trigger: None });
+            f.untargeted = Some(UntargetedResult { size: Some(1.0), refined_size: Some(ratio), refined_ratio: Some(ratio), held_out: HeldOut { holdout_asr: Some(asr), holdout_asr_ci95: [0.0, 1.0], holdout_samples: 100 }, trigger: None });
             decide(&[f], &th)
         };
         let (v, s, u) = with(0.4, 0.95);
