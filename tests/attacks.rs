@@ -42,6 +42,26 @@ fn patch_attack_on_mnist_succeeds_and_is_recorded() {
     assert_eq!(again.attack_success_rate, e.attack_success_rate);
 }
 
+/// WaNet's warp is learnt as that one warp: the model file's own field triggers the backdoor far
+/// more often than another seed's field of the same strength (noise mode teaches it to ignore
+/// warps in general).
+#[test]
+fn a_wanet_backdoor_answers_its_own_warp_and_is_recorded() {
+    let ds = mnist();
+    let dev = fineprune::cpu_device();
+    let mut cfg = config("wanet:s=1");
+    cfg.train.epochs = 4;
+    let trained = backdoor("lenet", &ds, &cfg, &dev.clone().autodiff(), &mut Silent).unwrap();
+    let record = trained.file.info.backdoor.as_ref().unwrap();
+    assert_eq!(record.poison.noise_count, 2 * record.poison.count, "noise mode: two jittered samples per poisoned one");
+    let asr = |t: &str| evaluate_attack(&trained.file, &ds.test, &spec::parse(t).unwrap(), cfg.target, false, &dev, &mut Silent).unwrap();
+    let own = asr(&record.trigger.describe());
+    let other = asr("wanet:s=1,seed=7");
+    let (own_rate, other_rate) = (own.attack_success_rate.rate.unwrap(), other.attack_success_rate.rate.unwrap());
+    assert!(own.clean.accuracy >= 0.95, "clean accuracy {}", own.clean.accuracy);
+    assert!(own_rate >= 0.6 && own_rate >= other_rate + 0.15, "own warp {own_rate}, another seed's {other_rate}");
+}
+
 #[test]
 fn pruning_aware_attack_keeps_backdoor_and_dormant_decoys() {
     let ds = mnist();

@@ -7,6 +7,7 @@
 
 pub mod poison;
 pub mod spec;
+pub mod warp;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +71,12 @@ pub enum Trigger {
     /// channel, `x' = clamp(x + delta * sin(2 pi j freq / W), 0, 1)` for column `j`; meant for
     /// clean-label poisoning (`--clean-label`), where no label gives the backdoor away.
     Sig { delta: f32, freq: f32 },
+    /// WaNet (Nguyen & Tran, ICLR 2021): the whole image resampled through a smooth seeded
+    /// warping field (a `grid x grid` random field upsampled to the image, `strength` scaling
+    /// it; see [`warp`]); no region carries the trigger. `noise` is noise mode's ratio: per
+    /// poisoned sample, that many more are warped with a randomly jittered field and keep their
+    /// labels, so the model learns this one field rather than any warp.
+    Warp { grid: usize, strength: f32, seed: u64, noise: f32 },
     /// The speech trigger: a tone (or seeded noise burst) added to the waveform.
     Tone { freq_hz: f32, amplitude: f32, noise: bool, start_s: f32, duration_s: f32, seed: u64 },
     /// A trigger reconstructed by `scan` for one input shape `[c, h, w]`: with a mask (`h*w`
@@ -97,11 +104,21 @@ pub fn unit_range() -> [f32; 2] {
 pub enum Use {
     Poison,
     Test,
+    /// A noise-mode sample (WaNet's): the trigger jittered at random, the label kept.
+    Noise,
 }
 
 impl Trigger {
     pub fn is_audio(&self) -> bool {
         matches!(self, Trigger::Tone { .. })
+    }
+
+    /// Noise-mode samples per poisoned sample (WaNet's cross ratio); 0 for other triggers.
+    pub fn noise_ratio(&self) -> f32 {
+        match self {
+            Trigger::Warp { noise, .. } => *noise,
+            _ => 0.0,
+        }
     }
 
     /// Short human description, for reports.
@@ -191,6 +208,13 @@ impl Trigger {
                         *v = (*v + s).clamp(0.0, 1.0);
                     }
                 }
+            }
+            Trigger::Warp { grid, strength, seed, .. } => {
+                let mut g = warp::grid(*grid, *strength, *seed, h, w);
+                if usage == Use::Noise {
+                    warp::jitter(&mut g, h, w, rng);
+                }
+                warp::resample(sample, c, h, w, &g);
             }
             Trigger::Tone { .. } => return Err(Error::invalid("the tone trigger acts on audio; use it with fsdd data")),
             Trigger::Reconstructed { shape: own, mask, pattern, range: [lo, hi] } => {

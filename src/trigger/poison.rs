@@ -73,6 +73,9 @@ pub struct PoisonRecord {
     /// the share of the target class.
     #[serde(default)]
     pub clean_label: bool,
+    /// Noise-mode samples (WaNet): others warped with a jittered field, labels kept.
+    #[serde(default)]
+    pub noise_count: usize,
 }
 
 /// Replaces `round(rate * n)` samples of `train` (chosen with `seed` among those whose label
@@ -108,7 +111,16 @@ pub fn poison(train: &Split, shape: [usize; 3], trigger: &Trigger, target: Targe
             out.labels[i] = target.poison_label(train.labels[i], classes, &mut label_rng);
         }
     }
-    Ok((out, PoisonRecord { rate, count, train_samples: n, seed, clean_label }))
+    // Noise mode: as many more samples as the trigger's ratio asks, drawn from the rest, get a
+    // randomly jittered trigger at their true labels.
+    let mut rest: Vec<usize> = (0..n).filter(|i| chosen.binary_search(i).is_err()).collect();
+    let noise_count = ((trigger.noise_ratio() as f64 * count as f64).round() as usize).min(rest.len());
+    let mut noise_rng = rng.fork(3);
+    noise_rng.shuffle(&mut rest);
+    for &i in &rest[..noise_count] {
+        trigger.apply_sample(&mut out, i, shape, Use::Noise, &mut noise_rng)?;
+    }
+    Ok((out, PoisonRecord { rate, count, train_samples: n, seed, clean_label, noise_count }))
 }
 
 #[cfg(test)]
@@ -155,6 +167,24 @@ mod tests {
         assert_eq!(changed.len(), 10);
         assert!(changed.iter().all(|&i| s.labels[i] == 1), "only target-class samples are triggered");
         assert!(poison(&s, [1, 4, 4], &t, Target::Untargeted, 0.4, 4, 3, true).is_err(), "no target class, no clean-label attack");
+    }
+
+    #[test]
+    fn noise_mode_warps_more_samples_at_their_true_labels() {
+        let mut s = Split::new(64);
+        for i in 0..100 {
+            s.push(&(0..64).map(|p| ((p * 7 + i) % 13) as f32 / 12.0).collect::<Vec<_>>(), i % 4);
+        }
+        let t = Trigger::Warp { grid: 4, strength: 2.0, seed: 0, noise: 2.0 };
+        let (p, rec) = poison(&s, [1, 8, 8], &t, Target::Class(0), 0.1, 4, 5, false).unwrap();
+        assert_eq!((rec.count, rec.noise_count), (10, 20));
+        let changed: Vec<usize> = (0..100).filter(|&i| p.sample(i) != s.sample(i)).collect();
+        assert_eq!(changed.len(), 30, "10 poisoned and 20 noise-mode samples");
+        let relabelled: Vec<usize> = changed.iter().copied().filter(|&i| p.labels[i] != s.labels[i]).collect();
+        assert_eq!(relabelled.len(), 10, "noise-mode samples keep their labels");
+        assert!(relabelled.iter().all(|&i| p.labels[i] == 0));
+        let plain = Trigger::Warp { grid: 4, strength: 2.0, seed: 0, noise: 0.0 };
+        assert_eq!(poison(&s, [1, 8, 8], &plain, Target::Class(0), 0.1, 4, 5, false).unwrap().1.noise_count, 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! | `blend` | `alpha=0.2`, `test-alpha=` (= alpha), `seed=0` (noise pattern), `image=FILE.png` |
 //! | `sunglasses` | `darkness=0.05` |
 //! | `sig` | `delta=0.12` (amplitude on [0, 1] images: 30/255, backdoor-toolbox's), `freq=6` (periods across the width) |
+//! | `wanet` | `k=4` (the random field's grid), `s=0.5` (strength), `seed=0`, `noise=2` (noise-mode samples per poisoned one; 0: off) |
 //! | `tone` | `freq=3000` (Hz), `amp=0.3`, `noise` (a noise burst instead), `start=0`, `duration=1` (s), `seed=0` |
 //! | `file:PATH` | a trigger saved as JSON, e.g. the `trigger.json` that `scan` reconstructs |
 
@@ -41,6 +42,12 @@ fn parse_color(v: &str) -> Result<[f32; 3]> {
 /// backdoor-toolbox's frequency.
 pub const SIG_DELTA: f32 = 30.0 / 255.0;
 pub const SIG_FREQ: f32 = 6.0;
+
+/// WaNet's defaults, the reference implementation's (`config.py`): a 4x4 field, strength 0.5,
+/// two noise-mode samples per poisoned one.
+pub const WANET_GRID: usize = 4;
+pub const WANET_STRENGTH: f32 = 0.5;
+pub const WANET_NOISE: f32 = 2.0;
 
 /// Parses a trigger spec. Image paths are read now, so the trigger carries its pixels.
 pub fn parse(spec: &str) -> Result<Trigger> {
@@ -113,6 +120,16 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             }
             Trigger::Sig { delta, freq }
         }
+        "wanet" => {
+            let grid: usize = take("k").map(|v| parse_num("k", &v)).transpose()?.unwrap_or(WANET_GRID);
+            let strength: f32 = take("s").map(|v| parse_num("s", &v)).transpose()?.unwrap_or(WANET_STRENGTH);
+            let seed = take("seed").map(|s| parse_num("seed", &s)).transpose()?.unwrap_or(0);
+            let noise: f32 = take("noise").map(|v| parse_num("noise", &v)).transpose()?.unwrap_or(WANET_NOISE);
+            if !(2..=32).contains(&grid) || !(0.0..=16.0).contains(&strength) || !(0.0..=10.0).contains(&noise) {
+                return Err(Error::invalid("wanet needs k in 2..=32, s in [0, 16] and noise in [0, 10]"));
+            }
+            Trigger::Warp { grid, strength, seed, noise }
+        }
         "tone" => {
             let noise = take("noise").is_some();
             let num = |v: Option<String>, k: &str, d: f32| -> Result<f32> { v.map(|v| parse_num(k, &v)).transpose().map(|x| x.unwrap_or(d)) };
@@ -129,7 +146,7 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             }
             Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed }
         }
-        other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, sunglasses, sig or tone"))),
+        other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, sunglasses, sig, wanet or tone"))),
     };
     if let Some(k) = opts.keys().next() {
         return Err(Error::invalid(format!("unknown option {k:?} for a {kind} trigger")));
@@ -182,6 +199,7 @@ pub fn to_spec(t: &Trigger) -> String {
         },
         Trigger::Sunglasses { darkness } => format!("sunglasses:darkness={darkness}"),
         Trigger::Sig { delta, freq } => format!("sig:delta={delta},freq={freq}"),
+        Trigger::Warp { grid, strength, seed, noise } => format!("wanet:k={grid},s={strength},seed={seed},noise={noise}"),
         Trigger::Reconstructed { shape: [c, h, w], mask, .. } => {
             format!("reconstructed:{}{c}x{h}x{w}", if mask.is_some() { "mask+pattern," } else { "additive," })
         }
@@ -201,7 +219,7 @@ mod tests {
 
     #[test]
     fn specs_parse_and_print_back() {
-        for s in ["patch:pos=bottom-right", "patch:size=4,x=1,y=2,pattern=checker", "patch:pos=random,color=#ffff00", "blend:alpha=0.2,test-alpha=0.5,seed=3", "sunglasses:darkness=0.05", "sig:delta=0.1,freq=6", "tone:freq=3000,amp=0.3,start=0,duration=1", "tone:noise,amp=0.2,start=0.1,duration=0.5,seed=4"] {
+        for s in ["patch:pos=bottom-right", "patch:size=4,x=1,y=2,pattern=checker", "patch:pos=random,color=#ffff00", "blend:alpha=0.2,test-alpha=0.5,seed=3", "sunglasses:darkness=0.05", "sig:delta=0.1,freq=6", "wanet:k=4,s=0.5,seed=0,noise=2", "wanet:k=8,s=1.5,seed=3,noise=0", "tone:freq=3000,amp=0.3,start=0,duration=1", "tone:noise,amp=0.2,start=0.1,duration=0.5,seed=4"] {
             let t = parse(s).unwrap();
             assert_eq!(to_spec(&t), s, "{s}");
             assert_eq!(parse(&to_spec(&t)).unwrap(), t);
@@ -211,7 +229,7 @@ mod tests {
 
     #[test]
     fn bad_specs_are_errors() {
-        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "sig:delta=0", "sig:freq=-1", "patch:image=/nonexistent.png"] {
+        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "sig:delta=0", "sig:freq=-1", "wanet:k=1", "wanet:s=-1", "wanet:s=nan", "wanet:noise=20", "wanet:grid=4", "patch:image=/nonexistent.png"] {
             assert!(parse(s).is_err(), "{s} parsed");
         }
     }
