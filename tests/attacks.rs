@@ -53,7 +53,7 @@ fn a_wanet_backdoor_answers_its_own_warp_and_is_recorded() {
     cfg.train.epochs = 4;
     let trained = backdoor("lenet", &ds, &cfg, &dev.clone().autodiff(), &mut Silent).unwrap();
     let record = trained.file.info.backdoor.as_ref().unwrap();
-    assert_eq!(record.poison.noise_count, 2 * record.poison.count, "noise mode: two jittered samples per poisoned one");
+    assert_eq!(record.poison.cover_count, 2 * record.poison.count, "noise mode: two jittered samples per poisoned one");
     let asr = |t: &str| evaluate_attack(&trained.file, &ds.test, &spec::parse(t).unwrap(), cfg.target, false, &dev, &mut Silent).unwrap();
     let own = asr(&record.trigger.describe());
     let other = asr("wanet:s=1,seed=7");

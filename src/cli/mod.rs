@@ -19,7 +19,7 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a saved model on a dataset split (and its backdoor, if it carries one).
     Eval(EvalArgs),
-    /// Train a backdoored model (BadNets patch, blend, sunglasses, tone; pruning-aware).
+    /// Train a backdoored model (BadNets patch, blend, SIG, WaNet, Adap-Blend, sunglasses, tone; pruning-aware).
     Attack(AttackArgs),
     /// Trigger tools.
     #[command(subcommand)]

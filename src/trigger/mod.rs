@@ -57,6 +57,19 @@ pub enum BlendPattern {
     Picture(Picture),
 }
 
+impl BlendPattern {
+    /// The pattern for a planar `[c, h, w]` image.
+    pub fn pixels(&self, c: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+        Ok(match self {
+            BlendPattern::Noise { seed } => {
+                let mut r = Rng::new(*seed);
+                (0..c * h * w).map(|_| r.uniform() as f32).collect()
+            }
+            BlendPattern::Picture(p) => p.resized(c, h, w)?.values,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "trigger")]
 pub enum Trigger {
@@ -77,6 +90,12 @@ pub enum Trigger {
     /// poisoned sample, that many more are warped with a randomly jittered field and keep their
     /// labels, so the model learns this one field rather than any warp.
     Warp { grid: usize, strength: f32, seed: u64, noise: f32 },
+    /// Adap-Blend (Qi et al., ICLR 2023), built to evade defenses that look for a compact
+    /// trigger or a separate cluster of poisoned features: the blend pattern is cut into
+    /// `pieces x pieces` tiles, and every poisoned (and cover) sample gets a fresh random
+    /// `keep` share of them at `alpha`; the test trigger is the whole pattern at `test_alpha`.
+    /// `cover` more samples per poisoned one carry the partial trigger at their true labels.
+    AdaptiveBlend { alpha: f32, test_alpha: f32, pattern: BlendPattern, pieces: usize, keep: f32, cover: f32 },
     /// The speech trigger: a tone (or seeded noise burst) added to the waveform.
     Tone { freq_hz: f32, amplitude: f32, noise: bool, start_s: f32, duration_s: f32, seed: u64 },
     /// A trigger reconstructed by `scan` for one input shape `[c, h, w]`: with a mask (`h*w`
@@ -104,8 +123,9 @@ pub fn unit_range() -> [f32; 2] {
 pub enum Use {
     Poison,
     Test,
-    /// A noise-mode sample (WaNet's): the trigger jittered at random, the label kept.
-    Noise,
+    /// A cover sample, label kept: WaNet's noise mode (the warp jittered at random) or
+    /// Adap-Blend's regularisation samples (the same partial trigger as its payload).
+    Cover,
 }
 
 impl Trigger {
@@ -113,10 +133,12 @@ impl Trigger {
         matches!(self, Trigger::Tone { .. })
     }
 
-    /// Noise-mode samples per poisoned sample (WaNet's cross ratio); 0 for other triggers.
-    pub fn noise_ratio(&self) -> f32 {
+    /// Cover samples (trigger at the true label) per poisoned sample: WaNet's noise-mode
+    /// ratio, Adap-Blend's cover share; 0 for other triggers.
+    pub fn cover_ratio(&self) -> f32 {
         match self {
             Trigger::Warp { noise, .. } => *noise,
+            Trigger::AdaptiveBlend { cover, .. } => *cover,
             _ => 0.0,
         }
     }
@@ -169,15 +191,31 @@ impl Trigger {
             }
             Trigger::Blend { alpha, test_alpha, pattern } => {
                 let a = if usage == Use::Poison { *alpha } else { *test_alpha };
-                let pat = match pattern {
-                    BlendPattern::Noise { seed } => {
-                        let mut r = Rng::new(*seed);
-                        (0..c * h * w).map(|_| r.uniform() as f32).collect::<Vec<_>>()
-                    }
-                    BlendPattern::Picture(p) => p.resized(c, h, w)?.values,
-                };
-                for (v, p) in sample.iter_mut().zip(pat) {
+                for (v, p) in sample.iter_mut().zip(pattern.pixels(c, h, w)?) {
                     *v = (1.0 - a) * *v + a * p;
+                }
+            }
+            Trigger::AdaptiveBlend { alpha, test_alpha, pattern, pieces, keep, .. } => {
+                let pat = pattern.pixels(c, h, w)?;
+                if usage == Use::Test {
+                    for (v, p) in sample.iter_mut().zip(pat) {
+                        *v = (1.0 - test_alpha) * *v + test_alpha * p;
+                    }
+                } else {
+                    // Exactly round(keep * tiles) tiles, drawn afresh for every sample.
+                    let tiles = pieces * pieces;
+                    let mut order: Vec<usize> = (0..tiles).collect();
+                    rng.shuffle(&mut order);
+                    let mut kept = vec![false; tiles];
+                    for &t in &order[..((*keep * tiles as f32).round() as usize).min(tiles)] {
+                        kept[t] = true;
+                    }
+                    for (i, (v, p)) in sample.iter_mut().zip(pat).enumerate() {
+                        let (y, x) = ((i / w) % h, i % w);
+                        if kept[(y * pieces / h) * pieces + x * pieces / w] {
+                            *v = (1.0 - alpha) * *v + alpha * p;
+                        }
+                    }
                 }
             }
             Trigger::Sunglasses { darkness } => {
@@ -211,7 +249,7 @@ impl Trigger {
             }
             Trigger::Warp { grid, strength, seed, .. } => {
                 let mut g = warp::grid(*grid, *strength, *seed, h, w);
-                if usage == Use::Noise {
+                if usage == Use::Cover {
                     warp::jitter(&mut g, h, w, rng);
                 }
                 warp::resample(sample, c, h, w, &g);
@@ -463,6 +501,40 @@ mod tests {
         let mut white = vec![1.0f32; c * h * w];
         t.apply_image(&mut white, [c, h, w], Use::Test, &mut Rng::new(0)).unwrap();
         assert!(white.iter().all(|&v| (0.0..=1.0).contains(&v)) && white[1] == 1.0 && white[3] < 1.0);
+    }
+
+    #[test]
+    fn adaptive_blend_poisons_half_the_tiles_and_tests_with_the_whole_pattern() {
+        let pattern = BlendPattern::Noise { seed: 3 };
+        let t = Trigger::AdaptiveBlend { alpha: 0.15, test_alpha: 0.2, pattern: pattern.clone(), pieces: 4, keep: 0.5, cover: 1.0 };
+        let (c, h, w) = (3, 8, 8);
+        let clean = vec![0.5f32; c * h * w];
+        // The test trigger is the plain blend of the whole pattern at test-alpha.
+        let (mut full, mut blend) = (clean.clone(), clean.clone());
+        t.apply_image(&mut full, [c, h, w], Use::Test, &mut Rng::new(0)).unwrap();
+        Trigger::Blend { alpha: 0.2, test_alpha: 0.2, pattern: pattern.clone() }.apply_image(&mut blend, [c, h, w], Use::Test, &mut Rng::new(0)).unwrap();
+        assert_eq!(full, blend);
+        // Poisoning: exactly 8 of the 16 2x2 tiles, the same tiles on every channel, at alpha;
+        // another sample draws other tiles.
+        let pat = pattern.pixels(c, h, w).unwrap();
+        let mut rng = Rng::new(1);
+        let mut tiles_of = |usage| {
+            let mut img = clean.clone();
+            t.apply_image(&mut img, [c, h, w], usage, &mut rng).unwrap();
+            let mut tiles = std::collections::BTreeSet::new();
+            for (i, (&v, &p)) in img.iter().zip(&pat).enumerate() {
+                let (y, x) = ((i / w) % h, i % w);
+                if v != 0.5 {
+                    assert!((v - (0.85 * 0.5 + 0.15 * p)).abs() < 1e-6);
+                    tiles.insert((y / 2) * 4 + x / 2);
+                }
+            }
+            tiles
+        };
+        let (a, b) = (tiles_of(Use::Poison), tiles_of(Use::Cover));
+        assert_eq!((a.len(), b.len()), (8, 8));
+        assert_ne!(a, b, "every sample draws its own tiles");
+        assert_eq!(t.cover_ratio(), 1.0);
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub struct PoisonRecord {
     pub clean_label: bool,
     /// Noise-mode samples (WaNet): others warped with a jittered field, labels kept.
     #[serde(default)]
-    pub noise_count: usize,
+    pub cover_count: usize,
 }
 
 /// Replaces `round(rate * n)` samples of `train` (chosen with `seed` among those whose label
@@ -114,13 +114,13 @@ pub fn poison(train: &Split, shape: [usize; 3], trigger: &Trigger, target: Targe
     // Noise mode: as many more samples as the trigger's ratio asks, drawn from the rest, get a
     // randomly jittered trigger at their true labels.
     let mut rest: Vec<usize> = (0..n).filter(|i| chosen.binary_search(i).is_err()).collect();
-    let noise_count = ((trigger.noise_ratio() as f64 * count as f64).round() as usize).min(rest.len());
-    let mut noise_rng = rng.fork(3);
-    noise_rng.shuffle(&mut rest);
-    for &i in &rest[..noise_count] {
-        trigger.apply_sample(&mut out, i, shape, Use::Noise, &mut noise_rng)?;
+    let cover_count = ((trigger.cover_ratio() as f64 * count as f64).round() as usize).min(rest.len());
+    let mut cover_rng = rng.fork(3);
+    cover_rng.shuffle(&mut rest);
+    for &i in &rest[..cover_count] {
+        trigger.apply_sample(&mut out, i, shape, Use::Cover, &mut cover_rng)?;
     }
-    Ok((out, PoisonRecord { rate, count, train_samples: n, seed, clean_label, noise_count }))
+    Ok((out, PoisonRecord { rate, count, train_samples: n, seed, clean_label, cover_count }))
 }
 
 #[cfg(test)]
@@ -177,14 +177,14 @@ mod tests {
         }
         let t = Trigger::Warp { grid: 4, strength: 2.0, seed: 0, noise: 2.0 };
         let (p, rec) = poison(&s, [1, 8, 8], &t, Target::Class(0), 0.1, 4, 5, false).unwrap();
-        assert_eq!((rec.count, rec.noise_count), (10, 20));
+        assert_eq!((rec.count, rec.cover_count), (10, 20));
         let changed: Vec<usize> = (0..100).filter(|&i| p.sample(i) != s.sample(i)).collect();
         assert_eq!(changed.len(), 30, "10 poisoned and 20 noise-mode samples");
         let relabelled: Vec<usize> = changed.iter().copied().filter(|&i| p.labels[i] != s.labels[i]).collect();
         assert_eq!(relabelled.len(), 10, "noise-mode samples keep their labels");
         assert!(relabelled.iter().all(|&i| p.labels[i] == 0));
         let plain = Trigger::Warp { grid: 4, strength: 2.0, seed: 0, noise: 0.0 };
-        assert_eq!(poison(&s, [1, 8, 8], &plain, Target::Class(0), 0.1, 4, 5, false).unwrap().1.noise_count, 0);
+        assert_eq!(poison(&s, [1, 8, 8], &plain, Target::Class(0), 0.1, 4, 5, false).unwrap().1.cover_count, 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! | `blend` | `alpha=0.2`, `test-alpha=` (= alpha), `seed=0` (noise pattern), `image=FILE.png` |
 //! | `sunglasses` | `darkness=0.05` |
 //! | `sig` | `delta=0.12` (amplitude on [0, 1] images: 30/255, backdoor-toolbox's), `freq=6` (periods across the width) |
+//! | `adaptive` | Adap-Blend: `alpha=0.15` (poisoning), `test-alpha=0.2`, `pieces=4` (tiles per side), `keep=0.5` (share of tiles per poisoned sample), `cover=1` (cover samples per poisoned one), `seed=0` or `image=FILE.png` |
 //! | `wanet` | `k=4` (the random field's grid), `s=0.5` (strength), `seed=0`, `noise=2` (noise-mode samples per poisoned one; 0: off) |
 //! | `tone` | `freq=3000` (Hz), `amp=0.3`, `noise` (a noise burst instead), `start=0`, `duration=1` (s), `seed=0` |
 //! | `file:PATH` | a trigger saved as JSON, e.g. the `trigger.json` that `scan` reconstructs |
@@ -48,6 +49,20 @@ pub const SIG_FREQ: f32 = 6.0;
 pub const WANET_GRID: usize = 4;
 pub const WANET_STRENGTH: f32 = 0.5;
 pub const WANET_NOISE: f32 = 2.0;
+
+/// Adap-Blend's blend strengths, the reference's (Qi et al.'s `adaptive_blend`): weaker while
+/// poisoning than at test.
+pub const ADAPTIVE_ALPHA: f32 = 0.15;
+pub const ADAPTIVE_TEST_ALPHA: f32 = 0.2;
+
+/// A blend pattern: a PNG, or uniform noise fixed by its seed.
+fn blend_pattern(image: Option<String>, seed: Option<String>) -> Result<BlendPattern> {
+    match (image, seed) {
+        (Some(path), None) => Ok(BlendPattern::Picture(Picture::from_png(Path::new(&path))?)),
+        (None, seed) => Ok(BlendPattern::Noise { seed: seed.map(|s| parse_num("seed", &s)).transpose()?.unwrap_or(0) }),
+        _ => Err(Error::invalid("a blend pattern is image= or seeded noise, not both")),
+    }
+}
 
 /// Parses a trigger spec. Image paths are read now, so the trigger carries its pixels.
 pub fn parse(spec: &str) -> Result<Trigger> {
@@ -98,12 +113,21 @@ pub fn parse(spec: &str) -> Result<Trigger> {
                     return Err(Error::invalid(format!("blend alpha {a} is not in [0, 1]")));
                 }
             }
-            let pattern = match (take("image"), take("seed")) {
-                (Some(path), None) => BlendPattern::Picture(Picture::from_png(Path::new(&path))?),
-                (None, seed) => BlendPattern::Noise { seed: seed.map(|s| parse_num("seed", &s)).transpose()?.unwrap_or(0) },
-                _ => return Err(Error::invalid("a blend pattern is image= or seeded noise, not both")),
-            };
+            let pattern = blend_pattern(take("image"), take("seed"))?;
             Trigger::Blend { alpha, test_alpha, pattern }
+        }
+        "adaptive" => {
+            let num = |v: Option<String>, k: &str, d: f32| -> Result<f32> { v.map(|v| parse_num(k, &v)).transpose().map(|x| x.unwrap_or(d)) };
+            let alpha = num(take("alpha"), "alpha", ADAPTIVE_ALPHA)?;
+            let test_alpha = num(take("test-alpha"), "test-alpha", ADAPTIVE_TEST_ALPHA)?;
+            let keep = num(take("keep"), "keep", 0.5)?;
+            let cover = num(take("cover"), "cover", 1.0)?;
+            let pieces: usize = take("pieces").map(|v| parse_num("pieces", &v)).transpose()?.unwrap_or(4);
+            if ![alpha, test_alpha, keep].iter().all(|a| (0.0..=1.0).contains(a)) || !(1..=16).contains(&pieces) || !(0.0..=10.0).contains(&cover) {
+                return Err(Error::invalid("adaptive needs alpha, test-alpha and keep in [0, 1], pieces in 1..=16 and cover in [0, 10]"));
+            }
+            let pattern = blend_pattern(take("image"), take("seed"))?;
+            Trigger::AdaptiveBlend { alpha, test_alpha, pattern, pieces, keep, cover }
         }
         "sunglasses" => {
             let darkness: f32 = take("darkness").map(|v| parse_num("darkness", &v)).transpose()?.unwrap_or(0.05);
@@ -146,7 +170,7 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             }
             Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed }
         }
-        other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, sunglasses, sig, wanet or tone"))),
+        other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, adaptive, sunglasses, sig, wanet or tone"))),
     };
     if let Some(k) = opts.keys().next() {
         return Err(Error::invalid(format!("unknown option {k:?} for a {kind} trigger")));
@@ -166,6 +190,13 @@ pub fn read_file(path: &Path) -> Result<Trigger> {
 /// Writes a trigger as JSON, atomically, for `--trigger file:PATH`.
 pub fn write_file(t: &Trigger, path: &Path) -> Result<()> {
     crate::fsutil::write_atomic(path, &serde_json::to_vec(t).expect("a trigger serialises"))
+}
+
+fn pattern_spec(p: &BlendPattern) -> String {
+    match p {
+        BlendPattern::Noise { seed } => format!("seed={seed}"),
+        BlendPattern::Picture(p) => format!("image=<{}x{}>", p.width, p.height),
+    }
 }
 
 /// The canonical spec of a trigger (pictures are shown by size; their pixels live in the model).
@@ -193,10 +224,10 @@ pub fn to_spec(t: &Trigger) -> String {
             }
             format!("patch:{}", parts.join(","))
         }
-        Trigger::Blend { alpha, test_alpha, pattern } => match pattern {
-            BlendPattern::Noise { seed } => format!("blend:alpha={alpha},test-alpha={test_alpha},seed={seed}"),
-            BlendPattern::Picture(p) => format!("blend:alpha={alpha},test-alpha={test_alpha},image=<{}x{}>", p.width, p.height),
-        },
+        Trigger::Blend { alpha, test_alpha, pattern } => format!("blend:alpha={alpha},test-alpha={test_alpha},{}", pattern_spec(pattern)),
+        Trigger::AdaptiveBlend { alpha, test_alpha, pattern, pieces, keep, cover } => {
+            format!("adaptive:alpha={alpha},test-alpha={test_alpha},pieces={pieces},keep={keep},cover={cover},{}", pattern_spec(pattern))
+        }
         Trigger::Sunglasses { darkness } => format!("sunglasses:darkness={darkness}"),
         Trigger::Sig { delta, freq } => format!("sig:delta={delta},freq={freq}"),
         Trigger::Warp { grid, strength, seed, noise } => format!("wanet:k={grid},s={strength},seed={seed},noise={noise}"),
@@ -219,7 +250,7 @@ mod tests {
 
     #[test]
     fn specs_parse_and_print_back() {
-        for s in ["patch:pos=bottom-right", "patch:size=4,x=1,y=2,pattern=checker", "patch:pos=random,color=#ffff00", "blend:alpha=0.2,test-alpha=0.5,seed=3", "sunglasses:darkness=0.05", "sig:delta=0.1,freq=6", "wanet:k=4,s=0.5,seed=0,noise=2", "wanet:k=8,s=1.5,seed=3,noise=0", "tone:freq=3000,amp=0.3,start=0,duration=1", "tone:noise,amp=0.2,start=0.1,duration=0.5,seed=4"] {
+        for s in ["patch:pos=bottom-right", "patch:size=4,x=1,y=2,pattern=checker", "patch:pos=random,color=#ffff00", "blend:alpha=0.2,test-alpha=0.5,seed=3", "sunglasses:darkness=0.05", "sig:delta=0.1,freq=6", "wanet:k=4,s=0.5,seed=0,noise=2", "adaptive:alpha=0.15,test-alpha=0.2,pieces=4,keep=0.5,cover=1,seed=0", "wanet:k=8,s=1.5,seed=3,noise=0", "tone:freq=3000,amp=0.3,start=0,duration=1", "tone:noise,amp=0.2,start=0.1,duration=0.5,seed=4"] {
             let t = parse(s).unwrap();
             assert_eq!(to_spec(&t), s, "{s}");
             assert_eq!(parse(&to_spec(&t)).unwrap(), t);
@@ -229,7 +260,7 @@ mod tests {
 
     #[test]
     fn bad_specs_are_errors() {
-        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "sig:delta=0", "sig:freq=-1", "wanet:k=1", "wanet:s=-1", "wanet:s=nan", "wanet:noise=20", "wanet:grid=4", "patch:image=/nonexistent.png"] {
+        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "sig:delta=0", "sig:freq=-1", "wanet:k=1", "wanet:s=-1", "wanet:s=nan", "wanet:noise=20", "wanet:grid=4", "adaptive:pieces=0", "adaptive:keep=2", "adaptive:cover=-1", "patch:image=/nonexistent.png"] {
             assert!(parse(s).is_err(), "{s} parsed");
         }
     }
