@@ -18,9 +18,10 @@
 # faster) and each side's peak memory, and appends one JSON line per loop to
 # docs/results/defense-loops.jsonl (date, commit, machine stamped).
 #
-# Not yet equal on one count: the PyTorch side validates on a seeded 10% of GTSRB's training
-# split (3,920 images), fineprune on its track-grouped validation split (fewer images). Make the
-# validation counts equal before quoting a ratio; no ratio from this script is published yet.
+# Both sides read one defender split, $RUNS/defender.npz (written by the PyTorch side the first
+# time: 5% of GTSRB's training split as clean data, a seeded 10% as validation), fineprune as
+# `npz:` data with --clean-fraction 1: the same images to train on and to validate after every
+# epoch.
 #
 # Needs python3 and the venv $VENV (default .venv) with torch, onnx, onnxruntime, numpy, pillow.
 set -euo pipefail
@@ -55,16 +56,18 @@ for part in $parts; do
       peer=signnet ;;
     *) echo "usage: scripts/bench_defenses_vs_pytorch.sh [resnet] [signnet]" >&2; exit 2 ;;
   esac
+  split="$RUNS/defender.npz"
+  [ -f "$split" ] || "$PY" scripts/bench_torch.py defender-split "$split" --data-root "$DATA" --clean-fraction 0.05
   for r in $(seq "$REPEATS"); do
     for m in finetune fst anp; do
       echo "$part run $r: fineprune $m" >&2
-      /usr/bin/time -v -o "$RUNS/loops-$part-$m-$r.time" "$FP" defend --model "$model" --data "gtsrb:$DATA/gtsrb" --method "$m" \
-        --clean-fraction 0.05 --epochs "$EPOCHS" --fst-epochs "$FST_EPOCHS" --anp-iterations "$ANP_STEPS" --no-verify \
+      /usr/bin/time -v -o "$RUNS/loops-$part-$m-$r.time" "$FP" defend --model "$model" --data "npz:$split" --method "$m" \
+        --clean-fraction 1 --epochs "$EPOCHS" --fst-epochs "$FST_EPOCHS" --anp-iterations "$ANP_STEPS" --no-verify \
         --keep-out-of-budget --out "$RUNS/loops-$part-$m.onnx" --json > "$RUNS/loops-$part-$m-$r.json" 2> "$RUNS/loops-$part-$m-$r.log" || [ $? -eq 3 ]
     done
     echo "$part run $r: PyTorch" >&2
     /usr/bin/time -v -o "$RUNS/loops-$part-torch-$r.time" "$PY" scripts/bench_torch.py peer-loops "$peer" --data-root "$DATA" --clean-fraction 0.05 \
-      --epochs "$EPOCHS" --fst-epochs "$FST_EPOCHS" --anp-steps "$ANP_STEPS" > "$RUNS/loops-$part-torch-$r.json"
+      --epochs "$EPOCHS" --fst-epochs "$FST_EPOCHS" --anp-steps "$ANP_STEPS" --npz "$split" > "$RUNS/loops-$part-torch-$r.json"
   done
   "$PY" - "$RUNS" "$part" "$REPEATS" "$(stamp)" >> "$out" <<'EOF'
 import json, sys

@@ -15,8 +15,11 @@
         re-running the whole network per level; --no-curve skips it); fine-tune (5 epochs, Adam
         1e-4, batch 64) on the defender's clean fraction; evaluate the result on the test split.
         Prints the stage times as one JSON line.
+    defender-split OUT.npz --data-root D --clean-fraction F
+        GTSRB's training split as a defender holds it (a seeded 10% to validate on, a fraction of
+        the rest as clean data), for both sides of the loop benchmark.
     peer-loops MODEL.onnx|signnet --data-root D --clean-fraction F [--epochs 5 --fst-epochs 5
-        --anp-steps 100]
+        --anp-steps 100 --npz SPLIT.npz]
         the defense loops of `fineprune defend` written in PyTorch with the same counts, batch
         sizes and optimisers, each followed by what fineprune does per epoch (clean validation
         accuracy on the whole validation split, the best epoch's weights kept): fine-tuning (Adam
@@ -244,7 +247,19 @@ def defender_split(x, y, clean_fraction, mean, std, seed=0):
     return xs[clean], torch.from_numpy(y[clean]), xs[val], torch.from_numpy(y[val])
 
 
-def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, seed=0):
+def write_defender_split(npz, root, clean_fraction, seed=0):
+    """GTSRB's training split as a defender holds it, for both sides of a benchmark: a seeded
+    10% for validation, a fraction of the rest as clean data (and 512 validation images as a
+    token test split, so that fineprune carves nothing more off)."""
+    x, y, _, _ = gtsrb(root)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(y))
+    nval = len(y) // 10
+    val, clean = perm[:nval], perm[nval:][: max(1, round(clean_fraction * (len(y) - nval)))]
+    np.savez(npz, x=x[clean], y=y[clean], x_val=x[val], y_val=y[val], x_test=x[val[:512]], y_test=y[val[:512]])
+
+
+def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, npz=None, seed=0):
     import copy
     import math
     if what == "signnet":
@@ -254,8 +269,17 @@ def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, seed=0
     else:
         mean, std = sidecar_normalization(what)
         make = lambda: onnx_to_torch(what)  # noqa: E731
-    x, y, _, _ = gtsrb(root)
-    cx, cy, vx, vy = defender_split(x, y, clean_fraction, mean, std, seed)
+    if npz is not None:
+        # The defender's split both sides read: fineprune gets the same file (`npz:` data with
+        # --clean-fraction 1), so every loop trains and validates on the same images.
+        if not os.path.exists(npz):
+            write_defender_split(npz, root, clean_fraction, seed)
+        d = np.load(npz)
+        cx, cy = (torch.from_numpy(d["x"]) - mean) / std, torch.from_numpy(d["y"]).long()
+        vx, vy = (torch.from_numpy(d["x_val"]) - mean) / std, torch.from_numpy(d["y_val"]).long()
+    else:
+        x, y, _, _ = gtsrb(root)
+        cx, cy, vx, vy = defender_split(x, y, clean_fraction, mean, std, seed)
     g = torch.Generator().manual_seed(seed)
 
     def accuracy(m):
@@ -386,8 +410,15 @@ def main():
     lp.add_argument("--epochs", type=int, default=5)
     lp.add_argument("--fst-epochs", type=int, default=5)
     lp.add_argument("--anp-steps", type=int, default=100)
+    lp.add_argument("--npz", help="the defender's split (clean, validation) in this .npz, written the first time; fineprune reads the same file")
+    ds = sub.add_parser("defender-split")
+    ds.add_argument("npz")
+    ds.add_argument("--data-root", default="../shared/data")
+    ds.add_argument("--clean-fraction", type=float, default=0.05)
     a = p.parse_args()
-    if a.cmd == "throughput":
+    if a.cmd == "defender-split":
+        write_defender_split(a.npz, a.data_root, a.clean_fraction)
+    elif a.cmd == "throughput":
         for name in a.arch:
             print(json.dumps(throughput(name, a.batch, a.steps)), flush=True)
     elif a.cmd == "export":
@@ -398,7 +429,7 @@ def main():
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=14)
     elif a.cmd == "peer-loops":
-        print(json.dumps(peer_loops(a.model, a.data_root, a.clean_fraction, a.epochs, a.fst_epochs, a.anp_steps)), flush=True)
+        print(json.dumps(peer_loops(a.model, a.data_root, a.clean_fraction, a.epochs, a.fst_epochs, a.anp_steps, a.npz)), flush=True)
     else:
         print(json.dumps(peer_fineprune(a.model, a.data_root, a.clean_fraction, not a.no_curve)), flush=True)
 

@@ -6,7 +6,9 @@
 # throughput: training and inference images/s of the same networks (lenet, signnet, resnet18, the
 #   312k-weight residual GTSRB CNN, and torchvision's mobilenet_v2 and efficientnet_b0), batch $BATCH (64), Adam, $THREADS threads (2) on both
 #   sides, random inputs, $STEPS steps ($STEPS/3 for resnet18), best of $REPEATS (3) alternating
-#   runs per side; prints both rates and their ratio, and each side's peak memory.
+#   runs per side; prints both rates and their ratio, and each side's peak memory, and writes one
+#   JSON line per network to docs/results/throughput.jsonl (date, commit, machine stamped), from
+#   which scripts/performance_md.py writes docs/performance.md.
 # defend: `fineprune defend --method fineprune --clean-fraction 0.05` on a PyTorch-trained
 #   residual GTSRB model against the same defense written the way the Python toolkits write it
 #   (the whole network re-run per pruned channel, then fine-tuning), end to end, both producing
@@ -39,12 +41,20 @@ FP=./target/release/fineprune
 peak() { grep "Maximum resident" "$1" | awk '{printf "%.0f", $NF/1024}'; }
 echo "# $(date -u +%Y-%m-%d) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $THREADS threads, batch $BATCH, $STEPS steps, best of $REPEATS; torch $("$PY" -c 'import torch; print(torch.__version__)')"
 
+stamp() {
+  printf '{"date": "%s", "commit": "%s", "machine": "%s, %s cores", "cpu": "%s", "torch": "%s", "threads": %s, "batch": %s, "repeats": %s}' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$("$PY" -c 'import torch; print(torch.__version__)')" "$THREADS" "$BATCH" "$REPEATS"
+}
+
 if [[ " $parts " == *" throughput "* ]]; then
+  mkdir -p docs/results
+  : > docs/results/throughput.jsonl
   "$PY" -c "import torchvision" 2>/dev/null || "$VENV/bin/pip" install -q torchvision
   for arch in sign-resnet $MOBILE; do
     [ -f "$RUNS/$arch.onnx" ] || "$PY" scripts/bench_torch.py export "$arch" "$RUNS/$arch.onnx" 2>/dev/null
   done
-  printf "%-12s %12s %12s %7s   %12s %12s %7s   %9s %9s\n" arch "fp train" "torch train" ratio "fp infer" "torch infer" ratio "fp MiB" "torch MiB"
+  printf "%-12s %12s %12s %7s   %12s %12s %7s   %9s %9s\n" >&2 arch "fp train" "torch train" ratio "fp infer" "torch infer" ratio "fp MiB" "torch MiB"
   for arch in ${ARCHS:-lenet signnet resnet18 sign-resnet $MOBILE}; do
     fp_arch=$arch; steps=$STEPS
     [ -f "$RUNS/$arch.onnx" ] && fp_arch="$RUNS/$arch.onnx"
@@ -56,14 +66,16 @@ if [[ " $parts " == *" throughput "* ]]; then
       fp+=$(/usr/bin/time -v -o "$RUNS/fp-time.txt" "$FP" bench --arch "$fp_arch" --batch-size "$BATCH" --steps "$steps" --json)$'\n'
       pt+=$(/usr/bin/time -v -o "$RUNS/pt-time.txt" "$PY" scripts/bench_torch.py throughput "$arch" --batch "$BATCH" --steps "$steps")$'\n'
     done
-    "$PY" - "$arch" "$fp" "$pt" "$(peak "$RUNS/fp-time.txt")" "$(peak "$RUNS/pt-time.txt")" <<'EOF'
+    "$PY" - "$arch" "$fp" "$pt" "$(peak "$RUNS/fp-time.txt")" "$(peak "$RUNS/pt-time.txt")" "$(stamp)" "$steps" <<'EOF' >> docs/results/throughput.jsonl
 import json, sys
-arch, fm, pm = sys.argv[1], sys.argv[4], sys.argv[5]
+arch, fm, pm, stamp, steps = sys.argv[1], sys.argv[4], sys.argv[5], json.loads(sys.argv[6]), int(sys.argv[7])
 fp = [json.loads(l) for l in sys.argv[2].splitlines() if l.strip()]
 pt = [json.loads(l) for l in sys.argv[3].splitlines() if l.strip()]
 ft, fi = max(r["train_images_per_sec"] for r in fp), max(r["inference_images_per_sec"] for r in fp)
 tt, ti = max(r["train"] for r in pt), max(r["inference"] for r in pt)
-print(f"{arch:<12} {ft:12.1f} {tt:12.1f} {ft / tt:6.2f}x   {fi:12.1f} {ti:12.1f} {fi / ti:6.2f}x   {fm:>9} {pm:>9}")
+print(f"{arch:<12} {ft:12.1f} {tt:12.1f} {ft / tt:6.2f}x   {fi:12.1f} {ti:12.1f} {fi / ti:6.2f}x   {fm:>9} {pm:>9}", file=sys.stderr)
+print(json.dumps({**stamp, "network": arch, "steps": steps, "fineprune_train": ft, "pytorch_train": tt, "fineprune_inference": fi,
+                  "pytorch_inference": ti, "fineprune_peak_mib": int(fm), "pytorch_peak_mib": int(pm)}))
 EOF
   done
 fi

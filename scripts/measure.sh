@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures what docs/results.md reports, one run after another (no two runs share the CPU), and
 # keeps each command's own JSON, stamped with the date, the commit and the machine, in
-# docs/results/; scripts/results_md.py then writes docs/results.md from those files alone.
+# docs/results/; scripts/results_md.py then writes docs/results.md from those files alone
+# (scripts/performance_md.py docs/performance.md, from the sweep's).
 #
 #   scripts/measure.sh [reproduce] [torch] [sweep]     (default: all three)
 #
@@ -78,5 +79,5 @@ PY
   done ;;
 *) echo "unknown part $part (reproduce, torch, sweep)" >&2; exit 2 ;;
 esac; done
-python3 scripts/results_md.py > docs/results.md
-echo "wrote docs/results.md" >&2
+# Every generated document from the JSON (docs/results.md, docs/performance.md, the README's blocks).
+python3 scripts/check_generated.py --write
