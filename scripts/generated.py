@@ -1,7 +1,18 @@
 """What the table scripts share: the --readme option, and rewriting a README block between its
 two marker comments with text generated from measured JSON."""
+import json
+import os
 import re
 import sys
+
+# Where the measured JSON lives.
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "results")
+
+
+def json_lines(name):
+    """The records of docs/results/NAME (one JSON object per line); none when it is absent."""
+    path = os.path.join(RESULTS, name)
+    return [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
 
 
 def pop_option(args, name):

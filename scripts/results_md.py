@@ -9,11 +9,10 @@ import json
 import os
 import sys
 
-from generated import pop_option, replace_blocks
+from generated import RESULTS, json_lines, pop_option, replace_blocks
 
 args = sys.argv[1:]
 readme = pop_option(args, "--readme")
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "results")
 TASKS = [("mnist", "LeNet, MNIST"), ("traffic", "signnet, GTSRB"), ("face", "DeepID, ORL faces"), ("speech", "speechnet, FSDD")]
 SHORT = {"mnist": "MNIST", "traffic": "GTSRB", "face": "faces", "speech": "speech"}
 TORCH = {"torch-mnist-cnn-blend": "PyTorch CNN (BatchNorm folded), MNIST, blended noise → 0, ONNX",
@@ -22,19 +21,14 @@ TORCH_SHORT = {"torch-mnist-cnn-blend": "PyTorch MNIST blend", "torch-gtsrb-resn
 DEFENSES = ["fineprune", "anp", "fst"]
 
 
-def lines(name):
-    path = os.path.join(RESULTS, name)
-    return [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
-
-
 def load(name):
     path = os.path.join(RESULTS, name)
     return json.load(open(path)) if os.path.exists(path) else None
 
 
 runs = {task: r for task, _ in TASKS if (r := load(f"reproduce-{task}.json"))}
-torch = lines("defenses-torch.jsonl")
-repairs = [r for r in lines("repairs.jsonl") if not r.get("onnxruntime")]
+torch = json_lines("defenses-torch.jsonl")
+repairs = [r for r in json_lines("repairs.jsonl") if not r.get("onnxruntime")]
 f4 = lambda v: "—" if v is None else f"{v:.4f}"
 f3 = lambda v: "—" if v is None else f"{v:.3f}"
 
