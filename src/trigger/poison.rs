@@ -73,7 +73,8 @@ pub struct PoisonRecord {
     /// the share of the target class.
     #[serde(default)]
     pub clean_label: bool,
-    /// Noise-mode samples (WaNet): others warped with a jittered field, labels kept.
+    /// Cover samples, labels kept: WaNet's noise mode (a jittered warp) or Adap-Blend's
+    /// regularisation samples (a partial trigger).
     #[serde(default)]
     pub cover_count: usize,
 }
@@ -82,7 +83,9 @@ pub struct PoisonRecord {
 /// the attack changes) by triggered copies with the attacker's labels. Clean-label
 /// (`clean_label`): `round(rate * m)` of the `m` target-class samples get the trigger and keep
 /// their labels. Rate as a share of the target class, not of the whole set: a small class
-/// (GTSRB's class 0 holds 0.5% of the set) could not reach a whole-set rate.
+/// (GTSRB's class 0 holds 0.5% of the set) could not reach a whole-set rate. Triggers with
+/// cover samples ([`Trigger::cover_ratio`]) then give that many more per poisoned sample their
+/// cover form at the true label.
 pub fn poison(train: &Split, shape: [usize; 3], trigger: &Trigger, target: Target, rate: f64, classes: usize, seed: u64, clean_label: bool) -> Result<(Split, PoisonRecord)> {
     if !(0.0..=1.0).contains(&rate) {
         return Err(Error::invalid(format!("poison rate {rate} is not in [0, 1]")));
@@ -111,8 +114,8 @@ pub fn poison(train: &Split, shape: [usize; 3], trigger: &Trigger, target: Targe
             out.labels[i] = target.poison_label(train.labels[i], classes, &mut label_rng);
         }
     }
-    // Noise mode: as many more samples as the trigger's ratio asks, drawn from the rest, get a
-    // randomly jittered trigger at their true labels.
+    // Cover samples: as many more as the trigger's ratio asks, drawn from the rest, get the
+    // trigger's cover form (jittered or partial) at their true labels.
     let mut rest: Vec<usize> = (0..n).filter(|i| chosen.binary_search(i).is_err()).collect();
     let cover_count = ((trigger.cover_ratio() as f64 * count as f64).round() as usize).min(rest.len());
     let mut cover_rng = rng.fork(3);
