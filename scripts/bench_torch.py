@@ -19,7 +19,7 @@
         GTSRB's training split as a defender holds it (a seeded 10% to validate on, a fraction of
         the rest as clean data), for both sides of the loop benchmark.
     peer-loops MODEL.onnx|signnet --data-root D --clean-fraction F [--epochs 5 --fst-epochs 5
-        --anp-steps 100 --npz SPLIT.npz]
+        --anp-steps 100] --npz SPLIT.npz
         the defense loops of `fineprune defend` written in PyTorch with the same counts, batch
         sizes and optimisers, each followed by what fineprune does per epoch (clean validation
         accuracy on the whole validation split, the best epoch's weights kept): fine-tuning (Adam
@@ -234,32 +234,31 @@ def sidecar_normalization(path):
     return tuple(torch.tensor(json.loads(side[k])).view(1, -1, 1, 1) for k in ("mean", "std"))
 
 
-def defender_split(x, y, clean_fraction, mean, std, seed=0):
+def defender_indices(n, clean_fraction, seed=0):
     """GTSRB's training split divided as fineprune divides it (counts, not the same indices): a
-    seeded 10% is validation, the defender holds a fraction of the rest. Returns the normalised
-    clean inputs and labels, then the validation ones."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(y))
-    nval = len(y) // 10
-    val, rest = perm[:nval], perm[nval:]
-    clean = rest[: max(1, round(clean_fraction * len(rest)))]
+    seeded 10% is validation, the defender holds a fraction of the rest. Returns (clean, val)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    nval = n // 10
+    return perm[nval:][: max(1, round(clean_fraction * (n - nval)))], perm[:nval]
+
+
+def defender_split(x, y, clean_fraction, mean, std, seed=0):
+    """The normalised clean inputs and labels, then the validation ones (see defender_indices)."""
+    clean, val = defender_indices(len(y), clean_fraction, seed)
     xs = (torch.from_numpy(x) - mean) / std
     return xs[clean], torch.from_numpy(y[clean]), xs[val], torch.from_numpy(y[val])
 
 
 def write_defender_split(npz, root, clean_fraction, seed=0):
-    """GTSRB's training split as a defender holds it, for both sides of a benchmark: a seeded
-    10% for validation, a fraction of the rest as clean data (and 512 validation images as a
-    token test split, so that fineprune carves nothing more off)."""
+    """The defender's split for both sides of a benchmark, as an .npz fineprune reads (`npz:`
+    data with --clean-fraction 1): clean data, validation, and 512 validation images as a token
+    test split, so that fineprune carves nothing more off."""
     x, y, _, _ = gtsrb(root)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(y))
-    nval = len(y) // 10
-    val, clean = perm[:nval], perm[nval:][: max(1, round(clean_fraction * (len(y) - nval)))]
+    clean, val = defender_indices(len(y), clean_fraction, seed)
     np.savez(npz, x=x[clean], y=y[clean], x_val=x[val], y_val=y[val], x_test=x[val[:512]], y_test=y[val[:512]])
 
 
-def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, npz=None, seed=0):
+def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, npz, seed=0):
     import copy
     import math
     if what == "signnet":
@@ -269,17 +268,12 @@ def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, npz=No
     else:
         mean, std = sidecar_normalization(what)
         make = lambda: onnx_to_torch(what)  # noqa: E731
-    if npz is not None:
-        # The defender's split both sides read: fineprune gets the same file (`npz:` data with
-        # --clean-fraction 1), so every loop trains and validates on the same images.
-        if not os.path.exists(npz):
-            write_defender_split(npz, root, clean_fraction, seed)
-        d = np.load(npz)
-        cx, cy = (torch.from_numpy(d["x"]) - mean) / std, torch.from_numpy(d["y"]).long()
-        vx, vy = (torch.from_numpy(d["x_val"]) - mean) / std, torch.from_numpy(d["y_val"]).long()
-    else:
-        x, y, _, _ = gtsrb(root)
-        cx, cy, vx, vy = defender_split(x, y, clean_fraction, mean, std, seed)
+    # The defender's split both sides read, so every loop trains and validates on the same images.
+    if not os.path.exists(npz):
+        write_defender_split(npz, root, clean_fraction, seed)
+    d = np.load(npz)
+    cx, cy = (torch.from_numpy(d["x"]) - mean) / std, torch.from_numpy(d["y"]).long()
+    vx, vy = (torch.from_numpy(d["x_val"]) - mean) / std, torch.from_numpy(d["y_val"]).long()
     g = torch.Generator().manual_seed(seed)
 
     def accuracy(m):
@@ -410,7 +404,7 @@ def main():
     lp.add_argument("--epochs", type=int, default=5)
     lp.add_argument("--fst-epochs", type=int, default=5)
     lp.add_argument("--anp-steps", type=int, default=100)
-    lp.add_argument("--npz", help="the defender's split (clean, validation) in this .npz, written the first time; fineprune reads the same file")
+    lp.add_argument("--npz", required=True, help="the defender's split (clean, validation) in this .npz, written the first time; fineprune reads the same file")
     ds = sub.add_parser("defender-split")
     ds.add_argument("npz")
     ds.add_argument("--data-root", default="../shared/data")

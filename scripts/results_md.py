@@ -38,7 +38,8 @@ def asr_cell(asr, ci):
 
 
 def removed(before, after, within):
-    """reproduce's own rule: within budget, attack success at least halved and below 0.1."""
+    """reproduce's own rule (which_defense_removed in src/reproduce/mod.rs): within budget,
+    attack success at least halved and below 0.1."""
     return bool(within) and after is not None and before is not None and after < 0.1 and after <= before / 2
 
 

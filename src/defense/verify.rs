@@ -122,9 +122,9 @@ pub(super) fn unlearn(model: Model, ds: &Dataset, cfg: &DefenseConfig, s: &Suspe
     let mut rng = Rng::new(cfg.finetune.seed ^ 0x0C1E);
     rng.shuffle(&mut idx);
     idx.truncate((cfg.unlearn_share * clean.len() as f64).round() as usize);
-    let shape = model.graph.input_shape;
+    let stamp = trigger.stamper(model.graph.input_shape)?;
     for &i in &idx {
-        trigger.apply_sample(&mut clean, i, shape, Use::Test, &mut rng)?;
+        stamp.apply_sample(&mut clean, i, Use::Test, &mut rng)?;
     }
     let goal = target.map_or("the untargeted goal".to_string(), |t| format!("class {t}"));
     progress.note(&format!("unlearn: {} of {} clean samples stamped with the reconstructed {} trigger of {goal}, at their true labels", idx.len(), clean.len(), family.name()));

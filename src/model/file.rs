@@ -175,6 +175,11 @@ impl ModelFile {
         let shapes = graph.validate()?;
         let info: ModelInfo = serde_json::from_str(get(META_INFO)?).map_err(|e| Error::model(format!("info metadata: {e}")))?;
         info.normalization.validate(graph.input_shape[0])?;
+        // The backdoor record's trigger is applied by eval, defend and the report: checked like
+        // a trigger file before anything uses it.
+        if let Some(b) = &info.backdoor {
+            b.trigger.validate().map_err(|e| Error::model(format!("backdoor record: {e}")))?;
+        }
         let classes = shapes[graph.output].numel();
         if info.classes.len() != classes {
             return Err(Error::model(format!("{} class names for {classes} outputs", info.classes.len())));

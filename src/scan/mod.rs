@@ -188,7 +188,7 @@ pub struct ClassResult {
 }
 
 /// A reconstructed trigger measured on held-out clean data (see [`holdout_success`]).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct HeldOut {
     /// Its attack success: the share of held-out inputs of other classes sent to the target,
     /// or, for the untargeted trigger, of all held-out inputs sent to another class. `None`
@@ -196,6 +196,13 @@ pub struct HeldOut {
     pub holdout_asr: Option<f64>,
     pub holdout_asr_ci95: [f64; 2],
     pub holdout_samples: usize,
+}
+
+impl Default for HeldOut {
+    /// Not measured: no trigger, or no inputs to measure it on (the interval is all of [0, 1]).
+    fn default() -> HeldOut {
+        HeldOut { holdout_asr: None, holdout_asr_ci95: [0.0, 1.0], holdout_samples: 0 }
+    }
 }
 
 /// A refined trigger, measured on held-out clean data.
@@ -920,7 +927,7 @@ fn norm_tensors(norm: &Normalization, c: usize, device: &Device) -> (Tensor<4>, 
 pub fn holdout_success(file: &ModelFile, hold: &Split, trigger: &Trigger, target: Option<usize>, shape: [usize; 3], device: &Device) -> Result<HeldOut> {
     let idx: Vec<usize> = (0..hold.len()).filter(|&i| Some(hold.labels[i]) != target).collect();
     if idx.is_empty() {
-        return Ok(HeldOut { holdout_asr: None, holdout_asr_ci95: [0.0, 1.0], holdout_samples: 0 });
+        return Ok(HeldOut::default());
     }
     let stamped = trigger.apply_split(hold, Some(&idx), shape, Use::Test, 0)?;
     let preds = predict(&file.model, &stamped, &file.info.normalization, device, 256);

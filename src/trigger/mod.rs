@@ -112,6 +112,9 @@ pub enum Trigger {
     },
 }
 
+/// The latest start of a tone trigger, in seconds (FSDD recordings last about one).
+pub const MAX_TONE_START_S: f32 = 10.0;
+
 /// The value range of image inputs.
 pub fn unit_range() -> [f32; 2] {
     [0.0, 1.0]
@@ -148,12 +151,181 @@ impl Trigger {
         spec::to_spec(self)
     }
 
-    /// Applies the trigger to one raw image sample, planar `[c, h, w]`, in place.
+    /// Applies the trigger to one raw image sample, planar `[c, h, w]`, in place. Stamping many
+    /// samples: [`Trigger::stamper`] once, then its `apply_image`.
     pub fn apply_image(&self, sample: &mut [f32], shape: [usize; 3], usage: Use, rng: &mut Rng) -> Result<()> {
+        self.stamper(shape)?.apply_image(sample, usage, rng)
+    }
+
+    /// The trigger made ready for inputs of `shape`: what does not change from sample to sample
+    /// (a blend pattern, a resized patch picture, a warp's sampling grid) is computed here once.
+    pub fn stamper(&self, shape: [usize; 3]) -> Result<Stamper<'_>> {
         let [c, h, w] = shape;
+        let pattern = match self {
+            Trigger::Blend { pattern, .. } | Trigger::AdaptiveBlend { pattern, .. } => pattern.pixels(c, h, w)?,
+            Trigger::Patch { size, pattern: PatchPattern::Picture(p), .. } => {
+                let s = patch_side(*size, h, w);
+                p.resized(c, s, s)?.values
+            }
+            _ => vec![],
+        };
+        let grid = match self {
+            Trigger::Warp { grid, strength, seed, .. } => warp::grid(*grid, *strength, *seed, h, w),
+            _ => vec![],
+        };
+        Ok(Stamper { trigger: self, shape, pattern, grid })
+    }
+
+    /// Checks a trigger's settings and arrays: every trigger that comes from outside (a spec, a
+    /// trigger file, a model file's backdoor record) passes here before it is applied, so a
+    /// hostile value is one clear error, not a panic or a huge allocation.
+    pub fn validate(&self) -> Result<()> {
+        let unit = |v: f32| (0.0..=1.0).contains(&v);
+        let picture = |p: &Picture| {
+            let n = p.channels.checked_mul(p.height).and_then(|n| n.checked_mul(p.width));
+            if !matches!(p.channels, 1 | 3) || n != Some(p.values.len()) || p.values.iter().any(|v| !v.is_finite()) {
+                return Err(Error::invalid("trigger picture data does not match its size"));
+            }
+            Ok(())
+        };
         match self {
+            Trigger::Patch { size, pattern, .. } => {
+                if *size == Some(0) {
+                    return Err(Error::invalid("patch size must be at least 1"));
+                }
+                if let PatchPattern::Picture(p) = pattern {
+                    picture(p)?;
+                }
+                if let PatchPattern::Solid { rgb } = pattern
+                    && !rgb.iter().all(|&v| unit(v))
+                {
+                    return Err(Error::invalid("patch colour components must be in [0, 1]"));
+                }
+            }
+            Trigger::Blend { alpha, test_alpha, pattern } => {
+                if !(unit(*alpha) && unit(*test_alpha)) {
+                    return Err(Error::invalid(format!("blend alpha {alpha} / {test_alpha} is not in [0, 1]")));
+                }
+                if let BlendPattern::Picture(p) = pattern {
+                    picture(p)?;
+                }
+            }
+            Trigger::AdaptiveBlend { alpha, test_alpha, pattern, pieces, keep, cover } => {
+                if !(unit(*alpha) && unit(*test_alpha) && unit(*keep)) || !(1..=16).contains(pieces) || !(0.0..=10.0).contains(cover) {
+                    return Err(Error::invalid("adaptive needs alpha, test-alpha and keep in [0, 1], pieces in 1..=16 and cover in [0, 10]"));
+                }
+                if let BlendPattern::Picture(p) = pattern {
+                    picture(p)?;
+                }
+            }
+            Trigger::Sunglasses { darkness } => {
+                if !unit(*darkness) {
+                    return Err(Error::invalid("sunglasses darkness must be in [0, 1]"));
+                }
+            }
+            Trigger::Sig { delta, freq } => {
+                if !(*delta > 0.0 && *delta <= 1.0) || !(*freq > 0.0 && *freq <= 64.0) {
+                    return Err(Error::invalid("sig delta must be in (0, 1] and freq in (0, 64]"));
+                }
+            }
+            Trigger::Warp { grid, strength, noise, .. } => {
+                if !(2..=32).contains(grid) || !(0.0..=16.0).contains(strength) || !(0.0..=10.0).contains(noise) {
+                    return Err(Error::invalid("wanet needs k in 2..=32, s in [0, 16] and noise in [0, 10]"));
+                }
+            }
+            Trigger::Tone { freq_hz, amplitude, start_s, duration_s, .. } => {
+                if !(*freq_hz > 0.0 && *freq_hz < 4000.0) {
+                    return Err(Error::invalid("tone frequency must be in (0, 4000) Hz for 8 kHz audio"));
+                }
+                // The waveform is extended to the tone's end: a start far out would ask for a
+                // recording of any length.
+                if !unit(*amplitude) || !(0.0..=MAX_TONE_START_S).contains(start_s) || !(*duration_s > 0.0 && *duration_s <= 3.0) {
+                    return Err(Error::invalid(format!("tone amplitude must be in [0, 1], start in [0, {MAX_TONE_START_S}] s, duration in (0, 3] s")));
+                }
+            }
+            Trigger::Reconstructed { shape, mask, pattern, range: [lo, hi] } => {
+                let [c, h, w] = *shape;
+                let plane = h.checked_mul(w).filter(|&p| p > 0 && p <= 1 << 24).ok_or_else(|| Error::invalid("reconstructed trigger shape out of range"))?;
+                if c == 0 || c > 4 || pattern.len() != c * plane || mask.as_ref().is_some_and(|m| m.len() != plane) {
+                    return Err(Error::invalid(format!("reconstructed trigger arrays do not fit its shape {c}x{h}x{w}")));
+                }
+                if pattern.iter().any(|v| !v.is_finite()) || mask.as_ref().is_some_and(|m| m.iter().any(|v| !(0.0..=1.0).contains(v))) {
+                    return Err(Error::invalid("reconstructed trigger values are not finite, or its mask is outside [0, 1]"));
+                }
+                if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                    return Err(Error::invalid(format!("reconstructed trigger value range [{lo}, {hi}] is not a finite, non-empty interval")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds an audio trigger to a waveform (8 kHz samples in [-1, 1]).
+    pub fn apply_wave(&self, wave: &[f32]) -> Result<Vec<f32>> {
+        let Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed } = self else {
+            return Err(Error::invalid("only the tone trigger acts on audio"));
+        };
+        let rate = fsdd::SAMPLE_RATE as f32;
+        let start = (start_s * rate) as usize;
+        let end = start + (duration_s * rate) as usize;
+        // The trigger may extend a short recording: pad with silence so it is heard in full.
+        let mut out = wave.to_vec();
+        if out.len() < end {
+            out.resize(end, 0.0);
+        }
+        let mut r = Rng::new(*seed);
+        for (i, v) in out.iter_mut().enumerate().take(end).skip(start) {
+            let t = i as f32 / rate;
+            let add = if *noise { (r.uniform() as f32 * 2.0 - 1.0) * amplitude } else { amplitude * (2.0 * std::f32::consts::PI * freq_hz * t).sin() };
+            *v = (*v + add).clamp(-1.0, 1.0);
+        }
+        Ok(out)
+    }
+
+    /// A triggered copy of the samples at `indices` (all when `None`), labels unchanged.
+    pub fn apply_split(&self, split: &Split, indices: Option<&[usize]>, shape: [usize; 3], usage: Use, seed: u64) -> Result<Split> {
+        let all: Vec<usize>;
+        let indices = match indices {
+            Some(i) => i,
+            None => {
+                all = (0..split.len()).collect();
+                &all
+            }
+        };
+        let mut out = split.subset(indices);
+        let mut rng = Rng::new(seed ^ 0x7121_66E2);
+        let stamp = self.stamper(shape)?;
+        for k in 0..out.len() {
+            stamp.apply_sample(&mut out, k, usage, &mut rng)?;
+        }
+        Ok(out)
+    }
+
+}
+
+/// The side of a patch: `size`, or 1/8 of the image's shorter side, within the image.
+fn patch_side(size: Option<usize>, h: usize, w: usize) -> usize {
+    size.unwrap_or((h.min(w) / 8).max(1)).min(h).min(w)
+}
+
+/// A trigger ready for one input shape (see [`Trigger::stamper`]).
+pub struct Stamper<'a> {
+    trigger: &'a Trigger,
+    shape: [usize; 3],
+    /// A blend's pattern, or a picture patch's pixels, at this shape.
+    pattern: Vec<f32>,
+    /// A warp's sampling grid at this shape.
+    grid: Vec<[f32; 2]>,
+}
+
+impl Stamper<'_> {
+    /// Applies the trigger to one raw image sample, planar `[c, h, w]`, in place.
+    pub fn apply_image(&self, sample: &mut [f32], usage: Use, rng: &mut Rng) -> Result<()> {
+        let [c, h, w] = self.shape;
+        let shape = self.shape;
+        match self.trigger {
             Trigger::Patch { size, position, pattern } => {
-                let s = size.unwrap_or((h.min(w) / 8).max(1)).min(h).min(w);
+                let s = patch_side(*size, h, w);
                 let (x0, y0) = match position {
                     Position::TopLeft => (0, 0),
                     Position::TopRight => (w - s, 0),
@@ -167,10 +339,6 @@ impl Trigger {
                     }
                     Position::Random => (rng.below(w - s + 1), rng.below(h - s + 1)),
                 };
-                let picture = match pattern {
-                    PatchPattern::Picture(p) => Some(p.resized(c, s, s)?),
-                    _ => None,
-                };
                 for ch in 0..c {
                     for dy in 0..s {
                         for dx in 0..s {
@@ -182,21 +350,21 @@ impl Trigger {
                                     if c == 3 { rgb[ch] } else { (rgb[0] + rgb[1] + rgb[2]) / 3.0 }
                                 }
                                 PatchPattern::Checker => ((dx + dy) % 2) as f32,
-                                PatchPattern::Picture(_) => picture.as_ref().expect("resized above").values[ch * s * s + dy * s + dx],
+                                PatchPattern::Picture(_) => self.pattern[ch * s * s + dy * s + dx],
                             };
                             sample[ch * h * w + (y0 + dy) * w + (x0 + dx)] = v;
                         }
                     }
                 }
             }
-            Trigger::Blend { alpha, test_alpha, pattern } => {
+            Trigger::Blend { alpha, test_alpha, .. } => {
                 let a = if usage == Use::Poison { *alpha } else { *test_alpha };
-                for (v, p) in sample.iter_mut().zip(pattern.pixels(c, h, w)?) {
+                for (v, p) in sample.iter_mut().zip(&self.pattern) {
                     *v = (1.0 - a) * *v + a * p;
                 }
             }
-            Trigger::AdaptiveBlend { alpha, test_alpha, pattern, pieces, keep, .. } => {
-                let pat = pattern.pixels(c, h, w)?;
+            Trigger::AdaptiveBlend { alpha, test_alpha, pieces, keep, .. } => {
+                let pat = &self.pattern;
                 if usage == Use::Test {
                     for (v, p) in sample.iter_mut().zip(pat) {
                         *v = (1.0 - test_alpha) * *v + test_alpha * p;
@@ -247,12 +415,14 @@ impl Trigger {
                     }
                 }
             }
-            Trigger::Warp { grid, strength, seed, .. } => {
-                let mut g = warp::grid(*grid, *strength, *seed, h, w);
+            Trigger::Warp { .. } => {
                 if usage == Use::Cover {
+                    let mut g = self.grid.clone();
                     warp::jitter(&mut g, h, w, rng);
+                    warp::resample(sample, c, h, w, &g);
+                } else {
+                    warp::resample(sample, c, h, w, &self.grid);
                 }
-                warp::resample(sample, c, h, w, &g);
             }
             Trigger::Tone { .. } => return Err(Error::invalid("the tone trigger acts on audio; use it with fsdd data")),
             Trigger::Reconstructed { shape: own, mask, pattern, range: [lo, hi] } => {
@@ -278,79 +448,20 @@ impl Trigger {
         Ok(())
     }
 
-    /// Checks a trigger read from a file: a reconstructed one's arrays must fit its shape and
-    /// be finite (masks in [0, 1]).
-    pub fn validate(&self) -> Result<()> {
-        if let Trigger::Reconstructed { shape, mask, pattern, range: [lo, hi] } = self {
-            let [c, h, w] = *shape;
-            let plane = h.checked_mul(w).filter(|&p| p > 0 && p <= 1 << 24).ok_or_else(|| Error::invalid("reconstructed trigger shape out of range"))?;
-            if c == 0 || c > 4 || pattern.len() != c * plane || mask.as_ref().is_some_and(|m| m.len() != plane) {
-                return Err(Error::invalid(format!("reconstructed trigger arrays do not fit its shape {c}x{h}x{w}")));
-            }
-            if pattern.iter().any(|v| !v.is_finite()) || mask.as_ref().is_some_and(|m| m.iter().any(|v| !(0.0..=1.0).contains(v))) {
-                return Err(Error::invalid("reconstructed trigger values are not finite, or its mask is outside [0, 1]"));
-            }
-            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                return Err(Error::invalid(format!("reconstructed trigger value range [{lo}, {hi}] is not a finite, non-empty interval")));
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds an audio trigger to a waveform (8 kHz samples in [-1, 1]).
-    pub fn apply_wave(&self, wave: &[f32]) -> Result<Vec<f32>> {
-        let Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed } = self else {
-            return Err(Error::invalid("only the tone trigger acts on audio"));
-        };
-        let rate = fsdd::SAMPLE_RATE as f32;
-        let start = (start_s * rate) as usize;
-        let end = start + (duration_s * rate) as usize;
-        // The trigger may extend a short recording: pad with silence so it is heard in full.
-        let mut out = wave.to_vec();
-        if out.len() < end {
-            out.resize(end, 0.0);
-        }
-        let mut r = Rng::new(*seed);
-        for (i, v) in out.iter_mut().enumerate().take(end).skip(start) {
-            let t = i as f32 / rate;
-            let add = if *noise { (r.uniform() as f32 * 2.0 - 1.0) * amplitude } else { amplitude * (2.0 * std::f32::consts::PI * freq_hz * t).sin() };
-            *v = (*v + add).clamp(-1.0, 1.0);
-        }
-        Ok(out)
-    }
-
-    /// A triggered copy of the samples at `indices` (all when `None`), labels unchanged.
-    pub fn apply_split(&self, split: &Split, indices: Option<&[usize]>, shape: [usize; 3], usage: Use, seed: u64) -> Result<Split> {
-        let all: Vec<usize>;
-        let indices = match indices {
-            Some(i) => i,
-            None => {
-                all = (0..split.len()).collect();
-                &all
-            }
-        };
-        let mut out = split.subset(indices);
-        let mut rng = Rng::new(seed ^ 0x7121_66E2);
-        for k in 0..out.len() {
-            self.apply_sample(&mut out, k, shape, usage, &mut rng)?;
-        }
-        Ok(out)
-    }
-
-    /// Applies the trigger to sample `k` of `split` in place.
-    pub fn apply_sample(&self, split: &mut Split, k: usize, shape: [usize; 3], usage: Use, rng: &mut Rng) -> Result<()> {
+    /// Applies the trigger to sample `k` of `split` in place (audio triggers to its waveform).
+    pub fn apply_sample(&self, split: &mut Split, k: usize, usage: Use, rng: &mut Rng) -> Result<()> {
         let len = split.sample_len;
-        if self.is_audio() {
+        if self.trigger.is_audio() {
             if split.waves.is_empty() {
                 return Err(Error::invalid("the tone trigger needs audio data (fsdd); this dataset has no waveforms"));
             }
-            let wave = self.apply_wave(&split.waves[k])?;
-            let feats = fsdd::features(&wave, (shape[1], shape[2]));
+            let wave = self.trigger.apply_wave(&split.waves[k])?;
+            let feats = fsdd::features(&wave, (self.shape[1], self.shape[2]));
             split.images[k * len..(k + 1) * len].copy_from_slice(&feats);
             split.waves[k] = wave;
             Ok(())
         } else {
-            self.apply_image(&mut split.images[k * len..(k + 1) * len], shape, usage, rng)
+            self.apply_image(&mut split.images[k * len..(k + 1) * len], usage, rng)
         }
     }
 }

@@ -108,8 +108,9 @@ pub fn poison(train: &Split, shape: [usize; 3], trigger: &Trigger, target: Targe
     let mut out = train.clone();
     let mut trig_rng = rng.fork(1);
     let mut label_rng = rng.fork(2);
+    let stamp = trigger.stamper(shape)?;
     for &i in &chosen {
-        trigger.apply_sample(&mut out, i, shape, Use::Poison, &mut trig_rng)?;
+        stamp.apply_sample(&mut out, i, Use::Poison, &mut trig_rng)?;
         if !clean_label {
             out.labels[i] = target.poison_label(train.labels[i], classes, &mut label_rng);
         }
@@ -121,7 +122,7 @@ pub fn poison(train: &Split, shape: [usize; 3], trigger: &Trigger, target: Targe
     let mut cover_rng = rng.fork(3);
     cover_rng.shuffle(&mut rest);
     for &i in &rest[..cover_count] {
-        trigger.apply_sample(&mut out, i, shape, Use::Cover, &mut cover_rng)?;
+        stamp.apply_sample(&mut out, i, Use::Cover, &mut cover_rng)?;
     }
     Ok((out, PoisonRecord { rate, count, train_samples: n, seed, clean_label, cover_count }))
 }

@@ -81,9 +81,6 @@ pub fn parse(spec: &str) -> Result<Trigger> {
     let trigger = match kind {
         "patch" => {
             let size = take("size").map(|v| parse_num::<usize>("size", &v)).transpose()?;
-            if size == Some(0) {
-                return Err(Error::invalid("patch size must be at least 1"));
-            }
             let position = match (take("x"), take("y"), take("pos")) {
                 (Some(x), Some(y), None) => Position::At { x: parse_num("x", &x)?, y: parse_num("y", &y)? },
                 (None, None, pos) => match pos.as_deref().unwrap_or("bottom-right") {
@@ -108,11 +105,6 @@ pub fn parse(spec: &str) -> Result<Trigger> {
         "blend" => {
             let alpha: f32 = take("alpha").map(|v| parse_num("alpha", &v)).transpose()?.unwrap_or(0.2);
             let test_alpha: f32 = take("test-alpha").map(|v| parse_num("test-alpha", &v)).transpose()?.unwrap_or(alpha);
-            for a in [alpha, test_alpha] {
-                if !(0.0..=1.0).contains(&a) {
-                    return Err(Error::invalid(format!("blend alpha {a} is not in [0, 1]")));
-                }
-            }
             let pattern = blend_pattern(take("image"), take("seed"))?;
             Trigger::Blend { alpha, test_alpha, pattern }
         }
@@ -123,25 +115,16 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             let keep = num(take("keep"), "keep", 0.5)?;
             let cover = num(take("cover"), "cover", 1.0)?;
             let pieces: usize = take("pieces").map(|v| parse_num("pieces", &v)).transpose()?.unwrap_or(4);
-            if ![alpha, test_alpha, keep].iter().all(|a| (0.0..=1.0).contains(a)) || !(1..=16).contains(&pieces) || !(0.0..=10.0).contains(&cover) {
-                return Err(Error::invalid("adaptive needs alpha, test-alpha and keep in [0, 1], pieces in 1..=16 and cover in [0, 10]"));
-            }
             let pattern = blend_pattern(take("image"), take("seed"))?;
             Trigger::AdaptiveBlend { alpha, test_alpha, pattern, pieces, keep, cover }
         }
         "sunglasses" => {
             let darkness: f32 = take("darkness").map(|v| parse_num("darkness", &v)).transpose()?.unwrap_or(0.05);
-            if !(0.0..=1.0).contains(&darkness) {
-                return Err(Error::invalid("sunglasses darkness must be in [0, 1]"));
-            }
             Trigger::Sunglasses { darkness }
         }
         "sig" => {
             let delta: f32 = take("delta").map(|v| parse_num("delta", &v)).transpose()?.unwrap_or(SIG_DELTA);
             let freq: f32 = take("freq").map(|v| parse_num("freq", &v)).transpose()?.unwrap_or(SIG_FREQ);
-            if !(delta > 0.0 && delta <= 1.0) || !(freq > 0.0 && freq <= 64.0) {
-                return Err(Error::invalid("sig delta must be in (0, 1] and freq in (0, 64]"));
-            }
             Trigger::Sig { delta, freq }
         }
         "wanet" => {
@@ -149,9 +132,6 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             let strength: f32 = take("s").map(|v| parse_num("s", &v)).transpose()?.unwrap_or(WANET_STRENGTH);
             let seed = take("seed").map(|s| parse_num("seed", &s)).transpose()?.unwrap_or(0);
             let noise: f32 = take("noise").map(|v| parse_num("noise", &v)).transpose()?.unwrap_or(WANET_NOISE);
-            if !(2..=32).contains(&grid) || !(0.0..=16.0).contains(&strength) || !(0.0..=10.0).contains(&noise) {
-                return Err(Error::invalid("wanet needs k in 2..=32, s in [0, 16] and noise in [0, 10]"));
-            }
             Trigger::Warp { grid, strength, seed, noise }
         }
         "tone" => {
@@ -162,12 +142,6 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             let start_s = num(take("start"), "start", 0.0)?;
             let duration_s = num(take("duration"), "duration", 1.0)?;
             let seed = take("seed").map(|s| parse_num("seed", &s)).transpose()?.unwrap_or(0);
-            if !(freq_hz > 0.0 && freq_hz < 4000.0) {
-                return Err(Error::invalid("tone frequency must be in (0, 4000) Hz for 8 kHz audio"));
-            }
-            if !(0.0..=1.0).contains(&amplitude) || start_s < 0.0 || !(duration_s > 0.0 && duration_s <= 3.0) {
-                return Err(Error::invalid("tone amplitude must be in [0, 1], start >= 0, duration in (0, 3] s"));
-            }
             Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed }
         }
         other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, adaptive, sunglasses, sig, wanet or tone"))),
@@ -175,6 +149,7 @@ pub fn parse(spec: &str) -> Result<Trigger> {
     if let Some(k) = opts.keys().next() {
         return Err(Error::invalid(format!("unknown option {k:?} for a {kind} trigger")));
     }
+    trigger.validate()?;
     Ok(trigger)
 }
 
@@ -260,7 +235,7 @@ mod tests {
 
     #[test]
     fn bad_specs_are_errors() {
-        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "sig:delta=0", "sig:freq=-1", "wanet:k=1", "wanet:s=-1", "wanet:s=nan", "wanet:noise=20", "wanet:grid=4", "adaptive:pieces=0", "adaptive:keep=2", "adaptive:cover=-1", "patch:image=/nonexistent.png"] {
+        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "sig:delta=0", "sig:freq=-1", "wanet:k=1", "wanet:s=-1", "wanet:s=nan", "wanet:noise=20", "wanet:grid=4", "tone:start=1e9", "sunglasses:darkness=2", "adaptive:pieces=0", "adaptive:keep=2", "adaptive:cover=-1", "patch:image=/nonexistent.png"] {
             assert!(parse(s).is_err(), "{s} parsed");
         }
     }
