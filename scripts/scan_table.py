@@ -137,11 +137,15 @@ patches and patterns (the real tone trigger acts on the waveform).
 the reconstructed trigger, and with the real one when the model file records it).
 
 `defend` without `--trigger`/`--asr-data` scans the suspect model, reports the reconstructed
-trigger's attack success before and after the defense, and scans the output afresh (still
+trigger's attack success before and after the defense, scans the output afresh, and
+re-inverts the suspect's trigger on the output starting from where it was: its refined size
+over the fresh scan's controls' (for the untargeted trigger, over the smallest class's) is
+flagged at the scan's own thresholds when the trigger also works on held-out data (still
 flagged?). `--method unlearn` fine-tunes with 20% of the clean data stamped with the
 reconstructed trigger at its true label (Neural Cleanse's mitigation); `--method auto` runs
 fineprune, anp, fst and unlearn, drops outputs outside the budget and keeps the one not flagged
-again with the lowest reconstructed-trigger attack success, printing every candidate.
+again whose old trigger is hardest to re-invert (the ratio, counted up to 1), printing every
+candidate.
 """)
 print("The index is a robust z-score of a class's log trigger size against the other classes "
       "(leave-one-out median and MAD), compared at equal optimisation budgets.")
@@ -193,8 +197,9 @@ if defended:
           "the planted backdoor), 5% of the training split as clean data and the 4-point budget; the "
           "real trigger was measured on the output afterwards, for this table only.\n")
     print("| model | method (chosen) | exit | within budget | val accuracy before → after | scan of the suspect (target) "
-          "| reconstructed trigger's attack success before → after | fresh scan of the output | real trigger's attack success before → after | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| reconstructed trigger's attack success before → after | fresh scan of the output "
+          "| re-inverted on the output: size ratio, held-out attack success | real trigger's attack success before → after | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     f3 = lambda v: "-" if v is None else f"{v:.3f}"
     arrow = lambda a, b: f"{f3(a)} → {f3(b)}"
     for r in defended:
@@ -206,8 +211,21 @@ if defended:
         print(f"| {r['model']} | {r['method']}{chosen} | {r['exit_status']} | {'yes' if r.get('within_budget') else 'no'} | "
               f"{arrow(r.get('val_before'), r.get('val_after'))} | {r.get('scan_before') or '-'}{target} | "
               f"{arrow(r.get('reconstructed_asr_before'), r.get('reconstructed_asr_after'))} | {after} | "
+              f"{'-' if r.get('reinverted_ratio') is None else format(r['reinverted_ratio'], '.2f') + 'x'}, {f3(r.get('reinverted_asr'))} | "
               f"{arrow(r.get('real_trigger_asr_before'), r.get('real_trigger_asr_after'))} | {secs} |")
-    print("\nExit status 3 means the result was outside the budget and no model was written.")
+    print("\nExit status 3 means the result was outside the budget and no model was written. The re-inverted size "
+          "ratio is the suspect's trigger searched for again on the output, from where it was, over the fresh scan's "
+          "controls (untargeted: over its smallest class), flagged at the scan's own thresholds (the control ratio "
+          "for a class, the untargeted ratio for the untargeted trigger, with a working trigger on held-out data). `auto` ranks the "
+          "candidates not flagged by that ratio, counted up to 1.")
+    for r in defended:
+        if r.get("candidates"):
+            cands = "; ".join(f"{'**' if c.get('chosen') else ''}{c['method']}{'**' if c.get('chosen') else ''} "
+                              f"{'-' if c.get('reinverted_ratio') is None else format(c['reinverted_ratio'], '.2f') + 'x'}, "
+                              f"replay {f3(c.get('reconstructed_asr_after'))}"
+                              f"{'' if c.get('within_budget') else ', out of budget'}{', flagged' if c.get('still_flagged') else ''}"
+                              for c in r["candidates"])
+            print(f"\n`auto` on {r['model']}, every candidate (re-inverted ratio, replayed attack success): {cands}.")
     fooled = [r for r in defended if r.get("still_flagged") is False and (r.get("real_trigger_asr_after") or 0) > 0.5]
     if fooled:
         print(f"\n**The check without the trigger was fooled in {len(fooled)} of {len(defended)} repairs**: the fresh scan no "

@@ -50,7 +50,10 @@ print(json.dumps({**json.loads("{" + stamp + "}"), "model": name, "method": meth
   "val_after": (d.get("after") or {}).get("val_accuracy"), "scan_before": v.get("before_verdict"),
   "target": v.get("target"), "reconstructed_asr_before": v.get("reconstructed_asr_before"),
   "reconstructed_asr_after": v.get("reconstructed_asr_after"), "scan_after": v.get("after_verdict"),
-  "still_flagged": v.get("still_flagged"), "chosen": next((c["method"] for c in d.get("candidates", []) if c["chosen"]), None),
+  "reinverted_ratio": v.get("reinverted_ratio"), "reinverted_asr": (v.get("reinversion") or {}).get("holdout_asr"),
+  "still_flagged": v.get("still_flagged"),
+  "candidates": [{k: c.get(k) for k in ("method", "within_budget", "val_accuracy", "reconstructed_asr_after", "reinverted_ratio", "still_flagged", "chosen")} for c in d.get("candidates", [])],
+  "chosen": next((c["method"] for c in d.get("candidates", []) if c["chosen"]), None),
   "clean_accuracy_before": b.get("clean_accuracy"), "real_trigger_asr_before": b.get("attack_success_rate"),
   "clean_accuracy_after": e.get("clean_accuracy"), "real_trigger_asr_after": e.get("attack_success_rate"),
   "notes": d.get("notes", []), "seconds": d.get("seconds")}))
@@ -66,6 +69,11 @@ for m in gtsrb-pa gtsrb-untargeted; do
 done
 repair gtsrb-signnet-pruning-aware $GT "$W/gtsrb-pa.onnx" unlearn "$W/gtsrb-pa-unlearn.onnx" --trigger patch:color=yellow --target 14
 repair gtsrb-signnet-untargeted $GT "$W/gtsrb-untargeted.onnx" unlearn "$W/gtsrb-untargeted-unlearn.onnx" --trigger patch:color=yellow --target untargeted
+# Every other defense alone on the pruning-aware sticker, so that the real trigger measures each
+# candidate `auto` ranks there.
+for m in fineprune anp fst; do
+  repair gtsrb-signnet-pruning-aware $GT "$W/gtsrb-pa.onnx" $m "$W/gtsrb-pa-$m.onnx" --trigger patch:color=yellow --target 14
+done
 repair gtsrb-signnet-pruning-aware $GT "$W/gtsrb-pa.onnx" auto "$W/gtsrb-pa-auto.onnx" --trigger patch:color=yellow --target 14
 repair gtsrb-signnet-untargeted $GT "$W/gtsrb-untargeted.onnx" auto "$W/gtsrb-untargeted-auto.onnx" --trigger patch:color=yellow --target untargeted
 # A PyTorch-made ONNX model, no trigger given: `auto` writes a repaired ONNX model that

@@ -252,16 +252,27 @@ pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
                 ),
                 None => println!("  check without the trigger: the suspect scan suspected no class ({}); fresh scan of the output: {}", v.before_verdict.name(), v.after_verdict.name()),
             }
+            if let Some(re) = &v.reinversion {
+                println!(
+                    "  re-inverted from the suspect's trigger on the output: size {} (started at {:.1}), {} the fresh scan's reference, held-out attack success {}{}",
+                    re.size.map_or("never reached".to_string(), |x| format!("{x:.1}")),
+                    re.start_size,
+                    v.reinverted_ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
+                    r(re.held_out.holdout_asr),
+                    if v.reinverted_flagged { " (a small trigger works again: FLAGGED)" } else { "" }
+                );
+            }
         }
         for c in &outcome.candidates {
             let r = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
             let status = match &c.error {
                 Some(e) => format!("failed: {e}"),
                 None => format!(
-                    "val accuracy {:.4}{}, reconstructed-trigger attack success {}{}{}",
+                    "val accuracy {:.4}{}, reconstructed-trigger attack success {}, re-inverted {}{}{}",
                     c.val_accuracy,
                     if c.within_budget { "" } else { " (outside the budget)" },
                     r(c.reconstructed_asr_after),
+                    c.reinverted_ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
                     if c.still_flagged { ", still flagged" } else { "" },
                     c.attack_success_rate.map(|v| format!(", known-trigger attack success {v:.4}")).unwrap_or_default()
                 ),

@@ -59,7 +59,7 @@ pub enum Method {
     #[serde(rename = "unlearn")]
     Unlearn,
     /// Run fineprune, anp, fst and unlearn (cheapest first), drop results outside the budget,
-    /// keep the one no longer flagged with the lowest reconstructed-trigger attack success.
+    /// keep the one no longer flagged whose old trigger is hardest to re-invert.
     #[serde(rename = "auto")]
     Auto,
 }

@@ -2,14 +2,18 @@
 //!
 //! - *Verification*: the suspect model is scanned ([`crate::scan`]); after a defense, the most
 //!   likely target's reconstructed trigger is measured again on the output (fixed-trigger
-//!   attack success), and the output is scanned afresh — a new inversion, not a replay — to
-//!   answer "is it still flagged?".
+//!   attack success), the output is scanned afresh — a new inversion, not a replay — and the
+//!   suspect's trigger is re-inverted on the output, starting from where it was
+//!   ([`crate::scan::reinvert`]): a small trigger found again there means the backdoor is
+//!   still in place, even when the replayed one no longer works. Each answers "is it still
+//!   flagged?".
 //! - *Unlearn* (Neural Cleanse's mitigation): fine-tune on the defender's clean data with a
 //!   share of it stamped with the reconstructed trigger at its true label.
 //! - *Auto*: every defense, cheapest first, on the same suspect scan; outputs outside the
-//!   clean-accuracy budget are dropped; among the rest the one not flagged again with the lowest
-//!   reconstructed-trigger attack success is kept (ties: higher validation accuracy). Only clean
-//!   data and reconstructed triggers steer the choice; a known trigger is only measured.
+//!   clean-accuracy budget are dropped; among the rest the one not flagged again whose old
+//!   trigger is hardest to re-invert is kept (then: the lower replayed attack success, the
+//!   higher validation accuracy). Only clean data and reconstructed triggers steer the choice;
+//!   a known trigger is only measured.
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -20,7 +24,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelFile};
 use crate::rng::Rng;
-use crate::scan::{Family, ScanConfig, ScanOutcome, Verdict, holdout_success, scan};
+use crate::scan::{Family, Reinversion, ScanConfig, ScanOutcome, Verdict, holdout_success, median, reinvert, scan};
 use crate::train::{TrainData, train};
 use crate::progress::Progress;
 use crate::trigger::Use;
@@ -70,7 +74,17 @@ pub struct Verification {
     /// A fresh scan of the output.
     pub after_verdict: Verdict,
     pub after_targets: Vec<usize>,
-    /// The output is still called backdoored, or its old target is still suspected.
+    /// The suspect's trigger re-inverted on the output: the search starts from it (see
+    /// [`reinvert`]).
+    pub reinversion: Option<Reinversion>,
+    /// Its size over the fresh scan's reference in that family: the controls' median refined
+    /// size for a class, the smallest refined class's for the untargeted goal.
+    pub reinverted_ratio: Option<f64>,
+    /// The re-inverted trigger is as small, relative to that reference, as the scan's flag
+    /// asks of a target, and works on held-out data: the backdoor is still there.
+    pub reinverted_flagged: bool,
+    /// The output is still called backdoored, its old target is still suspected, or the
+    /// re-inverted trigger is flagged.
     pub still_flagged: bool,
     pub seconds_before_scan: f64,
     pub seconds_after_scan: f64,
@@ -84,10 +98,21 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
         None => None,
     };
     let after = scan(repaired, ds, &s.config, &eval, progress)?;
+    let reinversion = best.map(|(target, family, t)| reinvert(repaired, ds, &s.config, family, t, target, &eval, progress)).transpose()?;
+    let th = &s.config.thresholds;
+    let (reinverted_ratio, reinverted_flagged) = match &reinversion {
+        Some(r) => {
+            let ratio = reinverted_ratio(&after, r);
+            let limit = if r.target.is_some() { th.max_control_ratio } else { th.untargeted_ratio };
+            (ratio, ratio.is_some_and(|q| q <= limit) && r.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr))
+        }
+        None => (None, false),
+    };
     let target = best.and_then(|b| b.0);
     let untargeted = best.is_some_and(|b| b.0.is_none());
-    // Still backdoored, or the old target (or the untargeted evidence) still suspected.
-    let still_flagged = after.verdict == Verdict::Backdoored || target.is_some_and(|t| after.targets.contains(&t)) || (untargeted && after.untargeted.is_some());
+    // Still backdoored, the old target (or the untargeted evidence) still suspected, or a small
+    // trigger found again near the old one.
+    let still_flagged = after.verdict == Verdict::Backdoored || target.is_some_and(|t| after.targets.contains(&t)) || (untargeted && after.untargeted.is_some()) || reinverted_flagged;
     Ok(Verification {
         before_verdict: s.outcome.verdict,
         before_targets: s.outcome.targets.clone(),
@@ -98,10 +123,45 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
         reconstructed_asr_after: after_asr,
         after_verdict: after.verdict,
         after_targets: after.targets,
+        reinversion,
+        reinverted_ratio,
+        reinverted_flagged,
         still_flagged,
         seconds_before_scan: s.outcome.seconds,
         seconds_after_scan: after.seconds,
     })
+}
+
+/// How hard the suspect's trigger is to find again on a repair: the re-inverted size over the
+/// fresh scan's reference, capped at 1 (once the old target takes as large a trigger as an
+/// ordinary class, a larger one is no better repair, and validation accuracy decides); a
+/// trigger never re-found counts as 1, no re-inversion as 0.
+///
+/// Ranked by this rather than by the replayed trigger's attack success: unlearning trains on
+/// exactly the replayed trigger, so its replay comes out low while the real trigger may still
+/// work (measured on a pruning-aware GTSRB sticker, 5% clean data: unlearn replay 0.20,
+/// re-inverted 0.30x, real 0.83; FST replay 0.32, 0.42x, real 0.63; fine-pruning replay 0.98,
+/// 0.15x, real 1.00).
+fn hardness(v: &Verification) -> f64 {
+    match &v.reinversion {
+        Some(r) if r.size.is_none() => 1.0,
+        Some(_) => v.reinverted_ratio.map_or(0.0, |q| q.min(1.0)),
+        None => 0.0,
+    }
+}
+
+/// A re-inverted trigger's size over the fresh scan's reference in its family (see
+/// [`Verification::reinverted_ratio`]): the scale the scan's own flags are set on.
+fn reinverted_ratio(after: &ScanOutcome, r: &Reinversion) -> Option<f64> {
+    let fam = after.families.iter().find(|f| f.family == r.family)?;
+    let refined = |control: bool| fam.finalists.iter().filter(move |x| x.control == control).filter_map(|x| x.size);
+    let reference = if r.target.is_some() {
+        let controls: Vec<f64> = refined(true).collect();
+        (!controls.is_empty()).then(|| median(&controls))?
+    } else {
+        refined(false).reduce(f64::min)?
+    };
+    Some(r.size? / reference.max(1e-12))
 }
 
 /// Neural Cleanse's unlearning: the clean data with `cfg.unlearn_share` of it stamped with the
@@ -140,6 +200,9 @@ pub struct Candidate {
     pub within_budget: bool,
     pub val_accuracy: f64,
     pub reconstructed_asr_after: Option<f64>,
+    /// The re-inverted trigger's size over the fresh scan's reference (see
+    /// [`Verification::reinverted_ratio`]).
+    pub reinverted_ratio: Option<f64>,
     pub still_flagged: bool,
     /// Attack success of a known trigger (evaluation only; never used to choose).
     pub attack_success_rate: Option<f64>,
@@ -174,6 +237,7 @@ pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: O
                     within_budget: o.within_budget,
                     val_accuracy: o.after.val_accuracy,
                     reconstructed_asr_after: v.and_then(|v| v.reconstructed_asr_after),
+                    reinverted_ratio: v.and_then(|v| v.reinverted_ratio),
                     still_flagged: v.is_none_or(|v| v.still_flagged),
                     attack_success_rate: o.after.attack_success_rate,
                     seconds: o.seconds,
@@ -184,15 +248,16 @@ pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: O
             }
             Err(e) => {
                 notes.push(format!("auto: {method} failed: {e}"));
-                candidates.push(Candidate { method, within_budget: false, val_accuracy: 0.0, reconstructed_asr_after: None, still_flagged: true, attack_success_rate: None, seconds: 0.0, chosen: false, error: Some(e.to_string()) });
+                candidates.push(Candidate { method, within_budget: false, val_accuracy: 0.0, reconstructed_asr_after: None, reinverted_ratio: None, still_flagged: true, attack_success_rate: None, seconds: 0.0, chosen: false, error: Some(e.to_string()) });
             }
         }
     }
-    // Within the budget first, then not flagged again, then the lowest reconstructed-trigger
-    // attack success, then the highest validation accuracy.
+    // Within the budget first, then not flagged again, then the hardest to re-invert (see
+    // [`hardness`]), then the lowest reconstructed-trigger attack success, then the highest
+    // validation accuracy.
     let key = |o: &DefenseOutcome| {
         let v = o.verification.as_ref();
-        (o.within_budget, !v.is_none_or(|v| v.still_flagged), -v.and_then(|v| v.reconstructed_asr_after).unwrap_or(0.0), o.after.val_accuracy)
+        (o.within_budget, !v.is_none_or(|v| v.still_flagged), v.map_or(0.0, hardness), -v.and_then(|v| v.reconstructed_asr_after).unwrap_or(0.0), o.after.val_accuracy)
     };
     let best = (0..outcomes.len())
         .max_by(|&a, &b| key(&outcomes[a]).partial_cmp(&key(&outcomes[b])).expect("finite numbers"))

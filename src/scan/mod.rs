@@ -447,15 +447,16 @@ impl Inversion<'_> {
         ClassState { params, adam_m: vec![0.0; n], adam_v: vec![0.0; n], steps: 0, lambda, up: 0, down: 0, best_size: None, best_params: None, best_batch_asr: 0.0 }
     }
 
+    /// A state that starts from `trigger` instead of the neutral start: a re-inversion of a
+    /// repaired model begins where the suspect's trigger was.
+    fn init_from(&self, trigger: &Trigger) -> Result<ClassState> {
+        let mut st = self.init();
+        st.params = params_of(self.family, self.shape, self.range, trigger)?;
+        Ok(st)
+    }
+
     fn trigger(&self, params: &[f32]) -> Trigger {
-        let [_, h, w] = self.shape;
-        let sig = |a: f32| 1.0 / (1.0 + (-a).exp());
-        let [lo, hi] = self.range;
-        let (shape, range) = (self.shape, self.range);
-        match self.family {
-            Family::Patch => Trigger::Reconstructed { shape, mask: Some(params[..h * w].iter().map(|&a| sig(a)).collect()), pattern: params[h * w..].iter().map(|&b| lo + (hi - lo) * sig(b)).collect(), range },
-            Family::Additive => Trigger::Reconstructed { shape, mask: None, pattern: params.to_vec(), range },
-        }
+        trigger_of(self.family, self.shape, self.range, params)
     }
 
     /// One batched step for the goals `live` (indices into `states`; `targets` are their
@@ -569,6 +570,40 @@ impl Inversion<'_> {
             progress.work(s + 1, steps);
         }
         Ok(())
+    }
+}
+
+/// The trigger a family's optimisation parameters stand for: patch parameters are the mask's
+/// logits (h*w) then the pattern's (c*h*w, squashed into `range`); additive ones the pattern.
+fn trigger_of(family: Family, shape: [usize; 3], range: [f32; 2], params: &[f32]) -> Trigger {
+    let [_, h, w] = shape;
+    let sig = |a: f32| 1.0 / (1.0 + (-a).exp());
+    let [lo, hi] = range;
+    match family {
+        Family::Patch => Trigger::Reconstructed { shape, mask: Some(params[..h * w].iter().map(|&a| sig(a)).collect()), pattern: params[h * w..].iter().map(|&b| lo + (hi - lo) * sig(b)).collect(), range },
+        Family::Additive => Trigger::Reconstructed { shape, mask: None, pattern: params.to_vec(), range },
+    }
+}
+
+/// The inverse of [`trigger_of`] (mask and pattern values at the ends of their ranges are
+/// pulled in by 1e-4, where the logit is finite).
+fn params_of(family: Family, shape: [usize; 3], range: [f32; 2], trigger: &Trigger) -> Result<Vec<f32>> {
+    let [c, h, w] = shape;
+    let [lo, hi] = range;
+    let logit = |v: f32| {
+        let v = v.clamp(1e-4, 1.0 - 1e-4);
+        (v / (1.0 - v)).ln()
+    };
+    let Trigger::Reconstructed { shape: own, mask, pattern, .. } = trigger else {
+        return Err(Error::invalid("a re-inversion starts from a reconstructed trigger"));
+    };
+    if *own != shape || pattern.len() != c * h * w || mask.as_ref().is_some_and(|m| m.len() != h * w) {
+        return Err(Error::invalid(format!("the trigger to start from is for inputs {own:?}, the model takes {shape:?}")));
+    }
+    match (family, mask) {
+        (Family::Patch, Some(m)) => Ok(m.iter().map(|&v| logit(v)).chain(pattern.iter().map(|&v| logit((v - lo) / (hi - lo).max(f32::MIN_POSITIVE)))).collect()),
+        (Family::Additive, None) => Ok(pattern.clone()),
+        _ => Err(Error::invalid(format!("the trigger to start from is not of the {} family", family.name()))),
     }
 }
 
@@ -688,54 +723,9 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         return Err(Error::invalid(format!("scan thresholds must be finite, the ratios not negative and the attack success in [0, 1]: {th:?}")));
     }
     let mut notes = vec![];
-    let audio = !ds.train.waves.is_empty();
-
-    // Stage 0: the clean data. Only correctly classified inputs: a trigger should change the
-    // model's mind, not exploit its mistakes.
-    let clean = crate::data::defender_split(&ds.train, cfg.clean_fraction, cfg.seed)?;
-    progress.phase("scan: checking the clean data", 0);
-    let norm = &file.info.normalization;
-    let keep_correct = |s: &Split| -> (Split, f64) {
-        let preds = predict(&file.model, s, norm, &device, 256);
-        let idx: Vec<usize> = (0..s.len()).filter(|&i| preds[i] == s.labels[i]).collect();
-        let acc = idx.len() as f64 / s.len().max(1) as f64;
-        (s.subset(&idx), acc)
-    };
-    let (inv, inv_acc) = keep_correct(&clean);
-    let holdout_src = if ds.val.is_empty() { &ds.test } else { &ds.val };
-    if ds.val.is_empty() {
-        notes.push("there is no validation split; the reconstructed triggers are measured on the test split".into());
-    }
-    let (hold, hold_acc) = keep_correct(holdout_src);
-    let chance = 1.0 / classes as f64;
-    if inv_acc < (3.0 * chance).min(0.5) {
-        return Err(Error::invalid(format!(
-            "the model classifies only {:.1}% of the clean data correctly (chance is {:.1}%): check the data and the input normalisation (--mean/--std) before scanning",
-            100.0 * inv_acc,
-            100.0 * chance
-        )));
-    }
-    let mut pools = vec![vec![]; classes];
-    for (t, pool) in pools.iter_mut().enumerate() {
-        *pool = (0..inv.len()).filter(|&i| inv.labels[i] != t).collect();
-    }
-    // The untargeted goal draws from every class.
-    pools.push((0..inv.len()).collect());
-    if inv.len() < cfg.per_class || candidates.iter().any(|&t| pools[t].is_empty()) {
-        return Err(Error::invalid(format!(
-            "the clean set has {} correctly classified samples; the scan needs at least {} (one batch), from more than one class",
-            inv.len(),
-            cfg.per_class
-        )));
-    }
+    let CleanSets { inv, hold, pools, range, hold_accuracy: hold_acc } = clean_sets(file, ds, cfg, &candidates, &device, &mut notes, progress)?;
     lap("clean data check", &mut stages);
-
-    // Images live in [0, 1]; audio models are inverted in spectrogram space, whose values go
-    // beyond 1: triggers stay within what the clean inputs span.
-    let range = inv.images.iter().fold([0f32, 1f32], |[lo, hi], &v| [lo.min(v), hi.max(v)]);
-    if audio {
-        notes.push(format!("audio: triggers are reconstructed on the spectrogram (values {:.2} to {:.2}), not on the waveform; they are applied to spectrograms", range[0], range[1]));
-    }
+    let norm = &file.info.normalization;
     let (mean, std) = norm_tensors(norm, shape[0], &device);
     let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
     let mut families = vec![];
@@ -837,6 +827,124 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         seconds: start.elapsed().as_secs_f64(),
         seconds_by_stage: stages,
     })
+}
+
+/// A trigger re-inverted on a repaired model from the suspect's reconstruction
+/// ([`reinvert`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct Reinversion {
+    pub family: Family,
+    /// The goal: a class, or `None` for any wrong class.
+    pub target: Option<usize>,
+    /// The suspect's trigger's size, where the search started.
+    pub start_size: f64,
+    /// The smallest size at which the re-inverted trigger sent 99% of a batch to the goal;
+    /// `None` if it never did.
+    pub size: Option<f64>,
+    #[serde(flatten)]
+    pub held_out: HeldOut,
+    #[serde(skip)]
+    pub trigger: Option<Trigger>,
+}
+
+/// Re-inverts `start` (a reconstructed trigger of the suspect model, towards `target` or, with
+/// `None`, any wrong class) on `file`: `cfg.refine_steps` steps of the scan's objective that
+/// begin from it rather than from scratch. A defense can learn to ignore one reconstructed
+/// trigger (unlearning trains on exactly it) while a trigger near it, such as the real one,
+/// still works; replaying the reconstruction misses that, and so can a cold scan, whose search
+/// starts far away. A repaired model needs a large trigger again; a backdoor still in place
+/// is found small near where it was.
+pub fn reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, family: Family, start: &Trigger, target: Option<usize>, device: &Device, progress: &mut dyn Progress) -> Result<Reinversion> {
+    let device = device.clone().without_autodiff();
+    let classes = file.info.classes.len();
+    let shape = file.model.graph.input_shape;
+    if let Some(t) = target.filter(|&t| t >= classes) {
+        return Err(Error::invalid(format!("class {t} is not a class of the model (0..{classes})")));
+    }
+    let candidates: Vec<usize> = target.into_iter().collect();
+    let mut notes = vec![];
+    let sets = clean_sets(file, ds, cfg, &candidates, &device, &mut notes, progress)?;
+    let (mean, std) = norm_tensors(&file.info.normalization, shape[0], &device);
+    let job = Inversion { file, family, shape, inv: &sets.inv, pools: &sets.pools, untargeted: classes, untargeted_rng: std::cell::RefCell::new(Rng::new(cfg.seed ^ 0xA11)), range: sets.range, mean, std, device: device.clone() };
+    let goal = target.unwrap_or(classes);
+    let mut states = vec![job.init_from(start)?];
+    let start_size = match start {
+        Trigger::Reconstructed { mask: Some(m), .. } => m.iter().map(|&v| v as f64).sum(),
+        Trigger::Reconstructed { mask: None, pattern, .. } => pattern.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt(),
+        _ => f64::NAN,
+    };
+    let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
+    let what = target.map_or("the untargeted goal".to_string(), |t| format!("class {t}"));
+    job.run(&[0], &[goal], &mut states, cfg.refine_steps.max(1), cfg.per_class, cfg, &mut rng, &format!("re-inverting the {} trigger of {what} on the repaired model, {} steps", family.name(), cfg.refine_steps.max(1)), progress)?;
+    let st = &states[0];
+    let trigger = st.best_params.as_ref().map(|p| job.trigger(p));
+    let held_out = trigger.as_ref().map(|t| holdout_success(file, &sets.hold, t, target, shape, &device)).transpose()?.unwrap_or_default();
+    Ok(Reinversion { family, target, start_size, size: st.best_size, held_out, trigger })
+}
+
+/// The clean data a scan inverts on and measures with.
+struct CleanSets {
+    /// Correctly classified defender samples of the train split: what triggers are fitted to.
+    inv: Split,
+    /// Correctly classified validation samples (the test split without one): held out.
+    hold: Split,
+    /// Indices of `inv` not of class t, for each class t; then, for the untargeted goal, all.
+    pools: Vec<Vec<usize>>,
+    /// The inputs' value range: patterns stay inside it.
+    range: [f32; 2],
+    hold_accuracy: f64,
+}
+
+/// Stage 0 of a scan: the clean data. Only correctly classified inputs: a trigger should change
+/// the model's mind, not exploit its mistakes.
+fn clean_sets(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, candidates: &[usize], device: &Device, notes: &mut Vec<String>, progress: &mut dyn Progress) -> Result<CleanSets> {
+    let classes = file.info.classes.len();
+    let audio = !ds.train.waves.is_empty();
+
+    let clean = crate::data::defender_split(&ds.train, cfg.clean_fraction, cfg.seed)?;
+    progress.phase("scan: checking the clean data", 0);
+    let norm = &file.info.normalization;
+    let keep_correct = |s: &Split| -> (Split, f64) {
+        let preds = predict(&file.model, s, norm, device, 256);
+        let idx: Vec<usize> = (0..s.len()).filter(|&i| preds[i] == s.labels[i]).collect();
+        let acc = idx.len() as f64 / s.len().max(1) as f64;
+        (s.subset(&idx), acc)
+    };
+    let (inv, inv_acc) = keep_correct(&clean);
+    let holdout_src = if ds.val.is_empty() { &ds.test } else { &ds.val };
+    if ds.val.is_empty() {
+        notes.push("there is no validation split; the reconstructed triggers are measured on the test split".into());
+    }
+    let (hold, hold_acc) = keep_correct(holdout_src);
+    let chance = 1.0 / classes as f64;
+    if inv_acc < (3.0 * chance).min(0.5) {
+        return Err(Error::invalid(format!(
+            "the model classifies only {:.1}% of the clean data correctly (chance is {:.1}%): check the data and the input normalisation (--mean/--std) before scanning",
+            100.0 * inv_acc,
+            100.0 * chance
+        )));
+    }
+    let mut pools = vec![vec![]; classes];
+    for (t, pool) in pools.iter_mut().enumerate() {
+        *pool = (0..inv.len()).filter(|&i| inv.labels[i] != t).collect();
+    }
+    // The untargeted goal draws from every class.
+    pools.push((0..inv.len()).collect());
+    if inv.len() < cfg.per_class || candidates.iter().any(|&t| pools[t].is_empty()) {
+        return Err(Error::invalid(format!(
+            "the clean set has {} correctly classified samples; the scan needs at least {} (one batch), from more than one class",
+            inv.len(),
+            cfg.per_class
+        )));
+    }
+
+    // Images live in [0, 1]; audio models are inverted in spectrogram space, whose values go
+    // beyond 1: triggers stay within what the clean inputs span.
+    let range = inv.images.iter().fold([0f32, 1f32], |[lo, hi], &v| [lo.min(v), hi.max(v)]);
+    if audio {
+        notes.push(format!("audio: triggers are reconstructed on the spectrogram (values {:.2} to {:.2}), not on the waveform; they are applied to spectrograms", range[0], range[1]));
+    }
+    Ok(CleanSets { inv, hold, pools, range, hold_accuracy: hold_acc })
 }
 
 /// Every class some family scored, in order.
@@ -1004,6 +1112,19 @@ mod tests {
         assert_eq!(with(0.4, 0.5).0, Verdict::Inconclusive);
         let (v, _, u) = with(1.8, 0.95);
         assert_eq!((v, u.is_none()), (Verdict::NoEvidence, true));
+    }
+
+    #[test]
+    fn a_reinversion_starts_exactly_where_the_trigger_is() {
+        let (shape, range) = ([2, 2, 3], [-1.0f32, 3.0]);
+        let params: Vec<f32> = (0..6 + 12).map(|i| (i as f32 - 9.0) / 3.0).collect();
+        let back = params_of(Family::Patch, shape, range, &trigger_of(Family::Patch, shape, range, &params)).unwrap();
+        assert!(params.iter().zip(&back).all(|(a, b)| (a - b).abs() < 1e-3), "{params:?} vs {back:?}");
+        let additive = trigger_of(Family::Additive, shape, range, &params[..12]);
+        assert_eq!(params_of(Family::Additive, shape, range, &additive).unwrap(), params[..12].to_vec());
+        // The wrong family or another input shape is refused.
+        assert!(params_of(Family::Patch, shape, range, &additive).is_err());
+        assert!(params_of(Family::Additive, [2, 3, 2], range, &additive).is_err());
     }
 
     #[test]
