@@ -21,7 +21,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
-use super::{CurvePoint, DefenseConfig, KnownAttack, Pruned, PrunedLayer, Snapshot, Stopwatch, defender_split};
+use super::{Budget, CurvePoint, DefenseConfig, KnownAttack, Pruned, PrunedLayer, Snapshot, Stopwatch, defender_split};
 use crate::data::{Dataset, Split, batch};
 use crate::error::{Error, Result};
 use crate::metrics::{ClassReport, argmax, attack_success, predict};
@@ -293,17 +293,27 @@ fn masked(model: &Model, layers: &[NeuronLayer], keep: &[Vec<bool>]) -> Model {
     with_masks(model, &masks_of(layers, keep))
 }
 
+/// Distinct levels evaluated together before the budget is looked at again.
+const LEVELS_PER_ROUND: usize = 4;
+
 /// Accuracy on `split` of the unpruned model (first) and at every threshold's keep-masks. The
 /// sets grow with the threshold, so equal counts are equal sets: each distinct level is
-/// evaluated once, through the cached prefix before its first pruned layer.
+/// evaluated once, through the cached prefix before its first pruned layer. With a `budget`
+/// the sweep stops after the round that holds the first level outside it (the choice reads
+/// nothing beyond it), and the accuracies end with that round; without one every level is
+/// evaluated.
 #[allow(clippy::too_many_arguments)]
-fn level_accuracies(model: &Model, layers: &[NeuronLayer], keeps: &[Vec<Vec<bool>>], counts: &[usize], split: &Split, ds: &Dataset, device: &Device, progress: &mut dyn Progress) -> Vec<f64> {
+fn level_accuracies(model: &Model, layers: &[NeuronLayer], keeps: &[Vec<Vec<bool>>], counts: &[usize], split: &Split, ds: &Dataset, budget: Option<&Budget>, device: &Device, progress: &mut dyn Progress) -> Vec<f64> {
     let distinct: Vec<usize> = (0..keeps.len()).filter(|&j| j == 0 || counts[j] != counts[j - 1]).collect();
     let levels: Vec<NeuronMasks> = std::iter::once(vec![]).chain(distinct.iter().map(|&j| masks_of(layers, &keeps[j]))).collect();
-    progress.phase(&format!("ANP: clean validation accuracy at {} distinct thresholds", distinct.len()), levels.len());
-    let preds = masked_predictions(model, split, &ds.normalization, &levels, device, &mut |done, _| progress.work(done, levels.len()));
+    progress.phase(&format!("ANP: clean validation accuracy at up to {} distinct thresholds", distinct.len()), levels.len());
     let classes = model.num_classes();
-    let acc: Vec<f64> = preds.iter().map(|p| ClassReport::new(p, &split.labels, classes).accuracy).collect();
+    // acc[0]: the unpruned model; acc[d]: distinct level d - 1.
+    let acc = in_rounds(levels.len(), budget, &mut |range: std::ops::Range<usize>| {
+        let before = range.start;
+        let preds = masked_predictions(model, split, &ds.normalization, &levels[range], device, &mut |done, _| progress.work(before + done, levels.len()));
+        preds.iter().map(|p| ClassReport::new(p, &split.labels, classes).accuracy).collect()
+    });
     // Level j's accuracy is that of the last distinct level at or before it.
     let mut out = vec![acc[0]];
     let mut d = 0;
@@ -311,9 +321,25 @@ fn level_accuracies(model: &Model, layers: &[NeuronLayer], keeps: &[Vec<Vec<bool
         if d < distinct.len() && distinct[d] == j {
             d += 1;
         }
-        out.push(acc[d]);
+        let Some(&a) = acc.get(d) else { break };
+        out.push(a);
     }
     out
+}
+
+/// The accuracies of `levels` levels (the first the unpruned model), evaluated
+/// [`LEVELS_PER_ROUND`] at a time by `round`; with a budget, no round after the one holding
+/// the first level outside it.
+fn in_rounds(levels: usize, budget: Option<&Budget>, round: &mut dyn FnMut(std::ops::Range<usize>) -> Vec<f64>) -> Vec<f64> {
+    let mut acc: Vec<f64> = Vec::with_capacity(levels);
+    while acc.len() < levels {
+        let start = acc.len();
+        acc.extend(round(start..(start + LEVELS_PER_ROUND).min(levels)));
+        if budget.is_some_and(|b| acc.iter().any(|&a| !b.allows(acc[0], a))) {
+            break;
+        }
+    }
+    acc
 }
 
 /// Optimises the neuron masks, chooses the threshold on clean validation data, and returns the
@@ -346,7 +372,8 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
     let thresholds = c.thresholds();
     let keeps: Vec<Vec<Vec<bool>>> = thresholds.iter().map(|&t| keep_at(&masks, t)).collect();
     let counts: Vec<usize> = keeps.iter().map(|k| k.iter().flatten().filter(|v| !**v).count()).collect();
-    let val_acc = level_accuracies(&model, &layers, &keeps, &counts, &ds.val, ds, &eval_device, progress);
+    // A fixed threshold needs its own level's accuracy, wherever the budget ends.
+    let val_acc = level_accuracies(&model, &layers, &keeps, &counts, &ds.val, ds, c.threshold.is_none().then_some(&cfg.budget), &eval_device, progress);
     let chosen = match c.threshold {
         Some(t) => 1 + thresholds.iter().position(|&x| (x - t).abs() < 1e-9).expect("the fixed threshold is in the list"),
         None => cfg.budget.last_within(&val_acc),
@@ -373,7 +400,8 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
     let triggered = known.filter(|_| cfg.test_curve).map(|k| k.trigger.inputs(&ds.test, ds.shape)).transpose()?;
     let mut curve: Vec<CurvePoint> = Vec::with_capacity(thresholds.len() + 1);
     let mut before = None;
-    for j in 0..=thresholds.len() {
+    // The curve ends where the validation sweep stopped.
+    for j in 0..val_acc.len() {
         let pruned = if j == 0 { 0 } else { counts[j - 1] };
         if !cfg.test_curve || j > measured {
             curve.push(CurvePoint { pruned, fraction: pruned as f64 / units as f64, threshold: (j > 0).then(|| thresholds[j - 1]), val_accuracy: val_acc[j], test_accuracy: None, attack_success_rate: None });
@@ -443,4 +471,28 @@ pub(super) fn prune(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: 
         before,
         anp: Some(report),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_stops_after_the_round_holding_the_first_level_outside_the_budget() {
+        // Accuracy falls by a point a level: level 5 (0.95) is the first outside 4 points.
+        let curve: Vec<f64> = (0..12).map(|k| 1.0 - 0.01 * k as f64).collect();
+        let mut asked = vec![];
+        let mut eval = |r: std::ops::Range<usize>| {
+            asked.push(r.clone());
+            curve[r].to_vec()
+        };
+        let acc = in_rounds(curve.len(), Some(&Budget::PAPER), &mut eval);
+        assert_eq!(asked, vec![0..4, 4..8], "rounds of four, none after the one holding level 5");
+        assert_eq!(acc, curve[..8].to_vec());
+        // The choice is the one the full curve gives; without a budget every level is evaluated.
+        assert_eq!(Budget::PAPER.last_within(&acc), Budget::PAPER.last_within(&curve));
+        assert_eq!(in_rounds(curve.len(), None, &mut |r: std::ops::Range<usize>| curve[r].to_vec()), curve);
+        // Never outside: every level, in rounds up to the end.
+        assert_eq!(in_rounds(6, Some(&Budget::PAPER), &mut |r: std::ops::Range<usize>| vec![1.0; r.len()]).len(), 6);
+    }
 }
