@@ -1,13 +1,14 @@
 //! The scan on real MNIST models: a planted patch backdoor is flagged with its target class and
 //! the reconstructed mask sits on the real patch; an untargeted one is flagged without a target;
-//! a clean model is not flagged; the reconstructed trigger, searched for again from where it
-//! was, is found as small on the backdoored model and not on a clean one; the test split plays
+//! a clean model is not flagged, and the reconstructed trigger, searched for again from where
+//! it was, is found as small on the backdoored model and not on a clean one; the test split plays
 //! no part (replacing it with noise changes nothing); bad requests are clear errors.
 
 mod common;
 
 use fineprune::attack::{AttackConfig, backdoor};
 use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions};
+use fineprune::defense::verify::recheck;
 use fineprune::defense::{DefenseConfig, Method, defend};
 use fineprune::rng::Rng;
 use fineprune::scan::{Family, ScanConfig, Verdict, reinvert, scan};
@@ -83,18 +84,22 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
 
     // A clean model trained the same way is not flagged.
     let clean = train_new("lenet", &ds, &TrainConfig { epochs: 3, ..TrainConfig::default() }, &dev.clone().autodiff(), &mut Silent).unwrap().file;
-    let suspect = out;
-    let out = scan(&clean, &ds, &quick(), &dev, &mut Silent).unwrap();
-    assert_ne!(out.verdict, Verdict::Backdoored, "{:?}", out.suspects);
-
-    // The suspect's trigger searched for again from where it was: on the backdoored model a
-    // trigger about as small works again; the clean model needs a far larger one.
-    let (goal, family, trigger) = suspect.best_trigger().unwrap();
-    let again = reinvert(&bad, &ds, &quick(), family, trigger, goal, &dev, &mut Silent).unwrap();
+    // ... and the suspect's trigger, searched for again on it from where it was (`scan
+    // --recheck`), takes a far larger one than on the backdoored model, where a trigger about
+    // as small works again.
+    let (goal, _, trigger) = out.best_trigger().unwrap();
+    let again = reinvert(&bad, &ds, &quick(), trigger, goal, &dev, &mut Silent).unwrap();
     let small = again.size.expect("found again on the backdoored model");
     assert!(small <= 2.0 * again.start_size && again.held_out.holdout_asr.unwrap() >= 0.9, "{again:?}");
-    let on_clean = reinvert(&clean, &ds, &quick(), family, trigger, goal, &dev, &mut Silent).unwrap();
-    assert!(on_clean.size.is_none_or(|s| s > 3.0 * small), "{small} on the backdoored model, {on_clean:?} on the clean one");
+    let (out, on_clean) = recheck(&clean, &ds, &quick(), trigger, goal, &dev, &mut Silent).unwrap();
+    assert_ne!(out.verdict, Verdict::Backdoored, "{:?}", out.suspects);
+    assert!(!on_clean.flagged && on_clean.reinversion.size.is_none_or(|s| s > 3.0 * small), "{small} on the backdoored model, {on_clean:?} on the clean one");
+    // A goal outside the model, or a trigger for other inputs, is refused before any scan.
+    let e = recheck(&clean, &ds, &quick(), trigger, Some(10), &dev, &mut Silent).unwrap_err().to_string();
+    assert!(e.contains("class 10"), "{e}");
+    let other = Trigger::Reconstructed { shape: [3, 28, 28], mask: Some(vec![0.5; 784]), pattern: vec![0.5; 3 * 784], range: [0.0, 1.0] };
+    let e = recheck(&clean, &ds, &quick(), &other, goal, &dev, &mut Silent).unwrap_err().to_string();
+    assert!(e.contains("[3, 28, 28]"), "{e}");
 
     // Bad requests: classes outside the model, a clean set smaller than one batch.
     let e = scan(&clean, &ds, &ScanConfig { classes: Some(vec![1, 10]), ..quick() }, &dev, &mut Silent).unwrap_err().to_string();

@@ -59,6 +59,14 @@ pub(super) struct ScanArgs {
     /// Do not look for untargeted and all-to-all backdoors (one goal fewer to optimise).
     #[arg(long)]
     pub(super) no_untargeted: bool,
+    /// A trigger an earlier scan reconstructed (its FAMILY-classK.json): after the scan, search
+    /// for it again on this model from where it was, to check a repair made anywhere (needs
+    /// --recheck-target).
+    #[arg(long, requires = "recheck_target")]
+    pub(super) recheck: Option<PathBuf>,
+    /// The class that trigger sent inputs to, or "untargeted" (any wrong class).
+    #[arg(long, requires = "recheck", value_parser = parse_goal)]
+    pub(super) recheck_target: Option<Goal>,
     /// Seed of the clean subset and the image draws.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
@@ -71,6 +79,17 @@ pub(super) struct ScanArgs {
     /// Print one JSON object on stdout instead of human-readable text.
     #[arg(long)]
     pub(super) json: bool,
+}
+
+/// A re-checked trigger's goal: a class, or any wrong class.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Goal(Option<usize>);
+
+fn parse_goal(s: &str) -> std::result::Result<Goal, String> {
+    match s {
+        "untargeted" => Ok(Goal(None)),
+        _ => s.parse().map(|c| Goal(Some(c))).map_err(|_| format!("{s:?} is neither a class number nor \"untargeted\"")),
+    }
 }
 
 fn parse_family(s: &str) -> std::result::Result<Family, String> {
@@ -106,7 +125,14 @@ pub(super) fn cmd_scan(a: ScanArgs) -> Result<()> {
     let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split)?;
     let device = fineprune::cpu_device();
     let mut bars = Bars::new(a.json);
-    let outcome = scan(&file, &ds, &a.config(), &device, &mut bars)?;
+    let (outcome, recheck) = match (&a.recheck, a.recheck_target) {
+        (Some(path), Some(Goal(target))) => {
+            let trigger = fineprune::trigger::spec::read_file(path)?;
+            let (o, r) = fineprune::defense::verify::recheck(&file, &ds, &a.config(), &trigger, target, &device, &mut bars)?;
+            (o, Some(r))
+        }
+        _ => (scan(&file, &ds, &a.config(), &device, &mut bars)?, None),
+    };
     drop(bars);
     if let Some(dir) = &a.report {
         let hold = if ds.val.is_empty() { &ds.test } else { &ds.val };
@@ -114,9 +140,24 @@ pub(super) fn cmd_scan(a: ScanArgs) -> Result<()> {
         fineprune::report::write_scan_report(dir, &outcome, hold, ds.shape, known)?;
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&scan_json(&outcome))?);
+        let mut j = scan_json(&outcome);
+        j["recheck"] = json!(recheck);
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         print_scan(&outcome, &file.info.classes);
+        if let Some(r) = &recheck {
+            let re = &r.reinversion;
+            println!(
+                "recheck: the {} trigger of {} searched for again from where it was: size {} (started at {:.1}), {} the scan's reference, held-out attack success {}{}",
+                re.family.name(),
+                re.target.map_or("the untargeted goal".to_string(), |t| format!("class {t}")),
+                re.size.map_or("never reached".to_string(), |x| format!("{x:.1}")),
+                re.start_size,
+                r.ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
+                re.held_out.holdout_asr.map_or("-".to_string(), |v| format!("{v:.3}")),
+                if r.flagged { " -- FLAGGED: a small trigger works again, the backdoor is still there" } else { " -- not flagged" }
+            );
+        }
         if let Some(dir) = &a.report {
             println!("report: {} (result.json; FAMILY-classK.json are trigger files for --trigger file:PATH)", dir.display());
         }

@@ -97,17 +97,16 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
         Some((target, _, t)) => holdout_success(repaired, &ds.val, t, target, repaired.model.graph.input_shape, &eval)?.holdout_asr,
         None => None,
     };
-    let after = scan(repaired, ds, &s.config, &eval, progress)?;
-    let reinversion = best.map(|(target, family, t)| reinvert(repaired, ds, &s.config, family, t, target, &eval, progress)).transpose()?;
-    let th = &s.config.thresholds;
-    let (reinverted_ratio, reinverted_flagged) = match &reinversion {
-        Some(r) => {
-            let ratio = reinverted_ratio(&after, r);
-            let limit = if r.target.is_some() { th.max_control_ratio } else { th.untargeted_ratio };
-            (ratio, ratio.is_some_and(|q| q <= limit) && r.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr))
+    let (after, recheck) = match best {
+        Some((target, _, t)) => {
+            let (after, r) = recheck(repaired, ds, &s.config, t, target, &eval, progress)?;
+            (after, Some(r))
         }
-        None => (None, false),
+        None => (scan(repaired, ds, &s.config, &eval, progress)?, None),
     };
+    let reinverted_ratio = recheck.as_ref().and_then(|r| r.ratio);
+    let reinverted_flagged = recheck.as_ref().is_some_and(|r| r.flagged);
+    let reinversion = recheck.map(|r| r.reinversion);
     let target = best.and_then(|b| b.0);
     let untargeted = best.is_some_and(|b| b.0.is_none());
     // Still backdoored, the old target (or the untargeted evidence) still suspected, or a small
@@ -130,6 +129,38 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
         seconds_before_scan: s.outcome.seconds,
         seconds_after_scan: after.seconds,
     })
+}
+
+/// A reconstructed trigger searched for again on a model (see [`recheck`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct Recheck {
+    pub reinversion: Reinversion,
+    /// Its size over the fresh scan's reference in its family: the controls' median refined
+    /// size for a class, the smallest refined class's for the untargeted goal.
+    pub ratio: Option<f64>,
+    /// That ratio is at the scan's own threshold (the control ratio for a class, the
+    /// untargeted ratio for the untargeted goal) and the trigger works on held-out data.
+    pub flagged: bool,
+}
+
+/// Scans `file` afresh and re-inverts `trigger` (an earlier scan's, towards `target` or any
+/// wrong class) on it from where it was ([`reinvert`]), measured against that scan: is the
+/// backdoor the trigger stood for still there? `defend` checks every repair this way; `scan
+/// --recheck` checks a model repaired anywhere.
+pub fn recheck(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, trigger: &crate::trigger::Trigger, target: Option<usize>, device: &Device, progress: &mut dyn Progress) -> Result<(ScanOutcome, Recheck)> {
+    let eval = device.clone().without_autodiff();
+    let classes = file.info.classes.len();
+    if let Some(t) = target.filter(|&t| t >= classes) {
+        return Err(Error::invalid(format!("the trigger to re-check was towards class {t}, which is not a class of the model (0..{classes})")));
+    }
+    crate::scan::start_family(trigger, file.model.graph.input_shape)?;
+    let after = scan(file, ds, cfg, &eval, progress)?;
+    let reinversion = reinvert(file, ds, cfg, trigger, target, &eval, progress)?;
+    let th = &cfg.thresholds;
+    let ratio = reinverted_ratio(&after, &reinversion);
+    let limit = if target.is_some() { th.max_control_ratio } else { th.untargeted_ratio };
+    let flagged = ratio.is_some_and(|q| q <= limit) && reinversion.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr);
+    Ok((after, Recheck { reinversion, ratio, flagged }))
 }
 
 /// How hard the suspect's trigger is to find again on a repair: the re-inverted size over the

@@ -847,14 +847,27 @@ pub struct Reinversion {
     pub trigger: Option<Trigger>,
 }
 
+/// The family of a trigger a re-inversion can start from: a scan's reconstruction for inputs
+/// of `shape` (a patch with a mask, an additive pattern without).
+pub fn start_family(start: &Trigger, shape: [usize; 3]) -> Result<Family> {
+    let family = match start {
+        Trigger::Reconstructed { mask: Some(_), .. } => Family::Patch,
+        Trigger::Reconstructed { mask: None, .. } => Family::Additive,
+        _ => return Err(Error::invalid("a re-inversion starts from a reconstructed trigger (a scan's FAMILY-classK.json)")),
+    };
+    params_of(family, shape, [0.0, 1.0], start)?;
+    Ok(family)
+}
+
 /// Re-inverts `start` (a reconstructed trigger of the suspect model, towards `target` or, with
-/// `None`, any wrong class) on `file`: `cfg.refine_steps` steps of the scan's objective that
-/// begin from it rather than from scratch. A defense can learn to ignore one reconstructed
+/// `None`, any wrong class; its family is the trigger's own) on `file`: `cfg.refine_steps`
+/// steps of the scan's objective that begin from it rather than from scratch. A defense can learn to ignore one reconstructed
 /// trigger (unlearning trains on exactly it) while a trigger near it, such as the real one,
 /// still works; replaying the reconstruction misses that, and so can a cold scan, whose search
 /// starts far away. A repaired model needs a large trigger again; a backdoor still in place
 /// is found small near where it was.
-pub fn reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, family: Family, start: &Trigger, target: Option<usize>, device: &Device, progress: &mut dyn Progress) -> Result<Reinversion> {
+pub fn reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, start: &Trigger, target: Option<usize>, device: &Device, progress: &mut dyn Progress) -> Result<Reinversion> {
+    let family = start_family(start, file.model.graph.input_shape)?;
     let device = device.clone().without_autodiff();
     let classes = file.info.classes.len();
     let shape = file.model.graph.input_shape;
