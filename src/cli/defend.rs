@@ -253,14 +253,7 @@ pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
                 None => println!("  check without the trigger: the suspect scan suspected no class ({}); fresh scan of the output: {}", v.before_verdict.name(), v.after_verdict.name()),
             }
             if let Some(re) = &v.reinversion {
-                println!(
-                    "  re-inverted from the suspect's trigger on the output: size {} (started at {:.1}), {} the fresh scan's reference, held-out attack success {}{}",
-                    re.size.map_or("never reached".to_string(), |x| format!("{x:.1}")),
-                    re.start_size,
-                    v.reinverted_ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
-                    r(re.held_out.holdout_asr),
-                    if v.reinverted_flagged { " (a small trigger works again: FLAGGED)" } else { "" }
-                );
+                println!("  on the output, {}", super::scan::describe_reinversion(re, v.reinverted_ratio, v.reinverted_flagged));
             }
         }
         for c in &outcome.candidates {

@@ -146,23 +146,28 @@ pub(super) fn cmd_scan(a: ScanArgs) -> Result<()> {
     } else {
         print_scan(&outcome, &file.info.classes);
         if let Some(r) = &recheck {
-            let re = &r.reinversion;
-            println!(
-                "recheck: the {} trigger of {} searched for again from where it was: size {} (started at {:.1}), {} the scan's reference, held-out attack success {}{}",
-                re.family.name(),
-                re.target.map_or("the untargeted goal".to_string(), |t| format!("class {t}")),
-                re.size.map_or("never reached".to_string(), |x| format!("{x:.1}")),
-                re.start_size,
-                r.ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
-                re.held_out.holdout_asr.map_or("-".to_string(), |v| format!("{v:.3}")),
-                if r.flagged { " -- FLAGGED: a small trigger works again, the backdoor is still there" } else { " -- not flagged" }
-            );
+            println!("recheck: {}", describe_reinversion(&r.reinversion, r.ratio, r.flagged));
         }
         if let Some(dir) = &a.report {
             println!("report: {} (result.json; FAMILY-classK.json are trigger files for --trigger file:PATH)", dir.display());
         }
     }
     Ok(())
+}
+
+/// One line on a trigger searched for again from where it was (`scan --recheck`, `defend`'s
+/// check).
+pub(super) fn describe_reinversion(re: &fineprune::scan::Reinversion, ratio: Option<f64>, flagged: bool) -> String {
+    format!(
+        "the {} trigger of {} searched for again from where it was: size {} (started at {:.1}), {} the fresh scan's reference, held-out attack success {}{}",
+        re.family.name(),
+        re.target.map_or("the untargeted goal".to_string(), |t| format!("class {t}")),
+        re.size.map_or("never reached".to_string(), |x| format!("{x:.1}")),
+        re.start_size,
+        ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
+        re.held_out.holdout_asr.map_or("-".to_string(), |v| format!("{v:.3}")),
+        if flagged { " -- FLAGGED: a small trigger works again, the backdoor is still there" } else { " -- not flagged" }
+    )
 }
 
 /// The scan as JSON: `verdict` and `targets` are the names scripts read.
