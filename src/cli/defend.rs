@@ -252,8 +252,8 @@ pub(super) fn cmd_defend(a: DefendArgs) -> Result<()> {
                 ),
                 None => println!("  check without the trigger: the suspect scan suspected no class ({}); fresh scan of the output: {}", v.before_verdict.name(), v.after_verdict.name()),
             }
-            if let Some(re) = &v.reinversion {
-                println!("  on the output, {}", super::scan::describe_reinversion(re, v.reinverted_ratio, v.reinverted_flagged));
+            if let Some(r) = &v.recheck {
+                println!("  on the output, {}", super::scan::describe_recheck(r));
             }
         }
         for c in &outcome.candidates {

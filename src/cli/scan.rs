@@ -9,7 +9,8 @@ use serde_json::json;
 
 use super::args::{SplitArgs, ModelArgs, load_model_and_data};
 use super::progress::Bars;
-use fineprune::scan::{Family, ScanConfig, ScanOutcome, Thresholds, scan};
+use fineprune::scan::{Family, Recheck, ScanConfig, ScanOutcome, Thresholds, recheck, scan};
+use fineprune::trigger::poison::Target;
 
 #[derive(Args)]
 pub(super) struct ScanArgs {
@@ -64,9 +65,10 @@ pub(super) struct ScanArgs {
     /// --recheck-target).
     #[arg(long, requires = "recheck_target")]
     pub(super) recheck: Option<PathBuf>,
-    /// The class that trigger sent inputs to, or "untargeted" (any wrong class).
-    #[arg(long, requires = "recheck", value_parser = parse_goal)]
-    pub(super) recheck_target: Option<Goal>,
+    /// The class that trigger sent inputs to, or untargeted (any wrong class; all-to-all is
+    /// looked for the same way).
+    #[arg(long, requires = "recheck")]
+    pub(super) recheck_target: Option<Target>,
     /// Seed of the clean subset and the image draws.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
@@ -79,17 +81,6 @@ pub(super) struct ScanArgs {
     /// Print one JSON object on stdout instead of human-readable text.
     #[arg(long)]
     pub(super) json: bool,
-}
-
-/// A re-checked trigger's goal: a class, or any wrong class.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Goal(Option<usize>);
-
-fn parse_goal(s: &str) -> std::result::Result<Goal, String> {
-    match s {
-        "untargeted" => Ok(Goal(None)),
-        _ => s.parse().map(|c| Goal(Some(c))).map_err(|_| format!("{s:?} is neither a class number nor \"untargeted\"")),
-    }
 }
 
 fn parse_family(s: &str) -> std::result::Result<Family, String> {
@@ -126,9 +117,13 @@ pub(super) fn cmd_scan(a: ScanArgs) -> Result<()> {
     let device = fineprune::cpu_device();
     let mut bars = Bars::new(a.json);
     let (outcome, recheck) = match (&a.recheck, a.recheck_target) {
-        (Some(path), Some(Goal(target))) => {
+        (Some(path), Some(target)) => {
             let trigger = fineprune::trigger::spec::read_file(path)?;
-            let (o, r) = fineprune::defense::verify::recheck(&file, &ds, &a.config(), &trigger, target, &device, &mut bars)?;
+            let goal = match target {
+                Target::Class(c) => Some(c),
+                Target::Untargeted | Target::AllToAll => None,
+            };
+            let (o, r) = recheck(&file, &ds, &a.config(), &trigger, goal, &device, &mut bars)?;
             (o, Some(r))
         }
         _ => (scan(&file, &ds, &a.config(), &device, &mut bars)?, None),
@@ -146,7 +141,7 @@ pub(super) fn cmd_scan(a: ScanArgs) -> Result<()> {
     } else {
         print_scan(&outcome, &file.info.classes);
         if let Some(r) = &recheck {
-            println!("recheck: {}", describe_reinversion(&r.reinversion, r.ratio, r.flagged));
+            println!("recheck: {}", describe_recheck(r));
         }
         if let Some(dir) = &a.report {
             println!("report: {} (result.json; FAMILY-classK.json are trigger files for --trigger file:PATH)", dir.display());
@@ -157,16 +152,17 @@ pub(super) fn cmd_scan(a: ScanArgs) -> Result<()> {
 
 /// One line on a trigger searched for again from where it was (`scan --recheck`, `defend`'s
 /// check).
-pub(super) fn describe_reinversion(re: &fineprune::scan::Reinversion, ratio: Option<f64>, flagged: bool) -> String {
+pub(super) fn describe_recheck(r: &Recheck) -> String {
+    let re = &r.reinversion;
     format!(
         "the {} trigger of {} searched for again from where it was: size {} (started at {:.1}), {} the fresh scan's reference, held-out attack success {}{}",
         re.family.name(),
         re.target.map_or("the untargeted goal".to_string(), |t| format!("class {t}")),
         re.size.map_or("never reached".to_string(), |x| format!("{x:.1}")),
         re.start_size,
-        ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
+        r.reinverted_ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
         re.held_out.holdout_asr.map_or("-".to_string(), |v| format!("{v:.3}")),
-        if flagged { " -- FLAGGED: a small trigger works again, the backdoor is still there" } else { " -- not flagged" }
+        if r.reinverted_flagged { " -- FLAGGED: a small trigger works again, the backdoor is still there" } else { " -- not flagged" }
     )
 }
 

@@ -4,7 +4,7 @@
 //!   likely target's reconstructed trigger is measured again on the output (fixed-trigger
 //!   attack success), the output is scanned afresh — a new inversion, not a replay — and the
 //!   suspect's trigger is re-inverted on the output, starting from where it was
-//!   ([`crate::scan::reinvert`]): a small trigger found again there means the backdoor is
+//!   ([`crate::scan::recheck`]): a small trigger found again there means the backdoor is
 //!   still in place, even when the replayed one no longer works. Each answers "is it still
 //!   flagged?".
 //! - *Unlearn* (Neural Cleanse's mitigation): fine-tune on the defender's clean data with a
@@ -24,7 +24,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelFile};
 use crate::rng::Rng;
-use crate::scan::{Family, Reinversion, ScanConfig, ScanOutcome, Verdict, holdout_success, median, reinvert, scan};
+use crate::scan::{Family, Recheck, ScanConfig, ScanOutcome, Verdict, holdout_success, recheck, scan};
 use crate::train::{TrainData, train};
 use crate::progress::Progress;
 use crate::trigger::Use;
@@ -74,15 +74,10 @@ pub struct Verification {
     /// A fresh scan of the output.
     pub after_verdict: Verdict,
     pub after_targets: Vec<usize>,
-    /// The suspect's trigger re-inverted on the output: the search starts from it (see
-    /// [`reinvert`]).
-    pub reinversion: Option<Reinversion>,
-    /// Its size over the fresh scan's reference in that family: the controls' median refined
-    /// size for a class, the smallest refined class's for the untargeted goal.
-    pub reinverted_ratio: Option<f64>,
-    /// The re-inverted trigger is as small, relative to that reference, as the scan's flag
-    /// asks of a target, and works on held-out data: the backdoor is still there.
-    pub reinverted_flagged: bool,
+    /// The suspect's trigger searched for again on the output from where it was, against the
+    /// fresh scan (see [`recheck`]); none when the suspect scan suspected nothing.
+    #[serde(flatten)]
+    pub recheck: Option<Recheck>,
     /// The output is still called backdoored, its old target is still suspected, or the
     /// re-inverted trigger is flagged.
     pub still_flagged: bool,
@@ -104,14 +99,11 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
         }
         None => (scan(repaired, ds, &s.config, &eval, progress)?, None),
     };
-    let reinverted_ratio = recheck.as_ref().and_then(|r| r.ratio);
-    let reinverted_flagged = recheck.as_ref().is_some_and(|r| r.flagged);
-    let reinversion = recheck.map(|r| r.reinversion);
     let target = best.and_then(|b| b.0);
     let untargeted = best.is_some_and(|b| b.0.is_none());
     // Still backdoored, the old target (or the untargeted evidence) still suspected, or a small
     // trigger found again near the old one.
-    let still_flagged = after.verdict == Verdict::Backdoored || target.is_some_and(|t| after.targets.contains(&t)) || (untargeted && after.untargeted.is_some()) || reinverted_flagged;
+    let still_flagged = after.verdict == Verdict::Backdoored || target.is_some_and(|t| after.targets.contains(&t)) || (untargeted && after.untargeted.is_some()) || recheck.as_ref().is_some_and(|r| r.reinverted_flagged);
     Ok(Verification {
         before_verdict: s.outcome.verdict,
         before_targets: s.outcome.targets.clone(),
@@ -122,45 +114,11 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
         reconstructed_asr_after: after_asr,
         after_verdict: after.verdict,
         after_targets: after.targets,
-        reinversion,
-        reinverted_ratio,
-        reinverted_flagged,
+        recheck,
         still_flagged,
         seconds_before_scan: s.outcome.seconds,
         seconds_after_scan: after.seconds,
     })
-}
-
-/// A reconstructed trigger searched for again on a model (see [`recheck`]).
-#[derive(Clone, Debug, Serialize)]
-pub struct Recheck {
-    pub reinversion: Reinversion,
-    /// Its size over the fresh scan's reference in its family: the controls' median refined
-    /// size for a class, the smallest refined class's for the untargeted goal.
-    pub ratio: Option<f64>,
-    /// That ratio is at the scan's own threshold (the control ratio for a class, the
-    /// untargeted ratio for the untargeted goal) and the trigger works on held-out data.
-    pub flagged: bool,
-}
-
-/// Scans `file` afresh and re-inverts `trigger` (an earlier scan's, towards `target` or any
-/// wrong class) on it from where it was ([`reinvert`]), measured against that scan: is the
-/// backdoor the trigger stood for still there? `defend` checks every repair this way; `scan
-/// --recheck` checks a model repaired anywhere.
-pub fn recheck(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, trigger: &crate::trigger::Trigger, target: Option<usize>, device: &Device, progress: &mut dyn Progress) -> Result<(ScanOutcome, Recheck)> {
-    let eval = device.clone().without_autodiff();
-    let classes = file.info.classes.len();
-    if let Some(t) = target.filter(|&t| t >= classes) {
-        return Err(Error::invalid(format!("the trigger to re-check was towards class {t}, which is not a class of the model (0..{classes})")));
-    }
-    crate::scan::start_family(trigger, file.model.graph.input_shape)?;
-    let after = scan(file, ds, cfg, &eval, progress)?;
-    let reinversion = reinvert(file, ds, cfg, trigger, target, &eval, progress)?;
-    let th = &cfg.thresholds;
-    let ratio = reinverted_ratio(&after, &reinversion);
-    let limit = if target.is_some() { th.max_control_ratio } else { th.untargeted_ratio };
-    let flagged = ratio.is_some_and(|q| q <= limit) && reinversion.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr);
-    Ok((after, Recheck { reinversion, ratio, flagged }))
 }
 
 /// How hard the suspect's trigger is to find again on a repair: the re-inverted size over the
@@ -174,25 +132,11 @@ pub fn recheck(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, trigger: &crate
 /// re-inverted 0.30x, real 0.83; FST replay 0.32, 0.42x, real 0.63; fine-pruning replay 0.98,
 /// 0.15x, real 1.00).
 fn hardness(v: &Verification) -> f64 {
-    match &v.reinversion {
-        Some(r) if r.size.is_none() => 1.0,
-        Some(_) => v.reinverted_ratio.map_or(0.0, |q| q.min(1.0)),
+    match &v.recheck {
+        Some(r) if r.reinversion.size.is_none() => 1.0,
+        Some(r) => r.reinverted_ratio.map_or(0.0, |q| q.min(1.0)),
         None => 0.0,
     }
-}
-
-/// A re-inverted trigger's size over the fresh scan's reference in its family (see
-/// [`Verification::reinverted_ratio`]): the scale the scan's own flags are set on.
-fn reinverted_ratio(after: &ScanOutcome, r: &Reinversion) -> Option<f64> {
-    let fam = after.families.iter().find(|f| f.family == r.family)?;
-    let refined = |control: bool| fam.finalists.iter().filter(move |x| x.control == control).filter_map(|x| x.size);
-    let reference = if r.target.is_some() {
-        let controls: Vec<f64> = refined(true).collect();
-        (!controls.is_empty()).then(|| median(&controls))?
-    } else {
-        refined(false).reduce(f64::min)?
-    };
-    Some(r.size? / reference.max(1e-12))
 }
 
 /// Neural Cleanse's unlearning: the clean data with `cfg.unlearn_share` of it stamped with the
@@ -232,7 +176,7 @@ pub struct Candidate {
     pub val_accuracy: f64,
     pub reconstructed_asr_after: Option<f64>,
     /// The re-inverted trigger's size over the fresh scan's reference (see
-    /// [`Verification::reinverted_ratio`]).
+    /// [`Recheck::reinverted_ratio`]).
     pub reinverted_ratio: Option<f64>,
     pub still_flagged: bool,
     /// Attack success of a known trigger (evaluation only; never used to choose).
@@ -268,7 +212,7 @@ pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: O
                     within_budget: o.within_budget,
                     val_accuracy: o.after.val_accuracy,
                     reconstructed_asr_after: v.and_then(|v| v.reconstructed_asr_after),
-                    reinverted_ratio: v.and_then(|v| v.reinverted_ratio),
+                    reinverted_ratio: v.and_then(|v| v.recheck.as_ref()?.reinverted_ratio),
                     still_flagged: v.is_none_or(|v| v.still_flagged),
                     attack_success_rate: o.after.attack_success_rate,
                     seconds: o.seconds,

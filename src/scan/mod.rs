@@ -685,6 +685,60 @@ pub fn nc_anomaly_index(sizes: &[Option<f64>]) -> Option<f64> {
 /// Scans `file` with the clean data of `ds`: the train split (a `clean_fraction` of it) to
 /// invert on, the validation split held out to measure the reconstructed triggers.
 pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, progress: &mut dyn Progress) -> Result<ScanOutcome> {
+    Ok(scan_then_reinvert(file, ds, cfg, None, device, progress)?.0)
+}
+
+/// A reconstructed trigger searched for again on a model (see [`recheck`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct Recheck {
+    pub reinversion: Reinversion,
+    /// Its size over the scan's reference in its family: the controls' median refined size for
+    /// a class, the smallest refined class's for the untargeted goal (the scale the scan's own
+    /// flags are set on).
+    pub reinverted_ratio: Option<f64>,
+    /// That ratio is at the scan's own threshold (the control ratio for a class, the untargeted
+    /// ratio for the untargeted goal) and the trigger works on held-out data: the backdoor the
+    /// trigger stood for is still there.
+    pub reinverted_flagged: bool,
+}
+
+/// Scans `file` and searches again for `trigger` (an earlier scan's reconstruction, towards
+/// `target` or, with `None`, any wrong class) from where it was, measured against this scan:
+/// is the backdoor the trigger stood for still there? `defend` checks every repair this way;
+/// `scan --recheck` checks a model repaired anywhere.
+///
+/// Why a search from where the trigger was: a defense can learn to ignore one reconstructed
+/// trigger (unlearning trains on exactly it) while a trigger near it, such as the real one,
+/// still works; replaying the reconstruction misses that, and so can a cold scan, whose search
+/// starts far away. A repaired model needs a large trigger again; a backdoor still in place is
+/// found small near where it was.
+pub fn recheck(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, trigger: &Trigger, target: Option<usize>, device: &Device, progress: &mut dyn Progress) -> Result<(ScanOutcome, Recheck)> {
+    let (outcome, reinversion) = scan_then_reinvert(file, ds, cfg, Some((trigger, target)), device, progress)?;
+    let reinversion = reinversion.expect("a re-inversion was asked for");
+    let th = &cfg.thresholds;
+    let reinverted_ratio = reinverted_ratio(&outcome, &reinversion);
+    let limit = if target.is_some() { th.max_control_ratio } else { th.untargeted_ratio };
+    let reinverted_flagged = reinverted_ratio.is_some_and(|q| q <= limit) && reinversion.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr);
+    Ok((outcome, Recheck { reinversion, reinverted_ratio, reinverted_flagged }))
+}
+
+/// A re-inverted trigger's size over the scan's reference in its family (see
+/// [`Recheck::reinverted_ratio`]).
+fn reinverted_ratio(outcome: &ScanOutcome, r: &Reinversion) -> Option<f64> {
+    let fam = outcome.families.iter().find(|f| f.family == r.family)?;
+    let refined = |control: bool| fam.finalists.iter().filter(move |x| x.control == control).filter_map(|x| x.size);
+    let reference = if r.target.is_some() {
+        let controls: Vec<f64> = refined(true).collect();
+        (!controls.is_empty()).then(|| median(&controls))?
+    } else {
+        refined(false).reduce(f64::min)?
+    };
+    Some(r.size? / reference.max(1e-12))
+}
+
+/// The scan, then (when `again` names a trigger and its goal) that trigger re-inverted on the
+/// same clean sets.
+fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: Option<(&Trigger, Option<usize>)>, device: &Device, progress: &mut dyn Progress) -> Result<(ScanOutcome, Option<Reinversion>)> {
     let start = Instant::now();
     let mut last = Instant::now();
     let mut stages = vec![];
@@ -722,15 +776,26 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
     if !(th.suspect.is_finite() && th.flag.is_finite() && (0.0..=1.0).contains(&th.confirm_asr) && ratios.iter().all(|r| r.is_finite() && *r >= 0.0)) {
         return Err(Error::invalid(format!("scan thresholds must be finite, the ratios not negative and the attack success in [0, 1]: {th:?}")));
     }
+    // A trigger to search for again is checked before any work.
+    let again = match again {
+        Some((trigger, target)) => {
+            if let Some(t) = target.filter(|&t| t >= classes) {
+                return Err(Error::invalid(format!("the trigger to re-check was towards class {t}, which is not a class of the model (0..{classes})")));
+            }
+            Some((trigger, target, start_of(trigger, shape)?))
+        }
+        None => None,
+    };
     let mut notes = vec![];
-    let CleanSets { inv, hold, pools, range, hold_accuracy: hold_acc } = clean_sets(file, ds, cfg, &candidates, &device, &mut notes, progress)?;
+    let sets = clean_sets(file, ds, cfg, &candidates, &device, &mut notes, progress)?;
+    let CleanSets { inv, hold, pools, range, hold_accuracy: hold_acc } = &sets;
     lap("clean data check", &mut stages);
     let norm = &file.info.normalization;
     let (mean, std) = norm_tensors(norm, shape[0], &device);
     let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
     let mut families = vec![];
     for &family in &cfg.families {
-        let job = Inversion { file, family, shape, inv: &inv, pools: &pools, untargeted: classes, untargeted_rng: std::cell::RefCell::new(Rng::new(cfg.seed ^ 0xA11)), range, mean: mean.clone(), std: std.clone(), device: device.clone() };
+        let job = Inversion { file, family, shape, inv, pools, untargeted: classes, untargeted_rng: std::cell::RefCell::new(Rng::new(cfg.seed ^ 0xA11)), range: *range, mean: mean.clone(), std: std.clone(), device: device.clone() };
         // The goals: the candidate classes, then (last) any wrong class.
         let goals: Vec<usize> = candidates.iter().copied().chain(cfg.untargeted.then_some(classes)).collect();
         let u_slot = cfg.untargeted.then_some(candidates.len());
@@ -775,7 +840,7 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
             let class = candidates[s];
             let st = &states[s];
             let trigger = st.best_params.as_ref().map(|p| job.trigger(p));
-            let held_out = trigger.as_ref().map(|t| holdout_success(file, &hold, t, Some(class), shape, &device)).transpose()?.unwrap_or_default();
+            let held_out = trigger.as_ref().map(|t| holdout_success(file, hold, t, Some(class), shape, &device)).transpose()?.unwrap_or_default();
             fin.push(Finalist { class, control: controls.contains(&s), size: st.best_size, control_ratio: None, held_out, trigger });
         }
         let control_sizes: Vec<f64> = fin.iter().filter(|f| f.control).filter_map(|f| f.size).collect();
@@ -789,7 +854,7 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
             Some(u) => {
                 let st = &states[u];
                 let trigger = st.best_params.as_ref().map(|p| job.trigger(p));
-                let held_out = trigger.as_ref().map(|t| holdout_success(file, &hold, t, None, shape, &device)).transpose()?.unwrap_or_default();
+                let held_out = trigger.as_ref().map(|t| holdout_success(file, hold, t, None, shape, &device)).transpose()?.unwrap_or_default();
                 let smallest_refined = fin.iter().filter(|f| !f.control).filter_map(|f| f.size).reduce(f64::min);
                 let refined_ratio = st.best_size.zip(smallest_refined).map(|(u, c)| u / c.max(1e-12));
                 Some(UntargetedResult { size: u_first, refined_size: st.best_size, refined_ratio, held_out, trigger })
@@ -800,6 +865,14 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         families.push(FamilyResult { family, size_unit: family.size_unit(), nc_anomaly_index: nc_anomaly_index(&sizes), classes: class_results, untargeted, finalists: fin });
     }
 
+    let reinversion = match again {
+        Some((trigger, target, (family, start_size))) => {
+            let r = reinvert(file, cfg, &sets, trigger, family, start_size, target, &device, progress)?;
+            lap(&format!("{} re-inversion", family.name()), &mut stages);
+            Some(r)
+        }
+        None => None,
+    };
     let th = cfg.thresholds;
     let (verdict, suspects, untargeted) = decide(&families, &th);
     let targets = suspects.iter().map(|s| s.class).collect();
@@ -813,24 +886,24 @@ pub fn scan(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, p
         _ if cfg.untargeted => notes.push(format!("untargeted and all-to-all backdoors are looked for as a trigger towards any wrong class, flagged at {:.2}x the smallest class's or less; one whose trigger is larger goes unseen", th.untargeted_ratio)),
         _ => notes.push("untargeted and all-to-all backdoors were not looked for (no untargeted goal)".into()),
     }
-    Ok(ScanOutcome {
+    let outcome = ScanOutcome {
         verdict,
         targets,
         suspects,
         untargeted,
         families,
         thresholds: th,
-        holdout_clean_accuracy: hold_acc,
+        holdout_clean_accuracy: *hold_acc,
         inversion_samples: inv.len(),
         holdout_samples: hold.len(),
         notes,
         seconds: start.elapsed().as_secs_f64(),
         seconds_by_stage: stages,
-    })
+    };
+    Ok((outcome, reinversion))
 }
 
-/// A trigger re-inverted on a repaired model from the suspect's reconstruction
-/// ([`reinvert`]).
+/// A trigger searched for again from an earlier scan's reconstruction ([`recheck`]).
 #[derive(Clone, Debug, Serialize)]
 pub struct Reinversion {
     pub family: Family,
@@ -843,56 +916,42 @@ pub struct Reinversion {
     pub size: Option<f64>,
     #[serde(flatten)]
     pub held_out: HeldOut,
-    #[serde(skip)]
-    pub trigger: Option<Trigger>,
 }
 
-/// The family of a trigger a re-inversion can start from: a scan's reconstruction for inputs
-/// of `shape` (a patch with a mask, an additive pattern without).
-pub fn start_family(start: &Trigger, shape: [usize; 3]) -> Result<Family> {
-    let family = match start {
-        Trigger::Reconstructed { mask: Some(_), .. } => Family::Patch,
-        Trigger::Reconstructed { mask: None, .. } => Family::Additive,
+/// The family and size of a trigger a re-inversion can start from: a scan's reconstruction
+/// for inputs of `shape` (a patch with a mask, size its L1; an additive pattern without, size
+/// its L2 norm).
+fn start_of(start: &Trigger, shape: [usize; 3]) -> Result<(Family, f64)> {
+    let (family, size) = match start {
+        Trigger::Reconstructed { mask: Some(m), .. } => (Family::Patch, m.iter().map(|&v| v as f64).sum()),
+        Trigger::Reconstructed { mask: None, pattern, .. } => (Family::Additive, pattern.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()),
         _ => return Err(Error::invalid("a re-inversion starts from a reconstructed trigger (a scan's FAMILY-classK.json)")),
     };
+    // The shape and the arrays' lengths are checked here, before any scan; the conversion
+    // itself waits for the clean data's value range.
     params_of(family, shape, [0.0, 1.0], start)?;
-    Ok(family)
+    Ok((family, size))
 }
 
-/// Re-inverts `start` (a reconstructed trigger of the suspect model, towards `target` or, with
-/// `None`, any wrong class; its family is the trigger's own) on `file`: `cfg.refine_steps`
-/// steps of the scan's objective that begin from it rather than from scratch. A defense can learn to ignore one reconstructed
-/// trigger (unlearning trains on exactly it) while a trigger near it, such as the real one,
-/// still works; replaying the reconstruction misses that, and so can a cold scan, whose search
-/// starts far away. A repaired model needs a large trigger again; a backdoor still in place
-/// is found small near where it was.
-pub fn reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, start: &Trigger, target: Option<usize>, device: &Device, progress: &mut dyn Progress) -> Result<Reinversion> {
-    let family = start_family(start, file.model.graph.input_shape)?;
-    let device = device.clone().without_autodiff();
+/// Re-inverts `start` (of `family`, `start_size` large) on `file` towards `target` (`None`: any
+/// wrong class): `cfg.refine_steps` steps of the scan's objective that begin from it rather
+/// than from scratch, on the scan's clean sets.
+#[allow(clippy::too_many_arguments)]
+fn reinvert(file: &ModelFile, cfg: &ScanConfig, sets: &CleanSets, start: &Trigger, family: Family, start_size: f64, target: Option<usize>, device: &Device, progress: &mut dyn Progress) -> Result<Reinversion> {
     let classes = file.info.classes.len();
     let shape = file.model.graph.input_shape;
-    if let Some(t) = target.filter(|&t| t >= classes) {
-        return Err(Error::invalid(format!("class {t} is not a class of the model (0..{classes})")));
-    }
-    let candidates: Vec<usize> = target.into_iter().collect();
-    let mut notes = vec![];
-    let sets = clean_sets(file, ds, cfg, &candidates, &device, &mut notes, progress)?;
-    let (mean, std) = norm_tensors(&file.info.normalization, shape[0], &device);
+    let (mean, std) = norm_tensors(&file.info.normalization, shape[0], device);
     let job = Inversion { file, family, shape, inv: &sets.inv, pools: &sets.pools, untargeted: classes, untargeted_rng: std::cell::RefCell::new(Rng::new(cfg.seed ^ 0xA11)), range: sets.range, mean, std, device: device.clone() };
     let goal = target.unwrap_or(classes);
     let mut states = vec![job.init_from(start)?];
-    let start_size = match start {
-        Trigger::Reconstructed { mask: Some(m), .. } => m.iter().map(|&v| v as f64).sum(),
-        Trigger::Reconstructed { mask: None, pattern, .. } => pattern.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt(),
-        _ => f64::NAN,
-    };
     let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
     let what = target.map_or("the untargeted goal".to_string(), |t| format!("class {t}"));
-    job.run(&[0], &[goal], &mut states, cfg.refine_steps.max(1), cfg.per_class, cfg, &mut rng, &format!("re-inverting the {} trigger of {what} on the repaired model, {} steps", family.name(), cfg.refine_steps.max(1)), progress)?;
+    let steps = cfg.refine_steps.max(1);
+    job.run(&[0], &[goal], &mut states, steps, cfg.per_class, cfg, &mut rng, &format!("re-inverting the {} trigger of {what} from where it was, {steps} steps", family.name()), progress)?;
     let st = &states[0];
     let trigger = st.best_params.as_ref().map(|p| job.trigger(p));
-    let held_out = trigger.as_ref().map(|t| holdout_success(file, &sets.hold, t, target, shape, &device)).transpose()?.unwrap_or_default();
-    Ok(Reinversion { family, target, start_size, size: st.best_size, held_out, trigger })
+    let held_out = trigger.as_ref().map(|t| holdout_success(file, &sets.hold, t, target, shape, device)).transpose()?.unwrap_or_default();
+    Ok(Reinversion { family, target, start_size, size: st.best_size, held_out })
 }
 
 /// The clean data a scan inverts on and measures with.
