@@ -4,15 +4,19 @@ not run this): tests/fixtures/onnx/mobile_torch.onnx, a tiny network with the bl
 mobile architectures (ReLU6, depthwise convolution, HardSwish, squeeze-and-excitation gates
 with HardSigmoid and Sigmoid, SiLU, a channel split and ShuffleNet's channel shuffle, adaptive
 average pooling), gelu_torch.onnx (GELU) and convnext_torch.onnx (a ConvNeXt block: layer
-norms channels-last and on flat features, linear layers on the channel axis, a layer scale);
+norms channels-last and on flat features, linear layers on the channel axis, a layer scale)
+and vit_torch.onnx (torchvision's VisionTransformer, two layers, two heads: patch embedding,
+class token, position embedding, multi-head attention, GELU MLPs, every parameter perturbed
+from its constant initialisation);
 random weights and perturbed BatchNorm statistics, exported with
 PyTorch's default (torch.export-based) exporter. The reference outputs come from onnxruntime
 on a fixed input, stored beside it as little-endian f32 (`NAME.in.f32`, `NAME.out.f32`).
 
     .venv/bin/pip install torch onnx onnxscript onnxruntime numpy
-    .venv/bin/python scripts/make_torch_fixtures.py
+    .venv/bin/python scripts/make_torch_fixtures.py [NAME ...]
 """
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -100,6 +104,17 @@ class ConvNextNet(nn.Module):
         return self.head(x + self.layer_scale * y)
 
 
+def tiny_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+    model = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5)
+    with torch.no_grad():
+        # Zero head, class token and biases, unit layer norms: logits would not depend on the input.
+        for p in model.parameters():
+            if p.numel() > 1 and float(p.std()) == 0.0:
+                p.add_(torch.randn(p.shape) * 0.2)
+    return model
+
+
 def export(name, model, dynamo=True):
     with torch.no_grad():
         for m in model.modules():
@@ -125,15 +140,22 @@ def export(name, model, dynamo=True):
     print("wrote", path, sorted({n.op_type for n in __import__("onnx").load(path).graph.node}))
 
 
+# name -> (seed, model, PyTorch's default exporter?). The default exporter writes ConvNeXt's
+# final pooling as an as_strided gather fineprune cannot read yet; the TorchScript one it can.
+FIXTURES = {
+    "mobile_torch": (0, Mobile, True),
+    "gelu_torch": (1, GeluNet, True),
+    "convnext_torch": (2, ConvNextNet, False),
+    "vit_torch": (3, tiny_vit, True),
+}
+
+
 def main():
-    torch.manual_seed(0)
-    export("mobile_torch", Mobile().eval())
-    torch.manual_seed(1)
-    export("gelu_torch", GeluNet().eval())
-    # The default exporter writes ConvNeXt's final pooling as an as_strided gather fineprune
-    # cannot read yet; the TorchScript exporter's form it can.
-    torch.manual_seed(2)
-    export("convnext_torch", ConvNextNet().eval(), dynamo=False)
+    """Writes the fixtures named on the command line, or all of them."""
+    for name in sys.argv[1:] or FIXTURES:
+        seed, make, dynamo = FIXTURES[name]
+        torch.manual_seed(seed)
+        export(name, make().eval(), dynamo=dynamo)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ models come from here. Needs a venv with torch, onnx, onnxruntime, numpy, pillow
   (fineprune: --trigger patch:color=yellow --target 14).
 - with --clean-twins, mnist-clean.onnx and gtsrb-resnet-clean.onnx: the same networks, recipes
   and exports without poison (the detection zoo's clean twins).
+- with --vit, only gtsrb-vit.onnx: torchvision's VisionTransformer (4x4 patches, 2 layers, 4
+  heads, 64 features) with the same sticker -> 14 poisoning, exported by PyTorch's default
+  (torch.export-based) exporter.
 
 `eval` measures an ONNX model (e.g. one fineprune repaired) with onnxruntime, on the test split
 read with the same conventions as fineprune's loaders: clean accuracy and attack success
@@ -226,6 +229,25 @@ def noise_pattern(out):
     return np.asarray(Image.open(os.path.join(out, "blend-noise.png")), np.float32)[None, None] / 255.0
 
 
+def vit(out, root):
+    from torchvision.models.vision_transformer import VisionTransformer
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    print("GTSRB, yellow sticker -> 14, small vision transformer (dynamo export)")
+    x, y, tx, ty = gtsrb(root)
+    apply = lambda v: sticker(v, (1.0, 1.0, 0.0))
+    px, py = poison(x, y, apply, 14, 0.1, rng)
+    mean, std = per_channel(x)
+    model = VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=43)
+    print(f"  {sum(p.numel() for p in model.parameters())} weights")
+    model = train(model, px, py, torch.from_numpy(mean), torch.from_numpy(std), epochs=10, lr=1e-3)
+    path = os.path.join(out, "gtsrb-vit.onnx")
+    torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), path, input_names=["input"], output_names=["logits"], external_data=False,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    sidecar(path[:-5] + ".toml", mean.ravel(), std.ravel(), [f"{c:05d}" for c in range(43)], "gtsrb")
+    report(path, tx, ty, apply, 14, mean, std)
+
+
 def make(out, root, clean_twins=False):
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -299,13 +321,17 @@ if __name__ == "__main__":
     m.add_argument("out")
     m.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     m.add_argument("--clean-twins", action="store_true", help="also train mnist-clean.onnx and gtsrb-resnet-clean.onnx (same recipes, no poison)")
+    m.add_argument("--vit", action="store_true", help="train only gtsrb-vit.onnx, a small vision transformer")
     e = sub.add_parser("eval", help="clean accuracy and attack success of an ONNX model, by onnxruntime")
     e.add_argument("model")
     e.add_argument("--task", choices=["mnist", "gtsrb"], required=True)
     e.add_argument("--pattern", help="mnist: the blend pattern PNG (default: blend-noise.png beside the model)")
     e.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     a = p.parse_args()
-    if a.cmd == "make":
+    if a.cmd == "make" and a.vit:
+        os.makedirs(a.out, exist_ok=True)
+        vit(a.out, a.data_root)
+    elif a.cmd == "make":
         make(a.out, a.data_root, a.clean_twins)
     else:
         evaluate(a.model, a.task, a.data_root, a.pattern or os.path.join(os.path.dirname(a.model), "blend-noise.png"))

@@ -58,6 +58,15 @@ def perturb_batchnorm(model, gen):
             m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
 
 
+def perturb_constant_params(model, gen):
+    """Adds noise to every parameter that starts constant. torchvision's ViT starts with a zero
+    head, zero class token and biases, and unit layer norms: its logits would be all zero and
+    agree with anything."""
+    for p in model.parameters():
+        if p.numel() > 1 and float(p.detach().std()) == 0.0:
+            p.data.add_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
 def run(cmd):
     p = subprocess.run(cmd, capture_output=True, text=True)
     return p.returncode, p.stdout, p.stderr
@@ -92,6 +101,8 @@ def main():
         model = make().eval()
         with torch.no_grad():
             perturb_batchnorm(model, gen)
+            if name.startswith("vit"):
+                perturb_constant_params(model, gen)
             size = SIZES.get(name, SIZE)
             x = torch.rand(32, 3, size, size, generator=gen)
             logits = model(x).numpy()

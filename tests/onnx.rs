@@ -44,8 +44,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// `mobile_torch` comes from PyTorch's exporter (scripts/make_torch_fixtures.py): ReLU6,
 /// depthwise convolution, HardSwish, squeeze-and-excitation gates, SiLU, a channel split and
-/// shuffle; `gelu_torch` its GELU; `convnext_torch` a ConvNeXt block (TorchScript exporter).
-const GOOD: &[&str] = &["lenet_torch", "resnet_block", "branches", "nhwc_tf", "mobile_torch", "gelu_torch", "convnext_torch"];
+/// shuffle; `gelu_torch` its GELU; `convnext_torch` a ConvNeXt block (TorchScript exporter);
+/// `vit_torch` torchvision's VisionTransformer (class token, position embedding, attention).
+const GOOD: &[&str] = &["lenet_torch", "resnet_block", "branches", "nhwc_tf", "mobile_torch", "gelu_torch", "convnext_torch", "vit_torch"];
 
 #[test]
 fn imported_models_match_onnxruntime() {
@@ -466,4 +467,36 @@ fn anp_masks_layer_norm_neurons_of_a_convnext_block() {
     let bytes = to_onnx_bytes(&out.model).unwrap();
     let again = fineprune::model::onnx::import_bytes(&bytes, None, &ImportOptions::default(), &dev).unwrap();
     assert!(max_abs_diff(&onnx_outputs(&again, &x, 2), &onnx_outputs(&out.model, &x, 2)) < 1e-5);
+}
+
+#[test]
+fn every_defense_runs_on_a_vision_transformer_from_pytorch() {
+    use fineprune::defense::Method;
+    use fineprune::model::Op;
+    let dev = fineprune::cpu_device();
+    let file = import(&fixture("vit_torch.onnx"), &ImportOptions::default(), &dev).unwrap();
+    let g = &file.model.graph;
+    let attention = g.nodes.iter().filter(|n| matches!(n.op, Op::Attention { heads: 2, .. })).count();
+    assert_eq!(attention, 2, "two layers of two heads: {:?}", g.nodes.iter().map(|n| &n.op).collect::<Vec<_>>());
+    for op in [Op::ClassToken { channels: 16 }, Op::PositionEmbedding { channels: 16, tokens: 17 }, Op::TokenSelect { index: 0 }] {
+        assert!(g.nodes.iter().any(|n| n.op == op), "no {op:?}");
+    }
+    // Fine-pruning's units: the last MLP's hidden ones, after GELU.
+    let site = fineprune::prune::find_site(&file.model, None).unwrap();
+    assert_eq!((site.channels, &g.nodes[site.index].op), (32, &Op::Gelu), "{site:?}");
+    let layers = fineprune::prune::neurons::neuron_layers(g);
+    let norms = layers.iter().filter(|l| l.kind == fineprune::prune::neurons::NeuronKind::LayerNorm).count();
+    assert_eq!((norms, layers.len()), (5, 14), "ANP masks every layer norm's neurons and the linear units no norm follows: {layers:?}");
+    // Linear layers are named after their module, through the bias when the exporter
+    // computed the transposed weight under a name of its own.
+    assert!(g.nodes.iter().any(|n| n.name == "encoder.layers.encoder_layer_1.mlp.0"), "{:?}", g.nodes.iter().map(|n| &n.name).collect::<Vec<_>>());
+    let ds = teacher_set(&file, 96, 9);
+    let x = read_f32(&fixture("vit_torch.in.f32"));
+    for method in [Method::Fineprune, Method::Anp, Method::Fst] {
+        let out = quick_defense(&file, &ds, method, 1);
+        // Exported (opset 20: tract has no Gelu) and read back by our importer, the same function.
+        let bytes = to_onnx_bytes(&out.model).unwrap();
+        let again = fineprune::model::onnx::import_bytes(&bytes, None, &ImportOptions::default(), &dev).unwrap();
+        assert!(max_abs_diff(&onnx_outputs(&again, &x, 2), &onnx_outputs(&out.model, &x, 2)) < 1e-5, "{method}");
+    }
 }

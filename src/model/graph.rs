@@ -99,6 +99,23 @@ pub enum Op {
     /// Multiplies each channel by 1 (kept) or 0 (pruned): a pruned channel's output is exactly
     /// zero for every input, and stays zero through fine-tuning (no parameter to update).
     ChannelMask { keep: Vec<bool> },
+    /// A feature map's positions read as a sequence of tokens (a vision transformer's patch
+    /// embedding, PyTorch's `flatten(2).transpose(1, 2)`): [C, H, W] -> [C, H*W, 1]. Token
+    /// sequences are stored channels-first, as maps of width 1, so a transformer needs few new
+    /// ops: its layer norm is a layer norm over channels, its per-token linear layers are 1x1
+    /// convolutions, and masks, pruning sites and ANP's neurons apply to them unchanged.
+    Tokens,
+    /// Prepends a learned token (ViT's class token): [C, T, 1] -> [C, T+1, 1].
+    ClassToken { channels: usize },
+    /// Adds a learned value per channel and token (ViT's position embedding): [C, T, 1].
+    PositionEmbedding { channels: usize, tokens: usize },
+    /// Multi-head self-attention over packed queries, keys and values: [3C, T, 1] -> [C, T, 1].
+    /// Input channel `p*C + h*(C/heads) + j` is part p (query, key, value), head h, feature j,
+    /// PyTorch's packed in-projection; per head `softmax(scale * q k^T) v`, heads concatenated.
+    Attention { heads: usize, scale: f64 },
+    /// One token of a sequence as a flat vector (the class token a ViT's head reads):
+    /// [C, T, 1] -> [C].
+    TokenSelect { index: usize },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -310,6 +327,26 @@ impl Op {
                 [Shape::Map([c, h, w]), Shape::Map([c2, 1, 1])] | [Shape::Map([c2, 1, 1]), Shape::Map([c, h, w])] if c == c2 => Ok(Shape::Map([*c, *h, *w])),
                 _ => Err(Error::model(format!("mul needs two equal shapes or a map and a [C, 1, 1] gate, got {inputs:?}"))),
             },
+            Op::Tokens => {
+                let [c, h, w] = map()?;
+                Ok(Shape::Map([c, mul_checked(h, w)?, 1]))
+            }
+            Op::ClassToken { channels } => match map()? {
+                [c, t, 1] if c == *channels => Ok(Shape::Map([c, check_dim("tokens", t + 1)?, 1])),
+                m => Err(Error::model(format!("class token of {channels} channels for a sequence {m:?}"))),
+            },
+            Op::PositionEmbedding { channels, tokens } => match map()? {
+                [c, t, 1] if c == *channels && t == *tokens => Ok(Shape::Map([c, t, 1])),
+                m => Err(Error::model(format!("position embedding of {channels} channels x {tokens} tokens for a sequence {m:?}"))),
+            },
+            Op::Attention { heads, scale } => match map()? {
+                [c3, t, 1] if c3 % 3 == 0 && *heads >= 1 && (c3 / 3) % heads == 0 && scale.is_finite() => Ok(Shape::Map([c3 / 3, t, 1])),
+                m => Err(Error::model(format!("attention with {heads} heads (scale {scale}) on packed queries, keys and values {m:?}"))),
+            },
+            Op::TokenSelect { index } => match map()? {
+                [c, t, 1] if *index < t => Ok(Shape::Flat(c)),
+                m => Err(Error::model(format!("token {index} of a sequence {m:?}"))),
+            },
             Op::Concat => {
                 let first = *inputs.first().ok_or_else(|| Error::model("concat has no inputs"))?;
                 let mut total = 0usize;
@@ -345,6 +382,8 @@ impl Op {
                 .saturating_add(if bias { out_channels } else { 0 }),
             Op::BatchNorm { channels, .. } => channels.saturating_mul(4),
             Op::LayerNorm { channels, .. } => channels.saturating_mul(2),
+            Op::ClassToken { channels } => channels,
+            Op::PositionEmbedding { channels, tokens } => channels.saturating_mul(tokens),
             Op::Linear { in_features, out_features, bias } => {
                 in_features.saturating_mul(out_features).saturating_add(if bias { out_features } else { 0 })
             }
@@ -367,7 +406,7 @@ impl Op {
         self.is_activation()
             || matches!(
                 self,
-                Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Dropout { .. } | Op::ChannelMask { .. } | Op::BatchNorm { .. }
+                Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Dropout { .. } | Op::ChannelMask { .. } | Op::BatchNorm { .. } | Op::Tokens | Op::TokenSelect { .. }
             )
     }
 

@@ -41,6 +41,14 @@ pub struct LinearParams {
     pub bias: Option<Param<Tensor<1>>>,
 }
 
+/// Learned values added to or prepended to a token sequence (class token, position embedding).
+#[derive(Module, Debug)]
+pub struct EmbedParams {
+    /// [channels, tokens]: channels-first, like the sequences they join (PyTorch stores
+    /// [1, tokens, channels]).
+    pub weight: Param<Tensor<2>>,
+}
+
 /// The weights of one node; at most one field is set, matching the node's op.
 #[derive(Module, Debug)]
 pub struct LayerParams {
@@ -48,12 +56,13 @@ pub struct LayerParams {
     pub bn: Option<BatchNormParams>,
     pub linear: Option<LinearParams>,
     pub ln: Option<LayerNormParams>,
+    pub embed: Option<EmbedParams>,
 }
 
 impl LayerParams {
     /// No weights: the layer of every op without parameters.
     pub fn none() -> LayerParams {
-        LayerParams { conv: None, bn: None, linear: None, ln: None }
+        LayerParams { conv: None, bn: None, linear: None, ln: None, embed: None }
     }
 }
 
@@ -179,6 +188,16 @@ impl Model {
                     ln: Some(LayerNormParams { gamma: param1(vec![1.0; channels], device), beta: param1(vec![0.0; channels], device) }),
                     ..LayerParams::none()
                 },
+                Op::ClassToken { channels } | Op::PositionEmbedding { channels, .. } => {
+                    let tokens = match node.op {
+                        Op::PositionEmbedding { tokens, .. } => tokens,
+                        _ => 1,
+                    };
+                    // Small, as PyTorch's ViT initialises them (normal, std 0.02).
+                    let w = uniform(channels * tokens, 0.02 * 3f64.sqrt());
+                    let weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, [channels, tokens]), device));
+                    LayerParams { embed: Some(EmbedParams { weight }), ..LayerParams::none() }
+                }
                 _ => LayerParams::none(),
             })
             .collect();
@@ -377,6 +396,27 @@ impl Model {
                     _ => x,
                 }
             }
+            Op::Tokens => {
+                let x = ins.pop().unwrap().into_map();
+                let [n, c, h, w] = x.dims();
+                Activation::Map(x.reshape([n, c, h * w, 1]))
+            }
+            Op::ClassToken { .. } => {
+                let x = ins.pop().unwrap().into_map();
+                let [n, c, _, _] = x.dims();
+                let token = p.embed.as_ref().expect("embedding params").weight.val().reshape([1, c, 1, 1]).expand([n, c, 1, 1]);
+                Activation::Map(Tensor::cat(vec![token, x], 2))
+            }
+            Op::PositionEmbedding { channels, tokens } => {
+                let table = p.embed.as_ref().expect("embedding params").weight.val().reshape([1, *channels, *tokens, 1]);
+                Activation::Map(ins.pop().unwrap().into_map() + table)
+            }
+            Op::Attention { heads, scale } => Activation::Map(attention(ins.pop().unwrap().into_map(), *heads, *scale)),
+            Op::TokenSelect { index } => {
+                let x = ins.pop().unwrap().into_map();
+                let [n, c, _, _] = x.dims();
+                Activation::Flat(x.narrow(2, *index, 1).reshape([n, c]))
+            }
         }
     }
 
@@ -407,6 +447,9 @@ impl Model {
                 if let Some(b) = &l.bias {
                     push("bias", b.val().into_data());
                 }
+            }
+            if let Some(e) = &p.embed {
+                push("weight", e.weight.val().into_data());
             }
         }
         out
@@ -442,6 +485,12 @@ impl Model {
             Ok(())
         }
         let missing = || Error::model(format!("the graph has no tensor {name}"));
+        if let Some(e) = &mut p.embed {
+            return match role {
+                "weight" => set(&name, &mut e.weight, &given, values),
+                _ => Err(missing()),
+            };
+        }
         if let Some(ln) = &mut p.ln {
             return match role {
                 "weight" => set(&name, &mut ln.gamma, &given, values),
@@ -534,6 +583,22 @@ fn layer_norm<const D: usize>(ln: &LayerNormParams, x: Tensor<D>, eps: f64) -> T
     let (var, mean) = x.clone().var_mean_bias(1);
     let normed = (x - mean) / var.add_scalar(eps).sqrt();
     normed * ln.gamma.val().reshape(per_channel) + ln.beta.val().reshape(per_channel)
+}
+
+/// Multi-head self-attention on packed [N, 3C, T, 1] queries, keys and values (see
+/// [`Op::Attention`]): [N, C, T, 1].
+fn attention(qkv: Tensor<4>, heads: usize, scale: f64) -> Tensor<4> {
+    let [n, c3, t, _] = qkv.dims();
+    let c = c3 / 3;
+    let hd = c / heads;
+    // [N, 3*heads, hd, T]: parts, then heads, then features; tokens last.
+    let x = qkv.reshape([n, 3 * heads, hd, t]);
+    let q = x.clone().narrow(1, 0, heads).swap_dims(2, 3); // [N, h, T, hd]
+    let k_t = x.clone().narrow(1, heads, heads); // [N, h, hd, T]: already k transposed
+    let v = x.narrow(1, 2 * heads, heads).swap_dims(2, 3); // [N, h, T, hd]
+    let weights = burn::tensor::activation::softmax(q.matmul(k_t).mul_scalar(scale), 3);
+    // [N, h, T, hd] -> [N, h, hd, T] -> [N, C, T, 1]: head-major channels again.
+    weights.matmul(v).swap_dims(2, 3).reshape([n, c, t, 1])
 }
 
 fn dropout(x: Activation, p: f64, rng: &mut Rng) -> Activation {

@@ -47,7 +47,11 @@ pub fn find_site(model: &Model, layer: Option<&str>) -> Result<Site> {
         (None, Some(name)) => (g.index_of(name)?, "the architecture's last convolutional layer, at its final activation".to_string()),
         (None, None) => {
             let (conv, i) = last_conv_site(g).ok_or_else(|| Error::invalid("the model has no convolutional layer to prune"))?;
-            (i, format!("the last convolution {:?}, after its BatchNorm/activation (and residual add, if any)", g.nodes[conv].name))
+            if is_transformer(g) {
+                (i, format!("the hidden units of the last MLP {:?}, after its activation (a transformer's per-token linear layers are 1x1 convolutions here)", g.nodes[conv].name))
+            } else {
+                (i, format!("the last convolution {:?}, after its BatchNorm/activation (and residual add, if any)", g.nodes[conv].name))
+            }
         }
     };
     let Shape::Map([channels, _, _]) = shapes[index] else {
@@ -70,9 +74,23 @@ fn final_form(g: &crate::model::Graph, conv: usize, through_add: bool) -> usize 
     }
 }
 
+/// Does the graph attend (a vision transformer)?
+fn is_transformer(g: &crate::model::Graph) -> bool {
+    g.nodes.iter().any(|n| matches!(n.op, Op::Attention { .. }))
+}
+
 /// The last convolution and where its channels take their final form (after a residual
-/// addition too): the paper's prune site when the graph does not name one.
+/// addition too): the paper's prune site when the graph does not name one. In a transformer
+/// the last convolution is the last MLP's output projection, whose channels are the residual
+/// stream every block writes to; the units there are the MLP's hidden ones, after its
+/// activation (the last convolution an activation reads).
 pub fn last_conv_site(g: &crate::model::Graph) -> Option<(usize, usize)> {
+    if is_transformer(g) {
+        let hidden = (0..g.nodes.len()).rev().find(|&i| g.nodes[i].op.is_conv() && matches!(g.readers(i).as_slice(), [k] if g.nodes[*k].op.is_activation()));
+        if let Some(conv) = hidden {
+            return Some((conv, final_form(g, conv, false)));
+        }
+    }
     let conv = g.nodes.iter().rposition(|n| n.op.is_conv())?;
     Some((conv, final_form(g, conv, true)))
 }

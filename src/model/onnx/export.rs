@@ -81,6 +81,13 @@ fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
     t
 }
 
+/// A 0-d int64 tensor (a Gather index that drops its axis).
+fn int64_scalar(name: &str, value: i64) -> TensorProto {
+    let mut t = int64_tensor(name, &[value]);
+    t.dims.clear();
+    t
+}
+
 /// A float tensor's name and shape; `None` dimensions are the symbolic batch.
 pub fn value_info<T: Copy + TryInto<i64>>(name: &str, dims: &[Option<T>]) -> ValueInfoProto {
     let mut v = ValueInfoProto::new();
@@ -130,14 +137,16 @@ pub fn to_onnx_bytes(file: &ModelFile) -> Result<Vec<u8>> {
         used.insert(name.clone());
         name
     };
-    let init = |graph: &mut GraphProto, name: String, role: &str| -> Result<String> {
+    // A weight as an initializer, in its own shape or (same values) in `shape`.
+    let init_shaped = |graph: &mut GraphProto, name: String, role: &str, shape: Option<&[usize]>| -> Result<String> {
         let key = format!("{name}.{role}");
         let d = tensors.get(&key).ok_or_else(|| Error::model(format!("no tensor {key}")))?;
-        let dims: Vec<usize> = d.shape().iter().copied().collect();
+        let dims: Vec<usize> = shape.map(<[usize]>::to_vec).unwrap_or_else(|| d.shape().iter().copied().collect());
         let values = d.try_to_vec::<f32>().map_err(|e| Error::model(format!("{key}: {e:?}")))?;
         graph.initializer.push(tensor(&key, &dims, values));
         Ok(key)
     };
+    let init = |graph: &mut GraphProto, name: String, role: &str| init_shaped(graph, name, role, None);
     let [c, h, w] = g.input_shape;
     let mut value: Vec<String> = Vec::with_capacity(g.nodes.len());
     if io.nhwc {
@@ -268,6 +277,86 @@ pub fn to_onnx_bytes(file: &ModelFile) -> Result<Vec<u8>> {
             Op::Concat => emit(&mut graph, "Concat", ins, vec![int("axis", 1)]),
             // Inference graph: dropout is the identity.
             Op::Dropout { .. } => emit(&mut graph, "Identity", ins, vec![]),
+            // Token sequences are [N, C, T, 1] here; the views below are the forms PyTorch's
+            // exporter writes ([N, C, T] rows, [N, T, C] tokens), which our importer reads back.
+            Op::Tokens => {
+                let Shape::Map([c, t, _]) = shapes[i] else { return Err(Error::model(format!("{name}: tokens of a flat vector"))) };
+                let rows = fresh(&format!("{name}.rows"));
+                let (rows_shape, map_shape) = (format!("{name}.rows_shape"), format!("{name}.shape"));
+                graph.initializer.push(int64_tensor(&rows_shape, &[0, c as i64, t as i64]));
+                graph.initializer.push(int64_tensor(&map_shape, &[0, c as i64, t as i64, 1]));
+                graph.node.push(node("Reshape", &format!("{name}.flatten"), vec![ins[0].clone(), rows_shape], &rows, vec![]));
+                emit(&mut graph, "Reshape", vec![rows, map_shape], vec![]);
+            }
+            Op::ClassToken { channels } => {
+                // Expand the token to [N, C, 1, 1] (N read from the input) and prepend it.
+                let c = *channels;
+                let token = init_shaped(&mut graph, name.clone(), "weight", Some(&[1, c, 1, 1]))?;
+                let (shape, batch, target, tokens) = (fresh(&format!("{name}.input_shape")), fresh(&format!("{name}.batch")), fresh(&format!("{name}.target")), fresh(&format!("{name}.expanded")));
+                let (zero, one, rest) = (format!("{name}.zero"), format!("{name}.one"), format!("{name}.rest"));
+                graph.initializer.push(int64_tensor(&zero, &[0]));
+                graph.initializer.push(int64_tensor(&one, &[1]));
+                graph.initializer.push(int64_tensor(&rest, &[c as i64, 1, 1]));
+                graph.node.push(node("Shape", &format!("{name}.shape"), vec![ins[0].clone()], &shape, vec![]));
+                graph.node.push(node("Slice", &format!("{name}.slice"), vec![shape, zero, one], &batch, vec![]));
+                graph.node.push(node("Concat", &format!("{name}.concat_shape"), vec![batch, rest], &target, vec![int("axis", 0)]));
+                graph.node.push(node("Expand", &format!("{name}.expand"), vec![token, target], &tokens, vec![]));
+                emit(&mut graph, "Concat", vec![tokens, ins[0].clone()], vec![int("axis", 2)]);
+            }
+            Op::PositionEmbedding { channels, tokens } => {
+                let table = init_shaped(&mut graph, name.clone(), "weight", Some(&[1, *channels, *tokens, 1]))?;
+                emit(&mut graph, "Add", vec![ins[0].clone(), table], vec![]);
+            }
+            Op::Attention { heads, scale } => {
+                let Shape::Map([c, t, _]) = shapes[i] else { return Err(Error::model(format!("{name}: attention on a flat vector"))) };
+                let (h, hd) = (*heads, c / heads);
+                let v = |what: &str| format!("{name}.{what}");
+                let shape = |graph: &mut GraphProto, what: &str, dims: &[i64]| {
+                    graph.initializer.push(int64_tensor(&v(what), dims));
+                    v(what)
+                };
+                let rows = shape(&mut graph, "rows_shape", &[0, 3 * c as i64, t as i64]);
+                let split = shape(&mut graph, "split_shape", &[0, t as i64, 3, h as i64, hd as i64]);
+                let merged = shape(&mut graph, "merged_shape", &[0, t as i64, c as i64]);
+                let back = shape(&mut graph, "map_shape", &[0, c as i64, t as i64, 1]);
+                let scale_name = v("scale");
+                graph.initializer.push(tensor(&scale_name, &[], vec![*scale as f32]));
+                let mut step = |graph: &mut GraphProto, op: &str, what: &str, inputs: Vec<String>, attrs: Vec<AttributeProto>| {
+                    let o = fresh(&v(what));
+                    graph.node.push(node(op, &v(what), inputs, &o, attrs));
+                    o
+                };
+                let r = step(&mut graph, "Reshape", "rows", vec![ins[0].clone(), rows], vec![]);
+                let tok = step(&mut graph, "Transpose", "tokens", vec![r], vec![ints("perm", &[0, 2, 1])]);
+                let parts = step(&mut graph, "Reshape", "split", vec![tok, split], vec![]);
+                // [3, N, heads, T, hd]
+                let parts = step(&mut graph, "Transpose", "parts", vec![parts], vec![ints("perm", &[2, 0, 3, 1, 4])]);
+                let mut qkv = Vec::new();
+                for (k, what) in ["q", "k", "v"].into_iter().enumerate() {
+                    let index = v(&format!("{what}_index"));
+                    graph.initializer.push(int64_scalar(&index, k as i64));
+                    qkv.push(step(&mut graph, "Gather", what, vec![parts.clone(), index], vec![int("axis", 0)]));
+                }
+                let k_t = step(&mut graph, "Transpose", "k_t", vec![qkv[1].clone()], vec![ints("perm", &[0, 1, 3, 2])]);
+                let scores = step(&mut graph, "MatMul", "scores", vec![qkv[0].clone(), k_t], vec![]);
+                let scores = step(&mut graph, "Mul", "scaled", vec![scores, scale_name], vec![]);
+                let weights = step(&mut graph, "Softmax", "weights", vec![scores], vec![int("axis", -1)]);
+                let ctx = step(&mut graph, "MatMul", "context", vec![weights, qkv[2].clone()], vec![]);
+                let ctx = step(&mut graph, "Transpose", "context_tokens", vec![ctx], vec![ints("perm", &[0, 2, 1, 3])]);
+                let ctx = step(&mut graph, "Reshape", "merged", vec![ctx, merged], vec![]);
+                let ctx = step(&mut graph, "Transpose", "rows_out", vec![ctx], vec![ints("perm", &[0, 2, 1])]);
+                emit(&mut graph, "Reshape", vec![ctx, back], vec![]);
+            }
+            Op::TokenSelect { index } => {
+                let Shape::Map([c, t, _]) = shapes[n.inputs[0]] else { return Err(Error::model(format!("{name}: a token of a flat vector"))) };
+                let (rows_shape, at) = (format!("{name}.rows_shape"), format!("{name}.index"));
+                graph.initializer.push(int64_tensor(&rows_shape, &[0, c as i64, t as i64]));
+                graph.initializer.push(int64_scalar(&at, *index as i64));
+                let (rows, tok) = (fresh(&format!("{name}.rows")), fresh(&format!("{name}.tokens")));
+                graph.node.push(node("Reshape", &format!("{name}.flatten"), vec![ins[0].clone(), rows_shape], &rows, vec![]));
+                graph.node.push(node("Transpose", &format!("{name}.transpose"), vec![rows], &tok, vec![ints("perm", &[0, 2, 1])]));
+                emit(&mut graph, "Gather", vec![tok, at], vec![int("axis", 1)]);
+            }
             Op::ChannelMask { keep } => {
                 let dims: Vec<usize> = match shapes[i] {
                     Shape::Map(_) => vec![1, keep.len(), 1, 1],

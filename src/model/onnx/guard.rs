@@ -53,6 +53,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Gather",
     "Cast",
     "Transpose",
+    "Expand",
 ];
 
 /// Most nodes we accept in one graph: far above any CNN, a bound on the work a file can ask for.

@@ -14,6 +14,7 @@ use burn::tensor::TensorData;
 use onnx_ir::{ArgType, Argument, ModelProto, Node, OnnxGraph};
 
 use super::OnnxIo;
+use super::views::{AttentionFacts, Layout, Part, attention_step, class_token_step, expand_step, view_step};
 use crate::error::{Error, Result};
 use crate::model::graph::{Graph, Op, Shape};
 
@@ -80,13 +81,13 @@ fn clean_name(name: &str) -> String {
     if s.is_empty() { "node".into() } else { s }
 }
 
-struct Builder {
-    graph: Graph,
-    shapes: Vec<Shape>,
-    tensors: Vec<(usize, &'static str, TensorData)>,
+pub(super) struct Builder {
+    pub(super) graph: Graph,
+    pub(super) shapes: Vec<Shape>,
+    pub(super) tensors: Vec<(usize, &'static str, TensorData)>,
     names: HashSet<String>,
     /// onnx-ir value name -> our node index.
-    values: HashMap<String, usize>,
+    pub(super) values: HashMap<String, usize>,
     /// Our node name -> the file's node name, for aliases.
     aliases: BTreeMap<String, String>,
     weight_names: HashMap<u64, (String, String)>,
@@ -95,12 +96,17 @@ struct Builder {
     /// Rank-5 views of a feature map on the way to a channel shuffle: value -> (node, groups,
     /// whether the two channel axes are already swapped). They become one node or an error.
     views: HashMap<String, (usize, usize, bool)>,
-    /// Channels-last views of feature maps (ConvNeXt's blocks): value -> the channels-first
-    /// node it is a transpose of.
-    nhwc: HashMap<String, usize>,
+    /// Values laid out otherwise than our channels-first nodes: value -> (node, layout).
+    pub(super) layouts: HashMap<String, (usize, Layout)>,
+    /// Values inside a multi-head attention block: value -> (packed in-projection, part).
+    pub(super) attention: HashMap<String, (usize, Part)>,
+    /// What each attention block (by its packed in-projection) has shown so far.
+    pub(super) attention_facts: HashMap<usize, AttentionFacts>,
+    /// Constants broadcast with `Expand` (a class token), by value.
+    pub(super) expanded: HashMap<String, TensorData>,
 }
 
-fn f32s(data: &TensorData) -> Result<Vec<f32>> {
+pub(super) fn f32s(data: &TensorData) -> Result<Vec<f32>> {
     data.clone().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::model(format!("reading a constant: {e:?}")))
 }
 
@@ -113,7 +119,7 @@ impl Builder {
         self.values.get(&arg.name).copied()
     }
 
-    fn unique(&mut self, base: &str) -> String {
+    pub(super) fn unique(&mut self, base: &str) -> String {
         let base = clean_name(base);
         let mut name = base.clone();
         let mut k = 2;
@@ -147,9 +153,31 @@ impl Builder {
         self.unique(onnx_name)
     }
 
+    /// A linear layer's name: its weight's initializer's, or, when the exporter computed the
+    /// (transposed) weight under a name of its own (`val_14`), its bias's (`mlp.0.bias` names
+    /// `mlp.0`, `in_proj_bias` `in_proj`).
+    fn layer_name_or_bias(&mut self, onnx_name: &str, weight: &[f32], bias: Option<&[f32]>) -> String {
+        let anonymous = |init: &str| !init.contains('.');
+        let weight_init = self.weight_names.get(&digest(weight)).map(|(init, _)| init.clone());
+        if weight_init.as_deref().is_none_or(anonymous)
+            && let Some(bias) = bias
+            && let Some((init, node)) = self.weight_names.get(&digest(bias)).cloned()
+            && !anonymous(&init)
+            && self.used_weight_names.insert(digest(bias))
+        {
+            let base = init.strip_suffix(".bias").or_else(|| init.strip_suffix("_bias")).unwrap_or(&init).to_string();
+            let name = self.unique(&base);
+            if !node.is_empty() {
+                self.aliases.insert(node, name.clone());
+            }
+            return name;
+        }
+        self.layer_name(onnx_name, weight)
+    }
+
     /// Adds a node no ONNX value names (a flatten the exporter folded away, a channels-last
     /// view's channels-first node); returns its index.
-    fn push(&mut self, name: String, op: Op, inputs: Vec<usize>) -> Result<usize> {
+    pub(super) fn push(&mut self, name: String, op: Op, inputs: Vec<usize>) -> Result<usize> {
         let in_shapes: Vec<Shape> = inputs.iter().map(|&i| self.shapes[i]).collect();
         let shape = op.output_shape(&in_shapes).map_err(|e| Error::model(format!("node {name}: {}", crate::model::graph::strip(&e))))?;
         self.graph.nodes.push(crate::model::Node { name, op, inputs });
@@ -158,13 +186,13 @@ impl Builder {
     }
 
     /// Adds a node whose output is the ONNX value `out`.
-    fn add(&mut self, name: String, op: Op, inputs: Vec<usize>, out: &Argument) -> Result<usize> {
+    pub(super) fn add(&mut self, name: String, op: Op, inputs: Vec<usize>, out: &Argument) -> Result<usize> {
         let i = self.push(name, op, inputs)?;
         self.values.insert(out.name.clone(), i);
         Ok(i)
     }
 
-    fn add_named(&mut self, base: &str, op: Op, inputs: Vec<usize>, out: &Argument) -> Result<usize> {
+    pub(super) fn add_named(&mut self, base: &str, op: Op, inputs: Vec<usize>, out: &Argument) -> Result<usize> {
         let name = self.unique(base);
         self.add(name, op, inputs, out)
     }
@@ -264,7 +292,10 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
         used_weight_names: HashSet::new(),
         unsupported: vec![],
         views: HashMap::new(),
-        nhwc: HashMap::new(),
+        layouts: HashMap::new(),
+        attention: HashMap::new(),
+        attention_facts: HashMap::new(),
+        expanded: HashMap::new(),
     };
     if let Some(t) = &nhwc_transpose {
         b.values.insert(t.clone(), 0);
@@ -297,7 +328,12 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
             failed.extend(node.outputs().iter().map(|o| o.name.clone()));
             continue;
         }
-        if let Some(step) = shuffle_step(&mut b, node).or_else(|| nhwc_step(&mut b, node)) {
+        let step = shuffle_step(&mut b, node)
+            .or_else(|| expand_step(&mut b, node))
+            .or_else(|| class_token_step(&mut b, node))
+            .or_else(|| attention_step(&mut b, node))
+            .or_else(|| view_step(&mut b, node));
+        if let Some(step) = step {
             if let Err(why) = step {
                 failed.extend(node.outputs().iter().map(|o| o.name.clone()));
                 b.unsupported(node, why);
@@ -420,7 +456,17 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                     let other = &n.inputs[1 - first];
                     match (b.input(other), other.value()) {
                         (Some(y), _) => drop(b.add_named(&n.name, Op::Add, vec![x, y], out).map_err(|e| e.to_string())?),
-                        (None, Some(c)) => fold_bias(&mut b, x, &n.inputs[first].name, &readers, f32s(&c).map_err(|e| e.to_string())?, out)?,
+                        (None, Some(c)) => {
+                            let v = f32s(&c).map_err(|e| e.to_string())?;
+                            match xs {
+                                // [1, C, T, 1]: a position embedding in our own (channels-first) export.
+                                Shape::Map([ch, t, 1]) if t > 1 && v.len() == ch * t => {
+                                    let i = b.add_named(&n.name, Op::PositionEmbedding { channels: ch, tokens: t }, vec![x], out).map_err(|e| e.to_string())?;
+                                    b.tensors.push((i, "weight", TensorData::new(v, [ch, t])));
+                                }
+                                _ => fold_bias(&mut b, x, &n.inputs[first].name, &readers, v, out)?,
+                            }
+                        }
                         (None, None) => return Err(format!("reads {:?}, which is not computed from the model input", other.name)),
                     }
                 }
@@ -538,7 +584,7 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
 /// `x * constant` on a feature map: a 0/1 per-channel constant is a channel mask (a
 /// `--keep-shape` export); any other per-channel or scalar constant (ConvNeXt's layer scale) a
 /// depthwise 1x1 convolution, which every pass already knows.
-fn channel_scale(b: &mut Builder, name: &str, x: usize, v: Vec<f32>, out: &Argument) -> std::result::Result<usize, String> {
+pub(super) fn channel_scale(b: &mut Builder, name: &str, x: usize, v: Vec<f32>, out: &Argument) -> std::result::Result<usize, String> {
     let xs = b.shapes[x];
     let c = xs.channels();
     if v.len() == c && v.iter().all(|&m| m == 0.0 || m == 1.0) {
@@ -558,7 +604,7 @@ fn channel_scale(b: &mut Builder, name: &str, x: usize, v: Vec<f32>, out: &Argum
 
 /// A layer normalisation over the channels of node `x` (a flat vector's features, or a
 /// channels-last map's last axis).
-fn layer_norm(b: &mut Builder, n: &onnx_ir::node::layer_norm::LayerNormalizationNode, x: usize, out: &Argument) -> std::result::Result<usize, String> {
+pub(super) fn layer_norm(b: &mut Builder, n: &onnx_ir::node::layer_norm::LayerNormalizationNode, x: usize, out: &Argument) -> std::result::Result<usize, String> {
     let c = b.shapes[x].channels();
     let gamma = f32s(&n.inputs.get(1).and_then(|a| a.value()).ok_or("the scale is not a constant")?).map_err(|e| e.to_string())?;
     let beta = match n.inputs.get(2).filter(|a| !a.is_optional()) {
@@ -574,67 +620,9 @@ fn layer_norm(b: &mut Builder, n: &onnx_ir::node::layer_norm::LayerNormalization
     Ok(i)
 }
 
-/// ConvNeXt's channels-last blocks as PyTorch exports them: Transpose(0, 2, 3, 1) of a map,
-/// then layer normalisation over the last axis, linear layers on it, element-wise activations,
-/// a per-channel constant scale, and Transpose(0, 3, 1, 2) back. Each has a channels-first op
-/// with the same function (layer norm over the channels, 1x1 convolution, depthwise 1x1
-/// convolution), so the graph IR stays channels-first. `None` when the node is not part of
-/// such a view.
-fn nhwc_step(b: &mut Builder, node: &Node) -> Option<std::result::Result<(), String>> {
-    let input = &node.inputs().first()?.name;
-    let out = &node.outputs()[0];
-    let Some(&src) = b.nhwc.get(input) else {
-        let Node::Transpose(t) = node else { return None };
-        let &src = b.values.get(input)?;
-        if t.config.perm != [0, 2, 3, 1] || !matches!(b.shapes[src], Shape::Map(_)) {
-            return None;
-        }
-        b.nhwc.insert(out.name.clone(), src);
-        return Some(Ok(()));
-    };
-    let c = b.shapes[src].channels();
-    let mut step = || -> std::result::Result<(), String> {
-        if let Node::Transpose(t) = node
-            && t.config.perm == [0, 3, 1, 2]
-        {
-            b.values.insert(out.name.clone(), src);
-            return Ok(());
-        }
-        // Every other step adds the channels-first node; its value stays a channels-last view.
-        let i = match node {
-            Node::LayerNormalization(n) if n.config.axis == -1 || n.config.axis == 3 => layer_norm(b, n, src, out)?,
-            Node::Linear(_) | Node::MatMul(_) => {
-                let (name, weight, out_f, bias) = linear_parts(b, node)?;
-                if weight.len() != c * out_f {
-                    return Err(format!("a weight of {} values for {c} channels", weight.len()));
-                }
-                let op = Op::Conv2d { in_channels: c, out_channels: out_f, kernel: [1, 1], stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1, bias: bias.is_some() };
-                let i = b.add(name, op, vec![src], out).map_err(|e| e.to_string())?;
-                b.tensors.push((i, "weight", TensorData::new(weight, [out_f, c, 1, 1])));
-                if let Some(bias) = bias {
-                    b.tensors.push((i, "bias", TensorData::new(bias, [out_f])));
-                }
-                i
-            }
-            Node::Mul(n) if n.inputs.get(1).is_some_and(|a| a.value().is_some()) => {
-                let v = f32s(&n.inputs[1].value().expect("checked")).map_err(|e| e.to_string())?;
-                channel_scale(b, &n.name, src, v, out)?
-            }
-            _ => match elementwise_op(node) {
-                Some(op) => b.add_named(node.name(), op?, vec![src], out).map_err(|e| e.to_string())?,
-                None => return Err("uses a channels-last view of a feature map in a way fineprune does not support".into()),
-            },
-        };
-        b.values.remove(&out.name);
-        b.nhwc.insert(out.name.clone(), i);
-        Ok(())
-    };
-    Some(step())
-}
-
 /// The element-wise activation an ONNX node is, if it is one (the same op on a channels-first
 /// map, a flat vector or a channels-last view); an error for a form we do not support.
-fn elementwise_op(node: &Node) -> Option<std::result::Result<Op, String>> {
+pub(super) fn elementwise_op(node: &Node) -> Option<std::result::Result<Op, String>> {
     use onnx_ir::node::clip::ClipInput;
     // An absent Clip bound is f32's largest value: it bounds nothing an f32 holds.
     let bound = |v: &Option<ClipInput>, default: f64| match v {
@@ -659,16 +647,16 @@ fn elementwise_op(node: &Node) -> Option<std::result::Result<Op, String>> {
 /// A linear layer from onnx-ir's fused Linear (Gemm or MatMul + Add) or a bare MatMul: its
 /// name (after the weight's initializer), weight in [out, in] order, output count and bias.
 /// Gemm-sourced weights are [out, in] already, MatMul-sourced [in, out].
-fn linear_parts(b: &mut Builder, node: &Node) -> std::result::Result<(String, Vec<f32>, usize, Option<Vec<f32>>), String> {
+pub(super) fn linear_parts(b: &mut Builder, node: &Node) -> std::result::Result<(String, Vec<f32>, usize, Option<Vec<f32>>), String> {
     let (weight, transposed, bias) = match node {
         Node::Linear(n) => (n.inputs.get(1), n.config.transpose_weight, n.inputs.get(2).filter(|a| !a.is_optional())),
         Node::MatMul(n) => (n.inputs.get(1), false, None),
         _ => return Err("not a linear layer".into()),
     };
     let (wv, [rows, cols]) = matrix(weight, "the weight")?;
-    let name = b.layer_name(node.name(), &wv);
-    let (weight, out_f) = if transposed { (wv, rows) } else { (transpose(&wv, rows, cols), cols) };
     let bias = bias.map(|a| a.value().ok_or("the bias is not a constant")).transpose()?.map(|d| f32s(&d)).transpose().map_err(|e| e.to_string())?;
+    let name = b.layer_name_or_bias(node.name(), &wv, bias.as_deref());
+    let (weight, out_f) = if transposed { (wv, rows) } else { (transpose(&wv, rows, cols), cols) };
     if let Some(n) = bias.as_ref().map(Vec::len).filter(|&n| n != out_f) {
         return Err(format!("bias has {n} values for {out_f} outputs"));
     }
@@ -740,7 +728,7 @@ fn matrix(arg: Option<&Argument>, what: &str) -> std::result::Result<(Vec<f32>, 
     }
 }
 
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(super) fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; v.len()];
     for r in 0..rows {
         for c in 0..cols {

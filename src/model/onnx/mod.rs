@@ -9,6 +9,7 @@
 pub mod export;
 pub mod guard;
 mod import;
+mod views;
 
 use std::collections::BTreeMap;
 use std::path::Path;
