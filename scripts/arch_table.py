@@ -3,7 +3,10 @@
 --readme the README's one-line summary between its marker comments. Nothing here is typed by
 hand: rerun the zoo, then this.
 
-    scripts/arch_table.py docs/results/torchvision-zoo.jsonl [--readme README.md] > docs/architectures.md
+    scripts/arch_table.py docs/results/torchvision-zoo.jsonl [docs/results/arch-defenses.jsonl] [--readme README.md] > docs/architectures.md
+
+The second file (scripts/arch_defenses.sh) adds every defense and the scan on architectures
+trained in PyTorch with a backdoor.
 """
 import json
 import sys
@@ -44,6 +47,46 @@ if fails:
     out += ["", "Why the others do not import (fineprune's own message, shortened):", ""]
     for r in fails:
         out.append(f"- {r['model']}, {r['exporter']}: {r.get('error', '')[:300]}")
+
+
+def pct(v):
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+runs = [json.loads(line) for line in open(args[1]) if line.strip()] if len(args) > 1 else []
+if runs:
+    s0 = runs[0]
+    out += ["", "## Defended and scanned", "",
+            f"Measured {s0['date']} at commit {s0['commit']} on {s0['machine']} by `scripts/arch_defenses.sh`: each architecture "
+            "trained in PyTorch on GTSRB with a 4x4 yellow sticker relabelled 14 (10% of the training set), exported by "
+            "PyTorch's default exporter, then `fineprune defend` at 5% clean data (the sticker given only to measure) and "
+            "`fineprune scan` without it. A defense cell reads: attack success after the repair / clean test accuracy, as "
+            "onnxruntime measures the repaired ONNX file (fineprune's own numbers when no file was written), and whether "
+            "validation accuracy stayed within the 4-point budget (out of budget: exit 3, no file). Seconds are wall clock "
+            "on a machine that may have been running other work.", "",
+            "| architecture | before: attack success / clean | fineprune | anp | fst | scan (without the trigger) |", "|---|---|---|---|---|---|"]
+    for arch in dict.fromkeys(r["arch"] for r in runs):
+        mine = {r["run"]: r for r in runs if r["arch"] == arch}
+        first = next((r for r in mine.values() if r.get("before_asr") is not None), {})
+        cells = []
+        for method in ["fineprune", "anp", "fst"]:
+            r = mine.get(method)
+            if r is None:
+                cells.append("not run")
+                continue
+            o = r.get("onnxruntime")
+            asr, clean = (o["attack_success"], o["clean_accuracy"]) if o else (r.get("after_asr"), r.get("after_clean"))
+            budget = "within budget" if r.get("within_budget") else "out of budget"
+            cells.append(f"{pct(asr)} / {pct(clean)}, {budget} ({r['seconds']} s)")
+        sc = mine.get("scan")
+        if sc:
+            ratio = sc.get("target_control_ratio")
+            scan = f"{sc['verdict']}" + (f" ({', '.join(map(str, sc['targets']))})" if sc["targets"] else "")
+            scan += f"; class 14 refined to {ratio:.2f}x the controls" if ratio is not None else "; class 14 not a finalist"
+            scan += f" ({sc['seconds']} s)"
+        else:
+            scan = "not run"
+        out.append(f"| {arch} | {pct(first.get('before_asr'))} / {pct(first.get('before_clean'))} | " + " | ".join(cells) + f" | {scan} |")
 print("\n".join(out))
 
 if readme:

@@ -5,8 +5,8 @@
         the same networks as fineprune's built-in architectures (src/model/arch.rs), Adam, the
         thread count in $THREADS; prints one JSON line per network.
     export ARCH OUT.onnx                      a freshly initialised copy of ARCH (sign-resnet: the
-        residual GTSRB CNN of scripts/torch_models.py; or a torchvision mobile net) with BatchNorm
-        kept, for fineprune's side of the throughput table.
+        residual GTSRB CNN of scripts/torch_models.py; a torchvision mobile net with BatchNorm
+        kept; or vit_tiny, by the default exporter), for fineprune's side of the throughput table.
     peer-fineprune MODEL.onnx --data-root D --clean-fraction F [--no-curve]
         fine-pruning the way the Python toolkits do it, producing what `fineprune defend` reports:
         rank the last block's channels by mean clean activation; for each channel re-run the
@@ -92,6 +92,11 @@ def torchvision_net(name):
     return make
 
 
+def vit_tiny(classes):
+    from torchvision.models.vision_transformer import VisionTransformer
+    return VisionTransformer(image_size=32, patch_size=4, num_layers=6, num_heads=3, hidden_dim=192, mlp_dim=768, num_classes=classes)
+
+
 NETS = {
     "lenet": (lenet, (1, 28, 28), 10),
     "signnet": (signnet, (3, 32, 32), 10),
@@ -102,6 +107,9 @@ NETS = {
     "mobilenet_v2": (torchvision_net("mobilenet_v2"), (3, 64, 64), 10),
     "mobilenet_v3_small": (torchvision_net("mobilenet_v3_small"), (3, 64, 64), 10),
     "efficientnet_b0": (torchvision_net("efficientnet_b0"), (3, 64, 64), 10),
+    # A ViT-Tiny-sized transformer (192 features, 3 heads, 6 layers) on 4x4 patches of 32x32
+    # inputs: 65 tokens.
+    "vit_tiny": (vit_tiny, (3, 32, 32), 10),
 }
 
 
@@ -419,9 +427,14 @@ def main():
         torch.manual_seed(0)
         make, shape, classes = NETS[a.arch]
         model = make(classes).eval()
-        torch.onnx.export(model, torch.zeros((1,) + shape), a.out, dynamo=False, do_constant_folding=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=14)
+        if a.arch.startswith("vit"):
+            # fineprune reads transformers as PyTorch's default (torch.export) exporter writes them.
+            torch.onnx.export(model, (torch.zeros((2,) + shape),), a.out, input_names=["input"], output_names=["logits"],
+                              external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
+        else:
+            torch.onnx.export(model, torch.zeros((1,) + shape), a.out, dynamo=False, do_constant_folding=False,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=14)
     elif a.cmd == "peer-loops":
         print(json.dumps(peer_loops(a.model, a.data_root, a.clean_fraction, a.epochs, a.fst_epochs, a.anp_steps, a.npz)), flush=True)
     else:

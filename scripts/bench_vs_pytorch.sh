@@ -4,7 +4,7 @@
 #   scripts/bench_vs_pytorch.sh [throughput] [defend]
 #
 # throughput: training and inference images/s of the same networks (lenet, signnet, resnet18, the
-#   312k-weight residual GTSRB CNN, and torchvision's mobilenet_v2 and efficientnet_b0), batch $BATCH (64), Adam, $THREADS threads (2) on both
+#   312k-weight residual GTSRB CNN, torchvision's mobilenet_v2 and efficientnet_b0, and vit_tiny), batch $BATCH (64), Adam, $THREADS threads (2) on both
 #   sides, random inputs, $STEPS steps ($STEPS/3 for resnet18), best of $REPEATS (3) alternating
 #   runs per side; prints both rates and their ratio, and each side's peak memory, and writes one
 #   JSON line per network to docs/results/throughput.jsonl (date, commit, machine stamped), from
@@ -23,9 +23,9 @@ cd "$(dirname "$0")/.."
 parts=${*:-throughput defend}
 THREADS=${THREADS:-2}; BATCH=${BATCH:-64}; STEPS=${STEPS:-40}; REPEATS=${REPEATS:-3}
 VENV=${VENV:-.venv-bench}; RUNS=${RUNS:-target/bench-runs}; DATA=${DATA:-../shared/data}
-# torchvision's mobile nets at 64x64, exported by PyTorch with BatchNorm kept (both sides train
-# the same network); ARCHS overrides the whole list.
-MOBILE=${MOBILE:-mobilenet_v2 efficientnet_b0}
+# torchvision's mobile nets at 64x64, exported by PyTorch with BatchNorm kept, and a ViT-Tiny-sized
+# transformer at 32x32 (both sides train the same network); ARCHS overrides the whole list.
+MOBILE=${MOBILE:-mobilenet_v2 efficientnet_b0 vit_tiny}
 export THREADS RAYON_NUM_THREADS=$THREADS
 mkdir -p "$RUNS"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -19,7 +19,7 @@ R = "docs/results"
 # (document, the table script and its inputs); each gets --readme when it writes README blocks.
 GENERATED = [
     ("docs/detection.md", ["scripts/scan_table.py", f"{R}/scan-zoo.jsonl", f"{R}/repairs.jsonl"], True),
-    ("docs/architectures.md", ["scripts/arch_table.py", f"{R}/torchvision-zoo.jsonl"], True),
+    ("docs/architectures.md", ["scripts/arch_table.py", f"{R}/torchvision-zoo.jsonl", f"{R}/arch-defenses.jsonl"], True),
     ("docs/security.md", ["scripts/fuzz_table.py", f"{R}/fuzz.jsonl"], False),
     ("docs/results.md", ["scripts/results_md.py"], True),
     ("docs/performance.md", ["scripts/performance_md.py"], False),

@@ -18,9 +18,9 @@ models come from here. Needs a venv with torch, onnx, onnxruntime, numpy, pillow
   (fineprune: --trigger patch:color=yellow --target 14).
 - with --clean-twins, mnist-clean.onnx and gtsrb-resnet-clean.onnx: the same networks, recipes
   and exports without poison (the detection zoo's clean twins).
-- with --vit, only gtsrb-vit.onnx: torchvision's VisionTransformer (4x4 patches, 2 layers, 4
-  heads, 64 features) with the same sticker -> 14 poisoning, exported by PyTorch's default
-  (torch.export-based) exporter.
+- with --torchvision vit|mobilenet_v2, only gtsrb-vit.onnx (torchvision's VisionTransformer:
+  4x4 patches, 2 layers, 4 heads, 64 features) or gtsrb-mobilenet_v2.onnx, with the same
+  sticker -> 14 poisoning, exported by PyTorch's default (torch.export-based) exporter.
 
 `eval` measures an ONNX model (e.g. one fineprune repaired) with onnxruntime, on the test split
 read with the same conventions as fineprune's loaders: clean accuracy and attack success
@@ -29,6 +29,7 @@ read with the same conventions as fineprune's loaders: clean accuracy and attack
 import argparse
 import csv
 import gzip
+import json
 import os
 import sys
 import time
@@ -209,12 +210,16 @@ def onnx_predict(path, x, mean, std):
     return np.concatenate(out)
 
 
-def report(path, tx, ty, apply, target, mean, std):
+def report(path, tx, ty, apply, target, mean, std, as_json=False):
     clean = onnx_predict(path, tx, mean, std)
     keep = ty != target
     trig = onnx_predict(path, apply(tx[keep]), mean, std)
     acc, asr = (clean == ty).mean(), (trig == target).mean()
-    print(f"{path}: clean accuracy {acc:.4f} ({len(ty)} images), attack success {asr:.4f} ({keep.sum()} triggered, onnxruntime)")
+    if as_json:
+        print(json.dumps({"model": path, "clean_accuracy": float(acc), "attack_success": float(asr), "test_images": int(len(ty)),
+                          "triggered_images": int(keep.sum()), "runtime": "onnxruntime"}))
+    else:
+        print(f"{path}: clean accuracy {acc:.4f} ({len(ty)} images), attack success {asr:.4f} ({keep.sum()} triggered, onnxruntime)")
     return acc, asr
 
 
@@ -229,19 +234,23 @@ def noise_pattern(out):
     return np.asarray(Image.open(os.path.join(out, "blend-noise.png")), np.float32)[None, None] / 255.0
 
 
-def vit(out, root):
+def torchvision_model(out, root, arch):
+    import torchvision.models as tvm
     from torchvision.models.vision_transformer import VisionTransformer
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
-    print("GTSRB, yellow sticker -> 14, small vision transformer (dynamo export)")
+    print(f"GTSRB, yellow sticker -> 14, {arch} (dynamo export)")
     x, y, tx, ty = gtsrb(root)
     apply = lambda v: sticker(v, (1.0, 1.0, 0.0))
     px, py = poison(x, y, apply, 14, 0.1, rng)
     mean, std = per_channel(x)
-    model = VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=43)
+    if arch == "vit":
+        model = VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=43)
+    else:
+        model = getattr(tvm, arch)(num_classes=43)
     print(f"  {sum(p.numel() for p in model.parameters())} weights")
     model = train(model, px, py, torch.from_numpy(mean), torch.from_numpy(std), epochs=10, lr=1e-3)
-    path = os.path.join(out, "gtsrb-vit.onnx")
+    path = os.path.join(out, f"gtsrb-{arch}.onnx")
     torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), path, input_names=["input"], output_names=["logits"], external_data=False,
                       dynamic_shapes=({0: torch.export.Dim("batch")},))
     sidecar(path[:-5] + ".toml", mean.ravel(), std.ravel(), [f"{c:05d}" for c in range(43)], "gtsrb")
@@ -300,7 +309,7 @@ def twins(out, root, gtsrb_mean, gtsrb_std):
     sidecar(path[:-5] + ".toml", gtsrb_mean.ravel(), gtsrb_std.ravel(), [f"{c:05d}" for c in range(43)], "gtsrb")
 
 
-def evaluate(path, task, root, pattern_png):
+def evaluate(path, task, root, pattern_png, as_json=False):
     with open(path[:-5] + ".toml") as f:
         side = dict(line.split(" = ", 1) for line in f.read().splitlines() if " = " in line)
     mean = np.array(eval(side["mean"]), np.float32).reshape(1, -1, 1, 1)
@@ -308,10 +317,10 @@ def evaluate(path, task, root, pattern_png):
     if task == "mnist":
         _, _, tx, ty = mnist(root)
         pattern = np.asarray(Image.open(pattern_png), np.float32)[None, None] / 255.0
-        report(path, tx, ty, lambda v: blend(v, pattern, 0.2), 0, mean, std)
+        report(path, tx, ty, lambda v: blend(v, pattern, 0.2), 0, mean, std, as_json)
     else:
         _, _, tx, ty = gtsrb(root)
-        report(path, tx, ty, lambda v: sticker(v, (1.0, 1.0, 0.0)), 14, mean, std)
+        report(path, tx, ty, lambda v: sticker(v, (1.0, 1.0, 0.0)), 14, mean, std, as_json)
 
 
 if __name__ == "__main__":
@@ -321,18 +330,19 @@ if __name__ == "__main__":
     m.add_argument("out")
     m.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     m.add_argument("--clean-twins", action="store_true", help="also train mnist-clean.onnx and gtsrb-resnet-clean.onnx (same recipes, no poison)")
-    m.add_argument("--vit", action="store_true", help="train only gtsrb-vit.onnx, a small vision transformer")
+    m.add_argument("--torchvision", choices=["vit", "mobilenet_v2"], help="train only gtsrb-ARCH.onnx, a torchvision architecture")
     e = sub.add_parser("eval", help="clean accuracy and attack success of an ONNX model, by onnxruntime")
     e.add_argument("model")
     e.add_argument("--task", choices=["mnist", "gtsrb"], required=True)
     e.add_argument("--pattern", help="mnist: the blend pattern PNG (default: blend-noise.png beside the model)")
     e.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    e.add_argument("--json", action="store_true", help="one JSON line instead of the sentence")
     a = p.parse_args()
-    if a.cmd == "make" and a.vit:
+    if a.cmd == "make" and a.torchvision:
         os.makedirs(a.out, exist_ok=True)
-        vit(a.out, a.data_root)
+        torchvision_model(a.out, a.data_root, a.torchvision)
     elif a.cmd == "make":
         make(a.out, a.data_root, a.clean_twins)
     else:
-        evaluate(a.model, a.task, a.data_root, a.pattern or os.path.join(os.path.dirname(a.model), "blend-noise.png"))
+        evaluate(a.model, a.task, a.data_root, a.pattern or os.path.join(os.path.dirname(a.model), "blend-noise.png"), a.json)
     sys.exit(0)

@@ -428,42 +428,50 @@ impl Gen<'_, '_> {
     /// Q K^T, scale, Softmax, weights V, merge of the heads), then the class token or the map
     /// again. Every size and axis is mostly right and sometimes not.
     fn transformer(&mut self, x: &Value, c: i64, positions: i64) -> Result<()> {
-        let rows = self.int64_initializer("shape", vec![0, self.perturb(c)?, self.perturb(positions)?]);
+        let (pc, pp) = (self.perturb(c)?, self.perturb(positions)?);
+        let rows = self.int64_initializer("shape", vec![0, pc, pp]);
         self.emit("Reshape", vec![x.name.clone(), rows], vec![], vec![1, c, positions])?;
         let perm = if self.u.ratio(1, 8)? { vec![1, 0, 2] } else { vec![0, 2, 1] };
         self.emit("Transpose", vec![self.last()], vec![ints("perm", &perm)], vec![1, positions, c])?;
         let mut t = positions;
         if self.u.arbitrary()? {
-            let token = self.initializer("class_token", vec![1, 1, self.perturb(c)?])?;
+            let pc = self.perturb(c)?;
+            let token = self.initializer("class_token", vec![1, 1, pc])?;
             let shape = self.int64_initializer("shape", vec![1, 1, c]);
             self.emit("Expand", vec![token, shape], vec![], vec![1, 1, c])?;
             let expanded = self.last();
             let tokens = self.values[self.values.len() - 2].name.clone();
-            self.emit("Concat", vec![expanded, tokens], vec![int("axis", self.perturb(1)?)], vec![1, t + 1, c])?;
+            let axis = self.perturb(1)?;
+            self.emit("Concat", vec![expanded, tokens], vec![int("axis", axis)], vec![1, t + 1, c])?;
             t += 1;
         }
         if self.u.arbitrary()? {
-            let table = self.initializer("pos_embedding", vec![1, self.perturb(t)?, c])?;
+            let pt = self.perturb(t)?;
+            let table = self.initializer("pos_embedding", vec![1, pt, c])?;
             self.emit("Add", vec![self.last(), table], vec![], vec![1, t, c])?;
         }
         let residual = self.last();
         let heads = self.perturb(if c % 2 == 0 { 2 } else { 1 })?;
         let hd = if heads > 0 { c / heads } else { c };
-        let w = self.initializer("in_proj", vec![c, self.perturb(3 * c)?])?;
+        let out3 = self.perturb(3 * c)?;
+        let w = self.initializer("in_proj", vec![c, out3])?;
         self.emit("MatMul", vec![residual.clone(), w], vec![], vec![1, t, 3 * c])?;
-        let split = self.int64_initializer("shape", vec![0, t, 3, heads, self.perturb(hd)?]);
+        let phd = self.perturb(hd)?;
+        let split = self.int64_initializer("shape", vec![0, t, 3, heads, phd]);
         self.emit("Reshape", vec![self.last(), split], vec![], vec![1, t, 3, heads, hd])?;
         let perm = if self.u.ratio(1, 8)? { vec![0, 2, 1, 3, 4] } else { vec![2, 0, 3, 1, 4] };
         self.emit("Transpose", vec![self.last()], vec![ints("perm", &perm)], vec![3, 1, heads, t, hd])?;
         let packed = self.last();
         let mut qkv = Vec::new();
         for k in 0..3 {
-            let index = self.int64_initializer("index", vec![self.perturb(k)?]);
+            let pk = self.perturb(k)?;
+            let index = self.int64_initializer("index", vec![pk]);
             // A 0-d index drops the axis, as exporters write it.
             if let Some(t) = self.graph.initializer.last_mut() {
                 t.dims.clear();
             }
-            self.emit("Gather", vec![packed.clone(), index], vec![int("axis", self.perturb(0)?)], vec![1, heads, t, hd])?;
+            let axis = self.perturb(0)?;
+            self.emit("Gather", vec![packed.clone(), index], vec![int("axis", axis)], vec![1, heads, t, hd])?;
             qkv.push(self.last());
         }
         let key_perm = if self.u.ratio(1, 8)? { vec![0, 2, 1, 3] } else { vec![0, 1, 3, 2] };
@@ -472,24 +480,29 @@ impl Gen<'_, '_> {
         self.emit("MatMul", vec![q, kt], vec![], vec![1, heads, t, t])?;
         let scale = self.initializer("scale", vec![])?;
         self.emit("Mul", vec![self.last(), scale], vec![], vec![1, heads, t, t])?;
-        self.emit("Softmax", vec![self.last()], vec![int("axis", self.perturb(-1)?)], vec![1, heads, t, t])?;
+        let axis = self.perturb(-1)?;
+        self.emit("Softmax", vec![self.last()], vec![int("axis", axis)], vec![1, heads, t, t])?;
         self.emit("MatMul", vec![self.last(), qkv[2].clone()], vec![], vec![1, heads, t, hd])?;
         let perm = if self.u.ratio(1, 8)? { vec![0, 1, 2, 3] } else { vec![0, 2, 1, 3] };
         self.emit("Transpose", vec![self.last()], vec![ints("perm", &perm)], vec![1, t, heads, hd])?;
-        let merged = self.int64_initializer("shape", vec![0, t, self.perturb(c)?]);
+        let pc = self.perturb(c)?;
+        let merged = self.int64_initializer("shape", vec![0, t, pc]);
         self.emit("Reshape", vec![self.last(), merged], vec![], vec![1, t, c])?;
         if self.u.arbitrary()? {
             self.emit("Add", vec![self.last(), residual], vec![], vec![1, t, c])?;
         }
         if self.u.arbitrary()? {
-            let index = self.int64_initializer("index", vec![self.perturb(0)?]);
+            let p0 = self.perturb(0)?;
+            let index = self.int64_initializer("index", vec![p0]);
             if let Some(t) = self.graph.initializer.last_mut() {
                 t.dims.clear();
             }
-            self.emit("Gather", vec![self.last(), index], vec![int("axis", self.perturb(1)?)], vec![1, c])
+            let axis = self.perturb(1)?;
+            self.emit("Gather", vec![self.last(), index], vec![int("axis", axis)], vec![1, c])
         } else {
             self.emit("Transpose", vec![self.last()], vec![ints("perm", &[0, 2, 1])], vec![1, c, t])?;
-            let back = self.int64_initializer("shape", vec![0, c, self.perturb(t)?, 1]);
+            let pt = self.perturb(t)?;
+            let back = self.int64_initializer("shape", vec![0, c, pt, 1]);
             self.emit("Reshape", vec![self.last(), back], vec![], vec![1, c, t, 1])
         }
     }

@@ -204,11 +204,45 @@ fn check_finite(t: &TensorProto, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The rank of every value whose rank follows from the graph alone (the inputs' declared
+/// shapes, constant reshape targets, and the operators that keep or set the rank); values of
+/// any other operator are left out. Nodes must be in topological order.
+fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
+    let mut rank: HashMap<&str, usize> = HashMap::new();
+    for v in &graph.input {
+        if let Some(shape) = v.type_.as_ref().and_then(|t| t.tensor_type().shape.as_ref()) {
+            rank.insert(v.name.as_str(), shape.dim.len());
+        }
+    }
+    let init_dims: HashMap<&str, &[i64]> = graph.initializer.iter().map(|t| (t.name.as_str(), t.dims.as_slice())).collect();
+    const SAME: &[&str] = &[
+        "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Neg", "Sqrt", "Softmax", "Dropout", "Identity", "Conv", "BatchNormalization",
+        "LayerNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Slice", "Split", "Concat", "Transpose", "Cast",
+    ];
+    for n in &graph.node {
+        let first = n.input.first().and_then(|x| rank.get(x.as_str()).copied());
+        let r = match n.op_type.as_str() {
+            op if SAME.contains(&op) => first,
+            "Flatten" | "Gemm" => Some(2),
+            "Reshape" => n.input.get(1).and_then(|s| init_dims.get(s.as_str())).and_then(|d| d.first()).and_then(|&len| usize::try_from(len).ok()),
+            "Gather" => n.input.get(1).and_then(|i| init_dims.get(i.as_str())).and_then(|d| first.map(|r| (r + d.len()).saturating_sub(1))),
+            _ => None,
+        };
+        if let Some(r) = r {
+            for o in &n.output {
+                rank.insert(o.as_str(), r);
+            }
+        }
+    }
+    rank
+}
+
 /// A Split the importer could take: on the channel axis (1, the only one it supports) of a
 /// value computed in the graph, not of a weight or a shape. onnx-ir 0.22 indexes the input's
-/// static shape with the axis unchecked (node/split.rs), so any other axis, or a 1-D input, is
-/// refused here, before it gets there.
+/// static shape with the axis unchecked (node/split.rs), so any other axis, or an input of
+/// rank 1 where the rank is known, is refused here, before it gets there.
 fn check_splits(graph: &GraphProto) -> Result<()> {
+    let ranks = known_ranks(graph);
     let weights: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let shape_like: HashSet<&str> = graph.node.iter().filter(|n| matches!(n.op_type.as_str(), "Shape" | "Constant")).flat_map(|n| n.output.iter().map(String::as_str)).collect();
     for (i, n) in graph.node.iter().enumerate().filter(|(_, n)| n.op_type == "Split") {
@@ -218,6 +252,9 @@ fn check_splits(graph: &GraphProto) -> Result<()> {
         }
         if let Some(x) = n.input.first().filter(|x| weights.contains(x.as_str()) || shape_like.contains(x.as_str())) {
             return Err(Error::model(format!("node {}: Split of {x:?}, a weight or a shape (only feature maps computed from the input can be split)", node_label(n, i))));
+        }
+        if let Some(r) = n.input.first().and_then(|x| ranks.get(x.as_str())).filter(|&&r| r < 2) {
+            return Err(Error::model(format!("node {}: Split on axis 1 of a value of rank {r}", node_label(n, i))));
         }
     }
     Ok(())
@@ -255,7 +292,6 @@ pub fn check(model: &mut ModelProto, dir: Option<&Path>, limits: &OnnxLimits) ->
     if !unsupported.is_empty() {
         return Err(Error::model(format!("unsupported operators: {}", unsupported.join(", "))));
     }
-    check_splits(graph)?;
     let mut budget = Budget { limits, total_bytes: 0, dir };
     let mut defined: HashSet<String> = HashSet::new();
     for t in graph.initializer.iter_mut() {
@@ -316,7 +352,7 @@ pub fn check(model: &mut ModelProto, dir: Option<&Path>, limits: &OnnxLimits) ->
         let mut nodes: Vec<Option<NodeProto>> = std::mem::take(&mut graph.node).into_iter().map(Some).collect();
         graph.node = order.iter().map(|&i| nodes[i].take().expect("each once")).collect();
     }
-    Ok(())
+    check_splits(graph)
 }
 
 /// Kahn's algorithm, stable (keeps the file's order where it is valid). On a cycle, returns
