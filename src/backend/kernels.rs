@@ -480,6 +480,22 @@ pub fn relu_grad_in_place(y: &[f32], grad: &mut [f32]) {
     });
 }
 
+/// `min(max(x, min), max)` in place, in parallel pieces (NaN stays NaN, as burn's clamp).
+pub fn clip_in_place(x: &mut [f32], min: f32, max: f32) {
+    x.par_chunks_mut(PIECE).for_each(|c| c.iter_mut().for_each(|v| *v = if v.is_nan() { *v } else { v.max(min).min(max) }));
+}
+
+/// A clip's gradient in place from its output `y`: kept where `y` is strictly inside
+/// `(min, max)` (or NaN), else 0.
+pub fn clip_grad_in_place(y: &[f32], grad: &mut [f32], min: f32, max: f32) {
+    assert_eq!(y.len(), grad.len());
+    grad.par_chunks_mut(PIECE).zip(y.par_chunks(PIECE)).for_each(|(g, y)| {
+        for (g, &v) in g.iter_mut().zip(y) {
+            *g = if v <= min || v >= max { 0.0 } else { *g };
+        }
+    });
+}
+
 /// `a += b` (same length), in parallel pieces.
 pub fn add_in_place(a: &mut [f32], b: &[f32]) {
     assert_eq!(a.len(), b.len());

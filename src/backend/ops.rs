@@ -18,14 +18,24 @@ use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 
+use super::depthwise;
 use super::kernels::{self, AdamStep, ConvGeom, PoolGeom};
 
-/// Convolution settings the kernels take: stride, padding, dilation (groups = 1).
+/// Convolution settings the kernels take: stride, padding, dilation; groups 1, or one group
+/// per channel with one filter each (`depthwise`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvSpec {
     pub stride: [usize; 2],
     pub padding: [usize; 2],
     pub dilation: [usize; 2],
+    pub depthwise: bool,
+}
+
+/// A clip's interval.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipSpec {
+    pub min: f32,
+    pub max: f32,
 }
 
 /// Pooling settings the kernels take: kernel and stride (no padding, floor mode).
@@ -46,6 +56,10 @@ pub trait FastCpu: Backend {
     fn fast_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// ReLU's gradient from its output.
     fn fast_relu_grad(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `min(max(x, min), max)` (any rank; ReLU6), in place when the input is not shared.
+    fn fast_clip(x: FloatTensor<Self>, spec: ClipSpec) -> FloatTensor<Self>;
+    /// Its gradient from its output: kept strictly inside the interval (PyTorch's hardtanh).
+    fn fast_clip_grad(output: FloatTensor<Self>, grad: FloatTensor<Self>, spec: ClipSpec) -> FloatTensor<Self>;
     /// `a + b`, same shapes (any rank), in place on `a` when it is not shared.
     fn fast_add(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x * scale[c] + shift[c]` on a map [N, C, H, W]: BatchNorm with running statistics.
@@ -74,7 +88,11 @@ fn flex(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
 
 fn geom(x: [usize; 4], w: [usize; 4], spec: ConvSpec) -> ConvGeom {
     // Graphs are shape-checked when built; this is the kernels' own guard (burn's ops panic too).
-    assert_eq!(x[1], w[1], "convolution input has {} channels, its weight expects {}", x[1], w[1]);
+    if spec.depthwise {
+        assert!(w[0] == x[1] && w[1] == 1, "depthwise convolution of {} channels with a weight {w:?}", x[1]);
+    } else {
+        assert_eq!(x[1], w[1], "convolution input has {} channels, its weight expects {}", x[1], w[1]);
+    }
     ConvGeom {
         batch: x[0],
         in_channels: x[1],
@@ -124,7 +142,7 @@ impl FastCpu for Flex {
     fn fast_conv2d(x: FlexTensor, weight: FlexTensor, spec: ConvSpec) -> FlexTensor {
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let g = geom(dims4(&x), dims4(&weight), spec);
-        let out = kernels::conv2d(&g, x.storage(), weight.storage(), &[]);
+        let out = if spec.depthwise { depthwise::forward(&g, x.storage(), weight.storage(), &[]) } else { kernels::conv2d(&g, x.storage(), weight.storage(), &[]) };
         let [ho, wo] = g.out_size();
         flex(out, [g.batch, g.out_channels, ho, wo])
     }
@@ -132,7 +150,11 @@ impl FastCpu for Flex {
     fn fast_conv2d_bias(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, spec: ConvSpec) -> FlexTensor {
         let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
         let g = geom(dims4(&x), dims4(&weight), spec);
-        let out = kernels::conv2d(&g, x.storage(), weight.storage(), bias.storage());
+        let out = if spec.depthwise {
+            depthwise::forward(&g, x.storage(), weight.storage(), bias.storage())
+        } else {
+            kernels::conv2d(&g, x.storage(), weight.storage(), bias.storage())
+        };
         let [ho, wo] = g.out_size();
         flex(out, [g.batch, g.out_channels, ho, wo])
     }
@@ -171,6 +193,18 @@ impl FastCpu for Flex {
         x
     }
 
+    fn fast_clip(x: FlexTensor, spec: ClipSpec) -> FlexTensor {
+        let mut x = contiguous(x);
+        kernels::clip_in_place(x.storage_mut::<f32>(), spec.min, spec.max);
+        x
+    }
+
+    fn fast_clip_grad(output: FlexTensor, grad: FlexTensor, spec: ClipSpec) -> FlexTensor {
+        let (output, mut grad) = (output.to_contiguous(), contiguous(grad));
+        kernels::clip_grad_in_place(output.storage(), grad.storage_mut::<f32>(), spec.min, spec.max);
+        grad
+    }
+
     fn fast_relu_grad(output: FlexTensor, grad: FlexTensor) -> FlexTensor {
         let (output, mut grad) = (output.to_contiguous(), contiguous(grad));
         // `storage_mut` copies the gradient first if it is shared.
@@ -181,14 +215,16 @@ impl FastCpu for Flex {
     fn fast_conv2d_x_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, spec: ConvSpec) -> FlexTensor {
         let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
         let g = geom(dims4(&x), dims4(&weight), spec);
-        flex(kernels::conv2d_input_grad(&g, weight.storage(), grad.storage()), [g.batch, g.in_channels, g.height, g.width])
+        let dx = if spec.depthwise { depthwise::input_grad(&g, weight.storage(), grad.storage()) } else { kernels::conv2d_input_grad(&g, weight.storage(), grad.storage()) };
+        flex(dx, [g.batch, g.in_channels, g.height, g.width])
     }
 
     fn fast_conv2d_weight_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, spec: ConvSpec) -> FlexTensor {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         let w = dims4(&weight);
         let g = geom(dims4(&x), w, spec);
-        flex(kernels::conv2d_weight_grad(&g, x.storage(), grad.storage()), w)
+        let dw = if spec.depthwise { depthwise::weight_grad(&g, x.storage(), grad.storage()) } else { kernels::conv2d_weight_grad(&g, x.storage(), grad.storage()) };
+        flex(dw, w)
     }
 
     fn fast_max_pool2d(x: FlexTensor, spec: PoolSpec) -> FlexTensor {
@@ -243,6 +279,22 @@ impl<B: Backend + FastCpu> Backward<B, 1> for ReluBackward {
         let grad = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
             grads.register::<B>(node.id, B::fast_relu_grad(ops.state, grad));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ClipBackward(ClipSpec);
+
+impl<B: Backend + FastCpu> Backward<B, 1> for ClipBackward {
+    /// The output: inside the interval or at a bound is all the gradient needs.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::fast_clip_grad(ops.state, grad, self.0));
         }
     }
 }
@@ -365,6 +417,20 @@ impl<B: Backend + FastCpu, C: CheckpointStrategy> FastCpu for Autodiff<B, C> {
         unreachable!("gradients are computed on the inner backend")
     }
 
+    fn fast_clip(x: FloatTensor<Self>, spec: ClipSpec) -> FloatTensor<Self> {
+        match ClipBackward(spec).prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::fast_clip(x.into_primitive(), spec);
+                prep.finish(y.clone(), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fast_clip(x.into_primitive(), spec)),
+        }
+    }
+
+    fn fast_clip_grad(_y: FloatTensor<Self>, _g: FloatTensor<Self>, _s: ClipSpec) -> FloatTensor<Self> {
+        unreachable!("gradients are computed on the inner backend")
+    }
+
     fn fast_add(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         let prep = AddBackward.prepare::<C>([a.node(), b.node()]).compute_bound();
         prep.stateless(B::fast_add(a.into_primitive(), b.into_primitive()))
@@ -406,13 +472,16 @@ pub fn on_flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
     t.dtype() == DType::F32 && matches!(t.device().without_autodiff().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
 }
 
-/// 2-D convolution: the kernels on Flex (groups = 1), burn's operation otherwise.
+/// 2-D convolution: the kernels on Flex (groups = 1, or depthwise), burn's operation otherwise.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, opts: ConvOptions<2>) -> Tensor<4> {
     let symmetric = opts.padding.iter().all(|(begin, end)| begin == end);
-    if opts.groups != 1 || !symmetric || !on_flex_f32(&x) || !on_flex_f32(&weight) || bias.as_ref().is_some_and(|b| !on_flex_f32(b)) {
+    let [_, c, _, _] = x.dims();
+    let [o, per_group, _, _] = weight.dims();
+    let depthwise = opts.groups == c && o == c && per_group == 1 && c > 1;
+    if (opts.groups != 1 && !depthwise) || !symmetric || !on_flex_f32(&x) || !on_flex_f32(&weight) || bias.as_ref().is_some_and(|b| !on_flex_f32(b)) {
         return burn::tensor::module::conv2d(x, weight, bias, opts);
     }
-    let spec = ConvSpec { stride: opts.stride, padding: opts.padding.map(|p| p.0), dilation: opts.dilation };
+    let spec = ConvSpec { stride: opts.stride, padding: opts.padding.map(|p| p.0), dilation: opts.dilation, depthwise };
     Tensor::from_dispatch(match bias {
         Some(b) => <Dispatch as FastCpu>::fast_conv2d_bias(x.into_dispatch(), weight.into_dispatch(), b.into_dispatch(), spec),
         None => <Dispatch as FastCpu>::fast_conv2d(x.into_dispatch(), weight.into_dispatch(), spec),
@@ -443,6 +512,15 @@ pub fn channel_affine(x: Tensor<4>, scale: Tensor<1>, shift: Tensor<1>) -> Tenso
         return x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1]);
     }
     Tensor::from_dispatch(<Dispatch as FastCpu>::fast_channel_affine(x.into_dispatch(), scale.into_dispatch(), shift.into_dispatch()))
+}
+
+/// `min(max(x, min), max)` (any rank): the parallel kernel on Flex in f32, burn's operation
+/// otherwise (whose gradient at the bounds differs: it keeps them, PyTorch's hardtanh does not).
+pub fn clip<const D: usize>(x: Tensor<D>, min: f64, max: f64) -> Tensor<D> {
+    if !on_flex_f32(&x) {
+        return x.clamp(min, max);
+    }
+    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_clip(x.into_dispatch(), ClipSpec { min: min as f32, max: max as f32 }))
 }
 
 /// ReLU (any rank): the parallel kernel on Flex in f32, burn's operation otherwise.
@@ -536,6 +614,61 @@ mod tests {
             if bias.is_some() {
                 close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), &format!("{what} bias gradient"));
             }
+        }
+    }
+
+    /// Depthwise convolutions (one filter per channel) equal burn's grouped convolution:
+    /// output and all three gradients.
+    #[test]
+    fn depthwise_convolution_matches_burn_forward_and_backward() {
+        let device = crate::cpu_device().autodiff();
+        let mut rng = Rng::new(5);
+        // (x shape, kernel, stride, padding, dilation)
+        let cases = [
+            ([2, 8, 9, 9], [3, 3], [1, 1], [1, 1], [1, 1]),
+            ([3, 6, 10, 11], [3, 3], [2, 2], [1, 1], [1, 1]),
+            ([2, 4, 12, 12], [5, 5], [1, 1], [2, 2], [1, 1]),
+            ([2, 4, 13, 12], [5, 5], [2, 2], [2, 2], [1, 1]),
+            ([1, 3, 14, 14], [7, 7], [1, 1], [3, 3], [1, 1]),
+            ([2, 5, 9, 10], [3, 3], [1, 2], [2, 1], [2, 1]),
+            ([2, 4, 2, 3], [3, 3], [1, 1], [1, 1], [1, 1]),
+            ([1, 3, 6, 6], [3, 3], [1, 1], [0, 0], [1, 1]),
+        ];
+        for (case, (xs, k, stride, pad, dil)) in cases.into_iter().enumerate() {
+            let c = xs[1];
+            let x = random(xs, &mut rng, &device).require_grad();
+            let w = random([c, 1, k[0], k[1]], &mut rng, &device).require_grad();
+            let b = random([c], &mut rng, &device).require_grad();
+            let bias = (case % 2 == 0).then(|| b.clone());
+            let opts = ConvOptions::new(stride, pad, dil, c);
+            let fast = conv2d(x.clone(), w.clone(), bias.clone(), opts.clone());
+            let slow = burn::tensor::module::conv2d(x.clone(), w.clone(), bias.clone(), opts);
+            let r = random(fast.dims(), &mut rng, &device);
+            let gf = (fast.clone() * r.clone()).sum().backward();
+            let gs = (slow.clone() * r).sum().backward();
+            let what = format!("depthwise {xs:?} k{k:?} s{stride:?} p{pad:?} d{dil:?}");
+            close(fast, slow, &format!("{what} output"));
+            close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{what} input gradient"));
+            close(w.grad(&gf).unwrap(), w.grad(&gs).unwrap(), &format!("{what} weight gradient"));
+            if bias.is_some() {
+                close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), &format!("{what} bias gradient"));
+            }
+        }
+    }
+
+    #[test]
+    fn clip_matches_burn_forward_and_backward() {
+        let device = crate::cpu_device().autodiff();
+        let mut rng = Rng::new(6);
+        let x = random([4, 3, 5, 7], &mut rng, &device).mul_scalar(4.0).require_grad();
+        for (min, max) in [(0.0, 6.0), (-1.0, 1.0), (0.5, 0.75)] {
+            let fast = clip(x.clone(), min, max);
+            let slow = x.clone().clamp(min, max);
+            let r = random(fast.dims(), &mut rng, &device);
+            let gf = (fast.clone() * r.clone()).sum().backward();
+            let gs = (slow.clone() * r).sum().backward();
+            close(fast, slow, &format!("clip [{min}, {max}] output"));
+            close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("clip [{min}, {max}] gradient"));
         }
     }
 

@@ -9,7 +9,7 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::backend::ops::{add, channel_affine, conv2d, max_pool2d, relu};
+use crate::backend::ops::{add, channel_affine, clip, conv2d, max_pool2d, relu};
 use crate::model::graph::{Graph, Op, Shape};
 use crate::rng::Rng;
 
@@ -311,7 +311,7 @@ impl Model {
             Op::LeakyRelu { alpha } => elementwise(ins.pop().unwrap(), |t| leaky_relu(t, *alpha), |t| leaky_relu(t, *alpha)),
             Op::Sigmoid => elementwise(ins.pop().unwrap(), sigmoid, sigmoid),
             Op::Tanh => elementwise(ins.pop().unwrap(), |t| t.tanh(), |t| t.tanh()),
-            Op::Clip { min, max } => elementwise(ins.pop().unwrap(), |t| t.clamp(*min, *max), |t| t.clamp(*min, *max)),
+            Op::Clip { min, max } => elementwise(ins.pop().unwrap(), |t| clip(t, *min, *max), |t| clip(t, *min, *max)),
             Op::HardSigmoid { alpha, beta } => elementwise(ins.pop().unwrap(), |t| hard_sigmoid(t, *alpha, *beta), |t| hard_sigmoid(t, *alpha, *beta)),
             Op::HardSwish => elementwise(ins.pop().unwrap(), hard_swish, hard_swish),
             Op::Silu => elementwise(ins.pop().unwrap(), silu, silu),
