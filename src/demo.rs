@@ -42,13 +42,13 @@ pub trait Stages: Progress {
     fn stage(&mut self, _what: &str) {}
 }
 
-pub fn run(out_dir: &Path, arch: &str, seed: u64, progress: &mut dyn Stages) -> Result<DemoResult> {
+pub fn run(out_dir: &Path, arch: &str, seed: u64, device: &burn::tensor::Device, progress: &mut dyn Stages) -> Result<DemoResult> {
     let start = std::time::Instant::now();
     std::fs::create_dir_all(out_dir).map_err(|e| crate::Error::io(out_dir, e))?;
     progress.stage("generating the synthetic traffic-sign set (8 classes, 32x32)");
     let spec_ = DataSpec { kind: Kind::Synthetic, path: "builtin".into() };
     let ds = Dataset::load(&spec_, &LoadOptions { seed, ..Default::default() })?;
-    let device = crate::cpu_device();
+    let device = device.clone();
     let trigger: Trigger = spec::parse("patch")?;
     let target = 0;
     let preview_idx: Vec<usize> = (0..8).collect();

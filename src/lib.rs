@@ -42,6 +42,7 @@ pub mod choice;
 pub mod data;
 pub mod defense;
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;
@@ -57,8 +58,7 @@ pub mod trigger;
 
 pub use error::{Error, Result};
 
-/// The CPU device (burn's pure-Rust Flex backend). Backends are chosen by device in burn, so a
-/// GPU build only changes which device is created here.
+/// The CPU device (burn's pure-Rust Flex backend); [`device::open`] opens the others.
 pub fn cpu_device() -> burn::tensor::Device {
-    burn::tensor::Device::flex()
+    device::cpu()
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use burn::tensor::Device;
 use anyhow::{Context, Result};
 use clap::Args;
 
@@ -106,8 +107,8 @@ impl ModelArgs {
         self.model.as_deref().or(self.weights.as_deref()).expect("clap requires one")
     }
 
-    pub(super) fn load(&self) -> Result<ModelFile> {
-        let device = fineprune::cpu_device();
+    pub(super) fn load(&self, device: &Device) -> Result<ModelFile> {
+        let device = device.clone();
         let cli_norm = (!self.mean.is_empty()).then(|| fineprune::data::Normalization { mean: self.mean.clone(), std: self.std.clone() });
         let file = match (&self.model, &self.weights) {
             (Some(path), _) => {
@@ -265,8 +266,8 @@ fn print_loaded(spec: &DataSpec, ds: &Dataset, t: Instant) {
 
 /// Loads a model and the dataset it is evaluated on, checking that they fit each other. The
 /// model defines the input normalisation (an imported model expects its own).
-pub(super) fn load_model_and_data(m: &ModelArgs, data: &str, split: &SplitArgs) -> Result<(ModelFile, Dataset)> {
-    let file = m.load().context("loading the model")?;
+pub(super) fn load_model_and_data(m: &ModelArgs, data: &str, split: &SplitArgs, device: &Device) -> Result<(ModelFile, Dataset)> {
+    let file = m.load(device).context("loading the model")?;
     let spec: DataSpec = data.parse()?;
     let t = Instant::now();
     let ds = file.load_data(&spec, &split.options(None)).with_context(|| format!("loading dataset {spec}"))?;
@@ -275,7 +276,7 @@ pub(super) fn load_model_and_data(m: &ModelArgs, data: &str, split: &SplitArgs) 
     if m.imported() {
         let split = if ds.val.is_empty() { &ds.test } else { &ds.val };
         if !split.is_empty()
-            && let Some(w) = fineprune::metrics::normalization_check(&file, split, &fineprune::cpu_device())?.warning()
+            && let Some(w) = fineprune::metrics::normalization_check(&file, split, device)?.warning()
         {
             eprintln!("warning: {}: {w}", m.path().display());
         }

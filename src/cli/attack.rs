@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use burn::tensor::Device;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -68,14 +69,14 @@ pub(super) struct AttackArgs {
     pub(super) json: bool,
 }
 
-pub(super) fn cmd_attack(a: AttackArgs) -> Result<()> {
+pub(super) fn cmd_attack(a: AttackArgs, device: &Device) -> Result<()> {
     let start = Instant::now();
     let ds = a.data.load()?;
     let trigger = trigger_spec::parse(&a.trigger)?;
     let target: Target = a.target.parse()?;
     target.validate(ds.classes.len())?;
     let cfg = AttackConfig { trigger: trigger.clone(), target, poison_rate: a.poison_rate, poison_seed: a.poison_seed, clean_label: a.clean_label, train: a.opts.config() };
-    let device = fineprune::cpu_device();
+    let device = device.clone();
     let mut bars = Bars::new(false);
     let trained = if a.pruning_aware {
         let pa = PruningAwareConfig { fraction: a.prune_fraction, max_acc_drop: a.max_acc_drop, layer: a.layer.clone(), ..Default::default() };

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::Device;
 use anyhow::{Context, Result};
 use clap::Args;
 
@@ -52,8 +53,8 @@ fn measure_named(name: &str, batch: usize, steps: usize, device: &burn::tensor::
     Ok(fineprune::bench::measure(name, batch, steps, device)?)
 }
 
-pub(super) fn fineprune_bench(a: BenchArgs) -> Result<()> {
-    let device = fineprune::cpu_device();
+pub(super) fn fineprune_bench(a: BenchArgs, device: &Device) -> Result<()> {
+    let device = device.clone();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if !a.sweep_only {
         let results = if a.arch.is_empty() {
@@ -79,7 +80,7 @@ pub(super) fn fineprune_bench(a: BenchArgs) -> Result<()> {
     let (model, split, norm, what) = match (&a.model, &a.data) {
         (Some(m), Some(d)) => {
             let args = ModelArgs { model: Some(m.clone()), weights: None, arch: None, mean: vec![], std: vec![], allow_non_finite: false, max_model_bytes: None, max_tensor_elements: None };
-            let (file, ds) = load_model_and_data(&args, d, &SplitArgs::default())?;
+            let (file, ds) = load_model_and_data(&args, d, &SplitArgs::default(), &device)?;
             let n = a.samples.min(ds.val.len());
             (file.model, ds.val.subset(&(0..n).collect::<Vec<_>>()), ds.normalization, format!("{} on {d}", m.display()))
         }

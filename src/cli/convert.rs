@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::Device;
 use anyhow::{Context, Result};
 use clap::Args;
 
@@ -19,8 +20,8 @@ pub(super) struct ConvertArgs {
     pub(super) keep_shape: bool,
 }
 
-pub(super) fn cmd_convert(a: ConvertArgs) -> Result<()> {
-    let mut file = a.model.load().context("loading the model")?;
+pub(super) fn cmd_convert(a: ConvertArgs, device: &Device) -> Result<()> {
+    let mut file = a.model.load(&device).context("loading the model")?;
     let mut removed = 0;
     if !a.keep_shape {
         // Fold every mask that can be folded (a model pruned with --keep-shape, or one imported

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::Device;
 use anyhow::Result;
 use clap::Args;
 
@@ -21,10 +22,10 @@ pub(super) struct DemoArgs {
     pub(super) seed: u64,
 }
 
-pub(super) fn cmd_demo(a: DemoArgs) -> Result<()> {
+pub(super) fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
     eprintln!("fineprune demo: a backdoor planted and removed, on a built-in synthetic traffic-sign set");
     let mut bars = Bars::new(false);
-    let r = fineprune::demo::run(&a.out, &a.arch, a.seed, &mut bars)?;
+    let r = fineprune::demo::run(&a.out, &a.arch, a.seed, device, &mut bars)?;
     println!();
     println!("trigger {} -> class {} ({})", r.trigger, r.target, r.classes[r.target]);
     println!("{:<36} {:>15} {:>20}", "", "clean accuracy", "attack success rate");

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use burn::tensor::Device;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -37,15 +38,15 @@ pub(super) struct EvalArgs {
     pub(super) json: bool,
 }
 
-pub(super) fn cmd_eval(a: EvalArgs) -> Result<()> {
+pub(super) fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
     let start = Instant::now();
-    let device = fineprune::cpu_device();
+    let device = device.clone();
     let spec: DataSpec = a.data.parse()?;
     let mut bars = Bars::new(a.json);
     let (file, report, asr) = if spec.kind == Kind::Folder {
         eval_folder_streamed(&a, &spec, &device, &mut bars)?
     } else {
-        let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve)?;
+        let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve, &device)?;
         let split = ds.split(&a.split)?;
         let attack = attack_to_measure(&a, &file)?;
         bars.phase(&format!("evaluating on the {} split", a.split), split.len());
@@ -95,7 +96,7 @@ fn attack_to_measure(a: &EvalArgs, file: &ModelFile) -> Result<Option<(Triggered
 
 /// `eval` on an image folder: only the asked split's files are decoded, a chunk at a time.
 fn eval_folder_streamed(a: &EvalArgs, spec: &DataSpec, device: &burn::tensor::Device, bars: &mut Bars) -> Result<(ModelFile, ClassReport, Option<AttackEval>)> {
-    let file = a.model.load().context("loading the model")?;
+    let file = a.model.load(&device).context("loading the model")?;
     let attack = attack_to_measure(a, &file)?;
     let measured = attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target));
     let (report, asr) = evaluate_folder(&file, &spec.path, &a.split, &a.carve.options(None), measured, device, bars).with_context(|| format!("evaluating {spec}"))?;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::Device;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -43,10 +44,10 @@ pub(super) struct InspectArgs {
     pub(super) json: bool,
 }
 
-pub(super) fn cmd_inspect(a: InspectArgs) -> Result<()> {
-    let device = fineprune::cpu_device();
+pub(super) fn cmd_inspect(a: InspectArgs, device: &Device) -> Result<()> {
+    let device = device.clone();
     let Some(data) = a.data.as_deref() else {
-        let file = a.model.load().context("loading the model")?;
+        let file = a.model.load(&device).context("loading the model")?;
         let g = &file.model.graph;
         let shapes = file.model.shapes();
         let site = fineprune::prune::find_site(&file.model, None).ok();
@@ -65,7 +66,7 @@ pub(super) fn cmd_inspect(a: InspectArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let (file, ds) = load_model_and_data(&a.model, data, &SplitArgs { layout: a.layout, ..SplitArgs::default() })?;
+    let (file, ds) = load_model_and_data(&a.model, data, &SplitArgs { layout: a.layout, ..SplitArgs::default() }, &device)?;
     let site = fineprune::prune::find_site(&file.model, layer_name(&file, a.layer.as_deref()).as_deref())?;
     eprintln!("layer {} ({} channels): {}", site.name, site.channels, site.reason);
     let split = ds.split(&a.split)?;

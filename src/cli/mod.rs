@@ -9,6 +9,10 @@ use fineprune::model::arch;
 #[derive(Parser)]
 #[command(name = "fineprune", version, about = "Find and remove backdoors in neural networks (Fine-Pruning, RAID 2018)")]
 struct Cli {
+    /// Where tensors live: cpu (default), wgpu (Vulkan/Metal/DX12) or cuda[:N]; the GPU ones
+    /// need a build with `--features wgpu` or `--features cuda`.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: fineprune::device::DeviceSpec,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,19 +102,20 @@ impl std::error::Error for Exit {}
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    let device = || fineprune::device::open(cli.device);
     match cli.command {
-        Command::Train(a) => cmd_train(a),
-        Command::Eval(a) => cmd_eval(a),
-        Command::Attack(a) => cmd_attack(a),
+        Command::Train(a) => cmd_train(a, &device()?),
+        Command::Eval(a) => cmd_eval(a, &device()?),
+        Command::Attack(a) => cmd_attack(a, &device()?),
         Command::Trigger(TriggerCommand::Preview(a)) => cmd_preview(a),
         Command::Trigger(TriggerCommand::Apply(a)) => cmd_apply(a),
-        Command::Inspect(a) => cmd_inspect(a),
-        Command::Scan(a) => cmd_scan(a),
-        Command::Defend(a) => cmd_defend(a),
-        Command::Reproduce(a) => cmd_reproduce(a),
-        Command::Bench(a) => fineprune_bench(a),
-        Command::Demo(a) => cmd_demo(a),
-        Command::Convert(a) => cmd_convert(a),
+        Command::Inspect(a) => cmd_inspect(a, &device()?),
+        Command::Scan(a) => cmd_scan(a, &device()?),
+        Command::Defend(a) => cmd_defend(a, &device()?),
+        Command::Reproduce(a) => cmd_reproduce(a, &device()?),
+        Command::Bench(a) => fineprune_bench(a, &device()?),
+        Command::Demo(a) => cmd_demo(a, &device()?),
+        Command::Convert(a) => cmd_convert(a, &device()?),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "fineprune", &mut std::io::stdout());
             Ok(())

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::Device;
 use anyhow::Result;
 use clap::Args;
 
@@ -27,9 +28,9 @@ pub(super) struct ReproduceArgs {
     pub(super) seed: u64,
 }
 
-pub(super) fn cmd_reproduce(a: ReproduceArgs) -> Result<()> {
+pub(super) fn cmd_reproduce(a: ReproduceArgs, device: &Device) -> Result<()> {
     let mut bars = Bars::new(true);
-    let r = fineprune::reproduce::run(a.task, &a.data_root, &a.out, a.quick, a.seed, &mut bars)?;
+    let r = fineprune::reproduce::run(a.task, &a.data_root, &a.out, a.quick, a.seed, device, &mut bars)?;
     let (json, html) = fineprune::reproduce::write(&a.out, &r)?;
     println!("{:<40} {:<12} {:>9} {:>9} {:>8}", "attack", "defense", "clean", "ASR", "pruned");
     for row in &r.rows {

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::Device;
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -109,12 +110,12 @@ impl ScanArgs {
     }
 }
 
-pub(super) fn cmd_scan(a: ScanArgs) -> Result<()> {
+pub(super) fn cmd_scan(a: ScanArgs, device: &Device) -> Result<()> {
     if a.family.is_empty() {
         bail!("give at least one trigger family");
     }
-    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split)?;
-    let device = fineprune::cpu_device();
+    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split, &device)?;
+    let device = device.clone();
     let mut bars = Bars::new(a.json);
     let (outcome, recheck) = match (&a.recheck, a.recheck_target) {
         (Some(path), Some(target)) => {

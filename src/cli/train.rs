@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use burn::tensor::Device;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -30,11 +31,11 @@ pub(super) struct TrainArgs {
     pub(super) json: bool,
 }
 
-pub(super) fn cmd_train(a: TrainArgs) -> Result<()> {
+pub(super) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
     let start = Instant::now();
     let ds = a.data.load()?;
     let cfg = a.opts.config();
-    let device = fineprune::cpu_device();
+    let device = device.clone();
     let mut bars = Bars::new(false);
     let trained = train_new(&a.arch, &ds, &cfg, &device.clone().autodiff(), &mut bars)?;
     trained.file.save(&a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;

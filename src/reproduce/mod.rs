@@ -231,7 +231,7 @@ pub fn dataset_digest(ds: &Dataset) -> String {
     format!("fnv1a64:{h:016x}")
 }
 
-pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, progress: &mut dyn Stages) -> Result<Reproduction> {
+pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, device: &burn::tensor::Device, progress: &mut dyn Stages) -> Result<Reproduction> {
     let start = Instant::now();
     let plan = task.plan(data_root, quick, seed);
     let spec_: DataSpec = plan.data.parse()?;
@@ -241,7 +241,7 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, pro
         ds.test = crate::defense::defender_split(&ds.test, (nt as f64 / ds.test.len() as f64).min(1.0), seed ^ 2)?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let device = crate::cpu_device();
+    let device = device.clone();
     let ad = device.clone().autodiff();
     let attacks = plan.baseline.len() + 1;
     // Training, the attacks, a scan of every model, the defenses.

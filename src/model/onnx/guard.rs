@@ -226,6 +226,11 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
             "Flatten" | "Gemm" => Some(2),
             "Reshape" => n.input.get(1).and_then(|s| init_dims.get(s.as_str())).and_then(|d| d.first()).and_then(|&len| usize::try_from(len).ok()),
             "Gather" => n.input.get(1).and_then(|i| init_dims.get(i.as_str())).and_then(|d| first.map(|r| (r + d.len()).saturating_sub(1))),
+            "Shape" => Some(1),
+            // Broadcasting: the larger rank, when every input's is known.
+            "Add" | "Sub" | "Mul" | "Div" => {
+                n.input.iter().map(|x| rank.get(x.as_str()).copied().or_else(|| init_dims.get(x.as_str()).map(|d| d.len()))).collect::<Option<Vec<usize>>>().and_then(|r| r.into_iter().max())
+            }
             _ => None,
         };
         if let Some(r) = r {
@@ -243,14 +248,13 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
 /// rank 1 where the rank is known, is refused here, before it gets there.
 fn check_splits(graph: &GraphProto) -> Result<()> {
     let ranks = known_ranks(graph);
-    let weights: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let shape_like: HashSet<&str> = graph.node.iter().filter(|n| matches!(n.op_type.as_str(), "Shape" | "Constant")).flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let features = feature_values(graph);
     for (i, n) in graph.node.iter().enumerate().filter(|(_, n)| n.op_type == "Split") {
         let axis = n.attribute.iter().find(|a| a.name == "axis").map_or(0, |a| a.i);
         if axis != 1 {
             return Err(Error::model(format!("node {}: Split on axis {axis} (only the channel axis 1 is supported)", node_label(n, i))));
         }
-        if let Some(x) = n.input.first().filter(|x| weights.contains(x.as_str()) || shape_like.contains(x.as_str())) {
+        if let Some(x) = n.input.first().filter(|x| !features.contains(x.as_str())) {
             return Err(Error::model(format!("node {}: Split of {x:?}, a weight or a shape (only feature maps computed from the input can be split)", node_label(n, i))));
         }
         if let Some(r) = n.input.first().and_then(|x| ranks.get(x.as_str())).filter(|&&r| r < 2) {
@@ -258,6 +262,19 @@ fn check_splits(graph: &GraphProto) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The values computed from the model's input other than through its shape (`Shape`, and what
+/// is computed from shapes and constants alone). Nodes must be in topological order.
+fn feature_values(graph: &GraphProto) -> HashSet<&str> {
+    let weights: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut set: HashSet<&str> = graph.input.iter().map(|v| v.name.as_str()).filter(|v| !weights.contains(v)).collect();
+    for n in &graph.node {
+        if !matches!(n.op_type.as_str(), "Shape" | "Size" | "ConstantOfShape") && n.input.iter().any(|x| set.contains(x.as_str())) {
+            set.extend(n.output.iter().map(String::as_str));
+        }
+    }
+    set
 }
 
 fn node_label(n: &NodeProto, i: usize) -> String {
