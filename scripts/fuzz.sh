@@ -24,6 +24,8 @@ JOBS=${JOBS:-1}   # targets fuzzed at once (one core each)
 all=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v fineprune-fuzz)
 targets=${*:-$all}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# The commit fuzzed: the one built now (a later commit must not stamp this run's rows).
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src fuzz Cargo.toml || echo -dirty)
 cargo +nightly fuzz build -O >&2
 mkdir -p target/fuzz-logs
 # Real files make better seeds than the synthetic committed ones; they are datasets, so they are
@@ -57,7 +59,7 @@ run_target() {
   local line
   line=$(printf '{"target": "%s", "executions": %s, "exec_per_s": %s, "edges": %s, "features": %s, "findings": %s, "seconds": %s, "runs_asked": %s, "max_seconds": %s, "jobs": %s, "date": "%s", "commit": "%s", "machine": "%s, %s cores"}' \
     "$t" "${execs:-null}" "${rate:-null}" "${cov:-null}" "${ft:-null}" "$found" $((SECONDS - start)) "$RUNS" "$secs" "$JOBS" \
-    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)")
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$commit" "$(uname -m)" "$(nproc)")
   echo "$line" >> docs/results/fuzz.jsonl
 }
 for t in $targets; do

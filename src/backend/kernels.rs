@@ -480,6 +480,22 @@ pub fn relu_grad_in_place(y: &[f32], grad: &mut [f32]) {
     });
 }
 
+/// SiLU, `x * sigmoid(x)`, in place, in parallel pieces.
+pub fn silu_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(PIECE).for_each(|c| c.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()));
+}
+
+/// SiLU's gradient in place from its input: `grad * s (1 + x (1 - s))`, `s = sigmoid(x)`.
+pub fn silu_grad_in_place(x: &[f32], grad: &mut [f32]) {
+    assert_eq!(x.len(), grad.len());
+    grad.par_chunks_mut(PIECE).zip(x.par_chunks(PIECE)).for_each(|(g, x)| {
+        for (g, &v) in g.iter_mut().zip(x) {
+            let s = 1.0 / (1.0 + (-v).exp());
+            *g *= s * (1.0 + v * (1.0 - s));
+        }
+    });
+}
+
 /// `min(max(x, min), max)` in place, in parallel pieces (NaN stays NaN, as burn's clamp).
 pub fn clip_in_place(x: &mut [f32], min: f32, max: f32) {
     x.par_chunks_mut(PIECE).for_each(|c| c.iter_mut().for_each(|v| *v = if v.is_nan() { *v } else { v.max(min).min(max) }));

@@ -56,6 +56,10 @@ pub trait FastCpu: Backend {
     fn fast_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// ReLU's gradient from its output.
     fn fast_relu_grad(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// SiLU, `x * sigmoid(x)` (any rank), in place when the input is not shared.
+    fn fast_silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Its gradient from its input.
+    fn fast_silu_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `min(max(x, min), max)` (any rank; ReLU6), in place when the input is not shared.
     fn fast_clip(x: FloatTensor<Self>, spec: ClipSpec) -> FloatTensor<Self>;
     /// Its gradient from its output: kept strictly inside the interval (PyTorch's hardtanh).
@@ -193,6 +197,18 @@ impl FastCpu for Flex {
         x
     }
 
+    fn fast_silu(x: FlexTensor) -> FlexTensor {
+        let mut x = contiguous(x);
+        kernels::silu_in_place(x.storage_mut::<f32>());
+        x
+    }
+
+    fn fast_silu_grad(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (x, mut grad) = (x.to_contiguous(), contiguous(grad));
+        kernels::silu_grad_in_place(x.storage(), grad.storage_mut::<f32>());
+        grad
+    }
+
     fn fast_clip(x: FlexTensor, spec: ClipSpec) -> FlexTensor {
         let mut x = contiguous(x);
         kernels::clip_in_place(x.storage_mut::<f32>(), spec.min, spec.max);
@@ -279,6 +295,22 @@ impl<B: Backend + FastCpu> Backward<B, 1> for ReluBackward {
         let grad = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
             grads.register::<B>(node.id, B::fast_relu_grad(ops.state, grad));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SiluBackward;
+
+impl<B: Backend + FastCpu> Backward<B, 1> for SiluBackward {
+    /// The input.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::fast_silu_grad(ops.state, grad));
         }
     }
 }
@@ -417,6 +449,20 @@ impl<B: Backend + FastCpu, C: CheckpointStrategy> FastCpu for Autodiff<B, C> {
         unreachable!("gradients are computed on the inner backend")
     }
 
+    fn fast_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SiluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                prep.finish(x.clone(), B::fast_silu(x))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fast_silu(x.into_primitive())),
+        }
+    }
+
+    fn fast_silu_grad(_x: FloatTensor<Self>, _g: FloatTensor<Self>) -> FloatTensor<Self> {
+        unreachable!("gradients are computed on the inner backend")
+    }
+
     fn fast_clip(x: FloatTensor<Self>, spec: ClipSpec) -> FloatTensor<Self> {
         match ClipBackward(spec).prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -512,6 +558,14 @@ pub fn channel_affine(x: Tensor<4>, scale: Tensor<1>, shift: Tensor<1>) -> Tenso
         return x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1]);
     }
     Tensor::from_dispatch(<Dispatch as FastCpu>::fast_channel_affine(x.into_dispatch(), scale.into_dispatch(), shift.into_dispatch()))
+}
+
+/// SiLU (any rank): the parallel kernel on Flex in f32, burn's operation otherwise (one thread).
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !on_flex_f32(&x) {
+        return burn::tensor::activation::silu(x);
+    }
+    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_silu(x.into_dispatch()))
 }
 
 /// `min(max(x, min), max)` (any rank): the parallel kernel on Flex in f32, burn's operation
@@ -654,6 +708,20 @@ mod tests {
                 close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), &format!("{what} bias gradient"));
             }
         }
+    }
+
+    #[test]
+    fn silu_matches_burn_forward_and_backward() {
+        let device = crate::cpu_device().autodiff();
+        let mut rng = Rng::new(7);
+        let x = random([3, 4, 6, 5], &mut rng, &device).mul_scalar(3.0).require_grad();
+        let fast = silu(x.clone());
+        let slow = burn::tensor::activation::silu(x.clone());
+        let r = random(fast.dims(), &mut rng, &device);
+        let gf = (fast.clone() * r.clone()).sum().backward();
+        let gs = (slow.clone() * r).sum().backward();
+        close(fast, slow, "silu output");
+        close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), "silu gradient");
     }
 
     #[test]

@@ -249,6 +249,7 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
 fn check_splits(graph: &GraphProto) -> Result<()> {
     let ranks = known_ranks(graph);
     let features = feature_values(graph);
+    let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     for (i, n) in graph.node.iter().enumerate().filter(|(_, n)| n.op_type == "Split") {
         let axis = n.attribute.iter().find(|a| a.name == "axis").map_or(0, |a| a.i);
         if axis != 1 {
@@ -260,8 +261,28 @@ fn check_splits(graph: &GraphProto) -> Result<()> {
         if let Some(r) = n.input.first().and_then(|x| ranks.get(x.as_str())).filter(|&&r| r < 2) {
             return Err(Error::model(format!("node {}: Split on axis 1 of a value of rank {r}", node_label(n, i))));
         }
+        // onnx-ir casts the sizes to usize unchecked: -1 becomes a dimension of 2^64 - 1.
+        let sizes: Vec<i64> = match n.input.get(1).and_then(|s| initializers.get(s.as_str())) {
+            Some(t) => int64_values(t),
+            None => n.attribute.iter().find(|a| a.name == "split").map(|a| a.ints.clone()).unwrap_or_default(),
+        };
+        if sizes.iter().any(|&v| v < 0) {
+            return Err(Error::model(format!("node {}: Split into sizes {sizes:?}", node_label(n, i))));
+        }
     }
     Ok(())
+}
+
+/// The values of an int64 tensor (stored as `int64_data` or little-endian `raw_data`).
+fn int64_values(t: &TensorProto) -> Vec<i64> {
+    if t.data_type != 7 {
+        return vec![];
+    }
+    if t.raw_data.is_empty() {
+        t.int64_data.clone()
+    } else {
+        t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+    }
 }
 
 /// The values computed from the model's input other than through its shape (`Shape`, and what
