@@ -100,6 +100,11 @@ impl Budget<'_> {
                 .filter(|&n| n <= self.limits.max_tensor_elements)
                 .ok_or_else(|| Error::model(format!("{what}: dims {:?} exceed the limit of {} elements per tensor (see --max-tensor-elements)", t.dims, self.limits.max_tensor_elements)))?;
         }
+        // No layer has an empty weight, and onnx-ir's constant folding indexes one unchecked
+        // (an empty constant broadcast against a scalar).
+        if numel == 0 && matches!(t.data_type, 1 | 10 | 11 | 16) {
+            return Err(Error::model(format!("{what}: a float tensor with no elements (dims {:?})", t.dims)));
+        }
         let bytes = (numel * size) as u64;
         self.total_bytes += bytes;
         if self.total_bytes > self.limits.max_total_bytes {
