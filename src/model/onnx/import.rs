@@ -677,7 +677,7 @@ fn shuffle_step(b: &mut Builder, node: &Node) -> Option<std::result::Result<(), 
                 b.views.insert(out.name.clone(), (src, groups, true));
                 Ok(())
             }
-            Node::Reshape(r) if swapped && per_sample().is_some_and(|p| Shape::Map([p[0], p[1], p[2]]) == shape && p.len() == 3) => {
+            Node::Reshape(r) if swapped && per_sample().is_some_and(|p| p.len() == 3 && Shape::Map([p[0], p[1], p[2]]) == shape) => {
                 b.add_named(&r.name, Op::ChannelShuffle { groups }, vec![src], out).map(drop).map_err(|e| e.to_string())
             }
             _ => Err("uses a rank-5 view of a feature map other than as a channel shuffle".into()),
