@@ -17,7 +17,9 @@ ARCHS=${ARCHS:-vit mobilenet_v2}
 out=docs/results/arch-defenses.jsonl
 mkdir -p "$DIR" docs/results
 cargo build --release -q
-FP=./target/release/fineprune
+# A copy, so a rebuild while this runs cannot change the binary under the later runs.
+FP="$DIR/fineprune"
+cp target/release/fineprune "$FP"
 stamp=$(printf '"date": "%s", "commit": "%s", "machine": "%s, %s cores"' "$(date -u +%Y-%m-%d)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)")
 : > "$out"
 for arch in $ARCHS; do

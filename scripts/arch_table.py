@@ -32,17 +32,24 @@ def cell(r):
     return f"yes ({agree}{back})"
 
 
+# The latest row per (architecture, exporter) counts; each measurement's date and commit are
+# named, since architectures can be re-measured alone.
+stamps = {}
+for r in by.values():
+    stamps.setdefault((r["date"], r["commit"]), []).append(r["model"])
+when = "; ".join(f"{d} at commit {c}" + ("" if len(stamps) == 1 else f" ({', '.join(dict.fromkeys(models))})") for (d, c), models in sorted(stamps.items()))
 out = ["# Architectures: which torchvision models import", "",
-       f"Measured {stamp['date']} at commit {stamp['commit']} on {stamp['machine']}, PyTorch {stamp['torch']}, by "
+       f"Measured {when} on {stamp['machine']}, PyTorch {stamp['torch']}, by "
        "`scripts/torchvision_zoo.py` (table by `scripts/arch_table.py`). Each architecture with random weights "
-       "(seeded; BatchNorm statistics perturbed), 10 classes, 64x64 inputs (VGG 224x224), exported by PyTorch's "
+       "(seeded; BatchNorm statistics perturbed, and the vision transformer's constant-initialised parameters), "
+       "10 classes, 64x64 inputs (VGG 224x224), exported by PyTorch's "
        "default exporter (`dynamo`, torch.export) and by the older TorchScript one. A cell reads: imported, the "
        "share of 32 inputs on which fineprune's prediction equals PyTorch's, and the largest logit difference "
        "between PyTorch and fineprune's own re-export run in onnxruntime.", "",
        "| architecture | " + " | ".join(exporters) + " |", "|---|" + "---|" * len(exporters)]
 for a in archs:
     out.append(f"| {a} | " + " | ".join(cell(by.get((a, e))) for e in exporters) + " |")
-fails = [r for r in rows if not r.get("imported")]
+fails = [r for r in by.values() if not r.get("imported")]
 if fails:
     out += ["", "Why the others do not import (fineprune's own message, shortened):", ""]
     for r in fails:
@@ -91,7 +98,7 @@ print("\n".join(out))
 
 if readme:
     good = lambda r: r.get("imported") and r.get("agreement") == 1.0  # noqa: E731
-    ok = sorted({r["model"] for r in rows if good(r)})
+    ok = sorted({r["model"] for r in by.values() if good(r)})
     both = [a for a in archs if all(good(by.get((a, e), {})) for e in exporters)]
     no = sorted(set(archs) - set(ok))
     summary = (f"Of {len(archs)} torchvision architectures exported from PyTorch, {len(ok)} import and predict as PyTorch "
