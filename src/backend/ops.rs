@@ -654,20 +654,25 @@ mod tests {
             let w = random([o, xs[1], k[0], k[1]], &mut rng, &device).require_grad();
             let b = random([o], &mut rng, &device).require_grad();
             // Every other case without a bias (the kernels fuse it when there is one).
-            let bias = (case % 2 == 0).then(|| b.clone());
             let opts = ConvOptions::new(stride, pad, dil, 1);
-            let fast = conv2d(x.clone(), w.clone(), bias.clone(), opts.clone());
-            let slow = burn::tensor::module::conv2d(x.clone(), w.clone(), bias.clone(), opts);
-            let r = random(fast.dims(), &mut rng, &device);
-            let gf = (fast.clone() * r.clone()).sum().backward();
-            let gs = (slow.clone() * r).sum().backward();
-            let what = format!("{xs:?} k{k:?} s{stride:?} p{pad:?} d{dil:?}");
-            close(fast, slow, &format!("{what} output"));
-            close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{what} input gradient"));
-            close(w.grad(&gf).unwrap(), w.grad(&gs).unwrap(), &format!("{what} weight gradient"));
-            if bias.is_some() {
-                close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), &format!("{what} bias gradient"));
-            }
+            same_convolution(x, w, b, case % 2 == 0, opts, &format!("{xs:?} k{k:?} s{stride:?} p{pad:?} d{dil:?}"), &mut rng);
+        }
+    }
+
+    /// Our convolution and burn's give the same output and the same three gradients (the bias
+    /// `b` is used when `with_bias`).
+    fn same_convolution(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>, with_bias: bool, opts: ConvOptions<2>, what: &str, rng: &mut Rng) {
+        let bias = with_bias.then(|| b.clone());
+        let fast = conv2d(x.clone(), w.clone(), bias.clone(), opts.clone());
+        let slow = burn::tensor::module::conv2d(x.clone(), w.clone(), bias, opts);
+        let r = random(fast.dims(), rng, &fast.device());
+        let gf = (fast.clone() * r.clone()).sum().backward();
+        let gs = (slow.clone() * r).sum().backward();
+        close(fast, slow, &format!("{what} output"));
+        close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{what} input gradient"));
+        close(w.grad(&gf).unwrap(), w.grad(&gs).unwrap(), &format!("{what} weight gradient"));
+        if with_bias {
+            close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), &format!("{what} bias gradient"));
         }
     }
 
@@ -693,20 +698,8 @@ mod tests {
             let x = random(xs, &mut rng, &device).require_grad();
             let w = random([c, 1, k[0], k[1]], &mut rng, &device).require_grad();
             let b = random([c], &mut rng, &device).require_grad();
-            let bias = (case % 2 == 0).then(|| b.clone());
             let opts = ConvOptions::new(stride, pad, dil, c);
-            let fast = conv2d(x.clone(), w.clone(), bias.clone(), opts.clone());
-            let slow = burn::tensor::module::conv2d(x.clone(), w.clone(), bias.clone(), opts);
-            let r = random(fast.dims(), &mut rng, &device);
-            let gf = (fast.clone() * r.clone()).sum().backward();
-            let gs = (slow.clone() * r).sum().backward();
-            let what = format!("depthwise {xs:?} k{k:?} s{stride:?} p{pad:?} d{dil:?}");
-            close(fast, slow, &format!("{what} output"));
-            close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{what} input gradient"));
-            close(w.grad(&gf).unwrap(), w.grad(&gs).unwrap(), &format!("{what} weight gradient"));
-            if bias.is_some() {
-                close(b.grad(&gf).unwrap(), b.grad(&gs).unwrap(), &format!("{what} bias gradient"));
-            }
+            same_convolution(x, w, b, case % 2 == 0, opts, &format!("depthwise {xs:?} k{k:?} s{stride:?} p{pad:?} d{dil:?}"), &mut rng);
         }
     }
 
