@@ -460,7 +460,7 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
                             let v = f32s(&c).map_err(|e| e.to_string())?;
                             match xs {
                                 // [1, C, T, 1]: a position embedding in our own (channels-first) export.
-                                Shape::Map([ch, t, 1]) if t > 1 && v.len() == ch * t => {
+                                Shape::Map([ch, t, 1]) if t > 1 && matches!(dims(&c)[..], [1, a, b, 1] | [a, b, 1] if a == ch && b == t) => {
                                     let i = b.add_named(&n.name, Op::PositionEmbedding { channels: ch, tokens: t }, vec![x], out).map_err(|e| e.to_string())?;
                                     b.tensors.push((i, "weight", TensorData::new(v, [ch, t])));
                                 }

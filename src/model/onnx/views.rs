@@ -244,6 +244,10 @@ pub fn view_step(b: &mut Builder, node: &Node) -> Option<Step> {
                 (None, Some(table)) if layout == Layout::Tokens && sequence => {
                     // [1, T, C] (PyTorch's position embedding) to our [C, T].
                     let v = f32s(&table).map_err(|e| e.to_string())?;
+                    let shape: Vec<usize> = table.shape().iter().copied().collect();
+                    if !matches!(shape[..], [1, a, b] | [a, b] if a == t && b == c) {
+                        return Err(format!("adds a table of shape {shape:?} to a sequence of {t} tokens x {c} channels"));
+                    }
                     if v.len() != t * c {
                         return Err(format!("adds {} values to a sequence of {t} tokens x {c} channels", v.len()));
                     }
