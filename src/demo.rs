@@ -48,7 +48,6 @@ pub fn run(out_dir: &Path, arch: &str, seed: u64, device: &burn::tensor::Device,
     progress.stage("generating the synthetic traffic-sign set (8 classes, 32x32)");
     let spec_ = DataSpec { kind: Kind::Synthetic, path: "builtin".into() };
     let ds = Dataset::load(&spec_, &LoadOptions { seed, ..Default::default() })?;
-    let device = device.clone();
     let trigger: Trigger = spec::parse("patch")?;
     let target = 0;
     let preview_idx: Vec<usize> = (0..8).collect();
@@ -59,19 +58,19 @@ pub fn run(out_dir: &Path, arch: &str, seed: u64, device: &burn::tensor::Device,
     let cfg = AttackConfig { trigger: trigger.clone(), target: Target::Class(target), poison_rate: 0.1, poison_seed: seed, clean_label: false, train: TrainConfig { epochs: 3, seed, ..TrainConfig::default() } };
     let trained = backdoor(arch, &ds, &cfg, &device.clone().autodiff(), progress)?;
     trained.file.save(&out_dir.join("backdoored.safetensors"))?;
-    let before = evaluate_attack(&trained.file, &ds.test, &trigger, Target::Class(target), false, &device, progress)?;
+    let before = evaluate_attack(&trained.file, &ds.test, &trigger, Target::Class(target), false, device, progress)?;
 
     progress.stage("inspecting the last conv layer on clean vs triggered inputs");
     let site = crate::prune::find_site(&trained.file.model, None)?;
-    let clean_means = crate::prune::channel_means(&trained.file.model, &ds.val, &ds.normalization, site.index, &device, 256, progress)?;
+    let clean_means = crate::prune::channel_means(&trained.file.model, &ds.val, &ds.normalization, site.index, device, 256, progress)?;
     let trig_val = trigger.apply_split(&ds.val, None, ds.shape, Use::Test, 1)?;
-    let trig_means = crate::prune::channel_means(&trained.file.model, &trig_val, &ds.normalization, site.index, &device, 256, progress)?;
+    let trig_means = crate::prune::channel_means(&trained.file.model, &trig_val, &ds.normalization, site.index, device, 256, progress)?;
     let chart = crate::report::activation_chart(&site.name, &crate::prune::ranking(&clean_means), &clean_means, Some(&trig_means));
     crate::fsutil::write_atomic(&out_dir.join("activations.svg"), chart.to_svg().as_bytes())?;
 
     progress.stage("scanning the backdoored model from clean data alone: which class, which trigger?");
     let scan_cfg = crate::scan::ScanConfig { clean_fraction: 0.25, seed, ..Default::default() };
-    let scan = crate::scan::scan(&trained.file, &ds, &scan_cfg, &device, progress)?;
+    let scan = crate::scan::scan(&trained.file, &ds, &scan_cfg, device, progress)?;
     crate::report::write_scan_report(&out_dir.join("scan"), &scan, &ds.val, ds.shape, Some(&trigger))?;
 
     progress.stage("fine-pruning with the paper's settings (4% validation-accuracy budget, then fine-tuning)");

@@ -459,57 +459,63 @@ pub fn max_pool2d_grad(g: &PoolGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
 /// Elements per parallel piece of an element-wise kernel: enough work to pay for a task.
 const PIECE: usize = 1 << 15;
 
-/// ReLU's rule: x where x > 0 or NaN (NaN propagates, as PyTorch and burn), else 0.
+/// An element-wise activation with a kernel of its own (burn's run on one thread, and its
+/// clamp's backward goes through masks).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pointwise {
+    /// `x` where `x > 0` or NaN (NaN propagates, as PyTorch and burn), else 0.
+    Relu,
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// `min(max(x, min), max)`, NaN kept (ReLU6 is `[0, 6]`); its gradient is kept strictly
+    /// inside the interval, as PyTorch's hardtanh.
+    Clip { min: f32, max: f32 },
+}
+
+impl Pointwise {
+    /// Whether the gradient is computed from the output (else from the input). From the output,
+    /// the input need not be kept for the backward pass.
+    pub fn grad_from_output(self) -> bool {
+        !matches!(self, Pointwise::Silu)
+    }
+}
+
 #[inline(always)]
-fn relu_keeps(x: f32) -> bool {
-    (x > 0.0) | x.is_nan()
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
 }
 
-/// ReLU in place, in parallel pieces (burn's runs on the calling thread alone).
-pub fn relu_in_place(x: &mut [f32]) {
-    x.par_chunks_mut(PIECE).for_each(|c| c.iter_mut().for_each(|v| *v = if relu_keeps(*v) { *v } else { 0.0 }));
+/// Applies `f` to every element in place, in parallel pieces.
+fn map_in_place(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    x.par_chunks_mut(PIECE).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
 }
 
-/// ReLU's gradient in place: `grad` kept where the output `y` is positive (or NaN), else 0.
-pub fn relu_grad_in_place(y: &[f32], grad: &mut [f32]) {
-    assert_eq!(y.len(), grad.len());
-    grad.par_chunks_mut(PIECE).zip(y.par_chunks(PIECE)).for_each(|(g, y)| {
-        for (g, &v) in g.iter_mut().zip(y) {
-            *g = if relu_keeps(v) { *g } else { 0.0 };
-        }
-    });
+/// `grad = f(saved, grad)` element-wise, in parallel pieces.
+fn grad_in_place(saved: &[f32], grad: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    assert_eq!(saved.len(), grad.len());
+    grad.par_chunks_mut(PIECE).zip(saved.par_chunks(PIECE)).for_each(|(g, s)| g.iter_mut().zip(s).for_each(|(g, &s)| *g = f(s, *g)));
 }
 
-/// SiLU, `x * sigmoid(x)`, in place, in parallel pieces.
-pub fn silu_in_place(x: &mut [f32]) {
-    x.par_chunks_mut(PIECE).for_each(|c| c.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()));
+/// The activation in place. Each one is its own loop, so the compiler vectorises each.
+pub fn pointwise_in_place(x: &mut [f32], act: Pointwise) {
+    match act {
+        Pointwise::Relu => map_in_place(x, |v| if v > 0.0 || v.is_nan() { v } else { 0.0 }),
+        Pointwise::Silu => map_in_place(x, |v| v / (1.0 + (-v).exp())),
+        Pointwise::Clip { min, max } => map_in_place(x, |v| if v.is_nan() { v } else { v.max(min).min(max) }),
+    }
 }
 
-/// SiLU's gradient in place from its input: `grad * s (1 + x (1 - s))`, `s = sigmoid(x)`.
-pub fn silu_grad_in_place(x: &[f32], grad: &mut [f32]) {
-    assert_eq!(x.len(), grad.len());
-    grad.par_chunks_mut(PIECE).zip(x.par_chunks(PIECE)).for_each(|(g, x)| {
-        for (g, &v) in g.iter_mut().zip(x) {
-            let s = 1.0 / (1.0 + (-v).exp());
-            *g *= s * (1.0 + v * (1.0 - s));
-        }
-    });
-}
-
-/// `min(max(x, min), max)` in place, in parallel pieces (NaN stays NaN, as burn's clamp).
-pub fn clip_in_place(x: &mut [f32], min: f32, max: f32) {
-    x.par_chunks_mut(PIECE).for_each(|c| c.iter_mut().for_each(|v| *v = if v.is_nan() { *v } else { v.max(min).min(max) }));
-}
-
-/// A clip's gradient in place from its output `y`: kept where `y` is strictly inside
-/// `(min, max)` (or NaN), else 0.
-pub fn clip_grad_in_place(y: &[f32], grad: &mut [f32], min: f32, max: f32) {
-    assert_eq!(y.len(), grad.len());
-    grad.par_chunks_mut(PIECE).zip(y.par_chunks(PIECE)).for_each(|(g, y)| {
-        for (g, &v) in g.iter_mut().zip(y) {
-            *g = if v <= min || v >= max { 0.0 } else { *g };
-        }
-    });
+/// The activation's gradient in place, from `saved`: its output, or for SiLU its input (see
+/// [`Pointwise::grad_from_output`]).
+pub fn pointwise_grad_in_place(saved: &[f32], grad: &mut [f32], act: Pointwise) {
+    match act {
+        Pointwise::Relu => grad_in_place(saved, grad, |y, g| if y > 0.0 || y.is_nan() { g } else { 0.0 }),
+        Pointwise::Silu => grad_in_place(saved, grad, |x, g| {
+            let s = sigmoid(x);
+            g * s * (1.0 + x * (1.0 - s))
+        }),
+        Pointwise::Clip { min, max } => grad_in_place(saved, grad, |y, g| if y <= min || y >= max { 0.0 } else { g }),
+    }
 }
 
 /// `a += b` (same length), in parallel pieces.

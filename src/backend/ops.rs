@@ -19,7 +19,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 
 use super::depthwise;
-use super::kernels::{self, AdamStep, ConvGeom, PoolGeom};
+use super::kernels::{self, AdamStep, ConvGeom, Pointwise, PoolGeom};
 
 /// Convolution settings the kernels take: stride, padding, dilation; groups 1, or one group
 /// per channel with one filter each (`depthwise`).
@@ -29,13 +29,6 @@ pub struct ConvSpec {
     pub padding: [usize; 2],
     pub dilation: [usize; 2],
     pub depthwise: bool,
-}
-
-/// A clip's interval.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ClipSpec {
-    pub min: f32,
-    pub max: f32,
 }
 
 /// Pooling settings the kernels take: kernel and stride (no padding, floor mode).
@@ -52,18 +45,10 @@ pub trait FastCpu: Backend {
     fn fast_conv2d_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
     /// A convolution's bias gradient: `grad` \[N, O, H, W\] summed to \[O\].
     fn fast_bias_grad(grad: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// ReLU (any rank), in place when the input is not shared.
-    fn fast_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// ReLU's gradient from its output.
-    fn fast_relu_grad(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// SiLU, `x * sigmoid(x)` (any rank), in place when the input is not shared.
-    fn fast_silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// Its gradient from its input.
-    fn fast_silu_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// `min(max(x, min), max)` (any rank; ReLU6), in place when the input is not shared.
-    fn fast_clip(x: FloatTensor<Self>, spec: ClipSpec) -> FloatTensor<Self>;
-    /// Its gradient from its output: kept strictly inside the interval (PyTorch's hardtanh).
-    fn fast_clip_grad(output: FloatTensor<Self>, grad: FloatTensor<Self>, spec: ClipSpec) -> FloatTensor<Self>;
+    /// An element-wise activation (any rank), in place when the input is not shared.
+    fn fast_pointwise(x: FloatTensor<Self>, act: Pointwise) -> FloatTensor<Self>;
+    /// Its gradient from `saved`, the output or the input (see [`Pointwise::grad_from_output`]).
+    fn fast_pointwise_grad(saved: FloatTensor<Self>, grad: FloatTensor<Self>, act: Pointwise) -> FloatTensor<Self>;
     /// `a + b`, same shapes (any rank), in place on `a` when it is not shared.
     fn fast_add(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x * scale[c] + shift[c]` on a map [N, C, H, W]: BatchNorm with running statistics.
@@ -169,11 +154,18 @@ impl FastCpu for Flex {
         flex1(kernels::bias_grad(d[0], d[1], d[2] * d[3], grad.storage()))
     }
 
-    fn fast_relu(x: FlexTensor) -> FlexTensor {
+    fn fast_pointwise(x: FlexTensor, act: Pointwise) -> FlexTensor {
         let mut x = contiguous(x);
         // `storage_mut` copies `x` first if it is shared.
-        kernels::relu_in_place(x.storage_mut::<f32>());
+        kernels::pointwise_in_place(x.storage_mut::<f32>(), act);
         x
+    }
+
+    fn fast_pointwise_grad(saved: FlexTensor, grad: FlexTensor, act: Pointwise) -> FlexTensor {
+        let (saved, mut grad) = (saved.to_contiguous(), contiguous(grad));
+        // `storage_mut` copies the gradient first if it is shared.
+        kernels::pointwise_grad_in_place(saved.storage(), grad.storage_mut::<f32>(), act);
+        grad
     }
 
     fn fast_adam(param: FlexTensor, grad: FlexTensor, m: FlexTensor, v: FlexTensor, step: AdamStep) -> (FlexTensor, FlexTensor, FlexTensor) {
@@ -195,37 +187,6 @@ impl FastCpu for Flex {
         let d = dims4(&x);
         kernels::channel_affine_in_place(d[1], d[2] * d[3], x.storage_mut::<f32>(), scale.storage(), shift.storage());
         x
-    }
-
-    fn fast_silu(x: FlexTensor) -> FlexTensor {
-        let mut x = contiguous(x);
-        kernels::silu_in_place(x.storage_mut::<f32>());
-        x
-    }
-
-    fn fast_silu_grad(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let (x, mut grad) = (x.to_contiguous(), contiguous(grad));
-        kernels::silu_grad_in_place(x.storage(), grad.storage_mut::<f32>());
-        grad
-    }
-
-    fn fast_clip(x: FlexTensor, spec: ClipSpec) -> FlexTensor {
-        let mut x = contiguous(x);
-        kernels::clip_in_place(x.storage_mut::<f32>(), spec.min, spec.max);
-        x
-    }
-
-    fn fast_clip_grad(output: FlexTensor, grad: FlexTensor, spec: ClipSpec) -> FlexTensor {
-        let (output, mut grad) = (output.to_contiguous(), contiguous(grad));
-        kernels::clip_grad_in_place(output.storage(), grad.storage_mut::<f32>(), spec.min, spec.max);
-        grad
-    }
-
-    fn fast_relu_grad(output: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let (output, mut grad) = (output.to_contiguous(), contiguous(grad));
-        // `storage_mut` copies the gradient first if it is shared.
-        kernels::relu_grad_in_place(output.storage(), grad.storage_mut::<f32>());
-        grad
     }
 
     fn fast_conv2d_x_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, spec: ConvSpec) -> FlexTensor {
@@ -284,49 +245,18 @@ impl<B: Backend + FastCpu, const N: usize> Backward<B, N> for Conv2dBackward {
 }
 
 #[derive(Debug)]
-struct ReluBackward;
+struct PointwiseBackward(Pointwise);
 
-impl<B: Backend + FastCpu> Backward<B, 1> for ReluBackward {
-    /// The output: ReLU's gradient needs only its sign.
+impl<B: Backend + FastCpu> Backward<B, 1> for PointwiseBackward {
+    /// What the gradient is computed from: the output, or the input (see
+    /// [`Pointwise::grad_from_output`]).
     type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::fast_relu_grad(ops.state, grad));
-        }
-    }
-}
-
-#[derive(Debug)]
-struct SiluBackward;
-
-impl<B: Backend + FastCpu> Backward<B, 1> for SiluBackward {
-    /// The input.
-    type State = FloatTensor<B>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::fast_silu_grad(ops.state, grad));
-        }
-    }
-}
-
-#[derive(Debug)]
-struct ClipBackward(ClipSpec);
-
-impl<B: Backend + FastCpu> Backward<B, 1> for ClipBackward {
-    /// The output: inside the interval or at a bound is all the gradient needs.
-    type State = FloatTensor<B>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::fast_clip_grad(ops.state, grad, self.0));
+            grads.register::<B>(node.id, B::fast_pointwise_grad(ops.state, grad, self.0));
         }
     }
 }
@@ -435,45 +365,21 @@ impl<B: Backend + FastCpu, C: CheckpointStrategy> FastCpu for Autodiff<B, C> {
         unreachable!("gradients are computed on the inner backend")
     }
 
-    fn fast_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match ReluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let y = B::fast_relu(x.into_primitive());
+    fn fast_pointwise(x: FloatTensor<Self>, act: Pointwise) -> FloatTensor<Self> {
+        match PointwiseBackward(act).prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) if act.grad_from_output() => {
+                let y = B::fast_pointwise(x.into_primitive(), act);
                 prep.finish(y.clone(), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fast_relu(x.into_primitive())),
-        }
-    }
-
-    fn fast_relu_grad(_y: FloatTensor<Self>, _g: FloatTensor<Self>) -> FloatTensor<Self> {
-        unreachable!("gradients are computed on the inner backend")
-    }
-
-    fn fast_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match SiluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let x = x.into_primitive();
-                prep.finish(x.clone(), B::fast_silu(x))
+                prep.finish(x.clone(), B::fast_pointwise(x, act))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fast_silu(x.into_primitive())),
+            OpsKind::UnTracked(prep) => prep.finish(B::fast_pointwise(x.into_primitive(), act)),
         }
     }
 
-    fn fast_silu_grad(_x: FloatTensor<Self>, _g: FloatTensor<Self>) -> FloatTensor<Self> {
-        unreachable!("gradients are computed on the inner backend")
-    }
-
-    fn fast_clip(x: FloatTensor<Self>, spec: ClipSpec) -> FloatTensor<Self> {
-        match ClipBackward(spec).prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let y = B::fast_clip(x.into_primitive(), spec);
-                prep.finish(y.clone(), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fast_clip(x.into_primitive(), spec)),
-        }
-    }
-
-    fn fast_clip_grad(_y: FloatTensor<Self>, _g: FloatTensor<Self>, _s: ClipSpec) -> FloatTensor<Self> {
+    fn fast_pointwise_grad(_s: FloatTensor<Self>, _g: FloatTensor<Self>, _a: Pointwise) -> FloatTensor<Self> {
         unreachable!("gradients are computed on the inner backend")
     }
 
@@ -560,29 +466,29 @@ pub fn channel_affine(x: Tensor<4>, scale: Tensor<1>, shift: Tensor<1>) -> Tenso
     Tensor::from_dispatch(<Dispatch as FastCpu>::fast_channel_affine(x.into_dispatch(), scale.into_dispatch(), shift.into_dispatch()))
 }
 
-/// SiLU (any rank): the parallel kernel on Flex in f32, burn's operation otherwise (one thread).
-pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+/// An activation on its kernel on Flex in f32 (in place when `x` is not shared), `otherwise`
+/// (burn's operation) anywhere else.
+fn pointwise<const D: usize>(x: Tensor<D>, act: Pointwise, otherwise: impl FnOnce(Tensor<D>) -> Tensor<D>) -> Tensor<D> {
     if !on_flex_f32(&x) {
-        return burn::tensor::activation::silu(x);
+        return otherwise(x);
     }
-    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_silu(x.into_dispatch()))
+    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_pointwise(x.into_dispatch(), act))
 }
 
-/// `min(max(x, min), max)` (any rank): the parallel kernel on Flex in f32, burn's operation
-/// otherwise (whose gradient at the bounds differs: it keeps them, PyTorch's hardtanh does not).
-pub fn clip<const D: usize>(x: Tensor<D>, min: f64, max: f64) -> Tensor<D> {
-    if !on_flex_f32(&x) {
-        return x.clamp(min, max);
-    }
-    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_clip(x.into_dispatch(), ClipSpec { min: min as f32, max: max as f32 }))
-}
-
-/// ReLU (any rank): the parallel kernel on Flex in f32, burn's operation otherwise.
+/// ReLU (any rank).
 pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !on_flex_f32(&x) {
-        return burn::tensor::activation::relu(x);
-    }
-    Tensor::from_dispatch(<Dispatch as FastCpu>::fast_relu(x.into_dispatch()))
+    pointwise(x, Pointwise::Relu, burn::tensor::activation::relu)
+}
+
+/// SiLU (any rank).
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    pointwise(x, Pointwise::Silu, burn::tensor::activation::silu)
+}
+
+/// `min(max(x, min), max)` (any rank). Off Flex, burn's clamp, whose gradient keeps the
+/// bounds (PyTorch's hardtanh, and our kernel, do not).
+pub fn clip<const D: usize>(x: Tensor<D>, min: f64, max: f64) -> Tensor<D> {
+    pointwise(x, Pointwise::Clip { min: min as f32, max: max as f32 }, |x| x.clamp(min, max))
 }
 
 /// 2-D max pooling: the kernels on Flex without padding, dilation or ceil mode, burn's

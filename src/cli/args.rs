@@ -108,7 +108,6 @@ impl ModelArgs {
     }
 
     pub(super) fn load(&self, device: &Device) -> Result<ModelFile> {
-        let device = device.clone();
         let cli_norm = (!self.mean.is_empty()).then(|| fineprune::data::Normalization { mean: self.mean.clone(), std: self.std.clone() });
         let file = match (&self.model, &self.weights) {
             (Some(path), _) => {
@@ -138,14 +137,14 @@ impl ModelArgs {
                         path.with_extension("toml").file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
                     );
                 }
-                let mut file = fineprune::model::store::load(path, &opts, &device)?;
+                let mut file = fineprune::model::store::load(path, &opts, device)?;
                 if let Some(n) = cli_norm.filter(|_| !onnx) {
                     n.validate(file.model.graph.input_shape[0])?;
                     file.info.normalization = n;
                 }
                 file
             }
-            (None, Some(weights)) => fineprune::model::store::from_state_dict(self.arch.as_deref().expect("clap requires --arch"), weights, None, cli_norm, &device)?,
+            (None, Some(weights)) => fineprune::model::store::from_state_dict(self.arch.as_deref().expect("clap requires --arch"), weights, None, cli_norm, device)?,
             (None, None) => unreachable!("clap requires --model or --weights"),
         };
         Ok(file)

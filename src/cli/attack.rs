@@ -76,7 +76,6 @@ pub(super) fn cmd_attack(a: AttackArgs, device: &Device) -> Result<()> {
     let target: Target = a.target.parse()?;
     target.validate(ds.classes.len())?;
     let cfg = AttackConfig { trigger: trigger.clone(), target, poison_rate: a.poison_rate, poison_seed: a.poison_seed, clean_label: a.clean_label, train: a.opts.config() };
-    let device = device.clone();
     let mut bars = Bars::new(false);
     let trained = if a.pruning_aware {
         let pa = PruningAwareConfig { fraction: a.prune_fraction, max_acc_drop: a.max_acc_drop, layer: a.layer.clone(), ..Default::default() };
@@ -87,7 +86,7 @@ pub(super) fn cmd_attack(a: AttackArgs, device: &Device) -> Result<()> {
     };
     trained.file.save(&a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
     bars.phase("evaluating clean accuracy and attack success on the test split", ds.test.len());
-    let e = evaluate_attack(&trained.file, &ds.test, &trigger, target, a.asr_include_target, &device, &mut bars)?;
+    let e = evaluate_attack(&trained.file, &ds.test, &trigger, target, a.asr_include_target, device, &mut bars)?;
     bars.clear();
     let seconds = start.elapsed().as_secs_f64();
     let record = trained.file.info.backdoor.as_ref().expect("attacks record their backdoor");

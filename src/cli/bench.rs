@@ -54,14 +54,13 @@ fn measure_named(name: &str, batch: usize, steps: usize, device: &burn::tensor::
 }
 
 pub(super) fn fineprune_bench(a: BenchArgs, device: &Device) -> Result<()> {
-    let device = device.clone();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if !a.sweep_only {
         let results = if a.arch.is_empty() {
-            fineprune::bench::throughput(&device, a.quick)?
+            fineprune::bench::throughput(device, a.quick)?
         } else {
             let steps = a.steps.unwrap_or(if a.quick { 1 } else { 5 });
-            a.arch.iter().map(|name| measure_named(name, a.batch_size, steps, &device)).collect::<Result<Vec<_>>>()?
+            a.arch.iter().map(|name| measure_named(name, a.batch_size, steps, device)).collect::<Result<Vec<_>>>()?
         };
         if a.json {
             for r in &results {
@@ -80,7 +79,7 @@ pub(super) fn fineprune_bench(a: BenchArgs, device: &Device) -> Result<()> {
     let (model, split, norm, what) = match (&a.model, &a.data) {
         (Some(m), Some(d)) => {
             let args = ModelArgs { model: Some(m.clone()), weights: None, arch: None, mean: vec![], std: vec![], allow_non_finite: false, max_model_bytes: None, max_tensor_elements: None };
-            let (file, ds) = load_model_and_data(&args, d, &SplitArgs::default(), &device)?;
+            let (file, ds) = load_model_and_data(&args, d, &SplitArgs::default(), device)?;
             let n = a.samples.min(ds.val.len());
             (file.model, ds.val.subset(&(0..n).collect::<Vec<_>>()), ds.normalization, format!("{} on {d}", m.display()))
         }
@@ -89,10 +88,10 @@ pub(super) fn fineprune_bench(a: BenchArgs, device: &Device) -> Result<()> {
             let ds = Dataset::load(&spec, &LoadOptions::default())?;
             let g = arch::build("signnet", ds.shape, ds.classes.len())?;
             let n = a.samples.min(ds.train.len());
-            (fineprune::model::Model::init(g, 0, &device)?, ds.train.subset(&(0..n).collect::<Vec<_>>()), ds.normalization, "a fresh signnet on the built-in set".to_string())
+            (fineprune::model::Model::init(g, 0, device)?, ds.train.subset(&(0..n).collect::<Vec<_>>()), ds.normalization, "a fresh signnet on the built-in set".to_string())
         }
     };
-    let s = fineprune::bench::sweep(&model, &split, &norm, None, &device)?;
+    let s = fineprune::bench::sweep(&model, &split, &norm, None, device)?;
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());

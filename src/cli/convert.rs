@@ -21,7 +21,7 @@ pub(super) struct ConvertArgs {
 }
 
 pub(super) fn cmd_convert(a: ConvertArgs, device: &Device) -> Result<()> {
-    let mut file = a.model.load(&device).context("loading the model")?;
+    let mut file = a.model.load(device).context("loading the model")?;
     let mut removed = 0;
     if !a.keep_shape {
         // Fold every mask that can be folded (a model pruned with --keep-shape, or one imported

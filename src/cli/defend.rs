@@ -141,7 +141,7 @@ pub(super) struct FstArgs {
 }
 
 pub(super) fn cmd_defend(a: DefendArgs, device: &Device) -> Result<()> {
-    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split, &device)?;
+    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split, device)?;
     let known = match resolve_backdoor(&file, a.attack.trigger.as_deref(), a.attack.asr_data.as_deref(), a.attack.target.as_deref(), a.split.layout)? {
         Some((trigger, Some(target))) => Some(KnownAttack { trigger, target, include_target: a.attack.asr_include_target }),
         Some((_, None)) => bail!("--trigger and --asr-data need --target to measure attack success"),
@@ -176,7 +176,6 @@ pub(super) fn cmd_defend(a: DefendArgs, device: &Device) -> Result<()> {
     if known.is_none() && !a.no_verify {
         cfg.verify = Some(fineprune::scan::ScanConfig { clean_fraction: a.clean_fraction, seed: a.seed, ..Default::default() });
     }
-    let device = device.clone();
     let mut bars = Bars::new(a.json);
     let outcome = defend(&file, &ds, &cfg, known.as_ref(), &device.clone().autodiff(), &mut bars)?;
     eprintln!("layer {} ({} units): {}", outcome.layer, outcome.channels, outcome.layer_reason);

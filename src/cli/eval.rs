@@ -40,18 +40,17 @@ pub(super) struct EvalArgs {
 
 pub(super) fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
     let start = Instant::now();
-    let device = device.clone();
     let spec: DataSpec = a.data.parse()?;
     let mut bars = Bars::new(a.json);
     let (file, report, asr) = if spec.kind == Kind::Folder {
-        eval_folder_streamed(&a, &spec, &device, &mut bars)?
+        eval_folder_streamed(&a, &spec, device, &mut bars)?
     } else {
-        let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve, &device)?;
+        let (file, ds) = load_model_and_data(&a.model, &a.data, &a.carve, device)?;
         let split = ds.split(&a.split)?;
         let attack = attack_to_measure(&a, &file)?;
         bars.phase(&format!("evaluating on the {} split", a.split), split.len());
         let chunks = std::iter::once(Ok(std::borrow::Cow::Borrowed(split)));
-        let (report, asr) = evaluate_chunks(&file, chunks, split.len(), attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target)), &device, &mut bars)?;
+        let (report, asr) = evaluate_chunks(&file, chunks, split.len(), attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target)), device, &mut bars)?;
         (file, report, asr)
     };
     bars.clear();
@@ -96,7 +95,7 @@ fn attack_to_measure(a: &EvalArgs, file: &ModelFile) -> Result<Option<(Triggered
 
 /// `eval` on an image folder: only the asked split's files are decoded, a chunk at a time.
 fn eval_folder_streamed(a: &EvalArgs, spec: &DataSpec, device: &burn::tensor::Device, bars: &mut Bars) -> Result<(ModelFile, ClassReport, Option<AttackEval>)> {
-    let file = a.model.load(&device).context("loading the model")?;
+    let file = a.model.load(device).context("loading the model")?;
     let attack = attack_to_measure(a, &file)?;
     let measured = attack.as_ref().map(|(t, target)| (t, *target, a.attack.asr_include_target));
     let (report, asr) = evaluate_folder(&file, &spec.path, &a.split, &a.carve.options(None), measured, device, bars).with_context(|| format!("evaluating {spec}"))?;

@@ -45,9 +45,8 @@ pub(super) struct InspectArgs {
 }
 
 pub(super) fn cmd_inspect(a: InspectArgs, device: &Device) -> Result<()> {
-    let device = device.clone();
     let Some(data) = a.data.as_deref() else {
-        let file = a.model.load(&device).context("loading the model")?;
+        let file = a.model.load(device).context("loading the model")?;
         let g = &file.model.graph;
         let shapes = file.model.shapes();
         let site = fineprune::prune::find_site(&file.model, None).ok();
@@ -66,18 +65,18 @@ pub(super) fn cmd_inspect(a: InspectArgs, device: &Device) -> Result<()> {
         }
         return Ok(());
     };
-    let (file, ds) = load_model_and_data(&a.model, data, &SplitArgs { layout: a.layout, ..SplitArgs::default() }, &device)?;
+    let (file, ds) = load_model_and_data(&a.model, data, &SplitArgs { layout: a.layout, ..SplitArgs::default() }, device)?;
     let site = fineprune::prune::find_site(&file.model, layer_name(&file, a.layer.as_deref()).as_deref())?;
     eprintln!("layer {} ({} channels): {}", site.name, site.channels, site.reason);
     let split = ds.split(&a.split)?;
     let mut bars = Bars::new(a.json);
     bars.phase(&format!("mean activations on {} clean {} samples", split.len(), a.split), split.len());
-    let clean = fineprune::prune::channel_means(&file.model, split, &ds.normalization, site.index, &device, 256, &mut bars)?;
+    let clean = fineprune::prune::channel_means(&file.model, split, &ds.normalization, site.index, device, 256, &mut bars)?;
     let triggered = match resolve_backdoor(&file, a.trigger.as_deref(), a.asr_data.as_deref(), None, a.layout)? {
         Some((triggered, _)) => {
             let t = triggered.inputs(split, ds.shape)?;
             bars.phase(&format!("mean activations on {} triggered samples", t.len()), t.len());
-            Some((triggered.describe(), fineprune::prune::channel_means(&file.model, &t, &ds.normalization, site.index, &device, 256, &mut bars)?))
+            Some((triggered.describe(), fineprune::prune::channel_means(&file.model, &t, &ds.normalization, site.index, device, 256, &mut bars)?))
         }
         None => None,
     };

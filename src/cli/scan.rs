@@ -114,8 +114,7 @@ pub(super) fn cmd_scan(a: ScanArgs, device: &Device) -> Result<()> {
     if a.family.is_empty() {
         bail!("give at least one trigger family");
     }
-    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split, &device)?;
-    let device = device.clone();
+    let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split, device)?;
     let mut bars = Bars::new(a.json);
     let (outcome, recheck) = match (&a.recheck, a.recheck_target) {
         (Some(path), Some(target)) => {
@@ -124,10 +123,10 @@ pub(super) fn cmd_scan(a: ScanArgs, device: &Device) -> Result<()> {
                 Target::Class(c) => Some(c),
                 Target::Untargeted | Target::AllToAll => None,
             };
-            let (o, r) = recheck(&file, &ds, &a.config(), &trigger, goal, &device, &mut bars)?;
+            let (o, r) = recheck(&file, &ds, &a.config(), &trigger, goal, device, &mut bars)?;
             (o, Some(r))
         }
-        _ => (scan(&file, &ds, &a.config(), &device, &mut bars)?, None),
+        _ => (scan(&file, &ds, &a.config(), device, &mut bars)?, None),
     };
     drop(bars);
     if let Some(dir) = &a.report {

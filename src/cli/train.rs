@@ -35,11 +35,10 @@ pub(super) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
     let start = Instant::now();
     let ds = a.data.load()?;
     let cfg = a.opts.config();
-    let device = device.clone();
     let mut bars = Bars::new(false);
     let trained = train_new(&a.arch, &ds, &cfg, &device.clone().autodiff(), &mut bars)?;
     trained.file.save(&a.out).with_context(|| format!("saving the model to {}", a.out.display()))?;
-    let report = evaluate(&trained.file, &ds.test, &device)?;
+    let report = evaluate(&trained.file, &ds.test, device)?;
     let seconds = start.elapsed().as_secs_f64();
     if a.json {
         let out = json!({

@@ -9,7 +9,7 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::backend::ops::{add, channel_affine, clip, conv2d, max_pool2d, relu, silu as fast_silu};
+use crate::backend::ops::{add, channel_affine, clip, conv2d, max_pool2d, relu, silu};
 use crate::model::graph::{Graph, Op, Shape};
 use crate::rng::Rng;
 
@@ -314,7 +314,7 @@ impl Model {
             Op::Clip { min, max } => elementwise(ins.pop().unwrap(), |t| clip(t, *min, *max), |t| clip(t, *min, *max)),
             Op::HardSigmoid { alpha, beta } => elementwise(ins.pop().unwrap(), |t| hard_sigmoid(t, *alpha, *beta), |t| hard_sigmoid(t, *alpha, *beta)),
             Op::HardSwish => elementwise(ins.pop().unwrap(), hard_swish, hard_swish),
-            Op::Silu => elementwise(ins.pop().unwrap(), fast_silu, fast_silu),
+            Op::Silu => elementwise(ins.pop().unwrap(), silu, silu),
             Op::Gelu => elementwise(ins.pop().unwrap(), gelu, gelu),
             Op::MaxPool { kernel, stride, padding, ceil_mode } => {
                 let opts = MaxPoolOptions::new(*kernel)

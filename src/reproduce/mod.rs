@@ -241,7 +241,6 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, dev
         ds.test = crate::defense::defender_split(&ds.test, (nt as f64 / ds.test.len() as f64).min(1.0), seed ^ 2)?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let device = device.clone();
     let ad = device.clone().autodiff();
     let attacks = plan.baseline.len() + 1;
     // Training, the attacks, a scan of every model, the defenses.
@@ -269,7 +268,7 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, dev
     // comparison picture and says whether the suspect is the planted target.
     let mut scan_model = |progress: &mut dyn Stages, name: &str, file: &ModelFile, planted: Option<(&crate::trigger::Trigger, Target)>| -> Result<()> {
         let t = Instant::now();
-        let outcome = match crate::scan::scan(file, &ds, &scan_config, &device, progress) {
+        let outcome = match crate::scan::scan(file, &ds, &scan_config, device, progress) {
             Ok(o) => o,
             // The scan refuses what it cannot measure (too little clean data); the table says so.
             Err(Error::Invalid(why)) => {
@@ -304,7 +303,7 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, dev
     stage(progress, "training the clean model");
     let t = Instant::now();
     let clean = train_new(&plan.arch, &ds, &plan.train, &ad, progress)?;
-    let clean_eval = crate::metrics::evaluate(&clean.file, &ds.test, &device)?;
+    let clean_eval = crate::metrics::evaluate(&clean.file, &ds.test, device)?;
     rows.push(Row { attack: "none (clean model)".into(), defense: "none".into(), val_accuracy: Some(clean.best_val_accuracy), clean_accuracy: clean_eval.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64() });
     clean.file.save(&out.join("clean.safetensors"))?;
     stage(progress, "scanning the clean model");
@@ -329,16 +328,16 @@ pub fn run(task: Task, data_root: &Path, out: &Path, quick: bool, seed: u64, dev
 
     for (name, a, file, secs) in &models {
         let trigger = spec::parse(&a.trigger)?;
-        let e = evaluate_attack(file, &ds.test, &trigger, a.target, false, &device, progress)?;
+        let e = evaluate_attack(file, &ds.test, &trigger, a.target, false, device, progress)?;
         rows.push(Row { attack: name.clone(), defense: "none".into(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: e.attack_success_rate.rate, attack_success_rate_ci95: Some(e.attack_success_rate.ci95), pruned_fraction: None, within_budget: None, seconds: *secs });
         file.save(&out.join(format!("{}.safetensors", slug(name))))?;
         stage(progress, &format!("scanning {name}"));
         scan_model(progress, name, file, Some((&trigger, a.target)))?;
         // The activation picture for this model.
         let site = crate::prune::find_site(&file.model, None)?;
-        let clean_means = crate::prune::channel_means(&file.model, &ds.val, &ds.normalization, site.index, &device, 256, progress)?;
+        let clean_means = crate::prune::channel_means(&file.model, &ds.val, &ds.normalization, site.index, device, 256, progress)?;
         let trig = trigger.apply_split(&ds.val, None, ds.shape, Use::Test, 1)?;
-        let trig_means = crate::prune::channel_means(&file.model, &trig, &ds.normalization, site.index, &device, 256, progress)?;
+        let trig_means = crate::prune::channel_means(&file.model, &trig, &ds.normalization, site.index, device, 256, progress)?;
         let mut chart = crate::report::activation_chart(&site.name, &crate::prune::ranking(&clean_means), &clean_means, Some(&trig_means));
         chart.title = format!("{name}: mean activation of {}", site.name);
         figures.push(Figure { title: chart.title.clone(), svg: chart.to_svg() });
