@@ -500,3 +500,31 @@ fn every_defense_runs_on_a_vision_transformer_from_pytorch() {
         assert!(max_abs_diff(&onnx_outputs(&again, &x, 2), &onnx_outputs(&out.model, &x, 2)) < 1e-5, "{method}");
     }
 }
+
+/// A transformer whose steps do not fit together is refused in one line naming the step: a
+/// position embedding for another token count, a softmax over the wrong axis of the scores.
+#[test]
+fn a_vision_transformer_that_does_not_fit_together_is_refused() {
+    use onnx_ir::{Message, ModelProto};
+    let bytes = std::fs::read(fixture("vit_torch.onnx")).unwrap();
+    let dev = fineprune::cpu_device();
+    let mutate = |change: &dyn Fn(&mut ModelProto)| {
+        let mut m = ModelProto::parse_from_bytes(&bytes).unwrap();
+        change(&mut m);
+        let err = fineprune::model::onnx::import_bytes(&m.write_to_bytes().unwrap(), None, &ImportOptions::default(), &dev).err().expect("refused");
+        assert!(!fineprune::model::onnx::is_caught_panic(&err), "{err}");
+        err.to_string()
+    };
+    let table = mutate(&|m| {
+        let t = m.graph.as_mut().unwrap().initializer.iter_mut().find(|t| t.dims == [1, 17, 16]).unwrap();
+        t.dims = vec![1, 5, 16];
+        t.raw_data.clear();
+        t.float_data = vec![0.5; 5 * 16];
+    });
+    assert!(table.contains("adds a table of shape [1, 5, 16] to a sequence of 17 tokens x 16 channels"), "{table}");
+    let softmax = mutate(&|m| {
+        let n = m.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "Softmax").unwrap();
+        n.attribute.iter_mut().find(|a| a.name == "axis").unwrap().i = 1;
+    });
+    assert!(softmax.contains("not a step of multi-head attention"), "{softmax}");
+}
