@@ -598,6 +598,11 @@ mod tests {
             ([2, 5, 9, 10], [3, 3], [1, 2], [2, 1], [2, 1]),
             ([2, 4, 2, 3], [3, 3], [1, 1], [1, 1], [1, 1]),
             ([1, 3, 6, 6], [3, 3], [1, 1], [0, 0], [1, 1]),
+            // Strides 3 and 2 with dilation: the column phases of the padded plane.
+            ([2, 3, 11, 13], [3, 3], [3, 3], [1, 1], [1, 1]),
+            ([2, 3, 12, 11], [3, 3], [2, 2], [2, 2], [2, 2]),
+            // A 1x1 output.
+            ([2, 4, 2, 2], [3, 3], [2, 2], [1, 1], [1, 1]),
         ];
         for (case, (xs, k, stride, pad, dil)) in cases.into_iter().enumerate() {
             let c = xs[1];
