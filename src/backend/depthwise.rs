@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::common::{ConvGeom, assume_init, uninit, wide_simd, with_scratch};
+use super::common::{ConvGeom, assume_init, uninit, wide_simd};
 
 /// Where the pixels of one plane go in its padded, phase-split buffer: padded pixel (row,
 /// column) is stored in phase (row % sy, column % sx) at (row / sy, column / sx); phases are
@@ -173,8 +173,8 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
     let l = Layout::of(g);
     let (len, size) = (l.len, l.size());
     let windows: Vec<usize> = (0..taps).map(|t| l.window(t / g.kernel[1], t % g.kernel[1])).collect();
-    // Samples per job: a stack of about 32 KB, and at least two jobs per thread.
-    let stack = (8192 / size).clamp(1, g.batch.div_ceil(2 * rayon::current_num_threads()).max(1));
+    // At least two jobs per thread.
+    let stack = stack_size(size, g.batch.div_ceil(2 * rayon::current_num_threads()));
     let run = (stack - 1) * size + run_len(g, len);
     // Buffers per rayon job, not per stack: the padding, zeroed once, stays zero.
     let buffers = || (vec![0f32; stack * size], vec![0f32; run]);
@@ -203,7 +203,16 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
     unsafe { assume_init(out) }
 }
 
+/// Samples of one channel stacked per run: a stack of about 32 KB.
+fn stack_size(size: usize, batch: usize) -> usize {
+    (8192 / size).clamp(1, batch.max(1))
+}
+
 /// The input gradient [N, C, H, W] from the output gradient.
+///
+/// Each tap scatters the gradient back over its window; written as a gather instead,
+/// `dp[j] += w[t] * G[j - window[t]]` over a copy `G` of the gradient shifted by the largest
+/// window offset, the taps combine in one pass like the forward's, on stacked samples.
 pub fn input_grad(g: &ConvGeom, w: &[f32], grad: &[f32]) -> Vec<f32> {
     let [ho, wo] = g.out_size();
     let (c, plane, taps) = (g.in_channels, g.height * g.width, g.kernel[0] * g.kernel[1]);
@@ -212,30 +221,34 @@ pub fn input_grad(g: &ConvGeom, w: &[f32], grad: &[f32]) -> Vec<f32> {
         return dx;
     }
     let l = Layout::of(g);
-    let (len, n) = (l.len, run_len(g, l.len));
-    dx.par_chunks_mut(plane).enumerate().for_each(|(p, d)| {
-        let ch = p % c;
-        let wc = &w[ch * taps..(ch + 1) * taps];
-        with_scratch(l.size(), n, |dp, wide| {
-            widen(&grad[p * ho * wo..(p + 1) * ho * wo], wo, len, wide);
-            // Accumulated in the padded buffer, where every tap's window is one run; the
-            // padding's share is dropped when the plane is written out.
-            dp.fill(0.0);
-            for ky in 0..g.kernel[0] {
-                for kx in 0..g.kernel[1] {
-                    let (wv, at) = (wc[ky * g.kernel[1] + kx], l.window(ky, kx));
-                    for (d, &v) in dp[at..at + n].iter_mut().zip(&*wide) {
-                        *d += wv * v;
-                    }
-                }
+    let (len, size, n) = (l.len, l.size(), run_len(g, l.len));
+    let windows: Vec<usize> = (0..taps).map(|t| l.window(t / g.kernel[1], t % g.kernel[1])).collect();
+    let shift = windows.iter().copied().max().unwrap_or(0);
+    let offsets: Vec<usize> = windows.iter().map(|&at| shift - at).collect();
+    let stack = stack_size(size, g.batch.div_ceil(2 * rayon::current_num_threads()));
+    // Stacked sample i's widened gradient sits at shift + i * size; everything else stays zero
+    // (a window never reaches past its own sample's part).
+    let buffers = || (vec![0f32; shift + stack * size], vec![0f32; stack * size]);
+    dx.par_chunks_mut(stack * c * plane).enumerate().for_each_init(buffers, |(gs, dp), (job, dx)| {
+        let samples = dx.len() / (c * plane);
+        for ch in 0..c {
+            for i in 0..samples {
+                let p = (job * stack + i) * c + ch;
+                widen(&grad[p * ho * wo..(p + 1) * ho * wo], wo, len, &mut gs[shift + i * size..shift + i * size + n]);
             }
-            l.unpad(dp, d);
-        });
+            let dp = &mut dp[..samples * size];
+            dp.fill(0.0);
+            accumulate(dp, gs, &w[ch * taps..(ch + 1) * taps], &offsets);
+            for i in 0..samples {
+                l.unpad(&dp[i * size..(i + 1) * size], &mut dx[(i * c + ch) * plane..(i * c + ch + 1) * plane]);
+            }
+        }
     });
     dx
 }
 
-/// The weight gradient [C, 1, kh, kw] from the input and the output gradient.
+/// The weight gradient [C, 1, kh, kw] from the input and the output gradient: per channel, a
+/// dot product per tap over the stacked samples.
 pub fn weight_grad(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let [ho, wo] = g.out_size();
     let (c, plane, taps) = (g.in_channels, g.height * g.width, g.kernel[0] * g.kernel[1]);
@@ -244,25 +257,47 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
         return dw;
     }
     let l = Layout::of(g);
-    let (len, n) = (l.len, run_len(g, l.len));
-    dw.par_chunks_mut(taps).enumerate().for_each(|(ch, dwc)| {
-        with_scratch(l.size(), n, |xp, wide| {
-            xp.fill(0.0);
-            for s in 0..g.batch {
-                let p = s * c + ch;
+    let (len, size, n) = (l.len, l.size(), run_len(g, l.len));
+    let windows: Vec<usize> = (0..taps).map(|t| l.window(t / g.kernel[1], t % g.kernel[1])).collect();
+    // Not tied to the thread count, which would change the order of the sums.
+    let stack = stack_size(size, g.batch);
+    // Padding and the gaps between stacked gradients: zeroed once, never written.
+    let buffers = || (vec![0f32; stack * size], vec![0f32; (stack - 1) * size + n]);
+    dw.par_chunks_mut(taps).enumerate().for_each_init(buffers, |(xs, gs), (ch, dwc)| {
+        for first in (0..g.batch).step_by(stack) {
+            let samples = stack.min(g.batch - first);
+            for i in 0..samples {
+                let p = (first + i) * c + ch;
+                l.write_interior(&x[p * plane..(p + 1) * plane], &mut xs[i * size..(i + 1) * size]);
                 // Zero in the extra columns, so the windows' wrapped-around pixels add nothing.
-                widen(&grad[p * ho * wo..(p + 1) * ho * wo], wo, len, wide);
-                l.write_interior(&x[p * plane..(p + 1) * plane], xp);
-                for ky in 0..g.kernel[0] {
-                    for kx in 0..g.kernel[1] {
-                        let at = l.window(ky, kx);
-                        dwc[ky * g.kernel[1] + kx] += wide.iter().zip(&xp[at..at + n]).map(|(a, b)| a * b).sum::<f32>();
-                    }
-                }
+                widen(&grad[p * ho * wo..(p + 1) * ho * wo], wo, len, &mut gs[i * size..i * size + n]);
             }
-        });
+            let run = (samples - 1) * size + n;
+            for (d, &at) in dwc.iter_mut().zip(&windows) {
+                *d += dot(&gs[..run], &xs[at..at + run]);
+            }
+        }
     });
     dw
+}
+
+/// `a . b` in eight interleaved partial sums, which vectorise (one running sum cannot be
+/// reordered, so it stays scalar: a tenth of MobileNetV2's training step).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    wide_simd(
+        #[inline(always)]
+        || {
+            let mut lanes = [0f32; 8];
+            let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+            let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+            for (x, y) in ac.zip(bc) {
+                for k in 0..8 {
+                    lanes[k] += x[k] * y[k];
+                }
+            }
+            lanes.iter().sum::<f32>() + tail
+        },
+    )
 }
 
 #[cfg(test)]

@@ -246,7 +246,7 @@ pub fn conv2d_im2col(g: &ConvGeom, x: &[f32], weight: &[f32], bias: &[f32]) -> V
 
 /// The bias gradient of a convolution: `grad` [N, O, P] summed over samples and positions.
 pub fn bias_grad(n: usize, o: usize, p: usize, grad: &[f32]) -> Vec<f32> {
-    (0..o).into_par_iter().map(|c| channel_planes(grad, n, o, p, c).map(|pl| lane_sum(pl, |v| v)).sum::<f64>() as f32).collect()
+    (0..o).into_par_iter().map(|c| lane_sum(channel_planes(grad, n, o, p, c), |v| v) as f32).collect()
 }
 
 /// Samples `first..first+count` of `grad` [N, O, P] as one [O, count*P] matrix: one sample's
@@ -623,39 +623,56 @@ const LANES: usize = 32;
 /// partial sums keep their precision over large batches.
 const BLOCK: usize = 4096;
 
-/// The K sums of `f(a[i], b[i])` over the pairs of `a` and `b`, in f64.
+/// The K sums of `f(a[i], b[i])` over every element of the pairs of planes, in f64.
+///
+/// The lanes carry over from plane to plane and go to f64 every [`BLOCK`] elements: a
+/// channel's planes are often shorter than [`LANES`] (MobileNet's 4x4 and 2x2 maps), and summed
+/// plane by plane they went through one scalar lane each, then a flush to f64 per plane (a
+/// fifth of MobileNetV2's training step).
 #[inline]
-fn lane_sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
+fn lane_sums<'a, const K: usize>(planes: impl Iterator<Item = (&'a [f32], &'a [f32])>, f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
     let mut total = [0.0f64; K];
-    for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
-        let mut lanes = [[0.0f32; LANES]; K];
-        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-        let (ra, rb) = (ca.remainder(), cb.remainder());
-        for (a, b) in ca.zip(cb) {
-            for l in 0..LANES {
-                let v = f(a[l], b[l]);
+    let mut lanes = [[0.0f32; LANES]; K];
+    let mut held = 0;
+    let flush = |lanes: &mut [[f32; LANES]; K], total: &mut [f64; K]| {
+        for k in 0..K {
+            total[k] += lanes[k].iter().map(|&v| v as f64).sum::<f64>();
+            lanes[k] = [0.0; LANES];
+        }
+    };
+    for (a, b) in planes {
+        for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+            let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+            let (ra, rb) = (ca.remainder(), cb.remainder());
+            for (a, b) in ca.zip(cb) {
+                for l in 0..LANES {
+                    let v = f(a[l], b[l]);
+                    for k in 0..K {
+                        lanes[k][l] += v[k];
+                    }
+                }
+            }
+            for (l, (&a, &b)) in ra.iter().zip(rb).enumerate() {
+                let v = f(a, b);
                 for k in 0..K {
                     lanes[k][l] += v[k];
                 }
             }
-        }
-        for (&a, &b) in ra.iter().zip(rb) {
-            let v = f(a, b);
-            for k in 0..K {
-                lanes[k][0] += v[k];
+            held += a.len();
+            if held >= BLOCK {
+                flush(&mut lanes, &mut total);
+                held = 0;
             }
         }
-        for k in 0..K {
-            total[k] += lanes[k].iter().map(|&v| v as f64).sum::<f64>();
-        }
     }
+    flush(&mut lanes, &mut total);
     total
 }
 
-/// The f64 sum of `f(x)` over `x`, by [`lane_sums`].
+/// The f64 sum of `f(x)` over every element of the planes, by [`lane_sums`].
 #[inline]
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    lane_sums(x, x, |v, _| [f(v)])[0]
+fn lane_sum<'a>(planes: impl Iterator<Item = &'a [f32]>, f: impl Fn(f32) -> f32) -> f64 {
+    lane_sums(planes.map(|p| (p, p)), |v, _| [f(v)])[0]
 }
 
 /// The planes of channel `ch` in [N, C, HW].
@@ -670,9 +687,9 @@ pub fn channel_stats(n: usize, c: usize, hw: usize, x: &[f32]) -> (Vec<f32>, Vec
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let sum: f64 = channel_planes(x, n, c, hw, ch).map(|p| lane_sum(p, |v| v)).sum();
+            let sum = lane_sum(channel_planes(x, n, c, hw, ch), |v| v);
             let mean = (sum / m) as f32;
-            let sq: f64 = channel_planes(x, n, c, hw, ch).map(|p| lane_sum(p, |v| (v - mean) * (v - mean))).sum();
+            let sq = lane_sum(channel_planes(x, n, c, hw, ch), |v| (v - mean) * (v - mean));
             (mean, (sq / m) as f32)
         })
         .unzip()
@@ -707,10 +724,7 @@ pub fn batch_norm_train_grad(n: usize, c: usize, hw: usize, x: &[f32], gamma: &[
         .into_par_iter()
         .map(|ch| {
             let mu = mean[ch];
-            let [sd, sdx] = channel_planes(dy, n, c, hw, ch)
-                .zip(channel_planes(x, n, c, hw, ch))
-                .map(|(g, v)| lane_sums(g, v, |g, v| [g, g * (v - mu)]))
-                .fold([0.0, 0.0], |[a, b], [da, db]| [a + da, b + db]);
+            let [sd, sdx] = lane_sums(channel_planes(dy, n, c, hw, ch).zip(channel_planes(x, n, c, hw, ch)), |g, v| [g, g * (v - mu)]);
             (sd as f32, (sdx * inv_std[ch] as f64) as f32)
         })
         .unzip();

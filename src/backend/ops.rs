@@ -603,6 +603,9 @@ mod tests {
             ([2, 3, 12, 11], [3, 3], [2, 2], [2, 2], [2, 2]),
             // A 1x1 output.
             ([2, 4, 2, 2], [3, 3], [2, 2], [1, 1], [1, 1]),
+            // Batches the kernels stack several samples of a channel for, the last stack short.
+            ([9, 3, 5, 5], [3, 3], [1, 1], [1, 1], [1, 1]),
+            ([10, 2, 4, 4], [3, 3], [2, 2], [1, 1], [1, 1]),
         ];
         for (case, (xs, k, stride, pad, dil)) in cases.into_iter().enumerate() {
             let c = xs[1];
