@@ -485,6 +485,11 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     pointwise(x, Pointwise::Silu, burn::tensor::activation::silu)
 }
 
+/// GELU, the exact (erf) form (any rank).
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    pointwise(x, Pointwise::Gelu, burn::tensor::activation::gelu)
+}
+
 /// `min(max(x, min), max)` (any rank). Off Flex, burn's clamp, whose gradient keeps the
 /// bounds (PyTorch's hardtanh, and our kernel, do not).
 pub fn clip<const D: usize>(x: Tensor<D>, min: f64, max: f64) -> Tensor<D> {
@@ -615,6 +620,20 @@ mod tests {
             let opts = ConvOptions::new(stride, pad, dil, c);
             same_convolution(x, w, b, case % 2 == 0, opts, &format!("depthwise {xs:?} k{k:?} s{stride:?} p{pad:?} d{dil:?}"), &mut rng);
         }
+    }
+
+    #[test]
+    fn gelu_matches_burn_forward_and_backward() {
+        let device = crate::cpu_device().autodiff();
+        let mut rng = Rng::new(8);
+        let x = random([3, 4, 6, 5], &mut rng, &device).mul_scalar(3.0).require_grad();
+        let fast = gelu(x.clone());
+        let slow = burn::tensor::activation::gelu(x.clone());
+        let r = random(fast.dims(), &mut rng, &device);
+        let gf = (fast.clone() * r.clone()).sum().backward();
+        let gs = (slow.clone() * r).sum().backward();
+        close(fast, slow, "gelu output");
+        close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), "gelu gradient");
     }
 
     #[test]

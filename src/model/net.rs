@@ -3,13 +3,13 @@
 //! definition of what a model computes.
 
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::activation::{gelu, hard_sigmoid, hard_swish, leaky_relu, sigmoid};
+use burn::tensor::activation::{hard_sigmoid, hard_swish, leaky_relu, sigmoid};
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::backend::ops::{add, channel_affine, clip, conv2d, max_pool2d, relu, silu};
+use crate::backend::ops::{add, channel_affine, clip, conv2d, gelu, max_pool2d, relu, silu};
 use crate::model::graph::{Graph, Op, Shape};
 use crate::rng::Rng;
 
