@@ -10,10 +10,12 @@
 #
 #   scripts/arch_defenses.sh [DIR]          # DIR holds or receives the models (target/arch-models)
 #   ARCHS="vit mobilenet_v2" PY=.venv/bin/python DATA=../shared/data scripts/arch_defenses.sh
+#   ARCHS=mobilenet_v2 METHODS=fst SCAN=1 APPEND=1 scripts/arch_defenses.sh   # only these runs,
+#       appended (the table keeps the latest row per architecture and run, each with its stamp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-target/arch-models}; DATA=${DATA:-../shared/data}; PY=${PY:-.venv/bin/python}
-ARCHS=${ARCHS:-vit mobilenet_v2}
+ARCHS=${ARCHS:-vit mobilenet_v2}; METHODS=${METHODS-fineprune anp fst}; SCAN=${SCAN:-1}
 out=docs/results/arch-defenses.jsonl
 mkdir -p "$DIR" docs/results
 cargo build --release -q
@@ -21,14 +23,14 @@ cargo build --release -q
 FP="$DIR/fineprune"
 cp target/release/fineprune "$FP"
 stamp=$(printf '"date": "%s", "commit": "%s", "machine": "%s, %s cores"' "$(date -u +%Y-%m-%d)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)")
-: > "$out"
+[ -n "${APPEND:-}" ] || : > "$out"
 for arch in $ARCHS; do
   model="$DIR/gtsrb-$arch.onnx"
   if [ ! -f "$model" ]; then
     echo "training $model in PyTorch (once)" >&2
     "$PY" scripts/torch_models.py make "$DIR" --torchvision "$arch" --data-root "$DATA" > "$DIR/make-$arch.log" 2>&1
   fi
-  for method in fineprune anp fst; do
+  for method in $METHODS; do
     repaired="$DIR/$arch-$method.onnx"; rm -f "$repaired"
     echo "$arch: defend --method $method" >&2
     start=$SECONDS; code=0
@@ -47,6 +49,7 @@ print(json.dumps({**json.loads(stamp), "arch": arch, "run": method, "exit_code":
                   "onnxruntime": json.loads(ort)}))
 EOF
   done
+  [ "$SCAN" = 1 ] || continue
   echo "$arch: scan" >&2
   start=$SECONDS
   "$FP" scan --model "$model" --data "gtsrb:$DATA/gtsrb" --clean-fraction 0.05 --json > "$DIR/$arch-scan.json" 2> "$DIR/$arch-scan.log"

@@ -62,9 +62,13 @@ def pct(v):
 
 runs = [json.loads(line) for line in open(args[1]) if line.strip()] if len(args) > 1 else []
 if runs:
-    s0 = runs[0]
+    # The latest row per (architecture, run) counts (runs may be re-measured one at a time).
+    latest = {(r["arch"], r["run"]): r for r in runs}
+    stamps = list(dict.fromkeys((r["date"], r["commit"]) for r in latest.values()))
+    several = len(stamps) > 1
+    when = " and ".join(f"{d} at commit {c}" for d, c in stamps)
     out += ["", "## Defended and scanned", "",
-            f"Measured {s0['date']} at commit {s0['commit']} on {s0['machine']} by `scripts/arch_defenses.sh`: each architecture "
+            f"Measured {when} on {runs[0]['machine']} by `scripts/arch_defenses.sh`" + (" (each cell names its commit)" if several else "") + ": each architecture "
             "trained in PyTorch on GTSRB with a 4x4 yellow sticker relabelled 14 (10% of the training set), exported by "
             "PyTorch's default exporter, then `fineprune defend` at 5% clean data (the sticker given only to measure) and "
             "`fineprune scan` without it. A defense cell reads: attack success after the repair / clean test accuracy, as "
@@ -73,7 +77,8 @@ if runs:
             "on a machine that may have been running other work.", "",
             "| architecture | before: attack success / clean | fineprune | anp | fst | scan (without the trigger) |", "|---|---|---|---|---|---|"]
     for arch in dict.fromkeys(r["arch"] for r in runs):
-        mine = {r["run"]: r for r in runs if r["arch"] == arch}
+        mine = {run: r for (a, run), r in latest.items() if a == arch}
+        at = lambda r: f", {r['commit']}" if several else ""  # noqa: E731
         first = next((r for r in mine.values() if r.get("before_asr") is not None), {})
         cells = []
         for method in ["fineprune", "anp", "fst"]:
@@ -84,13 +89,13 @@ if runs:
             o = r.get("onnxruntime")
             asr, clean = (o["attack_success"], o["clean_accuracy"]) if o else (r.get("after_asr"), r.get("after_clean"))
             budget = "within budget" if r.get("within_budget") else "out of budget"
-            cells.append(f"{pct(asr)} / {pct(clean)}, {budget} ({r['seconds']} s)")
+            cells.append(f"{pct(asr)} / {pct(clean)}, {budget} ({r['seconds']} s{at(r)})")
         sc = mine.get("scan")
         if sc:
             ratio = sc.get("target_control_ratio")
             scan = f"{sc['verdict']}" + (f" ({', '.join(map(str, sc['targets']))})" if sc["targets"] else "")
             scan += f"; class 14 refined to {ratio:.2f}x the controls" if ratio is not None else "; class 14 not a finalist"
-            scan += f" ({sc['seconds']} s)"
+            scan += f" ({sc['seconds']} s{at(sc)})"
         else:
             scan = "not run"
         out.append(f"| {arch} | {pct(first.get('before_asr'))} / {pct(first.get('before_clean'))} | " + " | ".join(cells) + f" | {scan} |")

@@ -517,9 +517,8 @@ fn exp(x: f32) -> f32 {
 }
 
 /// erf(x) within 6e-7 (Abramowitz and Stegun 7.1.26's 1.5e-7 with [`exp`], plus the rounding
-/// of `1 - p e^(-x^2)` in f32), in operations that
-/// vectorise: burn's GELU calls libm's erff per element on one thread, a fifth of a ViT's
-/// inference.
+/// of `1 - p e^(-x^2)` in f32), in operations that vectorise: burn's GELU calls libm's erff per
+/// element on one thread, a fifth of a ViT's inference.
 #[inline(always)]
 fn erf(x: f32) -> f32 {
     let a = x.abs();
