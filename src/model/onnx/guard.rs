@@ -220,6 +220,27 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
         }
     }
     let init_dims: HashMap<&str, &[i64]> = graph.initializer.iter().map(|t| (t.name.as_str(), t.dims.as_slice())).collect();
+    let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    // Exact dimensions where the inputs declare them, through element-wise operators: what a
+    // Squeeze without axes leaves depends on them (onnx-ir knows them too, and a Split of the
+    // result then reaches its unchecked indexing).
+    let mut dims: HashMap<&str, Vec<i64>> = HashMap::new();
+    for v in &graph.input {
+        if let Some(shape) = v.type_.as_ref().and_then(|t| t.tensor_type().shape.as_ref()) {
+            let d: Vec<i64> = shape.dim.iter().map(|d| d.dim_value()).collect();
+            if d.iter().all(|&v| v > 0) {
+                dims.insert(v.name.as_str(), d);
+            }
+        }
+    }
+    const ELEMENTWISE: &[&str] = &["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Neg", "Sqrt", "Softmax", "Dropout", "Identity", "Cast"];
+    // Squeeze's and Unsqueeze's axes: an attribute (opset < 13) or a constant second input.
+    let axes = |n: &NodeProto| -> Option<usize> {
+        match n.attribute.iter().find(|a| a.name == "axes") {
+            Some(a) => Some(a.ints.len()),
+            None => n.input.get(1).and_then(|x| initializers.get(x.as_str())).map(|t| int64_values(t).len()),
+        }
+    };
     const SAME: &[&str] = &[
         "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Neg", "Sqrt", "Softmax", "Dropout", "Identity", "Conv", "BatchNormalization",
         "LayerNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Slice", "Split", "Concat", "Transpose", "Cast",
@@ -232,6 +253,11 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
             "Reshape" => n.input.get(1).and_then(|s| init_dims.get(s.as_str())).and_then(|d| d.first()).and_then(|&len| usize::try_from(len).ok()),
             "Gather" => n.input.get(1).and_then(|i| init_dims.get(i.as_str())).and_then(|d| first.map(|r| (r + d.len()).saturating_sub(1))),
             "Shape" => Some(1),
+            "Squeeze" => match axes(n) {
+                Some(k) => first.map(|r| r.saturating_sub(k)),
+                None => n.input.first().and_then(|x| dims.get(x.as_str())).map(|d| d.iter().filter(|&&v| v != 1).count()),
+            },
+            "Unsqueeze" => axes(n).and_then(|k| first.map(|r| r + k)),
             // Broadcasting: the larger rank, when every input's is known.
             "Add" | "Sub" | "Mul" | "Div" => {
                 n.input.iter().map(|x| rank.get(x.as_str()).copied().or_else(|| init_dims.get(x.as_str()).map(|d| d.len()))).collect::<Option<Vec<usize>>>().and_then(|r| r.into_iter().max())
@@ -241,6 +267,11 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
         if let Some(r) = r {
             for o in &n.output {
                 rank.insert(o.as_str(), r);
+            }
+        }
+        if ELEMENTWISE.contains(&n.op_type.as_str()) {
+            if let (Some(d), Some(o)) = (n.input.first().and_then(|x| dims.get(x.as_str())).cloned(), n.output.first()) {
+                dims.insert(o.as_str(), d);
             }
         }
     }
