@@ -98,6 +98,8 @@ reading one value twice (`Add(x, x)`) crashed the forward pass; an `AveragePool`
 and a zero stride divided by zero; a `Gemm` bias of the wrong length reached `TensorData::new`
 unchecked; `Split`s of a rank-1 value (also one a `Squeeze` without axes had made rank 1), of
 a shape-derived value and into negative sizes reached `onnx-ir`'s unchecked indexing (caught
-and reported as a parser failure; now refused first, naming the node). Not covered by fuzzing: the training and defense loops on
+and reported as a parser failure; now refused first, naming the node); a product of two
+constants whose shapes broadcast failed an assertion in `onnx-ir`'s constant folding (caught;
+now refused first). Not covered by fuzzing: the training and defense loops on
 valid but adversarial weights (they are covered by the bounds above, not by a fuzzer), and
 `onnx-ir`'s own code beyond what our targets reach through it.""")

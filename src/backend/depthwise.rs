@@ -12,9 +12,12 @@
 //! planes half of its inference time went there.)
 //! Planes (sample x channel) run in parallel; the weight gradient runs per channel.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::common::{ConvGeom, assume_init, uninit, wide_simd};
+use super::kernels::lane_sums;
 
 /// Where the pixels of one plane go in its padded, phase-split buffer: padded pixel (row,
 /// column) is stored in phase (row % sy, column % sx) at (row / sy, column / sx); phases are
@@ -88,17 +91,18 @@ impl Layout {
         }
     }
 
-    /// Writes the unpadded part of `buf` into plane `dx` [H, W] (the input gradient).
-    fn unpad(self, buf: &[f32], dx: &mut [f32]) {
+    /// Writes the unpadded part of `buf` into every element of plane `dx` [H, W] (the input
+    /// gradient, not zeroed first).
+    fn unpad(self, buf: &[f32], dx: &mut [MaybeUninit<f32>]) {
         for (iy, row) in dx.chunks_exact_mut(self.width).enumerate() {
             if self.stride[1] == 1 {
                 let start = self.row_start(iy + self.padding[0], 0) + self.padding[1];
-                row.copy_from_slice(&buf[start..start + self.width]);
+                row.write_copy_of_slice(&buf[start..start + self.width]);
                 continue;
             }
             for (start, ix0) in self.phases_of_row(iy) {
                 for (d, &v) in row[ix0..].iter_mut().step_by(self.stride[1]).zip(&buf[start..]) {
-                    *d = v;
+                    d.write(v);
                 }
             }
         }
@@ -216,10 +220,10 @@ fn stack_size(size: usize, batch: usize) -> usize {
 pub fn input_grad(g: &ConvGeom, w: &[f32], grad: &[f32]) -> Vec<f32> {
     let [ho, wo] = g.out_size();
     let (c, plane, taps) = (g.in_channels, g.height * g.width, g.kernel[0] * g.kernel[1]);
-    let mut dx = vec![0f32; g.batch * c * plane];
     if plane == 0 || ho * wo == 0 {
-        return dx;
+        return vec![0f32; g.batch * c * plane];
     }
+    let mut dx = uninit(g.batch * c * plane);
     let l = Layout::of(g);
     let (len, size, n) = (l.len, l.size(), run_len(g, l.len));
     let windows: Vec<usize> = (0..taps).map(|t| l.window(t / g.kernel[1], t % g.kernel[1])).collect();
@@ -244,11 +248,13 @@ pub fn input_grad(g: &ConvGeom, w: &[f32], grad: &[f32]) -> Vec<f32> {
             }
         }
     });
-    dx
+    // SAFETY: every job wrote every pixel of each of its samples' planes (unpad).
+    unsafe { assume_init(dx) }
 }
 
 /// The weight gradient [C, 1, kh, kw] from the input and the output gradient: per channel, a
-/// dot product per tap over the stacked samples.
+/// dot product per tap over the stacked samples (in the lanes of BatchNorm's sums: one running
+/// sum cannot be reordered, so it would stay scalar).
 pub fn weight_grad(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let [ho, wo] = g.out_size();
     let (c, plane, taps) = (g.in_channels, g.height * g.width, g.kernel[0] * g.kernel[1]);
@@ -274,30 +280,11 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
             }
             let run = (samples - 1) * size + n;
             for (d, &at) in dwc.iter_mut().zip(&windows) {
-                *d += dot(&gs[..run], &xs[at..at + run]);
+                *d += lane_sums(std::iter::once((&gs[..run], &xs[at..at + run])), |g, x| [g * x])[0] as f32;
             }
         }
     });
     dw
-}
-
-/// `a . b` in eight interleaved partial sums, which vectorise (one running sum cannot be
-/// reordered, so it stays scalar: a tenth of MobileNetV2's training step).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    wide_simd(
-        #[inline(always)]
-        || {
-            let mut lanes = [0f32; 8];
-            let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-            let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-            for (x, y) in ac.zip(bc) {
-                for k in 0..8 {
-                    lanes[k] += x[k] * y[k];
-                }
-            }
-            lanes.iter().sum::<f32>() + tail
-        },
-    )
 }
 
 #[cfg(test)]
@@ -326,8 +313,9 @@ mod tests {
                 }
             }
         }
-        let mut back = vec![0.0; 15];
+        let mut back = vec![MaybeUninit::new(0.0); 15];
         l.unpad(&buf, &mut back);
-        assert_eq!(back, x);
+        // SAFETY: initialised above (and every element rewritten by unpad).
+        assert_eq!(back.iter().map(|v| unsafe { v.assume_init() }).collect::<Vec<_>>(), x);
     }
 }

@@ -649,7 +649,7 @@ const BLOCK: usize = 4096;
 /// plane by plane they went through one scalar lane each, then a flush to f64 per plane (a
 /// fifth of MobileNetV2's training step).
 #[inline]
-fn lane_sums<'a, const K: usize>(planes: impl Iterator<Item = (&'a [f32], &'a [f32])>, f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
+pub(super) fn lane_sums<'a, const K: usize>(planes: impl Iterator<Item = (&'a [f32], &'a [f32])>, f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
     let mut total = [0.0f64; K];
     let mut lanes = [[0.0f32; LANES]; K];
     let mut held = 0;

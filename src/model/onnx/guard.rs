@@ -214,26 +214,24 @@ fn check_finite(t: &TensorProto, what: &str) -> Result<()> {
 /// any other operator are left out. Nodes must be in topological order.
 fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
     let mut rank: HashMap<&str, usize> = HashMap::new();
-    for v in &graph.input {
-        if let Some(shape) = v.type_.as_ref().and_then(|t| t.tensor_type().shape.as_ref()) {
-            rank.insert(v.name.as_str(), shape.dim.len());
-        }
-    }
-    let init_dims: HashMap<&str, &[i64]> = graph.initializer.iter().map(|t| (t.name.as_str(), t.dims.as_slice())).collect();
-    let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     // Exact dimensions where the inputs declare them, through element-wise operators: what a
     // Squeeze without axes leaves depends on them (onnx-ir knows them too, and a Split of the
     // result then reaches its unchecked indexing).
     let mut dims: HashMap<&str, Vec<i64>> = HashMap::new();
     for v in &graph.input {
         if let Some(shape) = v.type_.as_ref().and_then(|t| t.tensor_type().shape.as_ref()) {
+            rank.insert(v.name.as_str(), shape.dim.len());
             let d: Vec<i64> = shape.dim.iter().map(|d| d.dim_value()).collect();
             if d.iter().all(|&v| v > 0) {
                 dims.insert(v.name.as_str(), d);
             }
         }
     }
+    let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let init_dims = |x: &str| initializers.get(x).map(|t| t.dims.as_slice());
+    // Operators that keep their input's dimensions, and the others that keep its rank.
     const ELEMENTWISE: &[&str] = &["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Neg", "Sqrt", "Softmax", "Dropout", "Identity", "Cast"];
+    const SAME_RANK: &[&str] = &["Conv", "BatchNormalization", "LayerNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Slice", "Split", "Concat", "Transpose"];
     // Squeeze's and Unsqueeze's axes: an attribute (opset < 13) or a constant second input.
     let axes = |n: &NodeProto| -> Option<usize> {
         match n.attribute.iter().find(|a| a.name == "axes") {
@@ -241,17 +239,13 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
             None => n.input.get(1).and_then(|x| initializers.get(x.as_str())).map(|t| int64_values(t).len()),
         }
     };
-    const SAME: &[&str] = &[
-        "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Neg", "Sqrt", "Softmax", "Dropout", "Identity", "Conv", "BatchNormalization",
-        "LayerNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Slice", "Split", "Concat", "Transpose", "Cast",
-    ];
     for n in &graph.node {
         let first = n.input.first().and_then(|x| rank.get(x.as_str()).copied());
         let r = match n.op_type.as_str() {
-            op if SAME.contains(&op) => first,
+            op if ELEMENTWISE.contains(&op) || SAME_RANK.contains(&op) => first,
             "Flatten" | "Gemm" => Some(2),
-            "Reshape" => n.input.get(1).and_then(|s| init_dims.get(s.as_str())).and_then(|d| d.first()).and_then(|&len| usize::try_from(len).ok()),
-            "Gather" => n.input.get(1).and_then(|i| init_dims.get(i.as_str())).and_then(|d| first.map(|r| (r + d.len()).saturating_sub(1))),
+            "Reshape" => n.input.get(1).and_then(|s| init_dims(s)).and_then(|d| d.first()).and_then(|&len| usize::try_from(len).ok()),
+            "Gather" => n.input.get(1).and_then(|i| init_dims(i)).and_then(|d| first.map(|r| (r + d.len()).saturating_sub(1))),
             "Shape" => Some(1),
             "Squeeze" => match axes(n) {
                 Some(k) => first.map(|r| r.saturating_sub(k)),
@@ -260,7 +254,7 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
             "Unsqueeze" => axes(n).and_then(|k| first.map(|r| r + k)),
             // Broadcasting: the larger rank, when every input's is known.
             "Add" | "Sub" | "Mul" | "Div" => {
-                n.input.iter().map(|x| rank.get(x.as_str()).copied().or_else(|| init_dims.get(x.as_str()).map(|d| d.len()))).collect::<Option<Vec<usize>>>().and_then(|r| r.into_iter().max())
+                n.input.iter().map(|x| rank.get(x.as_str()).copied().or_else(|| init_dims(x).map(|d| d.len()))).collect::<Option<Vec<usize>>>().and_then(|r| r.into_iter().max())
             }
             _ => None,
         };
@@ -269,10 +263,8 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
                 rank.insert(o.as_str(), r);
             }
         }
-        if ELEMENTWISE.contains(&n.op_type.as_str()) {
-            if let (Some(d), Some(o)) = (n.input.first().and_then(|x| dims.get(x.as_str())).cloned(), n.output.first()) {
-                dims.insert(o.as_str(), d);
-            }
+        if let (true, Some(d), Some(o)) = (ELEMENTWISE.contains(&n.op_type.as_str()), n.input.first().and_then(|x| dims.get(x.as_str())).cloned(), n.output.first()) {
+            dims.insert(o.as_str(), d);
         }
     }
     rank
@@ -307,6 +299,51 @@ fn check_splits(graph: &GraphProto) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Arithmetic on two constants whose shapes differ (other than by a single element) is
+/// refused: onnx-ir 0.22 folds two constants of equal element counts element by element and
+/// then gives the result the broadcast shape ([2, 1, 1] * [1, 1, 2]: 2 values for a [2, 1, 2]
+/// tensor), which fails an assertion inside it. The shapes followed are the initializers' and
+/// what Expand with a constant shape makes of them; the importer has no use for such a product.
+fn check_constant_arithmetic(graph: &GraphProto) -> Result<()> {
+    let features = feature_values(graph);
+    let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut shapes: HashMap<&str, Vec<i64>> = graph.initializer.iter().map(|t| (t.name.as_str(), t.dims.clone())).collect();
+    for (i, n) in graph.node.iter().enumerate() {
+        let shape_of = |k: usize| n.input.get(k).and_then(|x| shapes.get(x.as_str()));
+        match n.op_type.as_str() {
+            "Expand" => {
+                let target = n.input.get(1).and_then(|x| initializers.get(x.as_str())).map(|t| int64_values(t));
+                if let (Some(b), Some(o)) = (shape_of(0).zip(target).and_then(|(x, t)| broadcast(x, &t)), n.output.first()) {
+                    shapes.insert(o.as_str(), b);
+                }
+            }
+            "Add" | "Sub" | "Mul" | "Div" if n.input.iter().all(|x| !features.contains(x.as_str())) => {
+                if let (Some(a), Some(b)) = (shape_of(0), shape_of(1)) {
+                    let count = |d: &[i64]| d.iter().product::<i64>();
+                    if a != b && count(a) != 1 && count(b) != 1 {
+                        return Err(Error::model(format!("node {}: {} of two constants of shapes {a:?} and {b:?} (constant arithmetic that broadcasts is not supported)", node_label(n, i), n.op_type)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The NumPy broadcast of two shapes, if they broadcast.
+fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
+    let n = a.len().max(b.len());
+    let at = |d: &[i64], k: usize| if k + d.len() >= n { d[k + d.len() - n] } else { 1 };
+    (0..n)
+        .map(|k| match (at(a, k), at(b, k)) {
+            (x, y) if x == y || y == 1 => Some(x),
+            (1, y) => Some(y),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The values of an int64 tensor (stored as `int64_data` or little-endian `raw_data`).
@@ -426,7 +463,8 @@ pub fn check(model: &mut ModelProto, dir: Option<&Path>, limits: &OnnxLimits) ->
         let mut nodes: Vec<Option<NodeProto>> = std::mem::take(&mut graph.node).into_iter().map(Some).collect();
         graph.node = order.iter().map(|&i| nodes[i].take().expect("each once")).collect();
     }
-    check_splits(graph)
+    check_splits(graph)?;
+    check_constant_arithmetic(graph)
 }
 
 /// Kahn's algorithm, stable (keeps the file's order where it is valid). On a cycle, returns
@@ -456,7 +494,15 @@ fn topological_order(deps: &[Vec<usize>]) -> std::result::Result<Vec<usize>, Vec
 
 #[cfg(test)]
 mod tests {
-    use super::topological_order;
+    use super::{broadcast, topological_order};
+
+    #[test]
+    fn shapes_broadcast_as_numpy_does() {
+        assert_eq!(broadcast(&[2, 1, 1], &[1, 1, 2]), Some(vec![2, 1, 2]));
+        assert_eq!(broadcast(&[3, 4], &[4]), Some(vec![3, 4]));
+        assert_eq!(broadcast(&[1], &[2, 3, 1]), Some(vec![2, 3, 1]));
+        assert_eq!(broadcast(&[3], &[4]), None);
+    }
 
     #[test]
     fn orders_and_finds_cycles() {
