@@ -321,8 +321,8 @@ fn check_constant_arithmetic(graph: &GraphProto) -> Result<()> {
             }
             "Add" | "Sub" | "Mul" | "Div" if n.input.iter().all(|x| !features.contains(x.as_str())) => {
                 if let (Some(a), Some(b)) = (shape_of(0), shape_of(1)) {
-                    let count = |d: &[i64]| d.iter().product::<i64>();
-                    if a != b && count(a) != 1 && count(b) != 1 {
+                    let single = |d: &[i64]| d.iter().all(|&v| v == 1);
+                    if a != b && !single(a) && !single(b) {
                         return Err(Error::model(format!("node {}: {} of two constants of shapes {a:?} and {b:?} (constant arithmetic that broadcasts is not supported)", node_label(n, i), n.op_type)));
                     }
                 }
