@@ -209,14 +209,21 @@ fn check_finite(t: &TensorProto, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The rank of every value whose rank follows from the graph alone (the inputs' declared
-/// shapes, constant reshape targets, and the operators that keep or set the rank); values of
-/// any other operator are left out. Nodes must be in topological order.
-fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
+/// What the graph alone says about its values' shapes (see [`known_shapes`]).
+struct KnownShapes<'a> {
+    /// Ranks: from the inputs' declared shapes, constant reshape targets, and the operators
+    /// that keep or set the rank.
+    rank: HashMap<&'a str, usize>,
+    /// Exact dimensions: the inputs' declared ones, through element-wise operators and
+    /// reshapes to a constant target. What a Squeeze without axes leaves depends on them
+    /// (onnx-ir knows them too, and a Split of the result then reaches its unchecked indexing).
+    dims: HashMap<&'a str, Vec<i64>>,
+}
+
+/// The ranks and dimensions that follow from the graph alone; values of any other operator
+/// are left out. Nodes must be in topological order.
+fn known_shapes(graph: &GraphProto) -> KnownShapes<'_> {
     let mut rank: HashMap<&str, usize> = HashMap::new();
-    // Exact dimensions where the inputs declare them, through element-wise operators: what a
-    // Squeeze without axes leaves depends on them (onnx-ir knows them too, and a Split of the
-    // result then reaches its unchecked indexing).
     let mut dims: HashMap<&str, Vec<i64>> = HashMap::new();
     for v in &graph.input {
         if let Some(shape) = v.type_.as_ref().and_then(|t| t.tensor_type().shape.as_ref()) {
@@ -227,7 +234,7 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
             }
         }
     }
-    let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let initializers = constants(graph);
     let init_dims = |x: &str| initializers.get(x).map(|t| t.dims.as_slice());
     // Operators that keep their input's dimensions, and the others that keep its rank.
     const ELEMENTWISE: &[&str] = &["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Neg", "Sqrt", "Softmax", "Dropout", "Identity", "Cast"];
@@ -263,19 +270,69 @@ fn known_ranks(graph: &GraphProto) -> HashMap<&str, usize> {
                 rank.insert(o.as_str(), r);
             }
         }
-        if let (true, Some(d), Some(o)) = (ELEMENTWISE.contains(&n.op_type.as_str()), n.input.first().and_then(|x| dims.get(x.as_str())).cloned(), n.output.first()) {
+        let input_dims = n.input.first().and_then(|x| dims.get(x.as_str()));
+        let out_dims = match n.op_type.as_str() {
+            op if ELEMENTWISE.contains(&op) => input_dims.cloned(),
+            "Reshape" => n.input.get(1).and_then(|s| initializers.get(s.as_str())).and_then(|t| reshaped(input_dims.map(Vec::as_slice), &int64_values(t))),
+            _ => None,
+        };
+        if let (Some(d), Some(o)) = (out_dims, n.output.first()) {
             dims.insert(o.as_str(), d);
         }
     }
-    rank
+    KnownShapes { rank, dims }
+}
+
+/// The graph's constant tensors by name: its initializers and the outputs of its Constant
+/// nodes (how TensorFlow's converter and newer PyTorch exports write shapes and axes).
+fn constants(graph: &GraphProto) -> HashMap<&str, &TensorProto> {
+    let nodes = graph.node.iter().filter(|n| n.op_type == "Constant").filter_map(|n| Some((n.output.first()?.as_str(), n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?)));
+    graph.initializer.iter().map(|t| (t.name.as_str(), t)).chain(nodes).collect()
+}
+
+/// The dimensions a Reshape to the constant `target` gives, when they follow from it (and
+/// from the input's dimensions, where the target copies one with 0 or infers one with -1).
+fn reshaped(input: Option<&[i64]>, target: &[i64]) -> Option<Vec<i64>> {
+    let mut out = Vec::with_capacity(target.len());
+    for (i, &t) in target.iter().enumerate() {
+        out.push(match t {
+            1.. => t,
+            0 => *input?.get(i)?,
+            _ => -1,
+        });
+    }
+    match out.iter().filter(|&&d| d == -1).count() {
+        0 => Some(out),
+        1 => {
+            let total = input?.iter().try_fold(1i64, |a, &d| a.checked_mul(d))?;
+            let rest = out.iter().filter(|&&d| d != -1).try_fold(1i64, |a, &d| a.checked_mul(d))?;
+            let inferred = (rest > 0 && total % rest == 0).then(|| total / rest)?;
+            out.iter_mut().filter(|d| **d == -1).for_each(|d| *d = inferred);
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// A Squeeze without axes removes every dimension of size 1, so the rank it leaves depends on
+/// the dimensions; where the graph does not fix them, the rank of everything after it is
+/// unknown and operators that index by rank (Split) cannot be checked: refused.
+fn check_squeezes(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
+    for (i, n) in graph.node.iter().enumerate().filter(|(_, n)| n.op_type == "Squeeze") {
+        let has_axes = n.attribute.iter().any(|a| a.name == "axes") || n.input.get(1).is_some_and(|x| !x.is_empty());
+        if !has_axes && n.input.first().is_none_or(|x| !known.dims.contains_key(x.as_str())) {
+            return Err(Error::model(format!("node {}: Squeeze without axes of a value whose dimensions the graph does not fix (the rank it leaves is unknown)", node_label(n, i))));
+        }
+    }
+    Ok(())
 }
 
 /// A Split the importer could take: on the channel axis (1, the only one it supports) of a
 /// value computed in the graph, not of a weight or a shape. onnx-ir 0.22 indexes the input's
 /// static shape with the axis unchecked (node/split.rs), so any other axis, or an input of
 /// rank 1 where the rank is known, is refused here, before it gets there.
-fn check_splits(graph: &GraphProto) -> Result<()> {
-    let ranks = known_ranks(graph);
+fn check_splits(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
+    let ranks = &known.rank;
     let features = feature_values(graph);
     let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     for (i, n) in graph.node.iter().enumerate().filter(|(_, n)| n.op_type == "Split") {
@@ -463,7 +520,9 @@ pub fn check(model: &mut ModelProto, dir: Option<&Path>, limits: &OnnxLimits) ->
         let mut nodes: Vec<Option<NodeProto>> = std::mem::take(&mut graph.node).into_iter().map(Some).collect();
         graph.node = order.iter().map(|&i| nodes[i].take().expect("each once")).collect();
     }
-    check_splits(graph)?;
+    let known = known_shapes(graph);
+    check_squeezes(graph, &known)?;
+    check_splits(graph, &known)?;
     check_constant_arithmetic(graph)
 }
 
@@ -494,7 +553,30 @@ fn topological_order(deps: &[Vec<usize>]) -> std::result::Result<Vec<usize>, Vec
 
 #[cfg(test)]
 mod tests {
-    use super::{broadcast, topological_order};
+    use super::{broadcast, check_squeezes, known_shapes, reshaped, topological_order};
+    use onnx_ir::{GraphProto, NodeProto};
+
+    fn squeeze_of_input(dims: &[Option<i64>]) -> GraphProto {
+        let mut g = GraphProto::new();
+        g.input.push(crate::model::onnx::export::value_info("x", dims));
+        let mut n = NodeProto::new();
+        n.op_type = "Squeeze".into();
+        n.input = vec!["x".into()];
+        n.output = vec!["y".into()];
+        g.node.push(n);
+        g
+    }
+
+    #[test]
+    fn a_squeeze_without_axes_needs_dimensions_the_graph_fixes() {
+        let fixed = squeeze_of_input(&[Some(1), Some(8), Some(1), Some(1)]);
+        let known = known_shapes(&fixed);
+        assert_eq!(known.rank.get("y"), Some(&1));
+        check_squeezes(&fixed, &known).unwrap();
+        let open = squeeze_of_input(&[None, Some(8), Some(1), Some(1)]);
+        let err = check_squeezes(&open, &known_shapes(&open)).unwrap_err().to_string();
+        assert!(err.contains("Squeeze without axes"), "{err}");
+    }
 
     #[test]
     fn shapes_broadcast_as_numpy_does() {
@@ -502,6 +584,16 @@ mod tests {
         assert_eq!(broadcast(&[3, 4], &[4]), Some(vec![3, 4]));
         assert_eq!(broadcast(&[1], &[2, 3, 1]), Some(vec![2, 3, 1]));
         assert_eq!(broadcast(&[3], &[4]), None);
+    }
+
+    #[test]
+    fn reshape_targets_fix_dimensions_where_they_can() {
+        assert_eq!(reshaped(None, &[1, 363, 1, 1]), Some(vec![1, 363, 1, 1]));
+        assert_eq!(reshaped(Some(&[2, 3, 4]), &[0, -1]), Some(vec![2, 12]));
+        assert_eq!(reshaped(None, &[0, 4]), None, "0 copies an unknown dimension");
+        assert_eq!(reshaped(Some(&[2, 3, 4]), &[5, -1]), None, "24 is not a multiple of 5");
+        assert_eq!(reshaped(Some(&[2, 3]), &[-1, -1]), None);
+        assert_eq!(reshaped(Some(&[i64::MAX, 4]), &[-1]), None, "overflow");
     }
 
     #[test]
