@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::args::{SplitArgs, ModelArgs, load_model_and_data};
 use super::progress::Bars;
-use fineprune::scan::{Family, Recheck, ScanConfig, ScanOutcome, Thresholds, recheck, scan};
+use fineprune::scan::{Family, MarginConfig, NoiseConfig, Recheck, ScanConfig, ScanOutcome, Thresholds, recheck, scan};
 use fineprune::trigger::poison::Target;
 
 #[derive(Args)]
@@ -61,6 +61,20 @@ pub(super) struct ScanArgs {
     /// Do not look for untargeted and all-to-all backdoors (one goal fewer to optimise).
     #[arg(long)]
     pub(super) no_untargeted: bool,
+    /// Ascent steps of the maximum-margin statistic (each class's largest reachable margin
+    /// from random inputs); 0 skips it.
+    #[arg(long, default_value_t = MarginConfig::default().steps)]
+    pub(super) margin_steps: usize,
+    /// Random starting inputs per class for the maximum-margin statistic.
+    #[arg(long, default_value_t = MarginConfig::default().images)]
+    pub(super) margin_images: usize,
+    /// Signed ascent steps of the adversarial neuron noise (where the model sends clean inputs
+    /// when its neurons are shaken); 0 skips it.
+    #[arg(long, default_value_t = NoiseConfig::default().steps)]
+    pub(super) noise_steps: usize,
+    /// Largest relative change of a neuron's scale and shift under that noise.
+    #[arg(long, default_value_t = NoiseConfig::default().eps)]
+    pub(super) noise_eps: f64,
     /// A trigger an earlier scan reconstructed (its FAMILY-classK.json): after the scan, search
     /// for it again on this model from where it was, to check a repair made anywhere (needs
     /// --recheck-target).
@@ -103,6 +117,8 @@ impl ScanArgs {
             classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
             families: self.family.clone(),
             untargeted: !self.no_untargeted,
+            noise: (self.noise_steps > 0).then(|| NoiseConfig { steps: self.noise_steps, eps: self.noise_eps, ..NoiseConfig::default() }),
+            margins: (self.margin_steps > 0).then(|| MarginConfig { steps: self.margin_steps, images: self.margin_images, ..MarginConfig::default() }),
             thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, max_control_ratio: self.max_control_ratio, untargeted_ratio: self.untargeted_ratio, ..Thresholds::default() },
             seed: self.seed,
             ..ScanConfig::default()
@@ -174,6 +190,8 @@ pub(super) fn scan_json(o: &ScanOutcome) -> serde_json::Value {
         "suspects": o.suspects,
         "untargeted": o.untargeted,
         "families": o.families,
+        "margins": o.margins,
+        "noise": o.noise,
         "thresholds": o.thresholds,
         "min_control_ratio": o.min_control_ratio(),
         "max_combined_index": o.max_combined_index(),
@@ -209,9 +227,30 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
             println!("  untargeted (any wrong class): refined size {} ({} of the smallest finalist's), sends {} of held-out inputs to another class ({} inputs)", opt(u.refined_size, 2), opt(u.refined_ratio, 2), opt(u.held_out.holdout_asr, 3), u.held_out.holdout_samples);
         }
     }
+    if let Some(margins) = &o.margins {
+        println!("maximum margin: each class's largest logit lead over every other class, pushed up from random inputs; index = how far above the other classes' (robust z on log margins)");
+        let mut rows: Vec<_> = margins.iter().collect();
+        rows.sort_by(|a, b| b.index.unwrap_or(f64::MIN).total_cmp(&a.index.unwrap_or(f64::MIN)));
+        for c in rows.iter().take(5) {
+            println!("  class {:>3} {:<24} margin {:>9.2}  index {:>6}", c.class, name(c.class), c.margin, opt(c.index, 2));
+        }
+    }
+    if let Some(n) = &o.noise {
+        println!(
+            "neuron noise: with every neuron's scale and shift moved by up to {:.0}% against the clean loss ({} neurons in {} layers), class {} ({}) collects {:.3} of the other classes' held-out inputs (next class {:.3}; accuracy {:.3})",
+            100.0 * n.eps,
+            n.units,
+            n.layers,
+            n.class,
+            name(n.class),
+            n.share,
+            n.runner_up_share,
+            n.accuracy
+        );
+    }
     let th = &o.thresholds;
     println!(
-        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index (in one family, or both families' combined) is {:.1} or more, or its refined size is at most {:.2} of the controls' (suspect: index {:.1} or that small a size)",
+        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index (in one family, or both families' combined) is {:.1} or more, or its refined size is at most {:.2} of the controls', or it is the class the neuron noise collapses onto, the widest margin and the smallest trigger of a family all at once (suspect: index {:.1}, that small a size, or that agreement)",
         100.0 * th.confirm_asr,
         th.flag,
         th.max_control_ratio,
@@ -225,10 +264,11 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
     let untargeted_confirmed = o.untargeted.as_ref().is_some_and(|u| u.confirmed);
     match o.suspects.first().filter(|s| s.confirmed || !untargeted_confirmed) {
         Some(s) => println!(
-            "verdict: {} -- suspected target {} ({}), {} family, {}index {:.2}, reconstructed trigger's held-out attack success {}",
+            "verdict: {} -- suspected target {} ({}){}, {} family, {}index {:.2}, reconstructed trigger's held-out attack success {}",
             o.verdict.name(),
             s.class,
             name(s.class),
+            if s.agreement { ", named by the neuron noise, the margins and the trigger sizes alike" } else { "" },
             s.family.name(),
             if s.combined_index == Some(s.index) { "combined " } else { "" },
             s.index,

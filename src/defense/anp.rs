@@ -18,16 +18,17 @@
 //! success; no defender has that).
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 
 use super::{Budget, CurvePoint, DefenseConfig, KnownAttack, Pruned, PrunedLayer, Snapshot, Stopwatch, defender_split};
 use crate::data::{Dataset, Split, batch};
 use crate::error::{Error, Result};
 use crate::metrics::{ClassReport, argmax, attack_success, predict};
-use crate::model::net::{Activation, Mode, NodeHook};
+use crate::model::net::Mode;
 use crate::model::{Model, ModelFile};
 use crate::prune::neurons::{NeuronKind, NeuronLayer, neuron_layers, with_masks};
+use crate::prune::noise::{Perturbation, shift_of, uniform};
 use crate::prune::sweep::{NeuronMasks, masked_predictions};
 use crate::rng::Rng;
 use crate::train::cross_entropy;
@@ -134,62 +135,6 @@ pub struct AnpLayer {
     pub kind: NeuronKind,
     /// The learned mask of every unit.
     pub mask: Vec<f32>,
-}
-
-/// Per-neuron scale and shift applied by the interpreter: at a neuron layer with shift vector
-/// `s` (BatchNorm's β, or the bias), `y' = scale (y − s) + coef s`, computed as
-/// `y scale + s (coef − scale)`.
-struct Perturbation<'a> {
-    /// Neuron layer of each graph node, if any.
-    slot: &'a [Option<usize>],
-    scale: Vec<Tensor<1>>,
-    offset: Vec<Tensor<1>>,
-}
-
-impl<'a> Perturbation<'a> {
-    /// `coef` `None` means the shift is untouched (coefficient 1).
-    fn new(slot: &'a [Option<usize>], shifts: &[Tensor<1>], scale: Vec<Tensor<1>>, coef: Option<&[Tensor<1>]>) -> Self {
-        let offset = shifts
-            .iter()
-            .zip(&scale)
-            .enumerate()
-            .map(|(k, (s, m))| match coef {
-                Some(c) => s.clone() * (c[k].clone() - m.clone()),
-                None => s.clone() * (m.clone().neg() + 1.0),
-            })
-            .collect();
-        Perturbation { slot, scale, offset }
-    }
-}
-
-impl NodeHook for Perturbation<'_> {
-    fn after(&self, node: usize, out: Activation) -> Activation {
-        let Some(k) = self.slot.get(node).copied().flatten() else { return out };
-        let (scale, offset) = (self.scale[k].clone(), self.offset[k].clone());
-        let c = scale.dims()[0];
-        match out {
-            Activation::Map(t) => Activation::Map(t * scale.reshape([1, c, 1, 1]) + offset.reshape([1, c, 1, 1])),
-            Activation::Flat(t) => Activation::Flat(t * scale.reshape([1, c]) + offset.reshape([1, c])),
-        }
-    }
-}
-
-/// The per-channel shift of a neuron layer: BatchNorm's or LayerNorm's β, a conv's or linear layer's bias
-/// (zero without one).
-fn shift_of(model: &Model, layer: &NeuronLayer, device: &Device) -> Tensor<1> {
-    let p = &model.layers[layer.node];
-    let bias = match layer.kind {
-        NeuronKind::BatchNorm => p.bn.as_ref().map(|b| b.beta.val()),
-        NeuronKind::LayerNorm => p.ln.as_ref().map(|l| l.beta.val()),
-        NeuronKind::Conv => p.conv.as_ref().and_then(|c| c.bias.as_ref().map(|b| b.val())),
-        NeuronKind::Linear => p.linear.as_ref().and_then(|l| l.bias.as_ref().map(|b| b.val())),
-    };
-    bias.unwrap_or_else(|| Tensor::zeros([layer.units], device))
-}
-
-fn uniform(n: usize, bound: f64, rng: &mut Rng, device: &Device) -> Tensor<1> {
-    let v: Vec<f32> = (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
-    Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
 fn to_vec(t: Tensor<1>) -> Vec<f32> {

@@ -7,6 +7,7 @@
 
 pub mod fold;
 pub mod neurons;
+pub mod noise;
 pub mod sweep;
 
 use burn::module::Module;

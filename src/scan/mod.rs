@@ -42,6 +42,11 @@ use crate::rng::Rng;
 use crate::progress::Progress;
 use crate::trigger::{Trigger, Use};
 
+pub mod margin;
+pub mod noise;
+pub use margin::MarginConfig;
+pub use noise::{NoiseCollapse, NoiseConfig};
+
 /// A family of reconstructed triggers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -139,6 +144,10 @@ pub struct ScanConfig {
     pub families: Vec<Family>,
     /// Also reconstruct a trigger towards any wrong class (untargeted and all-to-all backdoors).
     pub untargeted: bool,
+    /// The maximum-margin statistic ([`margin`]); `None`: not computed.
+    pub margins: Option<MarginConfig>,
+    /// Adversarial neuron noise ([`noise`]); `None`: not applied.
+    pub noise: Option<NoiseConfig>,
     pub thresholds: Thresholds,
     pub seed: u64,
 }
@@ -167,6 +176,8 @@ impl Default for ScanConfig {
             classes: None,
             families: vec![Family::Patch, Family::Additive],
             untargeted: true,
+            margins: Some(MarginConfig::default()),
+            noise: Some(NoiseConfig::default()),
             thresholds: Thresholds::default(),
             seed: 0,
         }
@@ -184,6 +195,15 @@ pub struct ClassResult {
     pub best_batch_asr: f64,
     /// Leave-one-out robust outlier index of the log size (see the module docs); `None`
     /// without a size.
+    pub index: Option<f64>,
+}
+
+/// A class's maximum margin ([`margin::max_margins`]) and its robust outlier index among the
+/// classes' (log scale, leave-one-out, as the trigger sizes').
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassMargin {
+    pub class: usize,
+    pub margin: f64,
     pub index: Option<f64>,
 }
 
@@ -287,8 +307,10 @@ pub struct Suspect {
     pub combined_index: Option<f64>,
     pub holdout_asr: Option<f64>,
     pub control_ratio: Option<f64>,
-    /// The trigger works on held-out data, and the index is at the flag or the trigger far
-    /// smaller than the controls': the class is a target.
+    /// Three views that assume nothing of each other name this class (see [`agreement`]).
+    pub agreement: bool,
+    /// The trigger works on held-out data, and the index is at the flag, or the trigger far
+    /// smaller than the controls', or the three views agree: the class is a target.
     pub confirmed: bool,
 }
 
@@ -313,6 +335,10 @@ pub struct ScanOutcome {
     /// is at or below the threshold ratio.
     pub untargeted: Option<UntargetedFinding>,
     pub families: Vec<FamilyResult>,
+    /// Each candidate class's maximum margin (see [`margin`]), when computed.
+    pub margins: Option<Vec<ClassMargin>>,
+    /// Where the model sends held-out inputs when its neurons are shaken (see [`noise`]).
+    pub noise: Option<NoiseCollapse>,
     pub thresholds: Thresholds,
     /// Clean accuracy of the model on the held-out split (checks the input pipeline).
     pub holdout_clean_accuracy: f64,
@@ -792,6 +818,23 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
     lap("clean data check", &mut stages);
     let norm = &file.info.normalization;
     let (mean, std) = norm_tensors(norm, shape[0], &device);
+    let margins = match &cfg.margins {
+        Some(mc) => {
+            let best = margin::max_margins(file, &candidates, *range, &mean, &std, mc, cfg.seed, &device, progress)?;
+            let idx = margin::outlier_indices(&best);
+            lap("margins", &mut stages);
+            Some(candidates.iter().zip(best).zip(idx).map(|((&class, margin), index)| ClassMargin { class, margin, index }).collect())
+        }
+        None => None,
+    };
+    let noise = match &cfg.noise {
+        Some(nc) => {
+            let r = noise::collapse(&file.model, inv, hold, norm, classes, nc, cfg.seed, &device, progress)?;
+            lap("neuron noise", &mut stages);
+            r
+        }
+        None => None,
+    };
     let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
     let mut families = vec![];
     for &family in &cfg.families {
@@ -874,7 +917,8 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         None => None,
     };
     let th = cfg.thresholds;
-    let (verdict, suspects, untargeted) = decide(&families, &th);
+    let agreed = agreement(&families, margins.as_deref(), noise.as_ref());
+    let (verdict, suspects, untargeted) = decide(&families, agreed, &th);
     let targets = suspects.iter().map(|s| s.class).collect();
     match &untargeted {
         Some(u) if u.confirmed => notes.push(format!(
@@ -892,6 +936,8 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         suspects,
         untargeted,
         families,
+        margins,
+        noise,
         thresholds: th,
         holdout_clean_accuracy: *hold_acc,
         inversion_samples: inv.len(),
@@ -1037,27 +1083,44 @@ fn class_evidence(families: &[FamilyResult], class: usize) -> Option<(f64, Famil
     Some((best, family, combined))
 }
 
+/// The class three independent views name, if they agree: the class the model collapses onto
+/// when its neurons are shaken ([`noise`]), the class with the largest reachable margin
+/// ([`margin`]), and the class with the smallest first-pass trigger in some family. Each view
+/// alone names some class on every model, a clean one included (a naturally easy class, a
+/// sink the noise drains into); a backdoor's shortcut is what makes all three point at the same
+/// one. On a clean model they agree by chance about once in K^2 (K classes) unless one class
+/// is naturally easiest in all three ways, which the measured clean models did not show.
+pub fn agreement(families: &[FamilyResult], margins: Option<&[ClassMargin]>, noise: Option<&NoiseCollapse>) -> Option<usize> {
+    let shaken = noise?.class;
+    let widest = margins?.iter().max_by(|a, b| a.margin.total_cmp(&b.margin))?.class;
+    let smallest = |f: &FamilyResult| f.classes.iter().filter_map(|c| Some((c.size?, c.class))).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, c)| c);
+    (shaken == widest && families.iter().any(|f| smallest(f) == Some(shaken))).then_some(shaken)
+}
+
 /// The verdict from the families' first-pass indices and refined finalists: a class is a
 /// suspect when its index (the largest over the families, or their combination) reaches
 /// `suspect` or a refined trigger of it is at most `max_control_ratio` of the controls', and a
 /// target when a refined trigger of it, in either family, works on held-out data with an index
-/// at `flag` or that small a size. Suspects come out most likely first (targets, then by index).
+/// at `flag` or that small a size. The class the three views agree on (`agreed`, see
+/// [`agreement`]) is a suspect, and a target when a refined trigger of it works on held-out
+/// data. Suspects come out most likely first (targets, then by index).
 ///
 /// Without a target class, a family's untargeted trigger at most `untargeted_ratio` of its
 /// smallest refined class's is evidence of an untargeted or all-to-all backdoor, and makes the
 /// model "backdoored" when it misleads held-out data.
-pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspect>, Option<UntargetedFinding>) {
+pub fn decide(families: &[FamilyResult], agreed: Option<usize>, th: &Thresholds) -> (Verdict, Vec<Suspect>, Option<UntargetedFinding>) {
     let mut suspects: Vec<Suspect> = vec![];
     for class in scored_classes(families) {
         let Some((best, index_family, combined_index)) = class_evidence(families, class) else { continue };
         let index = combined_index.map_or(best, |c| c.max(best));
         let finalists: Vec<(Family, &Finalist)> = families.iter().flat_map(|f| f.finalists.iter().filter(|x| x.class == class && !x.control).map(move |x| (f.family, x))).collect();
         let tiny = |x: &Finalist| x.control_ratio.is_some_and(|r| r <= th.max_control_ratio);
-        let confirms = |x: &Finalist| x.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x));
+        let agrees = agreed == Some(class);
+        let confirms = |x: &Finalist| x.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x) || agrees);
         let confirming = finalists.iter().find(|(_, x)| confirms(x));
         // A suspect: an outlier at equal budgets, or a refined trigger far below the controls'
         // (a patch backdoor's first-pass mask can still be hidden in haze on large inputs).
-        if index < th.suspect && !finalists.iter().any(|(_, x)| tiny(x)) {
+        if index < th.suspect && !finalists.iter().any(|(_, x)| tiny(x)) && !agrees {
             continue;
         }
         let (family, fin) = match confirming.or_else(|| finalists.iter().find(|(f, _)| *f == index_family)) {
@@ -1072,6 +1135,7 @@ pub fn decide(families: &[FamilyResult], th: &Thresholds) -> (Verdict, Vec<Suspe
             combined_index,
             holdout_asr: fin.and_then(|x| x.held_out.holdout_asr),
             control_ratio: fin.and_then(|x| x.control_ratio),
+            agreement: agrees,
             confirmed: confirming.is_some(),
         });
     }
@@ -1139,34 +1203,71 @@ mod tests {
         let th = Thresholds::default();
         // A high index in one family, confirmed by the other family's working trigger.
         let f = [family(Family::Patch, &[0.5, 1.0, 2.0], vec![finalist(2, 0.9, 0.95)]), family(Family::Additive, &[0.2, 6.0, 0.1], vec![finalist(1, 0.6, 0.97)])];
-        let (v, s, _) = decide(&f, &th);
+        let (v, s, _) = decide(&f, None, &th);
         assert_eq!((v, s.iter().map(|s| s.class).collect::<Vec<_>>()), (Verdict::Backdoored, vec![1]));
         assert_eq!((s[0].index_family, s[0].family), (Family::Additive, Family::Additive));
         // The same index with a trigger that fails on held-out data: a suspect, not a target.
         let f = [family(Family::Additive, &[0.2, 6.0, 0.1], vec![finalist(1, 0.6, 0.5)])];
-        assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
+        assert_eq!(decide(&f, None, &th).0, Verdict::Inconclusive);
         // Below the flag, a refined trigger far smaller than the controls' confirms; an ordinary
         // one does not.
         let f = [family(Family::Patch, &[3.5, 0.0, 0.1], vec![finalist(0, 0.1, 0.95)])];
-        assert_eq!(decide(&f, &th).0, Verdict::Backdoored);
+        assert_eq!(decide(&f, None, &th).0, Verdict::Backdoored);
         let f = [family(Family::Patch, &[3.5, 0.0, 0.1], vec![finalist(0, 0.45, 0.95)])];
-        assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
+        assert_eq!(decide(&f, None, &th).0, Verdict::Inconclusive);
         let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.1, 0.95)])];
-        assert_eq!(decide(&f, &th).0, Verdict::Backdoored);
+        assert_eq!(decide(&f, None, &th).0, Verdict::Backdoored);
         let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.45, 0.95)])];
-        assert_eq!(decide(&f, &th).0, Verdict::NoEvidence);
+        assert_eq!(decide(&f, None, &th).0, Verdict::NoEvidence);
         // A tiny refined trigger that fails on held-out data: inconclusive.
         let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.1, 0.5)])];
-        assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
+        assert_eq!(decide(&f, None, &th).0, Verdict::Inconclusive);
         // Below the flag in each family, the same class in both: the evidence adds up
         // ((4.0 + 3.8) / sqrt 2 = 5.5), and a working trigger makes it a target.
         let f = [family(Family::Patch, &[4.0, 0.2, 0.1], vec![finalist(0, 0.4, 0.95)]), family(Family::Additive, &[3.8, 0.1, 0.3], vec![finalist(0, 0.5, 0.9)])];
-        let (v, s, _) = decide(&f, &th);
+        let (v, s, _) = decide(&f, None, &th);
         assert_eq!((v, s[0].class), (Verdict::Backdoored, 0));
         assert!((s[0].index - 7.8 / 2f64.sqrt()).abs() < 1e-9 && s[0].combined_index == Some(s[0].index));
         // Different classes in the two families do not add up.
         let f = [family(Family::Patch, &[4.0, 0.2, 0.1], vec![finalist(0, 0.4, 0.95)]), family(Family::Additive, &[0.1, 3.8, 0.3], vec![finalist(1, 0.5, 0.9)])];
-        assert_eq!(decide(&f, &th).0, Verdict::Inconclusive);
+        assert_eq!(decide(&f, None, &th).0, Verdict::Inconclusive);
+    }
+
+    fn sized(family: Family, sizes: &[f64], finalists: Vec<Finalist>) -> FamilyResult {
+        let mut f = self::family(family, &vec![0.0; sizes.len()], finalists);
+        for (c, &s) in f.classes.iter_mut().zip(sizes) {
+            c.size = Some(s);
+        }
+        f
+    }
+
+    fn collapse_onto(class: usize) -> NoiseCollapse {
+        NoiseCollapse { class, share: 0.5, share_ci95: [0.4, 0.6], samples: 100, runner_up_share: 0.1, accuracy: 0.2, eps: 0.3, layers: 2, units: 20 }
+    }
+
+    fn margins(values: &[f64]) -> Vec<ClassMargin> {
+        values.iter().enumerate().map(|(class, &margin)| ClassMargin { class, margin, index: None }).collect()
+    }
+
+    #[test]
+    fn three_views_agreeing_on_a_class_make_it_a_target_when_its_trigger_works() {
+        let th = Thresholds::default();
+        let f = [sized(Family::Patch, &[5.0, 2.0, 4.0], vec![finalist(1, 0.6, 0.95)]), sized(Family::Additive, &[1.0, 3.0, 2.0], vec![])];
+        // Noise, margin and the patch family's smallest trigger all name class 1.
+        let agreed = agreement(&f, Some(&margins(&[1.0, 9.0, 2.0])), Some(&collapse_onto(1)));
+        assert_eq!(agreed, Some(1));
+        let (v, s, _) = decide(&f, agreed, &th);
+        assert_eq!((v, s[0].class, s[0].agreement, s[0].confirmed), (Verdict::Backdoored, 1, true, true));
+        // Any view naming another class: no agreement, and an ordinary index is no evidence.
+        assert_eq!(agreement(&f, Some(&margins(&[1.0, 9.0, 2.0])), Some(&collapse_onto(2))), None);
+        assert_eq!(agreement(&f, Some(&margins(&[9.0, 1.0, 2.0])), Some(&collapse_onto(1))), None);
+        assert_eq!(agreement(&f, None, Some(&collapse_onto(1))), None, "a view not computed never agrees");
+        let third = [sized(Family::Patch, &[5.0, 4.0, 2.0], vec![finalist(1, 0.6, 0.95)])];
+        assert_eq!(agreement(&third, Some(&margins(&[1.0, 9.0, 2.0])), Some(&collapse_onto(1))), None, "a finalist but not the smallest");
+        assert_eq!(decide(&f, None, &th).0, Verdict::NoEvidence);
+        // Agreement on a class whose trigger fails on held-out data: a suspect only.
+        let weak = [sized(Family::Patch, &[5.0, 2.0, 4.0], vec![finalist(1, 0.6, 0.5)])];
+        assert_eq!(decide(&weak, Some(1), &th).0, Verdict::Inconclusive);
     }
 
     #[test]
@@ -1175,7 +1276,7 @@ mod tests {
         let with = |ratio: f64, asr: f64| {
             let mut f = family(Family::Patch, &[0.5, 1.0, 2.0], vec![finalist(2, 0.9, 0.95)]);
             f.untargeted = Some(UntargetedResult { size: Some(1.0), refined_size: Some(ratio), refined_ratio: Some(ratio), held_out: HeldOut { holdout_asr: Some(asr), holdout_asr_ci95: [0.0, 1.0], holdout_samples: 100 }, trigger: None });
-            decide(&[f], &th)
+            decide(&[f], None, &th)
         };
         let (v, s, u) = with(0.4, 0.95);
         assert_eq!((v, s.len()), (Verdict::Backdoored, 0), "no target class, yet backdoored");

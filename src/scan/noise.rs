@@ -1,0 +1,145 @@
+//! Adversarial neuron noise (after BAN, Xu et al., NeurIPS 2024): shake every neuron's scale
+//! and shift by at most ε, in the direction that most raises the loss on clean data, then see
+//! where the predictions go. A clean model, pushed off its answers, scatters them; a backdoored
+//! one has a few neurons that decide everything once they move (the backdoor's shortcut), and
+//! the shaken model sends most inputs to its target, whatever the trigger looks like and
+//! however large it is. No trigger shape is assumed and the cost does not grow with the number
+//! of classes. The noise is ANP's ([`Perturbation`]), so the weights stay frozen.
+
+use burn::tensor::{Device, Tensor};
+use serde::Serialize;
+
+use crate::data::{Normalization, Split, batch};
+use crate::error::{Error, Result};
+use crate::metrics::{argmax, wilson};
+use crate::model::Model;
+use crate::model::net::Mode;
+use crate::progress::Progress;
+use crate::prune::neurons::neuron_layers;
+use crate::prune::noise::{Perturbation, shift_of, uniform};
+use crate::rng::Rng;
+use crate::train::cross_entropy;
+
+/// How the neurons are shaken.
+#[derive(Clone, Debug, Serialize)]
+pub struct NoiseConfig {
+    /// Largest relative change of a neuron's scale and shift: BAN's 0.3, taken as it is (ANP
+    /// defends with 0.4).
+    pub eps: f64,
+    /// Signed ascent steps on the clean loss, each of `eps / 10`.
+    pub steps: usize,
+    /// Clean images per step; the steps cycle over a few fixed batches.
+    pub batch_size: usize,
+    pub batches: usize,
+}
+
+impl Default for NoiseConfig {
+    fn default() -> Self {
+        NoiseConfig { eps: 0.3, steps: 30, batch_size: 128, batches: 5 }
+    }
+}
+
+/// Where the shaken model sends held-out clean inputs.
+#[derive(Clone, Debug, Serialize)]
+pub struct NoiseCollapse {
+    /// The class that collects the largest share of other classes' inputs.
+    pub class: usize,
+    /// That share: held-out inputs of other classes the shaken model predicts as `class`.
+    pub share: f64,
+    pub share_ci95: [f64; 2],
+    pub samples: usize,
+    /// The second class's share, for scale.
+    pub runner_up_share: f64,
+    /// Held-out accuracy of the shaken model.
+    pub accuracy: f64,
+    /// The noise's bound (see [`NoiseConfig::eps`]).
+    pub eps: f64,
+    /// Neuron layers shaken and their units.
+    pub layers: usize,
+    pub units: usize,
+}
+
+/// Shakes `model`'s neurons on `inv` (the scan's inversion set) and measures the collapse on
+/// `hold`. `None` when the model has no neuron layer to shake.
+#[allow(clippy::too_many_arguments)]
+pub fn collapse(model: &Model, inv: &Split, hold: &Split, norm: &Normalization, classes: usize, cfg: &NoiseConfig, seed: u64, device: &Device, progress: &mut dyn Progress) -> Result<Option<NoiseCollapse>> {
+    let layers = neuron_layers(&model.graph);
+    if layers.is_empty() || inv.is_empty() || hold.is_empty() {
+        return Ok(None);
+    }
+    if !(cfg.eps.is_finite() && cfg.eps > 0.0) || cfg.batch_size == 0 || cfg.batches == 0 {
+        return Err(Error::invalid("neuron noise needs a positive eps, batch size and batch count"));
+    }
+    let shape = model.graph.input_shape;
+    let plain = device.clone().without_autodiff();
+    let mut slot = vec![None; model.graph.nodes.len()];
+    for (k, l) in layers.iter().enumerate() {
+        slot[l.node] = Some(k);
+    }
+    let shifts: Vec<Tensor<1>> = layers.iter().map(|l| shift_of(model, l, &plain)).collect();
+    let mut rng = Rng::new(seed ^ 0xBA4);
+    let mut order: Vec<usize> = (0..inv.len()).collect();
+    rng.shuffle(&mut order);
+    let per = cfg.batch_size.min(inv.len());
+    let batches: Vec<Vec<usize>> = order.chunks(per).take(cfg.batches).map(|c| c.to_vec()).collect();
+    let mut delta: Vec<Tensor<1>> = layers.iter().map(|l| uniform(l.units, cfg.eps, &mut rng, &plain)).collect();
+    let mut xi: Vec<Tensor<1>> = layers.iter().map(|l| uniform(l.units, cfg.eps, &mut rng, &plain)).collect();
+    let step = cfg.eps / 10.0;
+    progress.phase(&format!("scan (neuron noise): {} neurons in {} layers, {} steps", layers.iter().map(|l| l.units).sum::<usize>(), layers.len(), cfg.steps), cfg.steps);
+    for s in 0..cfg.steps {
+        let (x, y) = batch(inv, &batches[s % batches.len()], shape, norm, &plain);
+        let d: Vec<Tensor<1>> = delta.iter().map(|t| t.clone().autodiff().require_grad()).collect();
+        let e: Vec<Tensor<1>> = xi.iter().map(|t| t.clone().autodiff().require_grad()).collect();
+        let scale: Vec<Tensor<1>> = d.iter().map(|t| t.clone() + 1.0).collect();
+        let coef: Vec<Tensor<1>> = e.iter().map(|t| t.clone() + 1.0).collect();
+        let loss = cross_entropy(model.forward_hooked(x, Mode::Eval, &Perturbation::new(&slot, &shifts, scale, Some(&coef))), y.autodiff());
+        if !loss.clone().detach().into_scalar::<f32>().is_finite() {
+            return Err(Error::model("the loss under neuron noise is not finite (NaN weights or activations?)"));
+        }
+        let grads = loss.backward();
+        let ascend = |t: &Tensor<1>| -> Tensor<1> {
+            let g = t.grad(&grads).unwrap_or_else(|| t.clone().without_autodiff().zeros_like());
+            (t.clone().without_autodiff() + g.sign() * step).clamp(-cfg.eps, cfg.eps)
+        };
+        delta = d.iter().map(ascend).collect();
+        xi = e.iter().map(ascend).collect();
+        progress.work(s + 1, cfg.steps);
+    }
+
+    // Where the shaken model sends the held-out inputs.
+    let scale: Vec<Tensor<1>> = delta.iter().map(|t| t.clone() + 1.0).collect();
+    let coef: Vec<Tensor<1>> = xi.iter().map(|t| t.clone() + 1.0).collect();
+    let hook = Perturbation::new(&slot, &shifts, scale, Some(&coef));
+    let all: Vec<usize> = (0..hold.len()).collect();
+    let mut preds = Vec::with_capacity(hold.len());
+    for chunk in all.chunks(256) {
+        let (x, _) = batch(hold, chunk, shape, norm, &plain);
+        preds.extend(argmax(model.forward_hooked(x, Mode::Eval, &hook)));
+    }
+    let (mut to, mut others) = (vec![0usize; classes], vec![0usize; classes]);
+    for (i, &p) in preds.iter().enumerate() {
+        let y = hold.labels[i];
+        for (t, n) in others.iter_mut().enumerate() {
+            *n += usize::from(t != y);
+        }
+        if p != y && p < classes {
+            to[p] += 1;
+        }
+    }
+    let share = |t: usize| to[t] as f64 / others[t].max(1) as f64;
+    let mut ranked: Vec<usize> = (0..classes).collect();
+    ranked.sort_by(|&a, &b| share(b).total_cmp(&share(a)));
+    let class = ranked[0];
+    let correct = preds.iter().zip(&hold.labels).filter(|(p, y)| p == y).count();
+    Ok(Some(NoiseCollapse {
+        class,
+        share: share(class),
+        share_ci95: wilson(to[class], others[class]),
+        samples: others[class],
+        runner_up_share: ranked.get(1).map_or(0.0, |&c| share(c)),
+        accuracy: correct as f64 / hold.len() as f64,
+        eps: cfg.eps,
+        layers: layers.len(),
+        units: layers.iter().map(|l| l.units).sum(),
+    }))
+}
