@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The scan's three trigger-free views on clean and backdoored models: where the neuron noise
-# collapses the model, which class has the widest reachable margin, which has the smallest
-# first-pass trigger, and whether they agree. Trains what is missing with the zoo's commands
+# The scan's two views that assume no trigger shape, on clean and backdoored models: which
+# class has the widest reachable margin (part of the verdict, flagged at MARGIN_FLAG, set from
+# these clean models) and where the neuron noise collapses the model (`--neuron-noise`,
+# reported only); beside them the class with the smallest first-pass trigger, and whether all
+# three agree (a rule the scan tried at 267c5a9 and dropped: see docs/detection.md). Trains what is missing with the zoo's commands
 # (scripts/scan_zoo.sh; the same ZOO_DIR, so its models are reused), scans each model with
-# `fineprune scan --json` at its defaults, and appends one JSON line per model to
+# `fineprune scan --neuron-noise --json` (otherwise its defaults), and appends one JSON line per model to
 # docs/results/scan-views.jsonl (date, commit, machine stamped); scripts/scan_table.py renders
 # it into docs/detection.md. Set THREADS=1 to leave a core to other work (the default: all).
 #   scripts/scan_views.sh
@@ -22,21 +24,22 @@ stamp() {
 view() {
   local name=$1 data=$2 model=$3 target=$4; shift 4
   echo "scan $name" >&2
-  ${THREADS:+env RAYON_NUM_THREADS=$THREADS} $B scan --model "$model" --data "$data" --json "$@" > "$W/$name.views.json" 2> "$W/$name.views.log"
+  ${THREADS:+env RAYON_NUM_THREADS=$THREADS} $B scan --model "$model" --data "$data" --neuron-noise --json "$@" > "$W/$name.views.json" 2> "$W/$name.views.log"
   python3 - "$W/$name.views.json" "$name" "$target" "$(stamp)" >> "$out" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); name, target = sys.argv[2], sys.argv[3]
 noise, margins = d["noise"], d["margins"]
 widest = max(margins, key=lambda c: c["margin"]) if margins else None
 smallest = {f["family"]: min((c for c in f["classes"] if c["size"] is not None), key=lambda c: c["size"])["class"] for f in d["families"] if any(c["size"] is not None for c in f["classes"])}
-agreed = [s["class"] for s in d["suspects"] if s["agreement"]]
+# All three views name one class: the collapse class, the widest margin, a family's smallest.
+agreed = [noise["class"]] if noise and widest and noise["class"] == widest["class"] and noise["class"] in smallest.values() else []
 stages = {s["stage"]: s["seconds"] for s in d["seconds_by_stage"]}
 print(json.dumps({**json.loads("{" + sys.argv[4] + "}"), "model": name, "backdoored": target != "-",
   "true_target": None if target == "-" else int(target), "verdict": d["verdict"], "targets": d["targets"],
   "agreement": agreed[0] if agreed else None,
   "noise": None if noise is None else {k: noise[k] for k in ("class", "share", "runner_up_share", "accuracy", "eps")},
   "widest_margin": None if widest is None else {"class": widest["class"], "index": widest["index"]},
-  "smallest": smallest, "seconds": d["seconds"],
+  "smallest": smallest, "thresholds": d["thresholds"], "seconds": d["seconds"],
   "seconds_views": stages.get("margins", 0.0) + stages.get("neuron noise", 0.0)}))
 PY
 }

@@ -61,18 +61,19 @@ pub(super) struct ScanArgs {
     /// Do not look for untargeted and all-to-all backdoors (one goal fewer to optimise).
     #[arg(long)]
     pub(super) no_untargeted: bool,
-    /// Ascent steps of the maximum-margin statistic (each class's largest reachable margin
-    /// from random inputs); 0 skips it.
-    #[arg(long, default_value_t = MarginConfig::default().steps)]
-    pub(super) margin_steps: usize,
-    /// Random starting inputs per class for the maximum-margin statistic.
-    #[arg(long, default_value_t = MarginConfig::default().images)]
-    pub(super) margin_images: usize,
-    /// Signed ascent steps of the adversarial neuron noise (where the model sends clean inputs
-    /// when its neurons are shaken); 0 skips it.
-    #[arg(long, default_value_t = NoiseConfig::default().steps)]
-    pub(super) noise_steps: usize,
-    /// Largest relative change of a neuron's scale and shift under that noise.
+    /// A class whose maximum-margin index (how far its logit can be pushed above all others from
+    /// random inputs, against the other classes') reaches this is a suspect, and a target when
+    /// its reconstructed trigger works on held-out data.
+    #[arg(long, default_value_t = fineprune::scan::MARGIN_FLAG)]
+    pub(super) margin_flag: f64,
+    /// Skip the maximum-margin statistic (its flag then never fires).
+    #[arg(long)]
+    pub(super) no_margins: bool,
+    /// Also shake every neuron against the clean loss and report which class the model collapses
+    /// onto (after BAN); reported beside the verdict, not part of it: clean models collapse too.
+    #[arg(long)]
+    pub(super) neuron_noise: bool,
+    /// With --neuron-noise: the largest relative change of a neuron's scale and shift.
     #[arg(long, default_value_t = NoiseConfig::default().eps)]
     pub(super) noise_eps: f64,
     /// A trigger an earlier scan reconstructed (its FAMILY-classK.json): after the scan, search
@@ -117,9 +118,9 @@ impl ScanArgs {
             classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
             families: self.family.clone(),
             untargeted: !self.no_untargeted,
-            noise: (self.noise_steps > 0).then(|| NoiseConfig { steps: self.noise_steps, eps: self.noise_eps, ..NoiseConfig::default() }),
-            margins: (self.margin_steps > 0).then(|| MarginConfig { steps: self.margin_steps, images: self.margin_images, ..MarginConfig::default() }),
-            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, max_control_ratio: self.max_control_ratio, untargeted_ratio: self.untargeted_ratio, ..Thresholds::default() },
+            noise: self.neuron_noise.then(|| NoiseConfig { eps: self.noise_eps, ..NoiseConfig::default() }),
+            margins: (!self.no_margins).then(MarginConfig::default),
+            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, max_control_ratio: self.max_control_ratio, margin_flag: self.margin_flag, untargeted_ratio: self.untargeted_ratio, ..Thresholds::default() },
             seed: self.seed,
             ..ScanConfig::default()
         }
@@ -228,7 +229,7 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
         }
     }
     if let Some(margins) = &o.margins {
-        println!("maximum margin: each class's largest logit lead over every other class, pushed up from random inputs; index = how far above the other classes' (robust z on log margins)");
+        println!("maximum margin: each class's largest logit lead over every other class, pushed up from random inputs; index = how far above the other classes' (robust z)");
         let mut rows: Vec<_> = margins.iter().collect();
         rows.sort_by(|a, b| b.index.unwrap_or(f64::MIN).total_cmp(&a.index.unwrap_or(f64::MIN)));
         for c in rows.iter().take(5) {
@@ -237,7 +238,7 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
     }
     if let Some(n) = &o.noise {
         println!(
-            "neuron noise: with every neuron's scale and shift moved by up to {:.0}% against the clean loss ({} neurons in {} layers), class {} ({}) collects {:.3} of the other classes' held-out inputs (next class {:.3}; accuracy {:.3})",
+            "neuron noise (reported, not part of the verdict): with every neuron's scale and shift moved by up to {:.0}% against the clean loss ({} neurons in {} layers), class {} ({}) collects {:.3} of the other classes' held-out inputs (next class {:.3}; accuracy {:.3})",
             100.0 * n.eps,
             n.units,
             n.layers,
@@ -250,10 +251,11 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
     }
     let th = &o.thresholds;
     println!(
-        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index (in one family, or both families' combined) is {:.1} or more, or its refined size is at most {:.2} of the controls', or it is the class the neuron noise collapses onto, the widest margin and the smallest trigger of a family all at once (suspect: index {:.1}, that small a size, or that agreement)",
+        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index (in one family, or both families' combined) is {:.1} or more, or its refined size is at most {:.2} of the controls', or its maximum-margin index is {:.1} or more (suspect: index {:.1}, that small a size or that margin)",
         100.0 * th.confirm_asr,
         th.flag,
         th.max_control_ratio,
+        th.margin_flag,
         th.suspect
     );
     for n in &o.notes {
@@ -264,14 +266,14 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
     let untargeted_confirmed = o.untargeted.as_ref().is_some_and(|u| u.confirmed);
     match o.suspects.first().filter(|s| s.confirmed || !untargeted_confirmed) {
         Some(s) => println!(
-            "verdict: {} -- suspected target {} ({}){}, {} family, {}index {:.2}, reconstructed trigger's held-out attack success {}",
+            "verdict: {} -- suspected target {} ({}), {} family, {}index {:.2}{}, reconstructed trigger's held-out attack success {}",
             o.verdict.name(),
             s.class,
             name(s.class),
-            if s.agreement { ", named by the neuron noise, the margins and the trigger sizes alike" } else { "" },
             s.family.name(),
             if s.combined_index == Some(s.index) { "combined " } else { "" },
             s.index,
+            if s.wide_margin { ", maximum margin at its flag" } else { "" },
             opt(s.holdout_asr, 3)
         ),
         None => match &o.untargeted {

@@ -90,6 +90,9 @@ pub struct Thresholds {
     /// a patch backdoor's trigger keeps shrinking far below what any ordinary class needs, even
     /// when the first pass, on a large input, had not yet found it.
     pub max_control_ratio: f64,
+    /// A class whose maximum-margin index ([`margin`]) is at least this is a suspect, refined
+    /// in every family, and a target when a refined trigger of it works on held-out data.
+    pub margin_flag: f64,
     /// The untargeted trigger's refined size over the smallest refined class's at or below
     /// which, when it misleads held-out data, the model has an untargeted or all-to-all
     /// backdoor (see [`UntargetedResult`]).
@@ -98,7 +101,7 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: MAX_CONTROL_RATIO, untargeted_ratio: UNTARGETED_RATIO }
+        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: MAX_CONTROL_RATIO, margin_flag: MARGIN_FLAG, untargeted_ratio: UNTARGETED_RATIO }
     }
 }
 
@@ -111,6 +114,11 @@ impl Default for Thresholds {
 pub const SUSPECT_INDEX: f64 = 3.0;
 pub const FLAG_INDEX: f64 = 5.0;
 pub const MAX_CONTROL_RATIO: f64 = 0.25;
+/// On the 12 clean models of `scripts/scan_views.sh` (2026-12-07: LeNets, signnets on GTSRB
+/// and the synthetic set, speechnet, DeepIDs; docs/detection.md) the largest maximum-margin
+/// index of any class was 4.35 (a synthetic signnet's class 7); the flag keeps the indices'
+/// margin of 1.4x above it.
+pub const MARGIN_FLAG: f64 = 6.1;
 /// On clean models, a trigger that moves inputs of *every* class off their class is about as
 /// large as the smallest that moves other classes' inputs into one, or larger: from 0.996x (the
 /// PyTorch residual GTSRB model's additive pattern; 1.79x without it) up, on the clean models
@@ -146,7 +154,8 @@ pub struct ScanConfig {
     pub untargeted: bool,
     /// The maximum-margin statistic ([`margin`]); `None`: not computed.
     pub margins: Option<MarginConfig>,
-    /// Adversarial neuron noise ([`noise`]); `None`: not applied.
+    /// Adversarial neuron noise ([`noise`]); `None` (the default): not applied. Reported, not
+    /// part of the verdict.
     pub noise: Option<NoiseConfig>,
     pub thresholds: Thresholds,
     pub seed: u64,
@@ -177,7 +186,7 @@ impl Default for ScanConfig {
             families: vec![Family::Patch, Family::Additive],
             untargeted: true,
             margins: Some(MarginConfig::default()),
-            noise: Some(NoiseConfig::default()),
+            noise: None,
             thresholds: Thresholds::default(),
             seed: 0,
         }
@@ -307,10 +316,10 @@ pub struct Suspect {
     pub combined_index: Option<f64>,
     pub holdout_asr: Option<f64>,
     pub control_ratio: Option<f64>,
-    /// Three views that assume nothing of each other name this class (see [`agreement`]).
-    pub agreement: bool,
+    /// The class's maximum-margin index is at the flag ([`Thresholds::margin_flag`]).
+    pub wide_margin: bool,
     /// The trigger works on held-out data, and the index is at the flag, or the trigger far
-    /// smaller than the controls', or the three views agree: the class is a target.
+    /// smaller than the controls', or the margin at its flag: the class is a target.
     pub confirmed: bool,
 }
 
@@ -799,7 +808,7 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
     }
     let th = &cfg.thresholds;
     let ratios = [th.max_control_ratio, th.untargeted_ratio];
-    if !(th.suspect.is_finite() && th.flag.is_finite() && (0.0..=1.0).contains(&th.confirm_asr) && ratios.iter().all(|r| r.is_finite() && *r >= 0.0)) {
+    if !(th.suspect.is_finite() && th.flag.is_finite() && th.margin_flag.is_finite() && (0.0..=1.0).contains(&th.confirm_asr) && ratios.iter().all(|r| r.is_finite() && *r >= 0.0)) {
         return Err(Error::invalid(format!("scan thresholds must be finite, the ratios not negative and the attack success in [0, 1]: {th:?}")));
     }
     // A trigger to search for again is checked before any work.
@@ -866,7 +875,11 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         // Refine the smallest and a few median controls.
         let mut order: Vec<usize> = (0..candidates.len()).filter(|&s| sizes[s].is_some()).collect();
         order.sort_by(|&a, &b| sizes[a].partial_cmp(&sizes[b]).expect("finite sizes"));
-        let finalists: Vec<usize> = order.iter().copied().take(cfg.finalists).collect();
+        // The smallest, and any class whose margin is at the flag: its trigger must be measured
+        // to confirm it, wherever its size ranks.
+        let wide = |s: &usize| margins.as_ref().is_some_and(|m: &Vec<ClassMargin>| m[*s].index.is_some_and(|i| i >= th.margin_flag));
+        let mut finalists: Vec<usize> = order.iter().copied().take(cfg.finalists).collect();
+        finalists.extend(order.iter().copied().skip(cfg.finalists).filter(wide));
         let mid = order.len() / 2;
         let controls: Vec<usize> = order.iter().copied().skip(mid.saturating_sub(cfg.controls / 2)).filter(|s| !finalists.contains(s)).take(cfg.controls).collect();
         let refine: Vec<usize> = finalists.iter().chain(&controls).copied().collect();
@@ -917,8 +930,8 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         None => None,
     };
     let th = cfg.thresholds;
-    let agreed = agreement(&families, margins.as_deref(), noise.as_ref());
-    let (verdict, suspects, untargeted) = decide(&families, agreed, &th);
+    let wide: Vec<usize> = margins.iter().flatten().filter(|m| m.index.is_some_and(|i| i >= th.margin_flag)).map(|m| m.class).collect();
+    let (verdict, suspects, untargeted) = decide(&families, &wide, &th);
     let targets = suspects.iter().map(|s| s.class).collect();
     match &untargeted {
         Some(u) if u.confirmed => notes.push(format!(
@@ -1083,44 +1096,30 @@ fn class_evidence(families: &[FamilyResult], class: usize) -> Option<(f64, Famil
     Some((best, family, combined))
 }
 
-/// The class three independent views name, if they agree: the class the model collapses onto
-/// when its neurons are shaken ([`noise`]), the class with the largest reachable margin
-/// ([`margin`]), and the class with the smallest first-pass trigger in some family. Each view
-/// alone names some class on every model, a clean one included (a naturally easy class, a
-/// sink the noise drains into); a backdoor's shortcut is what makes all three point at the same
-/// one. On a clean model they agree by chance about once in K^2 (K classes) unless one class
-/// is naturally easiest in all three ways, which the measured clean models did not show.
-pub fn agreement(families: &[FamilyResult], margins: Option<&[ClassMargin]>, noise: Option<&NoiseCollapse>) -> Option<usize> {
-    let shaken = noise?.class;
-    let widest = margins?.iter().max_by(|a, b| a.margin.total_cmp(&b.margin))?.class;
-    let smallest = |f: &FamilyResult| f.classes.iter().filter_map(|c| Some((c.size?, c.class))).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, c)| c);
-    (shaken == widest && families.iter().any(|f| smallest(f) == Some(shaken))).then_some(shaken)
-}
-
 /// The verdict from the families' first-pass indices and refined finalists: a class is a
 /// suspect when its index (the largest over the families, or their combination) reaches
 /// `suspect` or a refined trigger of it is at most `max_control_ratio` of the controls', and a
 /// target when a refined trigger of it, in either family, works on held-out data with an index
-/// at `flag` or that small a size. The class the three views agree on (`agreed`, see
-/// [`agreement`]) is a suspect, and a target when a refined trigger of it works on held-out
+/// at `flag` or that small a size. A class in `wide` (maximum-margin index at
+/// `margin_flag`) is a suspect, and a target when a refined trigger of it works on held-out
 /// data. Suspects come out most likely first (targets, then by index).
 ///
 /// Without a target class, a family's untargeted trigger at most `untargeted_ratio` of its
 /// smallest refined class's is evidence of an untargeted or all-to-all backdoor, and makes the
 /// model "backdoored" when it misleads held-out data.
-pub fn decide(families: &[FamilyResult], agreed: Option<usize>, th: &Thresholds) -> (Verdict, Vec<Suspect>, Option<UntargetedFinding>) {
+pub fn decide(families: &[FamilyResult], wide: &[usize], th: &Thresholds) -> (Verdict, Vec<Suspect>, Option<UntargetedFinding>) {
     let mut suspects: Vec<Suspect> = vec![];
     for class in scored_classes(families) {
         let Some((best, index_family, combined_index)) = class_evidence(families, class) else { continue };
         let index = combined_index.map_or(best, |c| c.max(best));
         let finalists: Vec<(Family, &Finalist)> = families.iter().flat_map(|f| f.finalists.iter().filter(|x| x.class == class && !x.control).map(move |x| (f.family, x))).collect();
         let tiny = |x: &Finalist| x.control_ratio.is_some_and(|r| r <= th.max_control_ratio);
-        let agrees = agreed == Some(class);
-        let confirms = |x: &Finalist| x.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x) || agrees);
+        let wide_margin = wide.contains(&class);
+        let confirms = |x: &Finalist| x.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x) || wide_margin);
         let confirming = finalists.iter().find(|(_, x)| confirms(x));
         // A suspect: an outlier at equal budgets, or a refined trigger far below the controls'
         // (a patch backdoor's first-pass mask can still be hidden in haze on large inputs).
-        if index < th.suspect && !finalists.iter().any(|(_, x)| tiny(x)) && !agrees {
+        if index < th.suspect && !finalists.iter().any(|(_, x)| tiny(x)) && !wide_margin {
             continue;
         }
         let (family, fin) = match confirming.or_else(|| finalists.iter().find(|(f, _)| *f == index_family)) {
@@ -1135,7 +1134,7 @@ pub fn decide(families: &[FamilyResult], agreed: Option<usize>, th: &Thresholds)
             combined_index,
             holdout_asr: fin.and_then(|x| x.held_out.holdout_asr),
             control_ratio: fin.and_then(|x| x.control_ratio),
-            agreement: agrees,
+            wide_margin,
             confirmed: confirming.is_some(),
         });
     }
@@ -1203,71 +1202,46 @@ mod tests {
         let th = Thresholds::default();
         // A high index in one family, confirmed by the other family's working trigger.
         let f = [family(Family::Patch, &[0.5, 1.0, 2.0], vec![finalist(2, 0.9, 0.95)]), family(Family::Additive, &[0.2, 6.0, 0.1], vec![finalist(1, 0.6, 0.97)])];
-        let (v, s, _) = decide(&f, None, &th);
+        let (v, s, _) = decide(&f, &[], &th);
         assert_eq!((v, s.iter().map(|s| s.class).collect::<Vec<_>>()), (Verdict::Backdoored, vec![1]));
         assert_eq!((s[0].index_family, s[0].family), (Family::Additive, Family::Additive));
         // The same index with a trigger that fails on held-out data: a suspect, not a target.
         let f = [family(Family::Additive, &[0.2, 6.0, 0.1], vec![finalist(1, 0.6, 0.5)])];
-        assert_eq!(decide(&f, None, &th).0, Verdict::Inconclusive);
+        assert_eq!(decide(&f, &[], &th).0, Verdict::Inconclusive);
         // Below the flag, a refined trigger far smaller than the controls' confirms; an ordinary
         // one does not.
         let f = [family(Family::Patch, &[3.5, 0.0, 0.1], vec![finalist(0, 0.1, 0.95)])];
-        assert_eq!(decide(&f, None, &th).0, Verdict::Backdoored);
+        assert_eq!(decide(&f, &[], &th).0, Verdict::Backdoored);
         let f = [family(Family::Patch, &[3.5, 0.0, 0.1], vec![finalist(0, 0.45, 0.95)])];
-        assert_eq!(decide(&f, None, &th).0, Verdict::Inconclusive);
+        assert_eq!(decide(&f, &[], &th).0, Verdict::Inconclusive);
         let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.1, 0.95)])];
-        assert_eq!(decide(&f, None, &th).0, Verdict::Backdoored);
+        assert_eq!(decide(&f, &[], &th).0, Verdict::Backdoored);
         let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.45, 0.95)])];
-        assert_eq!(decide(&f, None, &th).0, Verdict::NoEvidence);
+        assert_eq!(decide(&f, &[], &th).0, Verdict::NoEvidence);
         // A tiny refined trigger that fails on held-out data: inconclusive.
         let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.1, 0.5)])];
-        assert_eq!(decide(&f, None, &th).0, Verdict::Inconclusive);
+        assert_eq!(decide(&f, &[], &th).0, Verdict::Inconclusive);
         // Below the flag in each family, the same class in both: the evidence adds up
         // ((4.0 + 3.8) / sqrt 2 = 5.5), and a working trigger makes it a target.
         let f = [family(Family::Patch, &[4.0, 0.2, 0.1], vec![finalist(0, 0.4, 0.95)]), family(Family::Additive, &[3.8, 0.1, 0.3], vec![finalist(0, 0.5, 0.9)])];
-        let (v, s, _) = decide(&f, None, &th);
+        let (v, s, _) = decide(&f, &[], &th);
         assert_eq!((v, s[0].class), (Verdict::Backdoored, 0));
         assert!((s[0].index - 7.8 / 2f64.sqrt()).abs() < 1e-9 && s[0].combined_index == Some(s[0].index));
         // Different classes in the two families do not add up.
         let f = [family(Family::Patch, &[4.0, 0.2, 0.1], vec![finalist(0, 0.4, 0.95)]), family(Family::Additive, &[0.1, 3.8, 0.3], vec![finalist(1, 0.5, 0.9)])];
-        assert_eq!(decide(&f, None, &th).0, Verdict::Inconclusive);
-    }
-
-    fn sized(family: Family, sizes: &[f64], finalists: Vec<Finalist>) -> FamilyResult {
-        let mut f = self::family(family, &vec![0.0; sizes.len()], finalists);
-        for (c, &s) in f.classes.iter_mut().zip(sizes) {
-            c.size = Some(s);
-        }
-        f
-    }
-
-    fn collapse_onto(class: usize) -> NoiseCollapse {
-        NoiseCollapse { class, share: 0.5, share_ci95: [0.4, 0.6], samples: 100, runner_up_share: 0.1, accuracy: 0.2, eps: 0.3, layers: 2, units: 20 }
-    }
-
-    fn margins(values: &[f64]) -> Vec<ClassMargin> {
-        values.iter().enumerate().map(|(class, &margin)| ClassMargin { class, margin, index: None }).collect()
+        assert_eq!(decide(&f, &[], &th).0, Verdict::Inconclusive);
     }
 
     #[test]
-    fn three_views_agreeing_on_a_class_make_it_a_target_when_its_trigger_works() {
+    fn a_margin_at_its_flag_makes_a_suspect_that_a_working_trigger_confirms() {
         let th = Thresholds::default();
-        let f = [sized(Family::Patch, &[5.0, 2.0, 4.0], vec![finalist(1, 0.6, 0.95)]), sized(Family::Additive, &[1.0, 3.0, 2.0], vec![])];
-        // Noise, margin and the patch family's smallest trigger all name class 1.
-        let agreed = agreement(&f, Some(&margins(&[1.0, 9.0, 2.0])), Some(&collapse_onto(1)));
-        assert_eq!(agreed, Some(1));
-        let (v, s, _) = decide(&f, agreed, &th);
-        assert_eq!((v, s[0].class, s[0].agreement, s[0].confirmed), (Verdict::Backdoored, 1, true, true));
-        // Any view naming another class: no agreement, and an ordinary index is no evidence.
-        assert_eq!(agreement(&f, Some(&margins(&[1.0, 9.0, 2.0])), Some(&collapse_onto(2))), None);
-        assert_eq!(agreement(&f, Some(&margins(&[9.0, 1.0, 2.0])), Some(&collapse_onto(1))), None);
-        assert_eq!(agreement(&f, None, Some(&collapse_onto(1))), None, "a view not computed never agrees");
-        let third = [sized(Family::Patch, &[5.0, 4.0, 2.0], vec![finalist(1, 0.6, 0.95)])];
-        assert_eq!(agreement(&third, Some(&margins(&[1.0, 9.0, 2.0])), Some(&collapse_onto(1))), None, "a finalist but not the smallest");
-        assert_eq!(decide(&f, None, &th).0, Verdict::NoEvidence);
-        // Agreement on a class whose trigger fails on held-out data: a suspect only.
-        let weak = [sized(Family::Patch, &[5.0, 2.0, 4.0], vec![finalist(1, 0.6, 0.5)])];
-        assert_eq!(decide(&weak, Some(1), &th).0, Verdict::Inconclusive);
+        let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.6, 0.95)])];
+        assert_eq!(decide(&f, &[], &th).0, Verdict::NoEvidence, "an ordinary size, an ordinary margin");
+        let (v, s, _) = decide(&f, &[0], &th);
+        assert_eq!((v, s[0].class, s[0].wide_margin), (Verdict::Backdoored, 0, true));
+        let weak = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.6, 0.5)])];
+        assert_eq!(decide(&weak, &[0], &th).0, Verdict::Inconclusive, "a wide margin whose trigger fails: a suspect");
+        assert_eq!(decide(&f, &[1], &th).0, Verdict::Inconclusive, "a wide margin for a class without a working trigger");
     }
 
     #[test]
@@ -1276,7 +1250,7 @@ mod tests {
         let with = |ratio: f64, asr: f64| {
             let mut f = family(Family::Patch, &[0.5, 1.0, 2.0], vec![finalist(2, 0.9, 0.95)]);
             f.untargeted = Some(UntargetedResult { size: Some(1.0), refined_size: Some(ratio), refined_ratio: Some(ratio), held_out: HeldOut { holdout_asr: Some(asr), holdout_asr_ci95: [0.0, 1.0], holdout_samples: 100 }, trigger: None });
-            decide(&[f], None, &th)
+            decide(&[f], &[], &th)
         };
         let (v, s, u) = with(0.4, 0.95);
         assert_eq!((v, s.len()), (Verdict::Backdoored, 0), "no target class, yet backdoored");
