@@ -27,6 +27,11 @@
 //! `-log(1 - p(true))`); on a clean model that takes about as much as reaching the easiest
 //! class or more, so an untargeted trigger far smaller than the smallest class's, that misleads
 //! held-out data, is a backdoor without a target ([`UntargetedResult`]).
+//!
+//! A third reading assumes no trigger shape: each class's widest reachable logit margin from
+//! random inputs ([`margin`]). A class whose margin is far beyond any clean model's is a
+//! suspect, refined in every family, and a target when its trigger works on held-out data.
+//! [`noise`] (where the model collapses when its neurons are shaken) is reported on request.
 
 use std::time::Instant;
 
@@ -207,8 +212,8 @@ pub struct ClassResult {
     pub index: Option<f64>,
 }
 
-/// A class's maximum margin ([`margin::max_margins`]) and its robust outlier index among the
-/// classes' (log scale, leave-one-out, as the trigger sizes').
+/// A class's maximum margin ([`margin::max_margins`]) and its leave-one-out robust outlier
+/// index among the classes' ([`margin::outlier_indices`]).
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassMargin {
     pub class: usize,
@@ -827,7 +832,7 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
     lap("clean data check", &mut stages);
     let norm = &file.info.normalization;
     let (mean, std) = norm_tensors(norm, shape[0], &device);
-    let margins = match &cfg.margins {
+    let margins: Option<Vec<ClassMargin>> = match &cfg.margins {
         Some(mc) => {
             let best = margin::max_margins(file, &candidates, *range, &mean, &std, mc, cfg.seed, &device, progress)?;
             let idx = margin::outlier_indices(&best);
@@ -836,6 +841,8 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         }
         None => None,
     };
+    // Classes whose margin is at the flag: suspects, refined in every family.
+    let wide: Vec<usize> = margins.iter().flatten().filter(|m| m.index.is_some_and(|i| i >= th.margin_flag)).map(|m| m.class).collect();
     let noise = match &cfg.noise {
         Some(nc) => {
             let r = noise::collapse(&file.model, inv, hold, norm, classes, nc, cfg.seed, &device, progress)?;
@@ -877,9 +884,8 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         order.sort_by(|&a, &b| sizes[a].partial_cmp(&sizes[b]).expect("finite sizes"));
         // The smallest, and any class whose margin is at the flag: its trigger must be measured
         // to confirm it, wherever its size ranks.
-        let wide = |s: &usize| margins.as_ref().is_some_and(|m: &Vec<ClassMargin>| m[*s].index.is_some_and(|i| i >= th.margin_flag));
         let mut finalists: Vec<usize> = order.iter().copied().take(cfg.finalists).collect();
-        finalists.extend(order.iter().copied().skip(cfg.finalists).filter(wide));
+        finalists.extend(order.iter().copied().skip(cfg.finalists).filter(|&s| wide.contains(&candidates[s])));
         let mid = order.len() / 2;
         let controls: Vec<usize> = order.iter().copied().skip(mid.saturating_sub(cfg.controls / 2)).filter(|s| !finalists.contains(s)).take(cfg.controls).collect();
         let refine: Vec<usize> = finalists.iter().chain(&controls).copied().collect();
@@ -930,7 +936,6 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         None => None,
     };
     let th = cfg.thresholds;
-    let wide: Vec<usize> = margins.iter().flatten().filter(|m| m.index.is_some_and(|i| i >= th.margin_flag)).map(|m| m.class).collect();
     let (verdict, suspects, untargeted) = decide(&families, &wide, &th);
     let targets = suspects.iter().map(|s| s.class).collect();
     match &untargeted {
