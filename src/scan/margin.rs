@@ -22,9 +22,10 @@ use crate::rng::Rng;
 /// How hard the margins are pushed.
 #[derive(Clone, Debug, Serialize)]
 pub struct MarginConfig {
-    /// Random starting inputs per class (MM-BD: 30).
+    /// Random starting inputs per class (MM-BD: 30), fewer when the classes would need more
+    /// than [`MAX_ROWS`] in all.
     pub images: usize,
-    /// Ascent steps (MM-BD: 300 of SGD; Adam gets as far in fewer).
+    /// Ascent steps (MM-BD: 300 of SGD; fewer Adam steps here, for time).
     pub steps: usize,
     /// Adam's learning rate, as a fraction of the inputs' value range per step.
     pub lr: f64,
@@ -36,6 +37,10 @@ impl Default for MarginConfig {
     }
 }
 
+/// The most inputs in one step, all classes together (the scan's first pass has the same
+/// bound), so a model with many classes costs no more memory per step than one with few.
+pub const MAX_ROWS: usize = 512;
+
 /// The best margin each of `classes` reached: the largest, over its random starting inputs and
 /// the steps, of its logit minus the largest other logit, with the input kept inside `range`
 /// (before the model's normalisation `mean`/`std`, shaped [1, C, 1, 1]).
@@ -43,7 +48,7 @@ impl Default for MarginConfig {
 pub fn max_margins(file: &ModelFile, classes: &[usize], range: [f32; 2], mean: &Tensor<4>, std: &Tensor<4>, cfg: &MarginConfig, seed: u64, device: &Device, progress: &mut dyn Progress) -> Result<Vec<f64>> {
     let [c, h, w] = file.model.graph.input_shape;
     let k = file.info.classes.len();
-    let per = cfg.images.max(1);
+    let per = cfg.images.min(MAX_ROWS / classes.len().max(1)).max(1);
     let n = classes.len() * per;
     let sample = c * h * w;
     let [lo, hi] = range;
