@@ -259,6 +259,22 @@ fn known_shapes(graph: &GraphProto) -> KnownShapes<'_> {
                 None => n.input.first().and_then(|x| dims.get(x.as_str())).map(|d| d.iter().filter(|&&v| v != 1).count()),
             },
             "Unsqueeze" => axes(n).and_then(|k| first.map(|r| r + k)),
+            // Reductions keep the rank (keepdims, the default) or drop the reduced axes (all of
+            // them without axes).
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => match n.attribute.iter().find(|a| a.name == "keepdims").map_or(1, |a| a.i) {
+                0 => first.and_then(|r| axes(n).map_or(Some(0), |k| r.checked_sub(k))),
+                _ => first,
+            },
+            // NumPy's matmul: a vector operand loses its dimension; a scalar is no operand.
+            "MatMul" => match (first, n.input.get(1).and_then(|x| rank.get(x.as_str()).copied().or_else(|| init_dims(x).map(|d| d.len())))) {
+                (Some(a), Some(b)) if a >= 1 && b >= 1 => Some(match (a, b) {
+                    (1, 1) => 0,
+                    (1, b) => b - 1,
+                    (a, 1) => a - 1,
+                    (a, b) => a.max(b),
+                }),
+                _ => None,
+            },
             // Broadcasting: the larger rank, when every input's is known.
             "Add" | "Sub" | "Mul" | "Div" => {
                 n.input.iter().map(|x| rank.get(x.as_str()).copied().or_else(|| init_dims(x).map(|d| d.len()))).collect::<Option<Vec<usize>>>().and_then(|r| r.into_iter().max())
@@ -329,8 +345,8 @@ fn check_squeezes(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
 
 /// A Split the importer could take: on the channel axis (1, the only one it supports) of a
 /// value computed in the graph, not of a weight or a shape. onnx-ir 0.22 indexes the input's
-/// static shape with the axis unchecked (node/split.rs), so any other axis, or an input of
-/// rank 1 where the rank is known, is refused here, before it gets there.
+/// static shape with the axis unchecked (node/split.rs), so any other axis, an input of rank
+/// 1, or one whose rank the graph does not fix, is refused here, before it gets there.
 fn check_splits(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
     let ranks = &known.rank;
     let features = feature_values(graph);
@@ -343,8 +359,11 @@ fn check_splits(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
         if let Some(x) = n.input.first().filter(|x| !features.contains(x.as_str())) {
             return Err(Error::model(format!("node {}: Split of {x:?}, a weight or a shape (only feature maps computed from the input can be split)", node_label(n, i))));
         }
-        if let Some(r) = n.input.first().and_then(|x| ranks.get(x.as_str())).filter(|&&r| r < 2) {
-            return Err(Error::model(format!("node {}: Split on axis 1 of a value of rank {r}", node_label(n, i))));
+        match n.input.first().and_then(|x| ranks.get(x.as_str())) {
+            Some(&r) if r < 2 => return Err(Error::model(format!("node {}: Split on axis 1 of a value of rank {r}", node_label(n, i)))),
+            Some(_) => {}
+            // onnx-ir would index whatever rank it infers; unchecked here, it is refused.
+            None => return Err(Error::model(format!("node {}: Split of a value whose rank the graph does not fix", node_label(n, i)))),
         }
         // onnx-ir casts the sizes to usize unchecked: -1 becomes a dimension of 2^64 - 1.
         let sizes: Vec<i64> = match n.input.get(1).and_then(|s| initializers.get(s.as_str())) {
