@@ -605,6 +605,29 @@ mod tests {
         assert_eq!(broadcast(&[3], &[4]), None);
     }
 
+    fn chain(ops: &[(&str, &[&str])]) -> GraphProto {
+        let mut g = GraphProto::new();
+        g.input.push(crate::model::onnx::export::value_info("x", &[None, Some(8), Some(4), Some(4)]));
+        g.input.push(crate::model::onnx::export::value_info("v", &[Some(4)]));
+        for (i, (op, inputs)) in ops.iter().enumerate() {
+            let mut n = NodeProto::new();
+            n.op_type = (*op).into();
+            n.input = inputs.iter().map(|s| s.to_string()).collect();
+            n.output = vec![format!("y{i}")];
+            g.node.push(n);
+        }
+        g
+    }
+
+    #[test]
+    fn ranks_follow_matmul_and_reductions() {
+        let g = chain(&[("MatMul", &["x", "x"]), ("MatMul", &["x", "v"]), ("ReduceMean", &["x"]), ("MatMul", &["v", "v"])]);
+        let known = known_shapes(&g);
+        assert_eq!([0, 1, 2, 3].map(|i| known.rank.get(format!("y{i}").as_str()).copied()), [Some(4), Some(3), Some(4), Some(0)]);
+        let scalar = chain(&[("MatMul", &["y9", "x"])]);
+        assert_eq!(known_shapes(&scalar).rank.get("y0"), None, "an operand of unknown rank leaves the product's unknown");
+    }
+
     #[test]
     fn reshape_targets_fix_dimensions_where_they_can() {
         assert_eq!(reshaped(None, &[1, 363, 1, 1]), Some(vec![1, 363, 1, 1]));
