@@ -214,10 +214,15 @@ struct KnownShapes<'a> {
     /// Ranks: from the inputs' declared shapes, constant reshape targets, and the operators
     /// that keep or set the rank.
     rank: HashMap<&'a str, usize>,
-    /// Exact dimensions: the inputs' declared ones, through element-wise operators and
-    /// reshapes to a constant target. What a Squeeze without axes leaves depends on them
-    /// (onnx-ir knows them too, and a Split of the result then reaches its unchecked indexing).
+    /// Exact dimensions: the inputs' declared ones and the constants', through element-wise
+    /// operators, reshapes to a constant target and expansions to one. What a Squeeze without
+    /// axes leaves depends on them (onnx-ir knows them too, and a Split of the result then
+    /// reaches its unchecked indexing), and so does onnx-ir's folding of constant arithmetic.
     dims: HashMap<&'a str, Vec<i64>>,
+    /// The graph's constant tensors ([`constants`]).
+    constants: HashMap<&'a str, &'a TensorProto>,
+    /// The values computed from the graph's input ([`feature_values`]).
+    features: HashSet<&'a str>,
 }
 
 /// The ranks and dimensions that follow from the graph alone; values of any other operator
@@ -235,6 +240,7 @@ fn known_shapes(graph: &GraphProto) -> KnownShapes<'_> {
         }
     }
     let initializers = constants(graph);
+    dims.extend(initializers.iter().map(|(&name, t)| (name, t.dims.clone())));
     let init_dims = |x: &str| initializers.get(x).map(|t| t.dims.as_slice());
     // Operators that keep their input's dimensions, and the others that keep its rank.
     const ELEMENTWISE: &[&str] = &["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Neg", "Sqrt", "Softmax", "Dropout", "Identity", "Cast"];
@@ -290,13 +296,15 @@ fn known_shapes(graph: &GraphProto) -> KnownShapes<'_> {
         let out_dims = match n.op_type.as_str() {
             op if ELEMENTWISE.contains(&op) => input_dims.cloned(),
             "Reshape" => n.input.get(1).and_then(|s| initializers.get(s.as_str())).and_then(|t| reshaped(input_dims.map(Vec::as_slice), &int64_values(t))),
+            "Expand" => n.input.get(1).and_then(|s| initializers.get(s.as_str())).zip(input_dims).and_then(|(t, d)| broadcast(d, &int64_values(t))),
             _ => None,
         };
         if let (Some(d), Some(o)) = (out_dims, n.output.first()) {
+            rank.entry(o.as_str()).or_insert(d.len());
             dims.insert(o.as_str(), d);
         }
     }
-    KnownShapes { rank, dims }
+    KnownShapes { rank, dims, constants: initializers, features: feature_values(graph) }
 }
 
 /// The graph's constant tensors by name: its initializers and the outputs of its Constant
@@ -348,9 +356,7 @@ fn check_squeezes(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
 /// static shape with the axis unchecked (node/split.rs), so any other axis, an input of rank
 /// 1, or one whose rank the graph does not fix, is refused here, before it gets there.
 fn check_splits(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
-    let ranks = &known.rank;
-    let features = feature_values(graph);
-    let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let KnownShapes { rank: ranks, constants: initializers, features, .. } = known;
     for (i, n) in graph.node.iter().enumerate().filter(|(_, n)| n.op_type == "Split") {
         let axis = n.attribute.iter().find(|a| a.name == "axis").map_or(0, |a| a.i);
         if axis != 1 {
@@ -380,30 +386,19 @@ fn check_splits(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
 /// Arithmetic on two constants whose shapes differ (other than by a single element) is
 /// refused: onnx-ir 0.22 folds two constants of equal element counts element by element and
 /// then gives the result the broadcast shape ([2, 1, 1] * [1, 1, 2]: 2 values for a [2, 1, 2]
-/// tensor), which fails an assertion inside it. The shapes followed are the initializers' and
-/// what Expand with a constant shape makes of them; the importer has no use for such a product.
-fn check_constant_arithmetic(graph: &GraphProto) -> Result<()> {
-    let features = feature_values(graph);
-    let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut shapes: HashMap<&str, Vec<i64>> = graph.initializer.iter().map(|t| (t.name.as_str(), t.dims.clone())).collect();
+/// tensor), which fails an assertion inside it. The shapes are those [`known_shapes`] follows
+/// (constants, expansions and reshapes of them); the importer has no use for such a product.
+fn check_constant_arithmetic(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
     for (i, n) in graph.node.iter().enumerate() {
-        let shape_of = |k: usize| n.input.get(k).and_then(|x| shapes.get(x.as_str()));
-        match n.op_type.as_str() {
-            "Expand" => {
-                let target = n.input.get(1).and_then(|x| initializers.get(x.as_str())).map(|t| int64_values(t));
-                if let (Some(b), Some(o)) = (shape_of(0).zip(target).and_then(|(x, t)| broadcast(x, &t)), n.output.first()) {
-                    shapes.insert(o.as_str(), b);
-                }
+        if !matches!(n.op_type.as_str(), "Add" | "Sub" | "Mul" | "Div") || n.input.iter().any(|x| known.features.contains(x.as_str())) {
+            continue;
+        }
+        let shape_of = |k: usize| n.input.get(k).and_then(|x| known.dims.get(x.as_str()));
+        if let (Some(a), Some(b)) = (shape_of(0), shape_of(1)) {
+            let single = |d: &[i64]| d.iter().all(|&v| v == 1);
+            if a != b && !single(a) && !single(b) {
+                return Err(Error::model(format!("node {}: {} of two constants of shapes {a:?} and {b:?} (constant arithmetic that broadcasts is not supported)", node_label(n, i), n.op_type)));
             }
-            "Add" | "Sub" | "Mul" | "Div" if n.input.iter().all(|x| !features.contains(x.as_str())) => {
-                if let (Some(a), Some(b)) = (shape_of(0), shape_of(1)) {
-                    let single = |d: &[i64]| d.iter().all(|&v| v == 1);
-                    if a != b && !single(a) && !single(b) {
-                        return Err(Error::model(format!("node {}: {} of two constants of shapes {a:?} and {b:?} (constant arithmetic that broadcasts is not supported)", node_label(n, i), n.op_type)));
-                    }
-                }
-            }
-            _ => {}
         }
     }
     Ok(())
@@ -542,7 +537,7 @@ pub fn check(model: &mut ModelProto, dir: Option<&Path>, limits: &OnnxLimits) ->
     let known = known_shapes(graph);
     check_squeezes(graph, &known)?;
     check_splits(graph, &known)?;
-    check_constant_arithmetic(graph)
+    check_constant_arithmetic(graph, &known)
 }
 
 /// Kahn's algorithm, stable (keeps the file's order where it is valid). On a cycle, returns
