@@ -622,18 +622,22 @@ mod tests {
         }
     }
 
-    /// Our activation and burn's give the same output and gradient on inputs spread over
-    /// [-3, 3] standard deviations.
-    fn same_activation(fast: impl Fn(Tensor<4>) -> Tensor<4>, slow: impl Fn(Tensor<4>) -> Tensor<4>, seed: u64, what: &str) {
-        let device = crate::cpu_device().autodiff();
-        let mut rng = Rng::new(seed);
-        let x = random([3, 4, 6, 5], &mut rng, &device).mul_scalar(3.0).require_grad();
+    /// Our operation and burn's give the same output and the same gradient with respect to `x`
+    /// (under a random upstream gradient).
+    fn same_operation(x: Tensor<4>, fast: impl Fn(Tensor<4>) -> Tensor<4>, slow: impl Fn(Tensor<4>) -> Tensor<4>, rng: &mut Rng, what: &str) {
         let (yf, ys) = (fast(x.clone()), slow(x.clone()));
-        let r = random(yf.dims(), &mut rng, &device);
+        let r = random(yf.dims(), rng, &x.device());
         let gf = (yf.clone() * r.clone()).sum().backward();
         let gs = (ys.clone() * r).sum().backward();
         close(yf, ys, &format!("{what} output"));
         close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{what} gradient"));
+    }
+
+    /// [`same_operation`] for an activation, on inputs spread over [-3, 3] standard deviations.
+    fn same_activation(fast: impl Fn(Tensor<4>) -> Tensor<4>, slow: impl Fn(Tensor<4>) -> Tensor<4>, seed: u64, what: &str) {
+        let mut rng = Rng::new(seed);
+        let x = random([3, 4, 6, 5], &mut rng, &crate::cpu_device().autodiff()).mul_scalar(3.0).require_grad();
+        same_operation(x, fast, slow, &mut rng, what);
     }
 
     #[test]
@@ -660,13 +664,7 @@ mod tests {
         for (xs, k, s) in [([2, 3, 8, 8], [2, 2], [2, 2]), ([2, 3, 9, 7], [2, 2], [2, 2]), ([1, 2, 11, 10], [3, 3], [2, 2]), ([1, 2, 6, 6], [3, 2], [1, 2])] {
             let x = random(xs, &mut rng, &device).require_grad();
             let opts = MaxPoolOptions::new(k).with_stride(s);
-            let fast = max_pool2d(x.clone(), opts.clone());
-            let slow = burn::tensor::module::max_pool2d(x.clone(), opts);
-            let r = random(fast.dims(), &mut rng, &device);
-            let gf = (fast.clone() * r.clone()).sum().backward();
-            let gs = (slow.clone() * r).sum().backward();
-            close(fast, slow, &format!("{xs:?} k{k:?} output"));
-            close(x.grad(&gf).unwrap(), x.grad(&gs).unwrap(), &format!("{xs:?} k{k:?} gradient"));
+            same_operation(x, |x| max_pool2d(x, opts.clone()), |x| burn::tensor::module::max_pool2d(x, opts.clone()), &mut rng, &format!("{xs:?} k{k:?}"));
         }
     }
 

@@ -28,7 +28,7 @@ use crate::metrics::{ClassReport, argmax, attack_success, predict};
 use crate::model::net::Mode;
 use crate::model::{Model, ModelFile};
 use crate::prune::neurons::{NeuronKind, NeuronLayer, neuron_layers, with_masks};
-use crate::prune::noise::{Perturbation, shift_of, uniform};
+use crate::prune::noise::{NoiseSites, Perturbation, ascend, shift_of, uniform};
 use crate::prune::sweep::{NeuronMasks, masked_predictions};
 use crate::rng::Rng;
 use crate::train::cross_entropy;
@@ -150,6 +150,7 @@ fn optimise_masks(model: &Model, layers: &[NeuronLayer], clean: &Split, ds: &Dat
         slot[l.node] = Some(k);
     }
     let shifts: Vec<Tensor<1>> = layers.iter().map(|l| shift_of(model, l, &plain)).collect();
+    let sites = NoiseSites { slot: &slot, shifts: &shifts };
     let mut mask: Vec<Tensor<1>> = layers.iter().map(|l| Tensor::ones([l.units], &plain)).collect();
     let mut velocity: Vec<Tensor<1>> = layers.iter().map(|l| Tensor::zeros([l.units], &plain)).collect();
     let mut rng = Rng::new(c.seed ^ 0xA4F);
@@ -176,19 +177,9 @@ fn optimise_masks(model: &Model, layers: &[NeuronLayer], clean: &Split, ds: &Dat
 
         // Step 1: the adversarial neuron noise, from a random start, one signed step, clipped.
         let noise = (eps > 0.0).then(|| {
-            let delta: Vec<Tensor<1>> = layers.iter().map(|l| uniform(l.units, eps, &mut rng, &plain).autodiff().require_grad()).collect();
-            let xi: Vec<Tensor<1>> = layers.iter().map(|l| uniform(l.units, eps, &mut rng, &plain).autodiff().require_grad()).collect();
-            let scale: Vec<Tensor<1>> = mask.iter().zip(&delta).map(|(m, d)| d.clone() + m.clone()).collect();
-            let coef: Vec<Tensor<1>> = xi.iter().map(|x| x.clone() + 1.0).collect();
-            let hook = Perturbation::new(&slot, &shifts, scale, Some(&coef));
-            let loss = cross_entropy(model.forward_hooked(x.clone(), mode(), &hook), y.clone());
-            let grads = loss.backward();
-            let step = |t: &Tensor<1>| -> Tensor<1> {
-                let g = t.grad(&grads).expect("noise requires grad");
-                (t.clone().without_autodiff() + g.sign() * eps).clamp(-eps, eps)
-            };
-            let delta: Vec<Tensor<1>> = delta.iter().map(step).collect();
-            let xi: Vec<Tensor<1>> = xi.iter().map(step).collect();
+            let delta: Vec<Tensor<1>> = layers.iter().map(|l| uniform(l.units, eps, &mut rng, &plain)).collect();
+            let xi: Vec<Tensor<1>> = layers.iter().map(|l| uniform(l.units, eps, &mut rng, &plain)).collect();
+            let (delta, xi, _) = ascend(model, x.clone(), y.clone(), mode(), &sites, Some(&mask), &delta, &xi, eps, eps);
             (delta, xi)
         });
 

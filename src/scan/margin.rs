@@ -63,6 +63,7 @@ pub fn max_margins(file: &ModelFile, classes: &[usize], range: [f32; 2], mean: &
     }
     let ad = device.clone().autodiff();
     let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [n, k]), &ad);
+    let own_out = onehot.clone().mul_scalar(1e9);
     let (mean, std) = (mean.clone().autodiff(), std.clone().autodiff());
     let mut best = vec![f64::NEG_INFINITY; classes.len()];
     progress.phase(&format!("scan (margins): {} classes x {per} random inputs, {} steps", classes.len(), cfg.steps), cfg.steps);
@@ -70,7 +71,7 @@ pub fn max_margins(file: &ModelFile, classes: &[usize], range: [f32; 2], mean: &
         let leaf = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, c, h, w]), &ad).require_grad();
         let logits = file.model.forward((leaf.clone() - mean.clone()) / std.clone());
         let own = (logits.clone() * onehot.clone()).sum_dim(1);
-        let other = (logits - onehot.clone().mul_scalar(1e9)).max_dim(1);
+        let other = (logits - own_out.clone()).max_dim(1);
         let margin = own - other;
         let grads = margin.clone().sum().backward();
         let margins = super::host(margin.detach().without_autodiff());
@@ -103,18 +104,7 @@ fn adam_ascent(x: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], t: usize,
 /// `(m_k - median_{j != k} m_j) / (1.4826 MAD_{j != k})`. On the margins themselves, not their
 /// logs: a class no input could raise above the others has a negative margin.
 pub fn outlier_indices(margins: &[f64]) -> Vec<Option<f64>> {
-    (0..margins.len())
-        .map(|k| {
-            let others: Vec<f64> = margins.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, &v)| v).collect();
-            if others.len() < 2 {
-                return None;
-            }
-            let m = super::median(&others);
-            let dev: Vec<f64> = others.iter().map(|v| (v - m).abs()).collect();
-            let mad = 1.4826 * super::median(&dev);
-            (mad > 0.0).then(|| (margins[k] - m) / mad)
-        })
-        .collect()
+    (0..margins.len()).map(|k| super::leave_one_out_z(margins, k, 0.0)).collect()
 }
 
 #[cfg(test)]

@@ -693,19 +693,21 @@ const MIN_LOG_MAD: f64 = 0.15;
 pub fn outlier_indices(sizes: &[Option<f64>]) -> Vec<Option<f64>> {
     let largest = sizes.iter().flatten().fold(f64::MIN_POSITIVE, |a, &b| a.max(b));
     let logs: Vec<f64> = sizes.iter().map(|s| s.unwrap_or(2.0 * largest).max(1e-9).ln()).collect();
-    (0..sizes.len())
-        .map(|k| {
-            sizes[k]?;
-            let others: Vec<f64> = logs.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, &v)| v).collect();
-            if others.len() < 2 {
-                return None;
-            }
-            let m = median(&others);
-            let dev: Vec<f64> = others.iter().map(|v| (v - m).abs()).collect();
-            let mad = (1.4826 * median(&dev)).max(MIN_LOG_MAD);
-            Some((m - logs[k]) / mad)
-        })
-        .collect()
+    // Smaller is more suspicious: the index is the negated z-score.
+    (0..sizes.len()).map(|k| sizes[k].and(leave_one_out_z(&logs, k, MIN_LOG_MAD)).map(|z| -z)).collect()
+}
+
+/// `(v_k - median_{j != k} v_j) / max(1.4826 MAD_{j != k}, floor)`; `None` with fewer than two
+/// others or no spread at all.
+pub fn leave_one_out_z(values: &[f64], k: usize, floor: f64) -> Option<f64> {
+    let others: Vec<f64> = values.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, &v)| v).collect();
+    if others.len() < 2 {
+        return None;
+    }
+    let m = median(&others);
+    let dev: Vec<f64> = others.iter().map(|v| (v - m).abs()).collect();
+    let mad = (1.4826 * median(&dev)).max(floor);
+    (mad > 0.0).then(|| (values[k] - m) / mad)
 }
 
 /// Neural Cleanse's anomaly index of the smallest size: `|min - median| / (1.4826 MAD)` over

@@ -19,9 +19,8 @@ use crate::model::Model;
 use crate::model::net::Mode;
 use crate::progress::Progress;
 use crate::prune::neurons::neuron_layers;
-use crate::prune::noise::{Perturbation, shift_of, uniform};
+use crate::prune::noise::{NoiseSites, Perturbation, ascend, shift_of, uniform};
 use crate::rng::Rng;
-use crate::train::cross_entropy;
 
 /// How the neurons are shaken.
 #[derive(Clone, Debug, Serialize)]
@@ -87,25 +86,15 @@ pub fn collapse(model: &Model, inv: &Split, hold: &Split, norm: &Normalization, 
     let batches: Vec<Vec<usize>> = order.chunks(per).take(cfg.batches).map(|c| c.to_vec()).collect();
     let mut delta: Vec<Tensor<1>> = layers.iter().map(|l| uniform(l.units, cfg.eps, &mut rng, &plain)).collect();
     let mut xi: Vec<Tensor<1>> = layers.iter().map(|l| uniform(l.units, cfg.eps, &mut rng, &plain)).collect();
-    let step = cfg.eps / 10.0;
     progress.phase(&format!("scan (neuron noise): {} neurons in {} layers, {} steps", layers.iter().map(|l| l.units).sum::<usize>(), layers.len(), cfg.steps), cfg.steps);
+    let sites = NoiseSites { slot: &slot, shifts: &shifts };
     for s in 0..cfg.steps {
         let (x, y) = batch(inv, &batches[s % batches.len()], shape, norm, &plain);
-        let d: Vec<Tensor<1>> = delta.iter().map(|t| t.clone().autodiff().require_grad()).collect();
-        let e: Vec<Tensor<1>> = xi.iter().map(|t| t.clone().autodiff().require_grad()).collect();
-        let scale: Vec<Tensor<1>> = d.iter().map(|t| t.clone() + 1.0).collect();
-        let coef: Vec<Tensor<1>> = e.iter().map(|t| t.clone() + 1.0).collect();
-        let loss = cross_entropy(model.forward_hooked(x, Mode::Eval, &Perturbation::new(&slot, &shifts, scale, Some(&coef))), y.autodiff());
-        if !loss.clone().detach().into_scalar::<f32>().is_finite() {
+        let (d, e, loss) = ascend(model, x, y.autodiff(), Mode::Eval, &sites, None, &delta, &xi, cfg.eps / 10.0, cfg.eps);
+        if !loss.into_scalar::<f32>().is_finite() {
             return Err(Error::model("the loss under neuron noise is not finite (NaN weights or activations?)"));
         }
-        let grads = loss.backward();
-        let ascend = |t: &Tensor<1>| -> Tensor<1> {
-            let g = t.grad(&grads).unwrap_or_else(|| t.clone().without_autodiff().zeros_like());
-            (t.clone().without_autodiff() + g.sign() * step).clamp(-cfg.eps, cfg.eps)
-        };
-        delta = d.iter().map(ascend).collect();
-        xi = e.iter().map(ascend).collect();
+        (delta, xi) = (d, e);
         progress.work(s + 1, cfg.steps);
     }
 
@@ -119,16 +108,15 @@ pub fn collapse(model: &Model, inv: &Split, hold: &Split, norm: &Normalization, 
         let (x, _) = batch(hold, chunk, shape, norm, &plain);
         preds.extend(argmax(model.forward_hooked(x, Mode::Eval, &hook)));
     }
-    let (mut to, mut others) = (vec![0usize; classes], vec![0usize; classes]);
-    for (i, &p) in preds.iter().enumerate() {
-        let y = hold.labels[i];
-        for (t, n) in others.iter_mut().enumerate() {
-            *n += usize::from(t != y);
-        }
+    // For each class: held-out inputs of other classes sent to it, and how many there are.
+    let (mut to, mut own) = (vec![0usize; classes], vec![0usize; classes]);
+    for (&p, &y) in preds.iter().zip(&hold.labels) {
+        own[y.min(classes - 1)] += 1;
         if p != y && p < classes {
             to[p] += 1;
         }
     }
+    let others: Vec<usize> = own.iter().map(|&o| hold.len() - o).collect();
     let share = |t: usize| to[t] as f64 / others[t].max(1) as f64;
     let mut ranked: Vec<usize> = (0..classes).collect();
     ranked.sort_by(|&a, &b| share(b).total_cmp(&share(a)));
