@@ -15,9 +15,7 @@ out=docs/results/scan-untargeted.jsonl
 mkdir -p "$W" docs/results
 : > "$out"
 rm -rf docs/results/scan-untargeted
-stamp() {
-  printf '"date": "%s", "commit": "%s", "machine": "%s, %s cores"' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)"
-}
+. scripts/stamp.sh   # stamp: date, commit, machine
 # scan NAME DATA MODEL PLANTED(untargeted, all-to-all or -) [scan options...]
 scan() {
   local name=$1 data=$2 model=$3 planted=$4; shift 4

@@ -17,9 +17,7 @@ W=${ZOO_DIR:-/tmp/fineprune-zoo}
 out=docs/results/scan-views.jsonl
 mkdir -p "$W"
 : > "$out"
-stamp() {
-  printf '"date": "%s", "commit": "%s", "machine": "%s, %s cores"' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)"
-}
+. scripts/stamp.sh   # stamp: date, commit, machine
 # view NAME DATA MODEL TRUE_TARGET(or -) [scan options...]
 view() {
   local name=$1 data=$2 model=$3 target=$4; shift 4

