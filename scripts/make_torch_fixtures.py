@@ -3,13 +3,14 @@
 not run this): tests/fixtures/onnx/mobile_torch.onnx, a tiny network with the blocks of the
 mobile architectures (ReLU6, depthwise convolution, HardSwish, squeeze-and-excitation gates
 with HardSigmoid and Sigmoid, SiLU, a channel split and ShuffleNet's channel shuffle, adaptive
-average pooling), gelu_torch.onnx (GELU) and convnext_torch.onnx (a ConvNeXt block: layer
-norms channels-last and on flat features, linear layers on the channel axis, a layer scale)
+average pooling), gelu_torch.onnx (GELU), convnext_torch.onnx and convnext_dynamo.onnx (a
+ConvNeXt block: layer norms channels-last and on flat features, linear layers on the channel
+axis, a layer scale; by the TorchScript and the default exporter)
 and vit_torch.onnx (torchvision's VisionTransformer, two layers, two heads: patch embedding,
 class token, position embedding, multi-head attention, GELU MLPs, every parameter perturbed
 from its constant initialisation);
 random weights and perturbed BatchNorm statistics, exported with
-PyTorch's default (torch.export-based) exporter. The reference outputs come from onnxruntime
+PyTorch's default (torch.export-based) exporter unless named otherwise. The reference outputs come from onnxruntime
 on a fixed input, stored beside it as little-endian f32 (`NAME.in.f32`, `NAME.out.f32`).
 
     .venv/bin/pip install torch onnx onnxscript onnxruntime numpy
@@ -141,11 +142,13 @@ def export(name, model, dynamo=True):
 
 
 # name -> (seed, model, PyTorch's default exporter?). The default exporter writes ConvNeXt's
-# final pooling as an as_strided gather fineprune cannot read yet; the TorchScript one it can.
+# final pooling as an as_strided gather at indices computed from the batch size; the
+# TorchScript one as a plain pooling. Both are fixtures.
 FIXTURES = {
     "mobile_torch": (0, Mobile, True),
     "gelu_torch": (1, GeluNet, True),
     "convnext_torch": (2, ConvNextNet, False),
+    "convnext_dynamo": (2, ConvNextNet, True),
     "vit_torch": (3, tiny_vit, True),
 }
 

@@ -44,9 +44,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// `mobile_torch` comes from PyTorch's exporter (scripts/make_torch_fixtures.py): ReLU6,
 /// depthwise convolution, HardSwish, squeeze-and-excitation gates, SiLU, a channel split and
-/// shuffle; `gelu_torch` its GELU; `convnext_torch` a ConvNeXt block (TorchScript exporter);
-/// `vit_torch` torchvision's VisionTransformer (class token, position embedding, attention).
-const GOOD: &[&str] = &["lenet_torch", "resnet_block", "branches", "nhwc_tf", "mobile_torch", "gelu_torch", "convnext_torch", "vit_torch"];
+/// shuffle; `gelu_torch` its GELU; `convnext_torch` a ConvNeXt block (TorchScript exporter) and
+/// `convnext_dynamo` the same by the default exporter (its pooling an `as_strided` gather at
+/// indices computed from the batch size); `vit_torch` torchvision's VisionTransformer (class
+/// token, position embedding, attention).
+const GOOD: &[&str] = &["lenet_torch", "resnet_block", "branches", "nhwc_tf", "mobile_torch", "gelu_torch", "convnext_torch", "convnext_dynamo", "vit_torch"];
 
 #[test]
 fn imported_models_match_onnxruntime() {
@@ -182,6 +184,10 @@ fn every_bad_file_gets_a_clean_error() {
     assert!(reason("shuffle_bad_groups.onnx").contains("rank 5"));
     assert!(reason("layernorm_wrong_len.onnx").contains("7 and 7 values for 4 channels"));
     assert!(reason("slice_empty.onnx").contains("channels 3..1"));
+    // A strided gather must read every sample back in order, and its indices are evaluated
+    // within a bound (here a Range of 2^40 elements).
+    assert!(reason("strided_gather_out_of_order.onnx").contains("do not read each sample's 4 values back in order"));
+    assert!(reason("strided_gather_huge_range.onnx").contains("1099511627776 elements"));
     // onnx-ir would index the shape with this axis unchecked: refused before it runs.
     let split = reason("split_axis_out_of_range.onnx");
     assert!(split.contains("Split on axis 7") && !split.contains("caught panic"), "{split}");
@@ -200,6 +206,9 @@ fn external_data_inside_the_folder_is_read_and_outside_is_refused() {
     let b = import(&fixture("lenet_torch.onnx"), &ImportOptions::default(), &dev).unwrap();
     let x = read_f32(&fixture("lenet_torch.in.f32"));
     assert_eq!(onnx_outputs(&a, &x, 2), onnx_outputs(&b, &x, 2));
+    // Named without a folder, from the folder it is in (the common case on a command line).
+    let out = Command::new(env!("CARGO_BIN_EXE_fineprune")).current_dir(tmp.path()).args(["inspect", "--model", "model.onnx"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A symlink out of the folder is refused even though the name looks local.
     std::fs::remove_file(tmp.path().join("weights.bin")).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", tmp.path().join("weights.bin")).unwrap();

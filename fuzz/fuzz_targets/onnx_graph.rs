@@ -120,11 +120,16 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     fn int64_initializer(&mut self, base: &str, values: Vec<i64>) -> String {
+        let dims = vec![values.len() as i64];
+        self.int64_tensor(base, values, dims)
+    }
+
+    fn int64_tensor(&mut self, base: &str, values: Vec<i64>, dims: Vec<i64>) -> String {
         let name = self.name(base);
         let mut t = TensorProto::new();
         t.name = name.clone();
         t.data_type = 7;
-        t.dims = vec![values.len() as i64];
+        t.dims = dims;
         t.int64_data = values;
         self.graph.initializer.push(t);
         name
@@ -170,7 +175,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let map = x.dims.len() == 4;
         let (c, h, w) = if map { (x.dims[1], x.dims[2], x.dims[3]) } else { (x.dims.get(1).copied().unwrap_or(1), 1, 1) };
         let features: i64 = x.dims.iter().skip(1).product();
-        match self.u.int_in_range(0..=30u8)? {
+        match self.u.int_in_range(0..=31u8)? {
             0 | 1 => {
                 let out = self.size(1, 6)?;
                 let k = self.size(1, 3)?;
@@ -404,6 +409,50 @@ impl<'a, 'b> Gen<'a, 'b> {
                 }
             }
             28 | 29 => self.transformer(&x, c, h * w),
+            30 => {
+                // The dynamo exporter's as_strided (ConvNeXt's pooling): the whole batch
+                // flattened, gathered back at indices computed from the batch size:
+                // Range(0, batch) times the per-sample count, unsqueezed, plus offsets that
+                // are mostly each sample's positions in order.
+                let shape = self.name("shape");
+                let mut n = NodeProto::new();
+                n.op_type = "Shape".into();
+                n.input = vec![x.name.clone()];
+                n.output = vec![shape.clone()];
+                n.attribute = vec![int("end", self.perturb(1)?)];
+                self.graph.node.push(n);
+                self.emit("Squeeze", vec![shape], vec![], vec![])?;
+                let batch = self.last();
+                let minus = self.perturb(-1)?;
+                let minus = self.int64_initializer("minus1", vec![minus]);
+                self.emit("Reshape", vec![x.name.clone(), minus], vec![], vec![features])?;
+                let flat = self.last();
+                let (start, step) = (self.perturb(0)?, self.perturb(1)?);
+                let (start, step) = (self.int64_tensor("start", vec![start], vec![]), self.int64_tensor("step", vec![step], vec![]));
+                self.emit("Range", vec![start, batch, step], vec![], vec![1])?;
+                let range = self.last();
+                let count = self.perturb(features)?;
+                let count = self.int64_tensor("count", vec![count], vec![]);
+                self.emit("Mul", vec![range, count], vec![], vec![1])?;
+                let scaled = self.last();
+                let rank = x.dims.len() as i64;
+                let axes = self.int64_initializer("axes", (1..rank).collect());
+                self.emit("Unsqueeze", vec![scaled, axes], vec![], vec![1; rank as usize])?;
+                let batch_start = self.last();
+                let n = features.clamp(0, 4096);
+                let mut offsets: Vec<i64> = (0..n).collect();
+                if n > 1 && self.u.ratio(1, 4)? {
+                    let at = self.u.int_in_range(0..=n as usize - 1)?;
+                    offsets[at] = self.size(0, n)?;
+                }
+                let mut dims = x.dims.clone();
+                dims[0] = 1;
+                let offsets = self.int64_tensor("offsets", offsets, dims);
+                self.emit("Add", vec![batch_start, offsets], vec![], x.dims.clone())?;
+                let indices = self.last();
+                let axis = self.perturb(0)?;
+                self.emit("Gather", vec![flat, indices], vec![int("axis", axis)], x.dims)
+            }
             _ => {
                 // Anything: an operator with random inputs and attributes.
                 let op = *self.u.choose(OTHER_OPS)?;

@@ -14,8 +14,9 @@ use super::OnnxLimits;
 use crate::error::{Error, Result};
 
 /// The operators the importer turns into the graph IR (default ONNX domain). Shape, Gather,
-/// Unsqueeze, Concat, Cast, Constant chains are allowed because exporters use them to compute
-/// constant shapes; the importer refuses any that do not fold away.
+/// Unsqueeze, Concat, Cast, Range, Constant chains are allowed because exporters use them to
+/// compute constant shapes and, from the batch size, a strided gather's indices; the importer
+/// refuses any that do not fold away or evaluate.
 pub const SUPPORTED_OPS: &[&str] = &[
     "Conv",
     "Gemm",
@@ -54,6 +55,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Cast",
     "Transpose",
     "Expand",
+    "Range",
 ];
 
 /// Most nodes we accept in one graph: far above any CNN, a bound on the work a file can ask for.
@@ -259,7 +261,7 @@ fn known_shapes(graph: &GraphProto) -> KnownShapes<'_> {
             "Flatten" | "Gemm" => Some(2),
             "Reshape" => n.input.get(1).and_then(|s| init_dims(s)).and_then(|d| d.first()).and_then(|&len| usize::try_from(len).ok()),
             "Gather" => n.input.get(1).and_then(|i| init_dims(i)).and_then(|d| first.map(|r| (r + d.len()).saturating_sub(1))),
-            "Shape" => Some(1),
+            "Shape" | "Range" => Some(1),
             "Squeeze" => match axes(n) {
                 Some(k) => first.map(|r| r.saturating_sub(k)),
                 None => n.input.first().and_then(|x| dims.get(x.as_str())).map(|d| d.iter().filter(|&&v| v != 1).count()),
@@ -297,6 +299,15 @@ fn known_shapes(graph: &GraphProto) -> KnownShapes<'_> {
             op if ELEMENTWISE.contains(&op) => input_dims.cloned(),
             "Reshape" => n.input.get(1).and_then(|s| initializers.get(s.as_str())).and_then(|t| reshaped(input_dims.map(Vec::as_slice), &int64_values(t))),
             "Expand" => n.input.get(1).and_then(|s| initializers.get(s.as_str())).zip(input_dims).and_then(|(t, d)| broadcast(d, &int64_values(t))),
+            // A shape is a vector of the input's rank, or of the part `start..end` takes.
+            "Shape" => first.map(|r| {
+                let r = r as i64;
+                let at = |name: &str, default: i64| {
+                    let v = n.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
+                    (if v < 0 { v.saturating_add(r) } else { v }).clamp(0, r)
+                };
+                vec![(at("end", r) - at("start", 0)).max(0)]
+            }),
             _ => None,
         };
         if let (Some(d), Some(o)) = (out_dims, n.output.first()) {
@@ -309,7 +320,7 @@ fn known_shapes(graph: &GraphProto) -> KnownShapes<'_> {
 
 /// The graph's constant tensors by name: its initializers and the outputs of its Constant
 /// nodes (how TensorFlow's converter and newer PyTorch exports write shapes and axes).
-fn constants(graph: &GraphProto) -> HashMap<&str, &TensorProto> {
+pub(super) fn constants(graph: &GraphProto) -> HashMap<&str, &TensorProto> {
     let nodes = graph.node.iter().filter(|n| n.op_type == "Constant").filter_map(|n| Some((n.output.first()?.as_str(), n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?)));
     graph.initializer.iter().map(|t| (t.name.as_str(), t)).chain(nodes).collect()
 }
@@ -417,15 +428,15 @@ fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
         .collect()
 }
 
-/// The values of an int64 tensor (stored as `int64_data` or little-endian `raw_data`).
-fn int64_values(t: &TensorProto) -> Vec<i64> {
-    if t.data_type != 7 {
-        return vec![];
-    }
-    if t.raw_data.is_empty() {
-        t.int64_data.clone()
-    } else {
-        t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+/// The values of an integer tensor (int64 or int32, stored in their fields or little-endian
+/// `raw_data`); empty for any other type.
+pub(super) fn int64_values(t: &TensorProto) -> Vec<i64> {
+    match (t.data_type, t.raw_data.is_empty()) {
+        (7, true) => t.int64_data.clone(),
+        (7, false) => t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+        (6, true) => t.int32_data.iter().map(|&v| v as i64).collect(),
+        (6, false) => t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
+        _ => vec![],
     }
 }
 

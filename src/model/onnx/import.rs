@@ -14,7 +14,7 @@ use burn::tensor::TensorData;
 use onnx_ir::{ArgType, Argument, ModelProto, Node, OnnxGraph};
 
 use super::OnnxIo;
-use super::views::{AttentionFacts, Layout, Part, attention_step, class_token_step, expand_step, view_step};
+use super::views::{AttentionFacts, Layout, Part, attention_step, batch_flat_step, class_token_step, expand_step, view_step};
 use crate::error::{Error, Result};
 use crate::model::graph::{Graph, Op, Shape};
 
@@ -81,7 +81,9 @@ fn clean_name(name: &str) -> String {
     if s.is_empty() { "node".into() } else { s }
 }
 
-pub(super) struct Builder {
+pub(super) struct Builder<'a> {
+    /// The checked file's graph, for what onnx-ir leaves unevaluated (a strided gather's indices).
+    pub(super) proto: &'a onnx_ir::GraphProto,
     pub(super) graph: Graph,
     pub(super) shapes: Vec<Shape>,
     pub(super) tensors: Vec<(usize, &'static str, TensorData)>,
@@ -114,7 +116,7 @@ fn dims(data: &TensorData) -> Vec<usize> {
     data.shape().iter().copied().collect()
 }
 
-impl Builder {
+impl Builder<'_> {
     fn input(&self, arg: &Argument) -> Option<usize> {
         self.values.get(&arg.name).copied()
     }
@@ -282,6 +284,7 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
     let input_shape = if nhwc_transpose.is_some() { [d[2], d[0], d[1]] } else { [d[0], d[1], d[2]] };
     let graph = Graph { input_shape, nodes: vec![crate::model::Node { name: "input".into(), op: Op::Input, inputs: vec![] }], output: 0, prune_site: None };
     let mut b = Builder {
+        proto: pg,
         graph,
         shapes: vec![Shape::Map(input_shape)],
         tensors: vec![],
@@ -329,6 +332,7 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
             continue;
         }
         let step = shuffle_step(&mut b, node)
+            .or_else(|| batch_flat_step(&mut b, node))
             .or_else(|| expand_step(&mut b, node))
             .or_else(|| class_token_step(&mut b, node))
             .or_else(|| attention_step(&mut b, node))

@@ -6,6 +6,7 @@
 //! The file comes from the attacker. [`guard`] bounds sizes and checks structure before
 //! `onnx-ir` sees it, and a panic inside the parser is caught and reported as an error.
 
+mod batch_index;
 pub mod export;
 pub mod guard;
 mod import;
@@ -153,7 +154,9 @@ fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
 /// Imports an ONNX model file.
 pub fn import(path: &Path, opts: &ImportOptions, device: &burn::tensor::Device) -> Result<ModelFile> {
     let bytes = read_bounded(path, opts.limits.max_file_bytes)?;
-    import_bytes(&bytes, path.parent(), opts, device).map_err(|e| match e {
+    // A bare file name (`model.onnx`) has the empty path as its parent: its folder is `.`.
+    let dir = path.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d });
+    import_bytes(&bytes, dir, opts, device).map_err(|e| match e {
         Error::Model(msg) | Error::Invalid(msg) => Error::format(path, msg),
         other => other,
     })

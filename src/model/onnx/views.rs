@@ -12,8 +12,10 @@
 //! misread.
 
 use burn::tensor::TensorData;
+use onnx_ir::node::reshape::ReshapeInput;
 use onnx_ir::{Argument, Node};
 
+use super::batch_index;
 use super::import::{Builder, channel_scale, elementwise_op, f32s, layer_norm, linear_parts, transpose};
 use crate::model::graph::{Op, Shape};
 
@@ -32,6 +34,8 @@ pub enum Layout {
     SeqFirst,
     /// [T*N, C] of a sequence, token-major (its out-projection's view).
     Merged,
+    /// [N*F] of any node: the whole batch in one axis (on the way to a strided gather).
+    BatchFlat,
 }
 
 impl Layout {
@@ -41,6 +45,7 @@ impl Layout {
             Layout::ChannelsLast => 4,
             Layout::Rows | Layout::Tokens | Layout::SeqFirst => 3,
             Layout::Merged => 2,
+            Layout::BatchFlat => 1,
         }
     }
 
@@ -49,6 +54,7 @@ impl Layout {
             Layout::ChannelsLast => "a channels-last view of a feature map",
             Layout::Rows => "a [batch, channels, positions] view of a feature map",
             Layout::Tokens | Layout::SeqFirst | Layout::Merged => "a token sequence",
+            Layout::BatchFlat => "the whole batch flattened into one axis",
         }
     }
 }
@@ -143,6 +149,59 @@ pub fn class_token_step(b: &mut Builder, node: &Node) -> Option<Step> {
     })())
 }
 
+/// `Reshape(x, [-1])`, the whole batch in one axis, and the `Gather` that reads it back: how
+/// PyTorch's dynamo exporter writes `as_strided` (ConvNeXt's pooling). The gather's indices
+/// depend on the batch size, so onnx-ir leaves them unevaluated; they are evaluated here
+/// ([`batch_index`]) at the file's batch size if it fixes one, else at 1, 2 and 3, and the pair
+/// is the reshape it means when every sample reads its own values back in order. `None` when
+/// the node is neither.
+pub fn batch_flat_step(b: &mut Builder, node: &Node) -> Option<Step> {
+    match node {
+        Node::Reshape(r) if matches!(&r.config.shape, ReshapeInput::Static(t) if t[..] == [-1]) => {
+            let &src = b.values.get(&r.inputs.first()?.name)?;
+            b.layouts.insert(r.outputs[0].name.clone(), (src, Layout::BatchFlat));
+            Some(Ok(()))
+        }
+        Node::Gather(g) => match b.layouts.get(&g.inputs.first()?.name) {
+            Some(&(src, Layout::BatchFlat)) => Some(strided_gather(b, g, src)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn strided_gather(b: &mut Builder, g: &onnx_ir::node::gather::GatherNode, src: usize) -> Step {
+    if g.config.axis != 0 {
+        return Err(format!("gathers along axis {} of {}", g.config.axis, Layout::BatchFlat.describe()));
+    }
+    // onnx-ir names the k-th Gather of the file `gatherk`; its indices are read from the file.
+    let file_node = g.name.strip_prefix("gather").and_then(|k| k.parse::<usize>().ok()).and_then(|k| b.proto.node.iter().filter(|n| n.op_type == "Gather").nth(k.checked_sub(1)?));
+    let indices = file_node.and_then(|n| n.input.get(1)).ok_or("cannot find the gather's indices in the file")?;
+    let weights: std::collections::HashSet<&str> = b.proto.initializer.iter().map(|t| t.name.as_str()).collect();
+    let input = b.proto.input.iter().find(|v| !weights.contains(v.name.as_str())).ok_or("the model has no input")?;
+    let fixed = input.type_.as_ref().and_then(|t| t.tensor_type().shape.as_ref()).and_then(|s| s.dim.first()).map(|d| d.dim_value()).filter(|&d| d > 0);
+    let per_sample = b.shapes[src].numel();
+    let mut layout = None;
+    for batch in fixed.map_or(vec![1, 2, 3], |d| vec![d]) {
+        let total = per_sample.saturating_mul(batch as usize);
+        let idx = batch_index::evaluate(b.proto, indices, &input.name, batch, total.saturating_mul(2).saturating_add(1024)).map_err(|e| format!("its indices at batch size {batch}: {e}"))?;
+        let in_order = idx.dims.first() == Some(&(batch as usize)) && idx.values.len() == total && idx.values.iter().enumerate().all(|(i, &v)| v == i as i64);
+        if !in_order {
+            return Err(format!("at batch size {batch} its indices (dims {:?}) do not read each sample's {per_sample} values back in order", idx.dims));
+        }
+        layout = Some(idx.dims[1..].to_vec());
+    }
+    let dims = layout.ok_or("no batch size to check")?;
+    let out = &g.outputs[0];
+    match b.shapes[src] {
+        Shape::Map([c, h, w]) if dims == [c, h, w] => drop(b.values.insert(out.name.clone(), src)),
+        Shape::Flat(n) if dims == [n] => drop(b.values.insert(out.name.clone(), src)),
+        Shape::Map(_) if dims == [per_sample] => drop(b.add_named(&g.name, Op::Flatten, vec![src], out).map_err(|e| e.to_string())?),
+        s => return Err(format!("reads each sample back as {dims:?} from {s:?}")),
+    }
+    Ok(())
+}
+
 /// One step on a value that is a view of one of our nodes (or the step that creates such a
 /// view from a plain value). `None` when the node has nothing to do with views.
 pub fn view_step(b: &mut Builder, node: &Node) -> Option<Step> {
@@ -160,6 +219,9 @@ pub fn view_step(b: &mut Builder, node: &Node) -> Option<Step> {
         b.layouts.insert(out.name.clone(), (src, layout));
         return Some(Ok(()));
     };
+    if layout == Layout::BatchFlat {
+        return Some(Err(format!("uses {} other than to gather each sample's values back", layout.describe())));
+    }
     let Shape::Map([c, t, w]) = b.shapes[src] else { return Some(Err("a view of a flat vector".into())) };
     let sequence = w == 1;
     let per_token = layout != Layout::Rows;
