@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use onnx_ir::{GraphProto, NodeProto};
 
-use super::guard::{constants, int64_values};
+use super::guard::{constants, int64_values, shape_range};
 
 /// An integer tensor: its dimensions and row-major values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,12 +35,12 @@ fn ints(dims: Vec<usize>, values: Vec<i64>, max_elements: usize) -> Eval {
     Ok(Ints { dims, values })
 }
 
-/// `value` of `graph` when the model's input `input` has batch size `batch` (its other
-/// dimensions as declared). Only the integer operators exporters use for index arithmetic are
+/// `value` of `graph` (operator set version `opset`) when the model's input `input` has batch
+/// size `batch` (its other dimensions as declared). Only the integer operators exporters use for index arithmetic are
 /// known; anything else, a value read from the input's data, or an intermediate of more than
 /// `max_elements` elements is an error naming it. `graph`'s nodes are in topological order
 /// (the guard sorts them).
-pub fn evaluate(graph: &GraphProto, value: &str, input: &str, batch: i64, max_elements: usize) -> Eval {
+pub fn evaluate(graph: &GraphProto, opset: i64, value: &str, input: &str, batch: i64, max_elements: usize) -> Eval {
     let producer: HashMap<&str, usize> = graph.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
     let consts = constants(graph);
     // The nodes `value` depends on, walked without recursion (a hostile chain may be long).
@@ -71,7 +71,7 @@ pub fn evaluate(graph: &GraphProto, value: &str, input: &str, batch: i64, max_el
             }
             ints(dims, values, max_elements)
         };
-        let out = step(n, &get, graph, input, batch, max_elements).map_err(|e| format!("{} {:?}: {e}", n.op_type, n.name))?;
+        let out = step(n, &get, graph, opset, input, batch, max_elements).map_err(|e| format!("{} {:?}: {e}", n.op_type, n.name))?;
         if let Some(o) = n.output.first() {
             known.insert(o.as_str(), out);
         }
@@ -94,7 +94,7 @@ fn axis(a: i64, rank: usize) -> Result<usize, String> {
     (0..r).contains(&a).then_some(a as usize).ok_or_else(|| format!("axis {a} of rank {rank}"))
 }
 
-fn step(n: &NodeProto, get: &dyn Fn(usize) -> Eval, graph: &GraphProto, input: &str, batch: i64, max: usize) -> Eval {
+fn step(n: &NodeProto, get: &dyn Fn(usize) -> Eval, graph: &GraphProto, opset: i64, input: &str, batch: i64, max: usize) -> Eval {
     // Squeeze's and Unsqueeze's axes: an attribute (opset < 13) or a second input.
     let axes = || -> Result<Option<Vec<i64>>, String> {
         match attr_ints(n, "axes") {
@@ -121,10 +121,8 @@ fn step(n: &NodeProto, get: &dyn Fn(usize) -> Eval, graph: &GraphProto, input: &
             if dims[1..].iter().any(|&d| d <= 0) {
                 return Err("the input's dimensions other than the batch are not fixed".into());
             }
-            let r = dims.len() as i64;
-            let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-            let (s, e) = (clamp(attr_int(n, "start").unwrap_or(0)), clamp(attr_int(n, "end").unwrap_or(r)));
-            let v = dims[s..e.max(s)].to_vec();
+            let (s, e) = shape_range(n, opset, dims.len() as i64);
+            let v = dims[s as usize..e.max(s) as usize].to_vec();
             ints(vec![v.len()], v, max)
         }
         "Squeeze" => {
@@ -312,13 +310,13 @@ mod tests {
     fn a_strided_gathers_indices_follow_the_batch_size() {
         let g = strided_indices();
         for batch in [1, 4] {
-            let idx = evaluate(&g, "idx", "x", batch, 100).unwrap();
+            let idx = evaluate(&g, 18, "idx", "x", batch, 100).unwrap();
             assert_eq!(idx.dims, [batch as usize, 3, 1, 1]);
             assert_eq!(idx.values, (0..3 * batch).collect::<Vec<_>>());
         }
         // Bounded before anything is allocated, and only integer arithmetic on the shape.
-        assert!(evaluate(&g, "idx", "x", 1000, 100).unwrap_err().contains("more than the 100"));
-        assert!(evaluate(&g, "reads_data", "x", 1, 100).unwrap_err().contains("read from the input's data"));
+        assert!(evaluate(&g, 18, "idx", "x", 1000, 100).unwrap_err().contains("more than the 100"));
+        assert!(evaluate(&g, 18, "reads_data", "x", 1, 100).unwrap_err().contains("read from the input's data"));
     }
 
     #[test]

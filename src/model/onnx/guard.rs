@@ -229,7 +229,7 @@ struct KnownShapes<'a> {
 
 /// The ranks and dimensions that follow from the graph alone; values of any other operator
 /// are left out. Nodes must be in topological order.
-fn known_shapes(graph: &GraphProto) -> KnownShapes<'_> {
+fn known_shapes(graph: &GraphProto, opset: i64) -> KnownShapes<'_> {
     let mut rank: HashMap<&str, usize> = HashMap::new();
     let mut dims: HashMap<&str, Vec<i64>> = HashMap::new();
     for v in &graph.input {
@@ -301,12 +301,8 @@ fn known_shapes(graph: &GraphProto) -> KnownShapes<'_> {
             "Expand" => n.input.get(1).and_then(|s| initializers.get(s.as_str())).zip(input_dims).and_then(|(t, d)| broadcast(d, &int64_values(t))),
             // A shape is a vector of the input's rank, or of the part `start..end` takes.
             "Shape" => first.map(|r| {
-                let r = r as i64;
-                let at = |name: &str, default: i64| {
-                    let v = n.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
-                    (if v < 0 { v.saturating_add(r) } else { v }).clamp(0, r)
-                };
-                vec![(at("end", r) - at("start", 0)).max(0)]
+                let (start, end) = shape_range(n, opset, r as i64);
+                vec![(end - start).max(0)]
             }),
             _ => None,
         };
@@ -460,6 +456,7 @@ fn node_label(n: &NodeProto, i: usize) -> String {
 /// Checks `model` in place (inlining external data from `dir`, re-ordering nodes
 /// topologically). Errors say what is wrong and where; the caller adds the file name.
 pub fn check(model: &mut ModelProto, dir: Option<&Path>, limits: &OnnxLimits) -> Result<()> {
+    let opset = default_opset(model);
     if !model.functions.is_empty() {
         let names: Vec<&str> = model.functions.iter().map(|f| f.name.as_str()).collect();
         return Err(Error::model(format!("model-local functions are not supported: {}", names.join(", "))));
@@ -545,10 +542,38 @@ pub fn check(model: &mut ModelProto, dir: Option<&Path>, limits: &OnnxLimits) ->
         let mut nodes: Vec<Option<NodeProto>> = std::mem::take(&mut graph.node).into_iter().map(Some).collect();
         graph.node = order.iter().map(|&i| nodes[i].take().expect("each once")).collect();
     }
-    let known = known_shapes(graph);
+    let known = known_shapes(graph, opset);
     check_squeezes(graph, &known)?;
     check_splits(graph, &known)?;
+    check_ranges(graph, &known)?;
     check_constant_arithmetic(graph, &known)
+}
+
+/// The version of the default ONNX operator set the model declares (0 if none).
+pub(super) fn default_opset(model: &ModelProto) -> i64 {
+    model.opset_import.iter().filter(|o| matches!(o.domain.as_str(), "" | "ai.onnx")).map(|o| o.version).max().unwrap_or(0)
+}
+
+/// Shape's `start` and `end` attributes exist from opset 15; before, a shape is the whole one
+/// (onnx-ir and onnxruntime ignore them there).
+pub(super) fn shape_range(n: &NodeProto, opset: i64, rank: i64) -> (i64, i64) {
+    let at = |name: &str, default: i64| {
+        let v = n.attribute.iter().find(|a| a.name == name && opset >= 15).map_or(default, |a| a.i);
+        (if v < 0 { v.saturating_add(rank) } else { v }).clamp(0, rank)
+    };
+    (at("start", 0), at("end", rank))
+}
+
+/// Range takes scalars: constants, or values the graph fixes at rank 0 (a shape's element,
+/// squeezed). onnx-ir 0.22 reads the element type of every input and panics on a shape
+/// vector, so anything else is refused here.
+fn check_ranges(graph: &GraphProto, known: &KnownShapes) -> Result<()> {
+    for (i, n) in graph.node.iter().enumerate().filter(|(_, n)| n.op_type == "Range") {
+        if let Some(x) = n.input.iter().find(|x| !known.constants.contains_key(x.as_str()) && known.rank.get(x.as_str()) != Some(&0)) {
+            return Err(Error::model(format!("node {}: Range of {x:?}, which is not a scalar (a constant, or a shape element squeezed to one)", node_label(n, i))));
+        }
+    }
+    Ok(())
 }
 
 /// Kahn's algorithm, stable (keeps the file's order where it is valid). On a cycle, returns
@@ -595,11 +620,11 @@ mod tests {
     #[test]
     fn a_squeeze_without_axes_needs_dimensions_the_graph_fixes() {
         let fixed = squeeze_of_input(&[Some(1), Some(8), Some(1), Some(1)]);
-        let known = known_shapes(&fixed);
+        let known = known_shapes(&fixed, 18);
         assert_eq!(known.rank.get("y"), Some(&1));
         check_squeezes(&fixed, &known).unwrap();
         let open = squeeze_of_input(&[None, Some(8), Some(1), Some(1)]);
-        let err = check_squeezes(&open, &known_shapes(&open)).unwrap_err().to_string();
+        let err = check_squeezes(&open, &known_shapes(&open, 18)).unwrap_err().to_string();
         assert!(err.contains("Squeeze without axes"), "{err}");
     }
 
@@ -628,10 +653,10 @@ mod tests {
     #[test]
     fn ranks_follow_matmul_and_reductions() {
         let g = chain(&[("MatMul", &["x", "x"]), ("MatMul", &["x", "v"]), ("ReduceMean", &["x"]), ("MatMul", &["v", "v"])]);
-        let known = known_shapes(&g);
+        let known = known_shapes(&g, 18);
         assert_eq!([0, 1, 2, 3].map(|i| known.rank.get(format!("y{i}").as_str()).copied()), [Some(4), Some(3), Some(4), Some(0)]);
         let scalar = chain(&[("MatMul", &["y9", "x"])]);
-        assert_eq!(known_shapes(&scalar).rank.get("y0"), None, "an operand of unknown rank leaves the product's unknown");
+        assert_eq!(known_shapes(&scalar, 18).rank.get("y0"), None, "an operand of unknown rank leaves the product's unknown");
     }
 
     #[test]

@@ -84,6 +84,8 @@ fn clean_name(name: &str) -> String {
 pub(super) struct Builder<'a> {
     /// The checked file's graph, for what onnx-ir leaves unevaluated (a strided gather's indices).
     pub(super) proto: &'a onnx_ir::GraphProto,
+    /// Its default operator set's version.
+    pub(super) opset: i64,
     pub(super) graph: Graph,
     pub(super) shapes: Vec<Shape>,
     pub(super) tensors: Vec<(usize, &'static str, TensorData)>,
@@ -285,6 +287,7 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
     let graph = Graph { input_shape, nodes: vec![crate::model::Node { name: "input".into(), op: Op::Input, inputs: vec![] }], output: 0, prune_site: None };
     let mut b = Builder {
         proto: pg,
+        opset: super::guard::default_opset(proto),
         graph,
         shapes: vec![Shape::Map(input_shape)],
         tensors: vec![],

@@ -184,7 +184,7 @@ fn strided_gather(b: &mut Builder, g: &onnx_ir::node::gather::GatherNode, src: u
     let mut layout = None;
     for batch in fixed.map_or(vec![1, 2, 3], |d| vec![d]) {
         let total = per_sample.saturating_mul(batch as usize);
-        let idx = batch_index::evaluate(b.proto, indices, &input.name, batch, total.saturating_mul(2).saturating_add(1024)).map_err(|e| format!("its indices at batch size {batch}: {e}"))?;
+        let idx = batch_index::evaluate(b.proto, b.opset, indices, &input.name, batch, total.saturating_mul(2).saturating_add(1024)).map_err(|e| format!("its indices at batch size {batch}: {e}"))?;
         let in_order = idx.dims.first() == Some(&(batch as usize)) && idx.values.len() == total && idx.values.iter().enumerate().all(|(i, &v)| v == i as i64);
         if !in_order {
             return Err(format!("at batch size {batch} its indices (dims {:?}) do not read each sample's {per_sample} values back in order", idx.dims));
