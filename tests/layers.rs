@@ -154,3 +154,43 @@ fn a_kept_snapshot_does_not_follow_later_training() {
     assert_ne!(m.named_tensors(), before, "training updated the running statistics");
     assert_eq!(snapshot.named_tensors(), before, "the snapshot changed with the training model");
 }
+
+struct Unchanged;
+
+impl fineprune::model::net::NodeHook for Unchanged {
+    fn after(&self, _node: usize, out: fineprune::model::net::Activation) -> fineprune::model::net::Activation {
+        out
+    }
+}
+
+/// Inference folds a BatchNorm into the convolution it alone reads (weights scaled, shift
+/// as bias); a hooked run takes every node on its own. Both agree within float rounding, for
+/// a convolution with and without a bias, a depthwise one, and a stride of 2.
+#[test]
+fn batchnorm_folded_into_its_convolution_gives_the_same_logits() {
+    let dev = fineprune::cpu_device();
+    let mut b = GraphBuilder::new([3, 9, 9]);
+    let c1 = b.conv("c1", 0, 6, 3, 1, 1);
+    let n1 = b.bn("n1", c1);
+    let r1 = b.relu("r1", n1);
+    let c2 = b.conv_ext("c2", r1, 6, 3, 2, 1, false);
+    let n2 = b.bn("n2", c2);
+    let f = b.flatten("flat_out", n2);
+    let out = b.linear("head", f, 3);
+    let mut g = b.finish(out, "input");
+    // c2 as a depthwise convolution.
+    if let Op::Conv2d { groups, .. } = &mut g.nodes[c2].op {
+        *groups = 6;
+    }
+    let model = Model::init(g, 1, &dev).unwrap();
+    let mut r = Rng::new(5);
+    let x = Tensor::<4>::from_data(TensorData::new((0..4 * 3 * 81).map(|_| r.normal() as f32).collect::<Vec<_>>(), [4, 3, 9, 9]), &dev);
+    // Running statistics away from 0 and 1: a few training-mode passes.
+    for _ in 0..3 {
+        let _ = model.forward_train(x.clone() * 2.0 + 1.0, &mut Rng::new(0));
+    }
+    let folded = model.forward(x.clone()).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let separate = model.forward_hooked(x, fineprune::model::net::Mode::Eval, &Unchanged).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let diff = folded.iter().zip(&separate).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff < 1e-4, "folded and separate differ by {diff}");
+}

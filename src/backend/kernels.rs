@@ -42,6 +42,15 @@ unsafe fn im2col(g: &ConvGeom, x: &[f32], col: *mut f32, ld: usize) {
     let [ho, wo] = g.out_size();
     let [kh, kw] = g.kernel;
     let (h, w) = (g.height as isize, g.width as isize);
+    // A 1x1 kernel with stride 1 and no padding (MobileNet's pointwise convolutions): each
+    // row of the block is a whole plane, one copy per channel.
+    if g.kernel == [1, 1] && g.stride == [1, 1] && g.padding == [0, 0] {
+        for (c, plane) in x.chunks_exact(ho * wo).take(g.in_channels).enumerate() {
+            // SAFETY: the caller guarantees this row's P elements are ours to write.
+            unsafe { std::ptr::copy_nonoverlapping(plane.as_ptr(), col.add(c * ld), plane.len()) };
+        }
+        return;
+    }
     // Stride 1 with "same" padding: each row of the block is the plane shifted.
     let same = g.stride == [1, 1] && ho == g.height && wo == g.width;
     let mut row = 0;
@@ -107,6 +116,9 @@ fn shifted_plane(plane: &[f32], h: usize, w: usize, dy: isize, dx: isize, dst: &
     body[b..].fill(0.0);
     body[a..b].copy_from_slice(&plane[s0 as usize..s1 as usize]);
     let k = dx.unsigned_abs();
+    if k == 0 {
+        return; // no column wraps around
+    }
     for r in body.chunks_exact_mut(w) {
         let wrapped = if dx > 0 { &mut r[w - k..] } else { &mut r[..k] };
         if k == 1 {

@@ -506,13 +506,13 @@ impl Graph {
         self.nodes.iter().map(|n| n.op.param_count()).fold(0, usize::saturating_add)
     }
 
-    /// Indices of the nodes at or before `cut` whose values nodes after `cut` read: what must
-    /// be cached to run the rest of the graph without re-running its start.
     /// The nodes that read node `i`'s output (nodes are topologically ordered, so all after it).
     pub fn readers(&self, i: usize) -> Vec<usize> {
         (i + 1..self.nodes.len()).filter(|&k| self.nodes[k].inputs.contains(&i)).collect()
     }
 
+    /// Indices of the nodes at or before `cut` whose values nodes after `cut` read: what must
+    /// be cached to run the rest of the graph without re-running its start.
     pub fn frontier(&self, cut: usize) -> Vec<usize> {
         let mut f: Vec<usize> = self.nodes[cut + 1..].iter().flat_map(|n| n.inputs.iter().copied()).filter(|&j| j <= cut).collect();
         f.sort_unstable();
