@@ -445,8 +445,11 @@ impl<'a, 'b> Gen<'a, 'b> {
                     let at = self.u.int_in_range(0..=n as usize - 1)?;
                     offsets[at] = self.size(0, n)?;
                 }
+                // One sample's offsets (a scalar value picked as x has no batch axis).
                 let mut dims = x.dims.clone();
-                dims[0] = 1;
+                if let Some(batch) = dims.first_mut() {
+                    *batch = 1;
+                }
                 let offsets = self.int64_tensor("offsets", offsets, dims);
                 self.emit("Add", vec![batch_start, offsets], vec![], x.dims.clone())?;
                 let indices = self.last();
