@@ -8,7 +8,8 @@
 #   sides, random inputs, $STEPS steps ($STEPS/3 for resnet18), best of $REPEATS (3) alternating
 #   runs per side; prints both rates and their ratio, and each side's peak memory, and writes one
 #   JSON line per network to docs/results/throughput.jsonl (date, commit, machine stamped), from
-#   which scripts/performance_md.py writes docs/performance.md.
+#   which scripts/performance_md.py writes docs/performance.md. ARCHS="mobilenet_v2 ..." re-measures
+#   only those networks and replaces only their rows.
 # defend: `fineprune defend --method fineprune --clean-fraction 0.05` on a PyTorch-trained
 #   residual GTSRB model against the same defense written the way the Python toolkits write it
 #   (the whole network re-run per pruned channel, then fine-tuning), end to end, both producing
@@ -49,7 +50,16 @@ stamp() {
 
 if [[ " $parts " == *" throughput "* ]]; then
   mkdir -p docs/results
-  : > docs/results/throughput.jsonl
+  if [ -n "${ARCHS:-}" ]; then
+    # Only these networks are re-measured: their old rows go, the others' stay (each row is
+    # stamped with its own date and commit).
+    touch docs/results/throughput.jsonl
+    python3 -c 'import json, sys
+keep = [l for l in open(sys.argv[1]) if l.strip() and json.loads(l)["network"] not in sys.argv[2].split()]
+open(sys.argv[1], "w").writelines(keep)' docs/results/throughput.jsonl "$ARCHS"
+  else
+    : > docs/results/throughput.jsonl
+  fi
   "$PY" -c "import torchvision" 2>/dev/null || "$VENV/bin/pip" install -q torchvision
   for arch in sign-resnet $MOBILE; do
     [ -f "$RUNS/$arch.onnx" ] || "$PY" scripts/bench_torch.py export "$arch" "$RUNS/$arch.onnx" 2>/dev/null
