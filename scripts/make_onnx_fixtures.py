@@ -286,8 +286,8 @@ def bad_corpus(good):
 def new_op_corpus():
     """The mobile and ConvNeXt operators used against the importer: bounds that are not an
     interval, a view that is not a channel shuffle, parameters that do not fit."""
-    def tiny(name, nodes, inits):
-        g = helper.make_graph(nodes, name, [tensor_in("input", ["batch", 4, 4, 4])],
+    def tiny(name, nodes, inits, batch="batch"):
+        g = helper.make_graph(nodes, name, [tensor_in("input", [batch, 4, 4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
         save_bad(name, helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
     i64 = lambda n, v: numpy_helper.from_array(np.array(v, dtype=np.int64), n)  # noqa: E731
@@ -301,16 +301,17 @@ def new_op_corpus():
                                 helper.make_node("Reshape", ["t", "s2"], ["y"])], [i64("s1", [0, 3, 1, 4, 4]), i64("s2", [0, 4, 4, 4])])
     # PyTorch's dynamo export of as_strided: the whole batch flattened, gathered back at indices
     # computed from the batch size (Range over it, times the per-sample count, plus offsets).
-    def strided(name, offsets, scale=1):
+    def strided(name, offsets, scale=1, batch_dim="batch"):
         batch = [helper.make_node("Shape", ["input"], ["shape"], end=1), helper.make_node("Squeeze", ["shape"], ["b"])]
         tiny(name, batch + [helper.make_node("GlobalAveragePool", ["input"], ["p"]), helper.make_node("Reshape", ["p", "minus1"], ["flat"]),
                             helper.make_node("Mul", ["b", "scale"], ["limit"]), helper.make_node("Range", ["zero", "limit", "one"], ["r"]),
                             helper.make_node("Mul", ["r", "four"], ["rs"]), helper.make_node("Unsqueeze", ["rs", "axes"], ["ru"]),
                             helper.make_node("Add", ["ru", "off"], ["idx"]), helper.make_node("Gather", ["flat", "idx"], ["y"], axis=0)],
              [i64("minus1", [-1]), i64("zero", 0), i64("one", 1), i64("scale", scale), i64("four", 4), i64("axes", [1, 2, 3]),
-              i64("off", np.array(offsets).reshape(1, 4, 1, 1))])
+              i64("off", np.array(offsets).reshape(1, 4, 1, 1))], batch_dim)
     strided("strided_gather_out_of_order", [3, 2, 1, 0])
     strided("strided_gather_huge_range", [0, 1, 2, 3], scale=1 << 40)
+    strided("strided_gather_huge_batch", [0, 1, 2, 3], batch_dim=1 << 40)
     tiny("layernorm_wrong_len", [helper.make_node("Transpose", ["input"], ["t"], perm=[0, 2, 3, 1]),
                                  helper.make_node("LayerNormalization", ["t", "g", "b"], ["y"], axis=-1)], [f32("g", [1.0] * 7), f32("b", [0.0] * 7)])
 

@@ -188,6 +188,7 @@ fn every_bad_file_gets_a_clean_error() {
     // within a bound (here a Range of 2^40 elements).
     assert!(reason("strided_gather_out_of_order.onnx").contains("do not read each sample's 4 values back in order"));
     assert!(reason("strided_gather_huge_range.onnx").contains("1099511627776 elements"));
+    assert!(reason("strided_gather_huge_batch.onnx").contains("more than the 16777216"));
     // onnx-ir would index the shape with this axis unchecked: refused before it runs.
     let split = reason("split_axis_out_of_range.onnx");
     assert!(split.contains("Split on axis 7") && !split.contains("caught panic"), "{split}");

@@ -170,6 +170,9 @@ pub fn batch_flat_step(b: &mut Builder, node: &Node) -> Option<Step> {
     }
 }
 
+/// Most indices of a strided gather evaluated (16 Mi, 128 MiB as int64).
+const MAX_GATHER_CHECK: usize = 1 << 24;
+
 fn strided_gather(b: &mut Builder, g: &onnx_ir::node::gather::GatherNode, src: usize) -> Step {
     if g.config.axis != 0 {
         return Err(format!("gathers along axis {} of {}", g.config.axis, Layout::BatchFlat.describe()));
@@ -184,6 +187,11 @@ fn strided_gather(b: &mut Builder, g: &onnx_ir::node::gather::GatherNode, src: u
     let mut layout = None;
     for batch in fixed.map_or(vec![1, 2, 3], |d| vec![d]) {
         let total = per_sample.saturating_mul(batch as usize);
+        // The indices are as many as the values; a file that fixes a huge batch must not make
+        // us build them.
+        if total > MAX_GATHER_CHECK {
+            return Err(format!("at batch size {batch} its {total} indices are more than the {MAX_GATHER_CHECK} fineprune evaluates"));
+        }
         let idx = batch_index::evaluate(b.proto, b.opset, indices, &input.name, batch, total.saturating_mul(2).saturating_add(1024)).map_err(|e| format!("its indices at batch size {batch}: {e}"))?;
         let in_order = idx.dims.first() == Some(&(batch as usize)) && idx.values.len() == total && idx.values.iter().enumerate().all(|(i, &v)| v == i as i64);
         if !in_order {
