@@ -100,6 +100,8 @@ unchecked; `Split`s of a rank-1 value (also one a `Squeeze` without axes had mad
 a shape-derived value and into negative sizes reached `onnx-ir`'s unchecked indexing (caught
 and reported as a parser failure; now refused first, naming the node); a product of two
 constants whose shapes broadcast failed an assertion in `onnx-ir`'s constant folding (caught;
-now refused first). Not covered by fuzzing: the training and defense loops on
+now refused first); a `Range` over a whole shape (an opset-11 `Shape` ignores `end`) made
+`onnx-ir` read a vector's element type and panic (caught; now refused first); and once a
+panic in the fuzz target's own graph generator, not in fineprune. Not covered by fuzzing: the training and defense loops on
 valid but adversarial weights (they are covered by the bounds above, not by a fuzzer), and
 `onnx-ir`'s own code beyond what our targets reach through it.""")
