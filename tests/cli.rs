@@ -99,6 +99,20 @@ fn train_then_eval_json() {
     let orl = format!("orl:{}", common::shared("orl-faces").display());
     let (ok, _, stderr) = fineprune(&["eval", "--model", model.to_str().unwrap(), "--data", &orl]);
     assert!(!ok && stderr.contains("trained on mnist"), "{stderr}");
+
+    // Scans that cannot be made: a class the model does not have, a clean set smaller than
+    // one batch per class. One line, exit 1, no report written.
+    let report = dir.path().join("scan-report");
+    for (extra, why) in [(["--classes", "1,10"], "class 10"), (["--clean-fraction", "0.0001"], "at least")] {
+        let mut args = vec!["scan", "--model", model.to_str().unwrap(), "--data", &data, "--report", report.to_str().unwrap()];
+        args.extend(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_fineprune")).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(errors.len() == 1 && errors[0].contains(why), "{stderr}");
+        assert!(!report.exists(), "{extra:?} wrote a report");
+    }
 }
 
 #[test]

@@ -108,6 +108,11 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
     let nan = fineprune::scan::Thresholds { untargeted_ratio: f64::NAN, ..Default::default() };
     let e = scan(&clean, &ds, &ScanConfig { thresholds: nan, ..quick() }, &dev, &mut Silent).unwrap_err().to_string();
     assert!(e.contains("thresholds must be finite"), "{e}");
+    // A model of one class has no other class to send inputs to.
+    let mut one_class = clean;
+    one_class.info.classes.truncate(1);
+    let e = scan(&one_class, &ds, &quick(), &dev, &mut Silent).unwrap_err().to_string();
+    assert!(e.contains("needs at least two"), "{e}");
 }
 
 #[test]
