@@ -280,12 +280,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             18 => {
                 // The Shape -> Gather -> Unsqueeze -> Concat -> Reshape chain of a
                 // TorchScript flatten, which onnx-ir folds.
-                let shape = self.name("shape");
-                let mut n = NodeProto::new();
-                n.op_type = "Shape".into();
-                n.input = vec![x.name.clone()];
-                n.output = vec![shape.clone()];
-                self.graph.node.push(n);
+                let shape = self.shape_of(&x.name, vec![]);
                 let at = self.perturb(0)?;
                 let idx = self.int64_initializer("idx", vec![at]);
                 self.emit("Gather", vec![shape, idx], vec![int("axis", 0)], vec![1])?;
@@ -414,13 +409,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                 // flattened, gathered back at indices computed from the batch size:
                 // Range(0, batch) times the per-sample count, unsqueezed, plus offsets that
                 // are mostly each sample's positions in order.
-                let shape = self.name("shape");
-                let mut n = NodeProto::new();
-                n.op_type = "Shape".into();
-                n.input = vec![x.name.clone()];
-                n.output = vec![shape.clone()];
-                n.attribute = vec![int("end", self.perturb(1)?)];
-                self.graph.node.push(n);
+                let end = int("end", self.perturb(1)?);
+                let shape = self.shape_of(&x.name, vec![end]);
                 self.emit("Squeeze", vec![shape], vec![], vec![])?;
                 let batch = self.last();
                 let minus = self.perturb(-1)?;
@@ -470,6 +460,18 @@ impl<'a, 'b> Gen<'a, 'b> {
 }
 
 impl Gen<'_, '_> {
+    /// A Shape node of `x` (its output is a shape, not a value steps pick): its output's name.
+    fn shape_of(&mut self, x: &str, attribute: Vec<AttributeProto>) -> String {
+        let shape = self.name("shape");
+        let mut n = NodeProto::new();
+        n.op_type = "Shape".into();
+        n.input = vec![x.to_string()];
+        n.output = vec![shape.clone()];
+        n.attribute = attribute;
+        self.graph.node.push(n);
+        shape
+    }
+
     fn last(&self) -> String {
         self.values.last().expect("just emitted").name.clone()
     }
