@@ -161,6 +161,25 @@ def linear_only():
     return model(nodes, inits, tensor_in("input", ["N", 1, 28, 28]), tensor_in("logits", ["N", 10]), "linear_only"), (2, 1, 28, 28)
 
 
+def strided_flatten():
+    """The default exporter's flatten of a feature map by as_strided: the whole batch flattened,
+    then gathered back at Range(0, batch) * 64 + arange(64), one row of 64 values per sample."""
+    i64 = lambda n, v: numpy_helper.from_array(np.array(v, dtype=np.int64), n)  # noqa: E731
+    nodes = [
+        helper.make_node("Relu", ["input"], ["r"]),
+        helper.make_node("Shape", ["input"], ["shape"], end=1), helper.make_node("Squeeze", ["shape"], ["b"]),
+        helper.make_node("Reshape", ["r", "minus1"], ["flat"]),
+        helper.make_node("Range", ["zero", "b", "one"], ["rows"]), helper.make_node("Mul", ["rows", "per"], ["starts"]),
+        helper.make_node("Unsqueeze", ["starts", "axis1"], ["col"]), helper.make_node("Add", ["col", "offsets"], ["idx"]),
+        helper.make_node("Gather", ["flat", "idx"], ["rowwise"], axis=0),
+        helper.make_node("Gemm", ["rowwise", "fc.weight", "fc.bias"], ["logits"], transB=1),
+    ]
+    inits = [i64("minus1", [-1]), i64("zero", 0), i64("one", 1), i64("per", 64), i64("axis1", [1]),
+             i64("offsets", np.arange(64).reshape(1, 64)), w("fc.weight", 3, 64), w("fc.bias", 3, scale=0.1)]
+    m = model(nodes, inits, tensor_in("input", ["N", 4, 4, 4]), tensor_in("logits", ["N", 3]), "strided_flatten", opset=18)
+    return m, (3, 4, 4, 4)
+
+
 def save_good(name, m, shape):
     onnx.checker.check_model(m)
     path = os.path.join(OUT, f"{name}.onnx")
@@ -344,5 +363,7 @@ if __name__ == "__main__":
     # Appended last so the fixtures above keep their random weights.
     m, shape = linear_only()
     save_good("linear_only", m, shape)
+    m, shape = strided_flatten()
+    save_good("strided_flatten", m, shape)
     total = sum(os.path.getsize(os.path.join(d, f)) for d in (OUT, BAD, os.path.join(OUT, "external")) for f in os.listdir(d) if os.path.isfile(os.path.join(d, f)))
     print(f"fixtures: {total} bytes")

@@ -47,8 +47,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// shuffle; `gelu_torch` its GELU; `convnext_torch` a ConvNeXt block (TorchScript exporter) and
 /// `convnext_dynamo` the same by the default exporter (its pooling an `as_strided` gather at
 /// indices computed from the batch size); `vit_torch` torchvision's VisionTransformer (class
-/// token, position embedding, attention).
-const GOOD: &[&str] = &["lenet_torch", "resnet_block", "branches", "nhwc_tf", "mobile_torch", "gelu_torch", "convnext_torch", "convnext_dynamo", "vit_torch"];
+/// token, position embedding, attention); `strided_flatten` a feature map flattened the way
+/// that exporter writes it (one gather over the whole batch).
+const GOOD: &[&str] = &["lenet_torch", "resnet_block", "branches", "nhwc_tf", "mobile_torch", "gelu_torch", "convnext_torch", "convnext_dynamo", "vit_torch", "strided_flatten"];
 
 #[test]
 fn imported_models_match_onnxruntime() {

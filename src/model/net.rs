@@ -311,7 +311,10 @@ impl Model {
     /// weights scaled per output channel by the running statistics' scale, the shift added to
     /// its bias. One pass over the output instead of two (MobileNetV2 follows every
     /// convolution with a BatchNorm; that pass was 5% of its inference instructions); the
-    /// result equals the two steps within float rounding.
+    /// result equals the two steps within float rounding. The fold is redone on every call
+    /// rather than cached: it costs one multiply per weight, the convolution one per weight per
+    /// output position per image (so the fold is at most 1/batch of the work), and a cache would
+    /// have to follow every change of the parameters.
     fn conv_with_batchnorm(&self, i: usize, j: usize, x: Tensor<4>) -> Activation {
         let (Op::Conv2d { stride, padding, dilation, groups, .. }, Op::BatchNorm { epsilon, .. }) = (&self.graph.nodes[i].op, &self.graph.nodes[j].op) else {
             unreachable!("a convolution and its BatchNorm")

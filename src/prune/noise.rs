@@ -67,7 +67,6 @@ pub fn uniform(n: usize, bound: f64, rng: &mut Rng, device: &Device) -> Tensor<1
     Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
-
 /// The neurons a noise perturbs: each graph node's neuron layer, if any (`slot`), and each
 /// layer's shift vector ([`shift_of`]).
 pub struct NoiseSites<'a> {

@@ -86,6 +86,10 @@ pub(super) struct Builder<'a> {
     pub(super) proto: &'a onnx_ir::GraphProto,
     /// Its default operator set's version.
     pub(super) opset: i64,
+    /// The file's name for the image input, and the batch size it fixes (if any): what a
+    /// strided gather's indices are evaluated from.
+    pub(super) input_name: &'a str,
+    pub(super) fixed_batch: Option<i64>,
     pub(super) graph: Graph,
     pub(super) shapes: Vec<Shape>,
     pub(super) tensors: Vec<(usize, &'static str, TensorData)>,
@@ -288,6 +292,8 @@ pub fn convert(g: &OnnxGraph, proto: &ModelProto) -> Result<Converted> {
     let mut b = Builder {
         proto: pg,
         opset: super::guard::default_opset(proto),
+        input_name: &real_inputs[0].name,
+        fixed_batch: real_inputs[0].type_.as_ref().and_then(|t| t.tensor_type().shape.as_ref()).and_then(|s| s.dim.first()).map(|d| d.dim_value()).filter(|&d| d > 0),
         graph,
         shapes: vec![Shape::Map(input_shape)],
         tensors: vec![],

@@ -180,19 +180,16 @@ fn strided_gather(b: &mut Builder, g: &onnx_ir::node::gather::GatherNode, src: u
     // onnx-ir names the k-th Gather of the file `gatherk`; its indices are read from the file.
     let file_node = g.name.strip_prefix("gather").and_then(|k| k.parse::<usize>().ok()).and_then(|k| b.proto.node.iter().filter(|n| n.op_type == "Gather").nth(k.checked_sub(1)?));
     let indices = file_node.and_then(|n| n.input.get(1)).ok_or("cannot find the gather's indices in the file")?;
-    let weights: std::collections::HashSet<&str> = b.proto.initializer.iter().map(|t| t.name.as_str()).collect();
-    let input = b.proto.input.iter().find(|v| !weights.contains(v.name.as_str())).ok_or("the model has no input")?;
-    let fixed = input.type_.as_ref().and_then(|t| t.tensor_type().shape.as_ref()).and_then(|s| s.dim.first()).map(|d| d.dim_value()).filter(|&d| d > 0);
     let per_sample = b.shapes[src].numel();
     let mut layout = None;
-    for batch in fixed.map_or(vec![1, 2, 3], |d| vec![d]) {
+    for batch in b.fixed_batch.map_or(vec![1, 2, 3], |d| vec![d]) {
         let total = per_sample.saturating_mul(batch as usize);
         // The indices are as many as the values; a file that fixes a huge batch must not make
         // us build them.
         if total > MAX_GATHER_CHECK {
             return Err(format!("at batch size {batch} its {total} indices are more than the {MAX_GATHER_CHECK} fineprune evaluates"));
         }
-        let idx = batch_index::evaluate(b.proto, b.opset, indices, &input.name, batch, total.saturating_mul(2).saturating_add(1024)).map_err(|e| format!("its indices at batch size {batch}: {e}"))?;
+        let idx = batch_index::evaluate(b.proto, b.opset, indices, b.input_name, batch, total.saturating_mul(2).saturating_add(1024)).map_err(|e| format!("its indices at batch size {batch}: {e}"))?;
         let in_order = idx.dims.first() == Some(&(batch as usize)) && idx.values.len() == total && idx.values.iter().enumerate().all(|(i, &v)| v == i as i64);
         if !in_order {
             return Err(format!("at batch size {batch} its indices (dims {:?}) do not read each sample's {per_sample} values back in order", idx.dims));
