@@ -4,7 +4,7 @@
 # docs/results/; scripts/results_md.py then writes docs/results.md from those files alone
 # (scripts/performance_md.py docs/performance.md, from the sweep's).
 #
-#   scripts/measure.sh [reproduce] [torch] [sweep]     (default: all three)
+#   scripts/measure.sh [reproduce] [torch] [sweep] [matrix]    (default: the first three)
 #
 # reproduce: `fineprune reproduce` on the four tasks at full size (seed 0) ->
 #   docs/results/reproduce-TASK.json (its results.json without the pruning curves).
@@ -13,6 +13,10 @@
 #   trigger given only to measure -> docs/results/defenses-torch.jsonl.
 # sweep: `fineprune bench --sweep-only` on a signnet trained here on GTSRB (the fast exact sweep
 #   against re-running the network at every level) -> docs/results/sweep.jsonl.
+# matrix: `fineprune reproduce --matrix` (every attack family against every defense and the
+#   scan) on MNIST at full size and on traffic signs with --quick (MATRIX_QUICK lists the tasks
+#   run quick, default traffic) -> docs/results/matrix-TASK.json; scripts/matrix_md.py writes
+#   docs/matrix.md from them.
 # Work files (models, logs, reports) go to $WORK (default target/measure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +41,20 @@ path, task, stamp = sys.argv[1:]
 r = json.load(open(path))
 r.pop("curves", None)  # every level of every pruning curve: the report's, not the tables'
 print(json.dumps({**json.loads(stamp), "command": f"fineprune reproduce --task {task} --data-root ../shared/data --out DIR", "result": r}, indent=1))
+PY
+  done ;;
+matrix)
+  for task in ${MATRIX_TASKS:-mnist traffic}; do
+    quick=; case " ${MATRIX_QUICK-traffic} " in *" $task "*) quick=--quick ;; esac
+    echo "== reproduce --matrix $task $quick" >&2
+    rm -rf "$W/matrix-$task"
+    $B reproduce --matrix --task "$task" $quick --data-root "$D" --out "$W/matrix-$task" > "$W/matrix-$task.log" 2>&1
+    python3 - "$W/matrix-$task/results.json" "$task" "$quick" "$(stamp)" > "docs/results/matrix-$task.json" <<'PY'
+import json, sys
+path, task, quick, stamp = sys.argv[1:]
+r = json.load(open(path))
+r.pop("curves", None)
+print(json.dumps({**json.loads(stamp), "command": f"fineprune reproduce --matrix --task {task} {quick} --data-root ../shared/data --out DIR".replace("  ", " "), "result": r}, indent=1))
 PY
   done ;;
 torch)

@@ -26,11 +26,17 @@ pub(super) struct ReproduceArgs {
     /// Seed of every step.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
+    /// The attack matrix instead of the paper's attacks: one model per attack family (BadNets,
+    /// Blended, SIG clean-label, WaNet, dynamic, Adap-Blend, pruning-aware), each met by
+    /// fineprune, anp, fst, unlearn, auto and the scan (mnist and traffic).
+    #[arg(long)]
+    pub(super) matrix: bool,
 }
 
 pub(super) fn cmd_reproduce(a: ReproduceArgs, device: &Device) -> Result<()> {
     let mut bars = Bars::new(true);
-    let r = fineprune::reproduce::run(a.task, &a.data_root, &a.out, a.quick, a.seed, device, &mut bars)?;
+    let plan = if a.matrix { a.task.matrix_plan(&a.data_root, a.quick, a.seed)? } else { a.task.plan(&a.data_root, a.quick, a.seed) };
+    let r = fineprune::reproduce::run(plan, a.quick, &a.out, device, &mut bars)?;
     let (json, html) = fineprune::reproduce::write(&a.out, &r)?;
     println!("{:<40} {:<12} {:>9} {:>9} {:>8}", "attack", "defense", "clean", "ASR", "pruned");
     for row in &r.rows {

@@ -8,6 +8,7 @@
 //! | `sig` | `delta=0.12` (amplitude on [0, 1] images: 30/255, backdoor-toolbox's), `freq=6` (periods across the width) |
 //! | `adaptive` | Adap-Blend: `alpha=0.15` (poisoning), `test-alpha=0.2`, `pieces=4` (tiles per side), `keep=0.5` (share of tiles per poisoned sample), `cover=1` (cover samples per poisoned one), `seed=0` or `image=FILE.png` |
 //! | `wanet` | `k=4` (the random field's grid), `s=0.5` (strength), `seed=0`, `noise=2` (noise-mode samples per poisoned one; 0: off) |
+//! | `dynamic` | `size=N` (1/4 of the side), `seed=0`: every input its own random black-and-white pattern at its own position |
 //! | `tone` | `freq=3000` (Hz), `amp=0.3`, `noise` (a noise burst instead), `start=0`, `duration=1` (s), `seed=0` |
 //! | `file:PATH` | a trigger saved as JSON, e.g. the `trigger.json` that `scan` reconstructs |
 
@@ -134,6 +135,11 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             let noise: f32 = take("noise").map(|v| parse_num("noise", &v)).transpose()?.unwrap_or(WANET_NOISE);
             Trigger::Warp { grid, strength, seed, noise }
         }
+        "dynamic" => {
+            let size = take("size").map(|v| parse_num::<usize>("size", &v)).transpose()?;
+            let seed = take("seed").map(|s| parse_num("seed", &s)).transpose()?.unwrap_or(0);
+            Trigger::Dynamic { size, seed }
+        }
         "tone" => {
             let noise = take("noise").is_some();
             let num = |v: Option<String>, k: &str, d: f32| -> Result<f32> { v.map(|v| parse_num(k, &v)).transpose().map(|x| x.unwrap_or(d)) };
@@ -144,7 +150,7 @@ pub fn parse(spec: &str) -> Result<Trigger> {
             let seed = take("seed").map(|s| parse_num("seed", &s)).transpose()?.unwrap_or(0);
             Trigger::Tone { freq_hz, amplitude, noise, start_s, duration_s, seed }
         }
-        other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, adaptive, sunglasses, sig, wanet or tone"))),
+        other => return Err(Error::invalid(format!("unknown trigger {other:?}: use patch, blend, adaptive, sunglasses, sig, wanet, dynamic or tone"))),
     };
     if let Some(k) = opts.keys().next() {
         return Err(Error::invalid(format!("unknown option {k:?} for a {kind} trigger")));
@@ -206,6 +212,10 @@ pub fn to_spec(t: &Trigger) -> String {
         Trigger::Sunglasses { darkness } => format!("sunglasses:darkness={darkness}"),
         Trigger::Sig { delta, freq } => format!("sig:delta={delta},freq={freq}"),
         Trigger::Warp { grid, strength, seed, noise } => format!("wanet:k={grid},s={strength},seed={seed},noise={noise}"),
+        Trigger::Dynamic { size, seed } => match size {
+            Some(s) => format!("dynamic:size={s},seed={seed}"),
+            None => format!("dynamic:seed={seed}"),
+        },
         Trigger::Reconstructed { shape: [c, h, w], mask, .. } => {
             format!("reconstructed:{}{c}x{h}x{w}", if mask.is_some() { "mask+pattern," } else { "additive," })
         }
@@ -225,7 +235,7 @@ mod tests {
 
     #[test]
     fn specs_parse_and_print_back() {
-        for s in ["patch:pos=bottom-right", "patch:size=4,x=1,y=2,pattern=checker", "patch:pos=random,color=#ffff00", "blend:alpha=0.2,test-alpha=0.5,seed=3", "sunglasses:darkness=0.05", "sig:delta=0.1,freq=6", "wanet:k=4,s=0.5,seed=0,noise=2", "adaptive:alpha=0.15,test-alpha=0.2,pieces=4,keep=0.5,cover=1,seed=0", "wanet:k=8,s=1.5,seed=3,noise=0", "tone:freq=3000,amp=0.3,start=0,duration=1", "tone:noise,amp=0.2,start=0.1,duration=0.5,seed=4"] {
+        for s in ["patch:pos=bottom-right", "patch:size=4,x=1,y=2,pattern=checker", "patch:pos=random,color=#ffff00", "blend:alpha=0.2,test-alpha=0.5,seed=3", "sunglasses:darkness=0.05", "sig:delta=0.1,freq=6", "wanet:k=4,s=0.5,seed=0,noise=2", "adaptive:alpha=0.15,test-alpha=0.2,pieces=4,keep=0.5,cover=1,seed=0", "wanet:k=8,s=1.5,seed=3,noise=0", "tone:freq=3000,amp=0.3,start=0,duration=1", "tone:noise,amp=0.2,start=0.1,duration=0.5,seed=4", "dynamic:seed=0", "dynamic:size=5,seed=2"] {
             let t = parse(s).unwrap();
             assert_eq!(to_spec(&t), s, "{s}");
             assert_eq!(parse(&to_spec(&t)).unwrap(), t);
@@ -235,7 +245,7 @@ mod tests {
 
     #[test]
     fn bad_specs_are_errors() {
-        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "sig:delta=0", "sig:freq=-1", "wanet:k=1", "wanet:s=-1", "wanet:s=nan", "wanet:noise=20", "wanet:grid=4", "tone:start=1e9", "sunglasses:darkness=2", "adaptive:pieces=0", "adaptive:keep=2", "adaptive:cover=-1", "patch:image=/nonexistent.png"] {
+        for s in ["laser", "patch:size=0", "patch:pos=middle", "patch:x=3", "patch:color=mauve", "blend:alpha=2", "tone:freq=9000", "patch:size=3,size=4", "sunglasses:glitter=1", "sig:delta=0", "sig:freq=-1", "wanet:k=1", "wanet:s=-1", "wanet:s=nan", "wanet:noise=20", "wanet:grid=4", "tone:start=1e9", "sunglasses:darkness=2", "adaptive:pieces=0", "adaptive:keep=2", "adaptive:cover=-1", "patch:image=/nonexistent.png", "dynamic:size=0", "dynamic:pos=random", "dynamic:seed=-1"] {
             assert!(parse(s).is_err(), "{s} parsed");
         }
     }
