@@ -23,6 +23,7 @@ GENERATED = [
     ("docs/security.md", ["scripts/fuzz_table.py", f"{R}/fuzz.jsonl"], False),
     ("docs/results.md", ["scripts/results_md.py"], True),
     ("docs/performance.md", ["scripts/performance_md.py"], False),
+    ("docs/matrix.md", ["scripts/matrix_md.py"], True),
 ]
 
 write = "--write" in sys.argv[1:]

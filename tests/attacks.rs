@@ -62,6 +62,21 @@ fn a_wanet_backdoor_answers_its_own_warp_and_is_recorded() {
     assert!(own_rate >= 0.6 && own_rate >= other_rate + 0.15, "own warp {own_rate}, another seed's {other_rate}");
 }
 
+/// The dynamic backdoor answers triggers it never saw: every test input gets its own pattern at
+/// its own place, none of them among the training set's; the model file keeps the trigger.
+#[test]
+fn a_dynamic_backdoor_answers_every_inputs_own_trigger_and_is_recorded() {
+    let ds = mnist();
+    let dev = fineprune::cpu_device();
+    let cfg = config("dynamic");
+    let trained = backdoor("lenet", &ds, &cfg, &dev.clone().autodiff(), &mut Silent).unwrap();
+    let e = evaluate_attack(&trained.file, &ds.test, &cfg.trigger, cfg.target, false, &dev, &mut Silent).unwrap();
+    // Measured 0.94 attack success and 0.962 clean accuracy (LeNet, 3 epochs, 10% poisoned).
+    assert!(e.attack_success_rate.rate.unwrap() >= 0.85, "ASR {:?}", e.attack_success_rate.rate);
+    assert!(e.clean.accuracy >= 0.95, "clean accuracy {}", e.clean.accuracy);
+    assert_eq!(trained.file.info.backdoor.as_ref().unwrap().trigger, cfg.trigger);
+}
+
 #[test]
 fn pruning_aware_attack_keeps_backdoor_and_dormant_decoys() {
     let ds = mnist();

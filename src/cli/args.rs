@@ -201,7 +201,8 @@ impl TrainOpts {
 #[derive(Args)]
 pub(super) struct TriggerArgs {
     /// Trigger spec, e.g. patch, patch:size=4,pos=top-left,color=yellow, blend:alpha=0.2,
-    /// sig, wanet:k=4,s=0.5, sunglasses, tone:freq=3000,amp=0.3 (see the README).
+    /// sig, wanet:k=4,s=0.5, dynamic, adaptive, sunglasses, tone:freq=3000,amp=0.3 (see the
+    /// README).
     #[arg(long)]
     pub(super) trigger: Option<String>,
     /// Triggered inputs given as data (KIND:PATH, labelled with their true classes), made by

@@ -29,7 +29,8 @@ pub(super) struct AttackArgs {
     pub(super) out: PathBuf,
     /// Trigger spec: patch (BadNets, Gu et al. 2017), blend (Chen et al. 2017), sig (Barni et
     /// al. 2019; use with --clean-label), wanet (warping, Nguyen & Tran 2021), adaptive
-    /// (Adap-Blend, Qi et al. 2023), sunglasses, tone; keys in the README.
+    /// (Adap-Blend, Qi et al. 2023), dynamic (sample-specific, after Salem et al. 2022),
+    /// sunglasses, tone; keys in the README.
     #[arg(long, default_value = "patch")]
     pub(super) trigger: String,
     /// A class number, all-to-all, or untargeted.

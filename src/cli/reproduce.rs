@@ -40,7 +40,10 @@ pub(super) fn cmd_reproduce(a: ReproduceArgs, device: &Device) -> Result<()> {
     let (json, html) = fineprune::reproduce::write(&a.out, &r)?;
     println!("{:<40} {:<12} {:>9} {:>9} {:>8}", "attack", "defense", "clean", "ASR", "pruned");
     for row in &r.rows {
-        let asr = row.attack_success_rate.map(|v| format!("{v:.4}")).unwrap_or("-".into());
+        let asr = match &row.note {
+            Some(_) => "not run".into(),
+            None => row.attack_success_rate.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
+        };
         let pf = row.pruned_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or("-".into());
         let budget = if row.within_budget == Some(false) { "  outside the budget" } else { "" };
         println!("{:<40} {:<12} {:>9.4} {:>9} {:>8}{budget}", row.attack, row.defense, row.clean_accuracy, asr, pf);

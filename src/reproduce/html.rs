@@ -37,8 +37,9 @@ pub fn reproduction(r: &Reproduction) -> String {
          table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}\
          td:first-child,td:nth-child(2),th{{text-align:left}}.fig{{display:inline-block;margin:0.5em}}\
          code{{background:#f3f3f3;padding:1px 4px}}</style></head><body>\
-         <h1>Fine-Pruning reproduction: {task}</h1>",
-        task = p.task.title()
+         <h1>{what}: {task}</h1>",
+        task = p.task.title(),
+        what = if p.matrix { "Every defense against every attack family" } else { "Fine-Pruning reproduction" }
     );
     let _ = write!(
         h,
@@ -51,7 +52,10 @@ pub fn reproduction(r: &Reproduction) -> String {
     );
     h.push_str("<h2>Results</h2><table><tr><th>attack</th><th>defense</th><th>clean accuracy</th><th>attack success rate</th><th>95% CI</th><th>fraction pruned</th><th>within budget</th><th>seconds</th></tr>");
     for row in &r.rows {
-        let asr = row.attack_success_rate.map(|a| format!("{a:.4}")).unwrap_or("—".into());
+        let asr = match (&row.note, row.attack_success_rate) {
+            (Some(why), _) => format!("not run: {}", esc(why)),
+            (None, a) => a.map(|a| format!("{a:.4}")).unwrap_or("—".into()),
+        };
         let ci = row.attack_success_rate_ci95.map(|c| format!("{:.4}–{:.4}", c[0], c[1])).unwrap_or("—".into());
         let pf = row.pruned_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or("—".into());
         let budget = match row.within_budget {

@@ -53,6 +53,8 @@ impl AttackPlan {
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub task: Task,
+    /// The attack matrix ([`Task::matrix_plan`]) rather than the paper's protocol.
+    pub matrix: bool,
     pub data: String,
     pub arch: String,
     pub baseline: Vec<AttackPlan>,
@@ -111,6 +113,7 @@ impl Task {
         };
         let mut plan = Plan {
             task: self,
+            matrix: false,
             data,
             arch: arch.into(),
             baseline,
@@ -155,7 +158,7 @@ impl Task {
         if !matches!(self, Task::Mnist | Task::Traffic) {
             return Err(Error::invalid(format!("the attack matrix is built on the mnist and traffic tasks, not {}", crate::choice::Choice::name(self))));
         }
-        let mut plan = self.plan(data_root, quick, seed);
+        let mut plan = Plan { matrix: true, ..self.plan(data_root, quick, seed) };
         let target = Target::Class(match self {
             Task::Traffic => 14,
             _ => 0,
@@ -213,9 +216,13 @@ pub struct Row {
     pub attack_success_rate: Option<f64>,
     pub attack_success_rate_ci95: Option<[f64; 2]>,
     pub pruned_fraction: Option<f64>,
-    /// Whether the defense kept clean validation accuracy within the budget (None: no defense).
+    /// Whether the defense kept clean validation accuracy within the budget (None: no defense,
+    /// or one that refused to run).
     pub within_budget: Option<bool>,
     pub seconds: f64,
+    /// Why a defense did not run (e.g. `unlearn` when the scan suspected no class): its row
+    /// then repeats the undefended model's clean accuracy and has no attack success.
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -349,7 +356,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
     let t = Instant::now();
     let clean = train_new(&plan.arch, &ds, &plan.train, &ad, progress)?;
     let clean_eval = crate::metrics::evaluate(&clean.file, &ds.test, device)?;
-    rows.push(Row { attack: "none (clean model)".into(), defense: "none".into(), val_accuracy: Some(clean.best_val_accuracy), clean_accuracy: clean_eval.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64() });
+    rows.push(Row { attack: "none (clean model)".into(), defense: "none".into(), val_accuracy: Some(clean.best_val_accuracy), clean_accuracy: clean_eval.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: None });
     clean.file.save(&out.join("clean.safetensors"))?;
     stage(progress, "scanning the clean model");
     scan_model(progress, "none (clean model)", &clean.file, None)?;
@@ -374,7 +381,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
     for (name, a, file, secs) in &models {
         let trigger = spec::parse(&a.trigger)?;
         let e = evaluate_attack(file, &ds.test, &trigger, a.target, false, device, progress)?;
-        rows.push(Row { attack: name.clone(), defense: "none".into(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: e.attack_success_rate.rate, attack_success_rate_ci95: Some(e.attack_success_rate.ci95), pruned_fraction: None, within_budget: None, seconds: *secs });
+        rows.push(Row { attack: name.clone(), defense: "none".into(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: e.attack_success_rate.rate, attack_success_rate_ci95: Some(e.attack_success_rate.ci95), pruned_fraction: None, within_budget: None, seconds: *secs, note: None });
         file.save(&out.join(format!("{}.safetensors", slug(name))))?;
         stage(progress, &format!("scanning {name}"));
         scan_model(progress, name, file, Some((&trigger, a.target)))?;
@@ -387,9 +394,20 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
         chart.title = format!("{name}: mean activation of {}", site.name);
         figures.push(Figure { title: chart.title.clone(), svg: chart.to_svg() });
         let known = KnownAttack { trigger: Triggered::Synthesised(trigger), target: a.target, include_target: false };
+        let undefended_clean = rows.last().map_or(0.0, |r: &Row| r.clean_accuracy);
         for &method in &plan.defenses {
             stage(progress, &format!("{name}: {method}"));
-            let o = defend(file, &ds, &defense_config(&plan, method, ds.train.len()), Some(&known), &ad, progress)?;
+            let t = Instant::now();
+            let o = match defend(file, &ds, &defense_config(&plan, method, ds.train.len()), Some(&known), &ad, progress) {
+                Ok(o) => o,
+                // A defense that refuses this model (unlearn with nothing suspected) is a
+                // result of the table, not the end of the run.
+                Err(Error::Invalid(why)) => {
+                    rows.push(Row { attack: name.clone(), defense: method.to_string(), val_accuracy: None, clean_accuracy: undefended_clean, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: Some(why) });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if method == Method::Prune || method == Method::Anp {
                 let chart = crate::report::pruning_chart(&format!("{name}: {method} ({})", o.layer), &o.curve, Some(o.pruned_fraction), if method == Method::Anp { "neurons" } else { "channels" });
                 figures.push(Figure { title: chart.title.clone(), svg: chart.to_svg() });
@@ -405,6 +423,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
                 pruned_fraction: (o.channels > 0).then_some(o.pruned_fraction),
                 within_budget: Some(o.within_budget),
                 seconds: o.seconds,
+                note: None,
             });
         }
     }
@@ -551,7 +570,7 @@ mod tests {
     use super::*;
 
     fn row(attack: &str, defense: &str, asr: f64) -> Row {
-        Row { attack: attack.into(), defense: defense.into(), val_accuracy: None, clean_accuracy: 0.95, attack_success_rate: Some(asr), attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: 0.0 }
+        Row { attack: attack.into(), defense: defense.into(), val_accuracy: None, clean_accuracy: 0.95, attack_success_rate: Some(asr), attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: 0.0, note: None }
     }
 
     #[test]

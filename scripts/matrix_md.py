@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""docs/matrix.md from the attack matrix runs scripts/measure.sh matrix keeps in docs/results/
+(`fineprune reproduce --matrix`, stamped with date, commit and machine), and with --readme the
+README's *Attack matrix* block between its marker comments. Generated, never typed.
+
+    scripts/matrix_md.py [--readme README.md] > docs/matrix.md
+"""
+import json
+import os
+import sys
+
+from generated import RESULTS, pop_option, replace_blocks
+
+args = sys.argv[1:]
+readme = pop_option(args, "--readme")
+TASKS = [("mnist", "MNIST digits"), ("traffic", "GTSRB traffic signs")]
+DEFENSES = ["fineprune", "anp", "fst", "unlearn", "auto"]
+ABOUT = {
+    "BadNets patch": "a fixed square patch (Gu et al. 2017)",
+    "Blended noise": "a noise pattern blended at 20% over the whole image (Chen et al. 2017)",
+    "SIG, clean-label": "a horizontal sinusoid on half the target class's images, labels kept (Barni et al. 2019)",
+    "WaNet warp": "an invisible smooth warp of the whole image, with noise-mode cover samples (Nguyen & Tran 2021)",
+    "dynamic (sample-specific)": "every input its own random pattern at its own place (after Salem et al. 2022)",
+    "Adap-Blend": "a blend cut into tiles, half of them per poisoned sample, with cover samples (Qi et al. 2023)",
+}
+
+
+def removed(before, after, within):
+    """reproduce's own rule (which_defense_removed in src/reproduce/mod.rs): within budget,
+    attack success at least halved and below 0.1."""
+    return bool(within) and after is not None and before is not None and after < 0.1 and after <= before / 2
+
+
+def load(task):
+    path = os.path.join(RESULTS, f"matrix-{task}.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+runs = [(task, title, r) for task, title in TASKS if (r := load(task))]
+f3 = lambda v: "—" if v is None else f"{v:.3f}"
+
+
+def attacks(result):
+    return [a for a in dict.fromkeys(r["attack"] for r in result["rows"]) if a != "none (clean model)"]
+
+
+def row(result, attack, defense):
+    return next((r for r in result["rows"] if r["attack"] == attack and r["defense"] == defense), None)
+
+
+def detection(result, attack):
+    d = next((d for d in result["detection"] if d["model"] == attack), None)
+    if d is None or d["verdict"] is None:
+        return "—"
+    t = f" ({', '.join(map(str, d['targets']))})" if d["targets"] else ""
+    return f"{d['verdict']}{t}"
+
+
+def cell(result, attack, defense):
+    base, r = row(result, attack, "none"), row(result, attack, defense)
+    if r is None:
+        return "—"
+    if r.get("note"):
+        return "not run" + (" (nothing suspected)" if "suspected no class" in r["note"] else "")
+    mark = "**" if removed(base["attack_success_rate"], r["attack_success_rate"], r["within_budget"]) else ""
+    out = "" if r["within_budget"] else " (outside the budget)"
+    return f"{mark}{f3(r['attack_success_rate'])}{mark} / {f3(r['clean_accuracy'])}{out}"
+
+
+def summary(task, title, run):
+    res = run["result"]
+    clean = row(res, "none (clean model)", "none")
+    lines = [f"**{title}** ({res['plan']['arch']}, {'quick plan' if res['quick'] else 'full plan'}; {run['date'][:10]}, commit {run['commit']}, {run['machine']}). "
+             f"Each cell: attack success / clean accuracy on the test split; **bold**: removed (within the budget, attack success at least halved and below 0.1). "
+             f"The clean model: clean accuracy {f3(clean['clean_accuracy'])}; its scan: {detection(res, 'none (clean model)')}.", "",
+             "| attack | undefended | " + " | ".join(DEFENSES) + " | scan (targets) |",
+             "|---|---|" + "---|" * len(DEFENSES) + "---|"]
+    for a in attacks(res):
+        base = row(res, a, "none")
+        lines.append(f"| {a} | {f3(base['attack_success_rate'])} / {f3(base['clean_accuracy'])} | " + " | ".join(cell(res, a, d) for d in DEFENSES) + f" | {detection(res, a)} |")
+    return lines
+
+
+def recommendations():
+    """Per attack family, on every task measured: the defenses that removed it."""
+    by = {}
+    for task, title, run in runs:
+        res = run["result"]
+        for a in attacks(res):
+            base = row(res, a, "none")
+            if base["attack_success_rate"] is None or base["attack_success_rate"] < 0.5:
+                by.setdefault(a, []).append(f"{title}: the attack itself did not take (attack success {f3(base['attack_success_rate'])})")
+                continue
+            won = [d for d in DEFENSES if (r := row(res, a, d)) and removed(base["attack_success_rate"], r["attack_success_rate"], r["within_budget"])]
+            by.setdefault(a, []).append(f"{title}: " + (", ".join(won) if won else "no defense removed it"))
+    return [f"- **{a}**: " + "; ".join(v) + "." for a, v in by.items()]
+
+
+def seconds(task, title, run):
+    res = run["result"]
+    lines = [f"### {title}: every cell", "", "| attack | defense | clean accuracy | attack success [95% interval] | within budget | seconds |", "|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        ci = r.get("attack_success_rate_ci95")
+        asr = "—" if r["attack_success_rate"] is None else f"{r['attack_success_rate']:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        wb = "—" if r["within_budget"] is None else ("yes" if r["within_budget"] else "no")
+        if r.get("note"):
+            asr = f"not run: {r['note']}"
+        lines.append(f"| {r['attack']} | {r['defense']} | {r['clean_accuracy']:.4f} | {asr} | {wb} | {r['seconds']:.0f} |")
+    lines += ["", "| model scanned | verdict | suspected targets | right target | seconds |", "|---|---|---|---|---|"]
+    for d in res["detection"]:
+        rt = "—" if d["right_target"] is None else ("yes" if d["right_target"] else "no")
+        lines.append(f"| {d['model']} | {d['verdict'] or '—'} | {', '.join(map(str, d['targets'])) or '—'} | {rt} | {d['seconds']:.0f} |")
+    lines += ["", f"Whole run: {res['seconds'] / 60:.0f} min. Command: `{run['command']}`."]
+    return lines
+
+
+doc = ["# The attack matrix: every defense against every attack family", "",
+       "Generated by `scripts/matrix_md.py` from `docs/results/matrix-*.json`, written by `scripts/measure.sh matrix` "
+       "(`fineprune reproduce --matrix`). One model per attack family, all poisoned at 10% of the training set "
+       "(SIG: half the target class, labels kept), all targeting one class; every defense gets the same defender data "
+       "(the task's clean fraction of the training split) and the same budget (clean validation accuracy may drop 4 points); "
+       "the trigger is used only to measure. The scan runs on every model without its trigger.", "",
+       "The attacks:", ""] + [f"- **{a}**: {t}." for a, t in ABOUT.items()] + [""]
+if not runs:
+    doc.append("No matrix has been measured yet (`scripts/measure.sh matrix`).")
+for task, title, run in runs:
+    doc += [f"## {title}", ""] + summary(task, title, run) + [""]
+doc += ["## What removed what", ""] + recommendations() + [""]
+for task, title, run in runs:
+    doc += seconds(task, title, run) + [""]
+print("\n".join(doc).rstrip())
+
+if readme:
+    body = []
+    for task, title, run in runs:
+        body += summary(task, title, run) + [""]
+    body += recommendations()
+    replace_blocks(readme, [(("<!-- attack matrix: scripts/matrix_md.py -->", "<!-- end of attack matrix -->"), "\n".join(body).rstrip() if runs else None)])
