@@ -146,9 +146,7 @@ impl Task {
         }
         plan
     }
-}
 
-impl Task {
     /// The attack matrix: the task's model and defender data as in [`Task::plan`], one model per
     /// attack family the field judges defenses by (BadNets, Blended, SIG clean-label, WaNet, a
     /// sample-specific dynamic trigger, Adap-Blend, and the paper's pruning-aware attack), each
