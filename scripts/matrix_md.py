@@ -87,21 +87,29 @@ def summary(task, title, run):
 # Why an attack may stay below 0.90 attack success in these short trainings (said only when the
 # measured JSON shows it did).
 WEAK = {
-    "SIG, clean-label": "clean-label poisoning gives the model no reason to learn the signal when the target class's own images are easy to classify; published SIG numbers come from longer trainings on CIFAR-10",
+    "SIG, clean-label": "likely because clean-label poisoning gives the model little reason to learn the signal when the target class's own images are easy to classify; published SIG numbers come from longer trainings on CIFAR-10",
     "WaNet warp": "the reference learns its warp over 1000 epochs; these trainings last a few",
     "dynamic (sample-specific)": "a pattern that changes with every input is learnt more slowly than a fixed one",
 }
 
 
 def weak_attacks():
-    """Attacks that did not reach 0.90 attack success, with the reason when one is known."""
+    """Attacks that did not reach 0.90 attack success (with the reason when one is known), or
+    cost more than 2 points of clean accuracy against the clean model."""
     out = []
     for task, title, run in runs:
         res = run["result"]
+        clean = row(res, "none (clean model)", "none")["clean_accuracy"]
         for a in attacks(res):
-            asr = row(res, a, "none")["attack_success_rate"]
+            base = row(res, a, "none")
+            asr, drop = base["attack_success_rate"], clean - base["clean_accuracy"]
+            said = []
             if asr is not None and asr < 0.9:
-                out.append(f"- {title}, {a}: attack success {f3(asr)}, below 0.90" + (f" ({WEAK[a]})." if a in WEAK else "."))
+                said.append(f"attack success {f3(asr)}, below 0.90" + (f" ({WEAK[a]})" if a in WEAK else ""))
+            if drop > 0.02:
+                said.append(f"clean accuracy {f3(base['clean_accuracy'])}, {100 * drop:.1f} points below the clean model's")
+            if said:
+                out.append(f"- {title}, {a}: " + "; ".join(said) + ".")
     return out
 
 
@@ -151,7 +159,7 @@ for task, title, run in runs:
     doc += [f"## {title}", ""] + summary(task, title, run) + [""]
 doc += ["## What removed what", ""] + recommendations() + [""]
 if weak_attacks():
-    doc += ["Attacks that did not take in full:", ""] + weak_attacks() + [""]
+    doc += ["Attacks that did not take in full, or cost clean accuracy:", ""] + weak_attacks() + [""]
 for task, title, run in runs:
     doc += seconds(task, title, run) + [""]
 print("\n".join(doc).rstrip())
@@ -162,5 +170,5 @@ if readme:
         body += summary(task, title, run) + [""]
     body += ["What removed each attack:", ""] + recommendations()
     if weak_attacks():
-        body += ["", "Attacks that did not take in full:", ""] + weak_attacks()
+        body += ["", "Attacks that did not take in full, or cost clean accuracy:", ""] + weak_attacks()
     replace_blocks(readme, [(("<!-- attack matrix: scripts/matrix_md.py -->", "<!-- end of attack matrix -->"), "\n".join(body).rstrip() if runs else None)])
