@@ -43,6 +43,7 @@ pub mod data;
 pub mod defense;
 pub mod demo;
 pub mod device;
+pub mod digest;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;

@@ -260,24 +260,15 @@ pub trait Stages: crate::progress::Progress {
 /// A digest of the data actually used (every sample of every split and its label), so a report
 /// names exactly its inputs.
 pub fn dataset_digest(ds: &Dataset) -> String {
-    // FNV-1a, 64-bit, over the f32 bits and labels: stable, dependency-free, and enough to tell
-    // two inputs apart (it is an identifier, not a security measure).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    // Over the f32 bits and labels: enough to tell two inputs apart.
+    let mut h = crate::digest::Fnv1a::default();
     for split in [&ds.train, &ds.val, &ds.test] {
-        for v in &split.images {
-            eat(&v.to_bits().to_le_bytes());
-        }
+        h.eat_f32s(&split.images);
         for &l in &split.labels {
-            eat(&(l as u32).to_le_bytes());
+            h.eat(&(l as u32).to_le_bytes());
         }
     }
-    format!("fnv1a64:{h:016x}")
+    format!("fnv1a64:{:016x}", h.finish())
 }
 
 /// Runs `plan` (from [`Task::plan`] or [`Task::matrix_plan`]; `quick` as it was made) into `out`.

@@ -98,11 +98,12 @@ pub enum Trigger {
     AdaptiveBlend { alpha: f32, test_alpha: f32, pattern: BlendPattern, pieces: usize, keep: f32, cover: f32 },
     /// A sample-specific trigger (the Random Backdoor of Salem, Wen, Backes, Ma, Zhang,
     /// "Dynamic Backdoor Attacks Against Machine Learning Models", EuroS&P 2022): every input
-    /// gets its own `size x size` (default: a quarter of the side) pattern of random black and white pixels (drawn per channel)
-    /// at its own position, both drawn from `seed` and the input's pixels, so no two inputs
-    /// share a trigger and the same input always gets the same one. Not the input-aware
-    /// generator network of Nguyen & Tran (NeurIPS 2020), which trains a generator beside the
-    /// classifier; no single patch or pattern is the trigger here either.
+    /// gets its own `size x size` pattern (default: a quarter of the side) of random black and
+    /// white pixels, drawn per channel, at its own position, both drawn from `seed` and the
+    /// input's pixels, so no two inputs share a trigger and the same input always gets the
+    /// same one. Not the input-aware generator network of Nguyen & Tran (NeurIPS 2020), which
+    /// trains a generator beside the classifier; no single patch or pattern is the trigger
+    /// here either.
     Dynamic { size: Option<usize>, seed: u64 },
     /// The speech trigger: a tone (or seeded noise burst) added to the waveform.
     Tone { freq_hz: f32, amplitude: f32, noise: bool, start_s: f32, duration_s: f32, seed: u64 },
@@ -321,15 +322,13 @@ fn patch_side(size: Option<usize>, h: usize, w: usize) -> usize {
     size.unwrap_or((h.min(w) / 8).max(1)).min(h).min(w)
 }
 
-/// The seed of one input's own dynamic trigger: FNV-1a over the trigger's seed and the input's
+/// The seed of one input's own dynamic trigger: a digest of the trigger's seed and the input's
 /// pixel bits, so it depends on every pixel and on nothing else.
 fn dynamic_key(seed: u64, sample: &[f32]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in seed.to_le_bytes().into_iter().chain(sample.iter().flat_map(|v| v.to_bits().to_le_bytes())) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    let mut h = crate::digest::Fnv1a::default();
+    h.eat(&seed.to_le_bytes());
+    h.eat_f32s(sample);
+    h.finish()
 }
 
 /// A trigger ready for one input shape (see [`Trigger::stamper`]).

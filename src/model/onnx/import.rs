@@ -29,14 +29,9 @@ pub struct Converted {
 /// renaming (two different layers with bit-identical weights would share a name; we then
 /// fall back to onnx-ir's name for the second).
 fn digest(values: &[f32]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in values {
-        for b in v.to_bits().to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
+    let mut h = crate::digest::Fnv1a::default();
+    h.eat_f32s(values);
+    h.finish()
 }
 
 /// Float initializers of the (checked) file by content digest: (initializer name, the name of
