@@ -143,6 +143,8 @@ fn bad_inputs_exit_nonzero_with_a_reason() {
         (vec!["attack", "--data", &data, "--arch", "lenet", "--trigger", "laser", "--out", x], "unknown trigger"),
         (vec!["attack", "--data", &data, "--arch", "lenet", "--target", "12", "--out", x], "out of range"),
         (vec!["defend", "--model", junk.to_str().unwrap(), "--data", &data, "--out", x], "junk.safetensors"),
+        (vec!["attack", "--data", &data, "--arch", "lenet", "--trigger", "dynamic:size=0", "--out", x], "size must be at least 1"),
+        (vec!["reproduce", "--matrix", "--task", "face", "--out", x], "the attack matrix is built on the mnist and traffic tasks"),
     ];
     for (args, expect) in cases {
         let (ok, _, stderr) = fineprune(&args);
