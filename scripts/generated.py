@@ -35,3 +35,9 @@ def replace_blocks(path, blocks):
             sys.exit(f"{path} has no markers {begin} ... {end}")
         text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{body}\n{end}", text, flags=re.S)
     open(path, "w").write(text)
+
+
+def removed(before, after, within):
+    """reproduce's own rule (which_defense_removed in src/reproduce/mod.rs): within budget,
+    attack success at least halved and below 0.1."""
+    return bool(within) and after is not None and before is not None and after < 0.1 and after <= before / 2

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from generated import RESULTS, pop_option, replace_blocks
+from generated import RESULTS, pop_option, removed, replace_blocks
 
 args = sys.argv[1:]
 readme = pop_option(args, "--readme")
@@ -24,11 +24,6 @@ ABOUT = {
     "Adap-Blend": "a blend cut into tiles, half of them per poisoned sample, with cover samples (Qi et al. 2023)",
 }
 
-
-def removed(before, after, within):
-    """reproduce's own rule (which_defense_removed in src/reproduce/mod.rs): within budget,
-    attack success at least halved and below 0.1."""
-    return bool(within) and after is not None and before is not None and after < 0.1 and after <= before / 2
 
 
 def load(task):

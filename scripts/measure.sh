@@ -29,33 +29,32 @@ mkdir -p "$W" docs/results
 stamp() {
   printf '{"date": "%s", "commit": "%s", "machine": "%s, %s cores"}' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$(uname -m)" "$(nproc)"
 }
+# reproduce_to NAME [reproduce options...]: runs `fineprune reproduce` into $W/NAME and keeps its
+# results.json, stamped and with the command, as docs/results/NAME.json.
+reproduce_to() {
+  local name=$1; shift
+  echo "== reproduce $*" >&2
+  rm -rf "$W/$name"
+  $B reproduce "$@" --data-root "$D" --out "$W/$name" > "$W/$name.log" 2>&1
+  python3 - "$W/$name/results.json" "$*" "$(stamp)" > "docs/results/$name.json" <<'PY'
+import json, sys
+path, args, stamp = sys.argv[1:]
+r = json.load(open(path))
+r.pop("curves", None)  # every level of every pruning curve: the report's, not the tables'
+print(json.dumps({**json.loads(stamp), "command": f"fineprune reproduce {args} --data-root ../shared/data --out DIR", "result": r}, indent=1))
+PY
+}
 for part in $parts; do case $part in
 reproduce)
   for task in ${TASKS:-mnist face speech traffic}; do
-    echo "== reproduce $task" >&2
-    rm -rf "$W/reproduce-$task"
-    $B reproduce --task "$task" --data-root "$D" --out "$W/reproduce-$task" > "$W/reproduce-$task.log" 2>&1
-    python3 - "$W/reproduce-$task/results.json" "$task" "$(stamp)" > "docs/results/reproduce-$task.json" <<'PY'
-import json, sys
-path, task, stamp = sys.argv[1:]
-r = json.load(open(path))
-r.pop("curves", None)  # every level of every pruning curve: the report's, not the tables'
-print(json.dumps({**json.loads(stamp), "command": f"fineprune reproduce --task {task} --data-root ../shared/data --out DIR", "result": r}, indent=1))
-PY
+    reproduce_to "reproduce-$task" --task "$task"
   done ;;
 matrix)
   for task in ${MATRIX_TASKS:-mnist traffic}; do
-    quick=; case " ${MATRIX_QUICK-traffic} " in *" $task "*) quick=--quick ;; esac
-    echo "== reproduce --matrix $task $quick" >&2
-    rm -rf "$W/matrix-$task"
-    $B reproduce --matrix --task "$task" $quick --data-root "$D" --out "$W/matrix-$task" > "$W/matrix-$task.log" 2>&1
-    python3 - "$W/matrix-$task/results.json" "$task" "$quick" "$(stamp)" > "docs/results/matrix-$task.json" <<'PY'
-import json, sys
-path, task, quick, stamp = sys.argv[1:]
-r = json.load(open(path))
-r.pop("curves", None)
-print(json.dumps({**json.loads(stamp), "command": f"fineprune reproduce --matrix --task {task} {quick} --data-root ../shared/data --out DIR".replace("  ", " "), "result": r}, indent=1))
-PY
+    case " ${MATRIX_QUICK-traffic} " in
+      *" $task "*) reproduce_to "matrix-$task" --matrix --task "$task" --quick ;;
+      *) reproduce_to "matrix-$task" --matrix --task "$task" ;;
+    esac
   done ;;
 torch)
   out=docs/results/defenses-torch.jsonl

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from generated import RESULTS, json_lines, pop_option, replace_blocks
+from generated import RESULTS, json_lines, pop_option, removed, replace_blocks
 
 args = sys.argv[1:]
 readme = pop_option(args, "--readme")
@@ -36,11 +36,6 @@ f3 = lambda v: "—" if v is None else f"{v:.3f}"
 def asr_cell(asr, ci):
     return "—" if asr is None else f"{asr:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
-
-def removed(before, after, within):
-    """reproduce's own rule (which_defense_removed in src/reproduce/mod.rs): within budget,
-    attack success at least halved and below 0.1."""
-    return bool(within) and after is not None and before is not None and after < 0.1 and after <= before / 2
 
 
 def stamp(r):

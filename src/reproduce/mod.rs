@@ -383,7 +383,6 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
         chart.title = format!("{name}: mean activation of {}", site.name);
         figures.push(Figure { title: chart.title.clone(), svg: chart.to_svg() });
         let known = KnownAttack { trigger: Triggered::Synthesised(trigger), target: a.target, include_target: false };
-        let undefended_clean = rows.last().map_or(0.0, |r: &Row| r.clean_accuracy);
         for &method in &plan.defenses {
             stage(progress, &format!("{name}: {method}"));
             let t = Instant::now();
@@ -392,7 +391,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
                 // A defense that refuses this model (unlearn with nothing suspected) is a
                 // result of the table, not the end of the run.
                 Err(Error::Invalid(why)) => {
-                    rows.push(Row { attack: name.clone(), defense: method.to_string(), val_accuracy: None, clean_accuracy: undefended_clean, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: Some(why) });
+                    rows.push(Row { attack: name.clone(), defense: method.to_string(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: Some(why) });
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -173,7 +173,7 @@ impl Trigger {
         let pattern = match self {
             Trigger::Blend { pattern, .. } | Trigger::AdaptiveBlend { pattern, .. } => pattern.pixels(c, h, w)?,
             Trigger::Patch { size, pattern: PatchPattern::Picture(p), .. } => {
-                let s = patch_side(*size, h, w);
+                let s = square_side(*size, 8, h, w);
                 p.resized(c, s, s)?.values
             }
             _ => vec![],
@@ -317,9 +317,10 @@ impl Trigger {
 
 }
 
-/// The side of a patch: `size`, or 1/8 of the image's shorter side, within the image.
-fn patch_side(size: Option<usize>, h: usize, w: usize) -> usize {
-    size.unwrap_or((h.min(w) / 8).max(1)).min(h).min(w)
+/// The side of a square trigger: `size`, or `1/fraction` of the image's shorter side, within
+/// the image.
+fn square_side(size: Option<usize>, fraction: usize, h: usize, w: usize) -> usize {
+    size.unwrap_or((h.min(w) / fraction).max(1)).min(h).min(w)
 }
 
 /// The seed of one input's own dynamic trigger: a digest of the trigger's seed and the input's
@@ -348,7 +349,7 @@ impl Stamper<'_> {
         let shape = self.shape;
         match self.trigger {
             Trigger::Patch { size, position, pattern } => {
-                let s = patch_side(*size, h, w);
+                let s = square_side(*size, 8, h, w);
                 let (x0, y0) = match position {
                     Position::TopLeft => (0, 0),
                     Position::TopRight => (w - s, 0),
@@ -450,7 +451,7 @@ impl Stamper<'_> {
             Trigger::Dynamic { size, seed } => {
                 // A quarter of the side by default: measured on MNIST/LeNet (3 epochs, 10%
                 // poisoned), a 3x3 random pattern reached 0.18 attack success, 5x5 0.29, 7x7 0.94.
-                let s = size.unwrap_or((h.min(w) / 4).max(1)).min(h).min(w);
+                let s = square_side(*size, 4, h, w);
                 let mut own = Rng::new(dynamic_key(*seed, sample));
                 let (x0, y0) = (own.below(w - s + 1), own.below(h - s + 1));
                 for ch in 0..c {
