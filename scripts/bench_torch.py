@@ -7,6 +7,13 @@
     export ARCH OUT.onnx                      a freshly initialised copy of ARCH (sign-resnet: the
         residual GTSRB CNN of scripts/torch_models.py; a torchvision mobile net with BatchNorm
         kept; or vit_tiny, by the default exporter), for fineprune's side of the throughput table.
+    input-aware ARCH... [--batch 128 --steps 5]
+        the cost of the input-aware dynamic attack (Nguyen & Tran 2020) on this machine: one
+        training step of the classifier alone beside one step of the attack's joint phase
+        (classifier and pattern generator G, the frozen mask network M, 10% backdoor and 10%
+        cross samples, diversity loss) and one step of its mask phase, the generator and mask
+        networks as the reference builds them (IA networks/models.py, MNIST or GTSRB widths);
+        prints one JSON line per network with seconds per step.
     peer-fineprune MODEL.onnx --data-root D --clean-fraction F [--no-curve]
         fine-pruning the way the Python toolkits do it, producing what `fineprune defend` reports:
         rank the last block's channels by mean clean activation; for each channel re-run the
@@ -141,6 +148,87 @@ def throughput(name, batch, steps):
             model(x).argmax(1)
         infer = steps * batch / (time.perf_counter() - t)
     return {"arch": name, "batch": batch, "steps": steps, "threads": THREADS, "train": train, "inference": infer}
+
+
+# ---------------------------------------------- the input-aware attack's cost (not built)
+class EncoderDecoder(nn.Module):
+    """IA's generator / mask network: conv-BN-ReLU blocks, max-pool down, upsample up, output
+    squashed to [0, 1] (tanh / 2 + 0.5)."""
+
+    def __init__(self, cin, cout, widths):
+        super().__init__()
+
+        def block(a, b, relu=True):
+            return [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b, momentum=0.05)] + ([nn.ReLU()] if relu else [])
+        layers, c = [], cin
+        for w in widths:
+            layers += block(c, w) + block(w, w) + [nn.MaxPool2d(2)]
+            c = w
+        layers += block(c, c)
+        rev = list(reversed(widths))
+        for k, w in enumerate(rev):
+            nxt = rev[k + 1] if k + 1 < len(rev) else None
+            layers += [nn.Upsample(scale_factor=2, mode="bilinear")] + block(w, w) + (block(w, nxt) if nxt else block(w, cout, relu=False))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return torch.tanh(self.net(x)) / (2 + 1e-7) + 0.5
+
+
+def input_aware(name, batch, steps):
+    make, shape, classes = NETS[name]
+    classes = 43 if name == "signnet" else classes
+    widths = [16, 32] if shape[0] == 1 else [32, 64, 128]
+    torch.manual_seed(0)
+    c, g, m = make(classes), EncoderDecoder(shape[0], shape[0], widths), EncoderDecoder(shape[0], 1, widths)
+    x1, x2 = torch.rand((batch,) + shape), torch.rand((batch,) + shape)
+    y = torch.randint(0, classes, (batch,))
+    opt_c = torch.optim.SGD(c.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt_g = torch.optim.Adam(g.parameters(), lr=0.01, betas=(0.5, 0.9))
+    opt_m = torch.optim.Adam(m.parameters(), lr=0.01, betas=(0.5, 0.9))
+    n = batch // 10  # p_a = p_c = 0.1
+    dist = lambda a, b: ((a - b) ** 2).flatten(1).mean(1).sqrt()  # noqa: E731
+    soft = lambda u: torch.tanh(20 * u - 10) / (2 + 1e-7) + 0.5  # noqa: E731
+
+    def clean():
+        loss = F.cross_entropy(c(x1), y)
+        opt_c.zero_grad()
+        loss.backward()
+        opt_c.step()
+
+    def joint():
+        with torch.no_grad():
+            m1, m2 = soft(m(x1[:n])), soft(m(x2[n:2 * n]))
+        p1, p2 = g(x1[:n]), g(x2[n:2 * n])
+        bd = x1[:n] + (p1 - x1[:n]) * m1
+        cross = x1[n:2 * n] + (p2 - x1[n:2 * n]) * m2
+        xs = torch.cat([bd, cross, x1[2 * n:]])
+        div = (dist(x1[:n], x2[n:2 * n]) / (dist(p1, p2) + 1e-7)).mean()
+        loss = F.cross_entropy(c(xs), y) + div
+        opt_c.zero_grad()
+        opt_g.zero_grad()
+        loss.backward()
+        opt_c.step()
+        opt_g.step()
+
+    def mask():
+        m1, m2 = m(x1), m(x2)
+        loss = 100 * F.relu(m1 - 0.032).mean() + (dist(x1, x2) / (dist(m1, m2) + 1e-7)).mean()
+        opt_m.zero_grad()
+        loss.backward()
+        opt_m.step()
+
+    out = {"arch": name, "batch": batch, "steps": steps, "threads": THREADS}
+    for what, f in (("clean_step", clean), ("joint_step", joint), ("mask_step", mask)):
+        m.train()
+        if what == "joint_step":
+            m.eval()
+        f()
+        t = time.perf_counter()
+        for _ in range(steps):
+            f()
+        out[what] = (time.perf_counter() - t) / steps
+    return out
 
 
 # ------------------------------------------------------------------- the peer-style defense
@@ -397,6 +485,10 @@ def main():
     t.add_argument("arch", nargs="+", choices=sorted(NETS))
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--steps", type=int, default=10)
+    ia = sub.add_parser("input-aware")
+    ia.add_argument("arch", nargs="+", choices=["lenet", "signnet"])
+    ia.add_argument("--batch", type=int, default=128)
+    ia.add_argument("--steps", type=int, default=5)
     e = sub.add_parser("export")
     e.add_argument("arch", choices=sorted(NETS))
     e.add_argument("out")
@@ -423,6 +515,9 @@ def main():
     elif a.cmd == "throughput":
         for name in a.arch:
             print(json.dumps(throughput(name, a.batch, a.steps)), flush=True)
+    elif a.cmd == "input-aware":
+        for name in a.arch:
+            print(json.dumps(input_aware(name, a.batch, a.steps)), flush=True)
     elif a.cmd == "export":
         torch.manual_seed(0)
         make, shape, classes = NETS[a.arch]

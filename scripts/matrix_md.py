@@ -60,7 +60,8 @@ def cell(result, attack, defense):
     took = (base["attack_success_rate"] or 0) >= 0.5  # an attack that did not take is not removed
     mark = "**" if took and removed(base["attack_success_rate"], r["attack_success_rate"], r["within_budget"]) else ""
     out = "" if r["within_budget"] in (None, True) else ", outside the budget"
-    return f"{mark}{f3(r['attack_success_rate'])}{mark} / {f3(r['clean_accuracy'])} ({r['seconds']:.0f} s{out})"
+    kept = f", kept {r['kept']}" if r.get("kept") else ""
+    return f"{mark}{f3(r['attack_success_rate'])}{mark} / {f3(r['clean_accuracy'])} ({r['seconds']:.0f} s{out}{kept})"
 
 
 def summary(task, title, run):
@@ -132,7 +133,8 @@ def seconds(task, title, run):
         wb = "—" if r["within_budget"] is None else ("yes" if r["within_budget"] else "no")
         if r.get("note"):
             asr = f"not run: {r['note']}"
-        lines.append(f"| {r['attack']} | {r['defense']} | {r['clean_accuracy']:.4f} | {asr} | {wb} | {r['seconds']:.0f} |")
+        defense = r["defense"] + (f" (kept {r['kept']})" if r.get("kept") else "")
+        lines.append(f"| {r['attack']} | {defense} | {r['clean_accuracy']:.4f} | {asr} | {wb} | {r['seconds']:.0f} |")
     lines += ["", "| model scanned | verdict | suspected targets | right target | seconds |", "|---|---|---|---|---|"]
     for d in res["detection"]:
         rt = "—" if d["right_target"] is None else ("yes" if d["right_target"] else "no")

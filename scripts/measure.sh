@@ -4,7 +4,7 @@
 # docs/results/; scripts/results_md.py then writes docs/results.md from those files alone
 # (scripts/performance_md.py docs/performance.md, from the sweep's).
 #
-#   scripts/measure.sh [reproduce] [torch] [sweep] [matrix]    (default: the first three)
+#   scripts/measure.sh [reproduce] [torch] [sweep] [matrix] [input-aware]    (default: the first three)
 #
 # reproduce: `fineprune reproduce` on the four tasks at full size (seed 0) ->
 #   docs/results/reproduce-TASK.json (its results.json without the pruning curves).
@@ -17,6 +17,10 @@
 #   scan) on MNIST at full size and on traffic signs with --quick (MATRIX_QUICK lists the tasks
 #   run quick, default traffic) -> docs/results/matrix-TASK.json; scripts/matrix_md.py writes
 #   docs/matrix.md from them.
+# input-aware: what the input-aware dynamic attack (Nguyen & Tran 2020), which fineprune does
+#   not build, would cost here: its training steps beside a clean one, in PyTorch ($VENV with
+#   torch, see scripts/bench_vs_pytorch.sh) -> docs/results/input-aware.jsonl, read by
+#   scripts/matrix_md.py.
 # Work files (models, logs, reports) go to $WORK (default target/measure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,7 +98,18 @@ print(json.dumps({**json.loads(stamp), "model": "signnet, GTSRB, yellow sticker 
   "result": [json.loads(l) for l in open(path) if l.strip()]}))
 PY
   done ;;
-*) echo "unknown part $part (reproduce, torch, sweep)" >&2; exit 2 ;;
+input-aware)
+  [ -x "${VENV:-}/bin/python" ] || { echo "input-aware: needs VENV=a Python venv with torch" >&2; exit 2; }
+  "$VENV/bin/python" scripts/bench_torch.py input-aware lenet signnet --steps 5 > "$W/input-aware.jsonl"
+  python3 - "$W/input-aware.jsonl" "$(stamp)" > docs/results/input-aware.jsonl <<'PY'
+import json, sys
+path, stamp = sys.argv[1:]
+for line in open(path):
+    if line.strip():
+        print(json.dumps({**json.loads(stamp), "command": "scripts/bench_torch.py input-aware lenet signnet --steps 5", "result": json.loads(line)}))
+PY
+  ;;
+*) echo "unknown part $part (reproduce, torch, sweep, matrix, input-aware)" >&2; exit 2 ;;
 esac; done
 # Every generated document from the JSON (docs/results.md, docs/performance.md, the README's blocks).
 python3 scripts/check_generated.py --write

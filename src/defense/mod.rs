@@ -378,6 +378,9 @@ struct Pruned {
 }
 
 /// Runs a defense on `file` with the clean data of `ds`. `device` must be an autodiff device.
+/// The stage of [`DefenseOutcome::seconds_by_stage`] that checks the repair without the trigger.
+pub const VERIFICATION_STAGE: &str = "verification scans";
+
 pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option<&KnownAttack>, device: &Device, progress: &mut dyn Progress) -> Result<DefenseOutcome> {
     if cfg.method == Method::Auto {
         return verify::auto(file, ds, cfg, known, device, progress);
@@ -497,7 +500,7 @@ pub(crate) fn defend_scanned(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig
             Some(s) => verify::verify(s, &out_file, ds, device, progress),
             None => verify::scan_suspect(file, ds, &verify::scan_config(cfg), device, progress).and_then(|s| verify::verify(&s, &out_file, ds, device, progress)),
         };
-        clock.lap("verification scans");
+        clock.lap(VERIFICATION_STAGE);
         match checked {
             Ok(v) => Some(v),
             Err(e) => {

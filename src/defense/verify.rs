@@ -46,13 +46,21 @@ pub fn scan_config(cfg: &DefenseConfig) -> ScanConfig {
 }
 
 pub fn scan_suspect(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, device: &Device, progress: &mut dyn Progress) -> Result<SuspectScan> {
-    let eval = device.clone().without_autodiff();
-    let outcome = scan(file, ds, cfg, &eval, progress)?;
-    let reconstructed_asr = match outcome.best_trigger() {
-        Some((target, _, t)) => holdout_success(file, &ds.val, t, target, file.model.graph.input_shape, &eval)?.holdout_asr,
-        None => None,
-    };
-    Ok(SuspectScan { outcome, config: cfg.clone(), reconstructed_asr })
+    let outcome = scan(file, ds, cfg, &device.clone().without_autodiff(), progress)?;
+    SuspectScan::new(outcome, cfg, file, ds, device)
+}
+
+impl SuspectScan {
+    /// `outcome`, a scan of `file` made with `cfg`, as the suspect scan repairs are checked
+    /// against.
+    pub fn new(outcome: ScanOutcome, cfg: &ScanConfig, file: &ModelFile, ds: &Dataset, device: &Device) -> Result<Self> {
+        let eval = device.clone().without_autodiff();
+        let reconstructed_asr = match outcome.best_trigger() {
+            Some((target, _, t)) => holdout_success(file, &ds.val, t, target, file.model.graph.input_shape, &eval)?.holdout_asr,
+            None => None,
+        };
+        Ok(SuspectScan { outcome, config: cfg.clone(), reconstructed_asr })
+    }
 }
 
 /// A repair, checked without the trigger.
@@ -195,16 +203,39 @@ pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: O
     let start = std::time::Instant::now();
     let scan_cfg = scan_config(cfg);
     let suspect = scan_suspect(file, ds, &scan_cfg, device, progress)?;
+    let mut tried = vec![];
+    for method in AUTO_METHODS {
+        progress.note(&format!("auto: trying {method}"));
+        tried.push((method, defend_scanned(file, ds, &candidate_config(cfg, method, &scan_cfg), known, Some(&suspect), device, progress)));
+    }
+    let (mut chosen, mut notes, candidates) = choose(&suspect, tried)?;
+    notes.append(&mut chosen.notes);
+    chosen.notes = notes;
+    chosen.candidates = candidates;
+    // The whole run (the suspect scan and every candidate), not only the kept one's time, which
+    // stays in its candidate row.
+    chosen.seconds = start.elapsed().as_secs_f64();
+    Ok(chosen)
+}
+
+/// The configuration `auto` runs `method` with: `cfg`'s, verified by `scan`.
+pub fn candidate_config(cfg: &DefenseConfig, method: Method, scan: &ScanConfig) -> DefenseConfig {
+    DefenseConfig { method, verify: Some(scan.clone()), ..cfg.clone() }
+}
+
+/// `auto`'s choice among defenses already run on `suspect`'s model with verification (see
+/// [`candidate_config`]): the kept outcome, `auto`'s notes, and every candidate's numbers.
+/// A caller that has run the candidates anyway (the attack matrix) chooses without running
+/// them again.
+pub fn choose(suspect: &SuspectScan, tried: Vec<(Method, Result<DefenseOutcome>)>) -> Result<(DefenseOutcome, Vec<String>, Vec<Candidate>)> {
     let mut notes = vec![];
     if suspect.outcome.verdict == Verdict::NoEvidence {
         notes.push("auto: the scan found no evidence of a backdoor; the defenses were still run, and are compared on clean accuracy and fresh scans".to_string());
     }
     let mut outcomes: Vec<DefenseOutcome> = vec![];
     let mut candidates = vec![];
-    for method in AUTO_METHODS {
-        progress.note(&format!("auto: trying {method}"));
-        let c = DefenseConfig { method, verify: Some(scan_cfg.clone()), ..cfg.clone() };
-        match defend_scanned(file, ds, &c, known, Some(&suspect), device, progress) {
+    for (method, result) in tried {
+        match result {
             Ok(o) => {
                 let v = o.verification.as_ref();
                 candidates.push(Candidate {
@@ -237,7 +268,7 @@ pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: O
     let best = (0..outcomes.len())
         .max_by(|&a, &b| key(&outcomes[a]).partial_cmp(&key(&outcomes[b])).expect("finite numbers"))
         .ok_or_else(|| Error::invalid("auto: every candidate defense failed (see the notes)"))?;
-    let mut chosen = outcomes.swap_remove(best);
+    let chosen = outcomes.swap_remove(best);
     for c in candidates.iter_mut() {
         c.chosen = c.method == chosen.method && c.error.is_none();
     }
@@ -246,11 +277,5 @@ pub(super) fn auto(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: O
     } else {
         "auto: no candidate stayed within the clean-accuracy budget".to_string()
     });
-    notes.append(&mut chosen.notes);
-    chosen.notes = notes;
-    chosen.candidates = candidates;
-    // The whole run (the suspect scan and every candidate), not only the kept one's time, which
-    // stays in its candidate row.
-    chosen.seconds = start.elapsed().as_secs_f64();
-    Ok(chosen)
+    Ok((chosen, notes, candidates))
 }

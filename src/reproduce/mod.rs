@@ -14,10 +14,11 @@ use serde::Serialize;
 
 use crate::attack::{AttackConfig, PruningAwareConfig, backdoor, evaluate_attack, pruning_aware_from};
 use crate::data::{DataSpec, Dataset, LoadOptions};
-use crate::defense::{CurvePoint, DefenseConfig, KnownAttack, Method, defend};
+use crate::defense::verify::{AUTO_METHODS, SuspectScan, candidate_config};
+use crate::defense::{CurvePoint, DefenseConfig, KnownAttack, Method, defend, defend_scanned};
 use crate::error::{Error, Result};
 use crate::model::ModelFile;
-use crate::scan::{Family, ScanConfig, Verdict};
+use crate::scan::{Family, ScanConfig, ScanOutcome, Verdict};
 use crate::train::{TrainConfig, train_new};
 use crate::trigger::poison::Target;
 use crate::trigger::{Triggered, Use, spec};
@@ -221,6 +222,9 @@ pub struct Row {
     /// Why a defense did not run (e.g. `unlearn` when the scan suspected no class): its row
     /// then repeats the undefended model's clean accuracy and has no attack success.
     pub note: Option<String>,
+    /// `auto`: the defense it kept (its row repeats that defense's numbers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -307,14 +311,14 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
     };
     // Scans `file` (without its trigger) into `out/scan-SLUG/`; the real trigger only draws the
     // comparison picture and says whether the suspect is the planted target.
-    let mut scan_model = |progress: &mut dyn Stages, name: &str, file: &ModelFile, planted: Option<(&crate::trigger::Trigger, Target)>| -> Result<()> {
+    let mut scan_model = |progress: &mut dyn Stages, name: &str, file: &ModelFile, planted: Option<(&crate::trigger::Trigger, Target)>| -> Result<Option<ScanOutcome>> {
         let t = Instant::now();
         let outcome = match crate::scan::scan(file, &ds, &scan_config, device, progress) {
             Ok(o) => o,
             // The scan refuses what it cannot measure (too little clean data); the table says so.
             Err(Error::Invalid(why)) => {
                 detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: None, targets: vec![], right_target: None, max_index: vec![], min_control_ratio: None, max_combined_index: None, note: Some(why), seconds: t.elapsed().as_secs_f64() });
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(e),
         };
@@ -337,15 +341,15 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
         };
         let max_index = outcome.families.iter().map(|f| (f.family, f.classes.iter().filter_map(|c| c.index).reduce(f64::max))).collect();
         let (min_control_ratio, max_combined_index) = (outcome.min_control_ratio(), outcome.max_combined_index());
-        detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: Some(outcome.verdict), targets: outcome.targets, right_target, max_index, min_control_ratio, max_combined_index, note, seconds: t.elapsed().as_secs_f64() });
-        Ok(())
+        detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: Some(outcome.verdict), targets: outcome.targets.clone(), right_target, max_index, min_control_ratio, max_combined_index, note, seconds: t.elapsed().as_secs_f64() });
+        Ok(Some(outcome))
     };
 
     stage(progress, "training the clean model");
     let t = Instant::now();
     let clean = train_new(&plan.arch, &ds, &plan.train, &ad, progress)?;
     let clean_eval = crate::metrics::evaluate(&clean.file, &ds.test, device)?;
-    rows.push(Row { attack: "none (clean model)".into(), defense: "none".into(), val_accuracy: Some(clean.best_val_accuracy), clean_accuracy: clean_eval.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: None });
+    rows.push(Row { attack: "none (clean model)".into(), defense: "none".into(), val_accuracy: Some(clean.best_val_accuracy), clean_accuracy: clean_eval.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: None, kept: None });
     clean.file.save(&out.join("clean.safetensors"))?;
     stage(progress, "scanning the clean model");
     scan_model(progress, "none (clean model)", &clean.file, None)?;
@@ -370,10 +374,10 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
     for (name, a, file, secs) in &models {
         let trigger = spec::parse(&a.trigger)?;
         let e = evaluate_attack(file, &ds.test, &trigger, a.target, false, device, progress)?;
-        rows.push(Row { attack: name.clone(), defense: "none".into(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: e.attack_success_rate.rate, attack_success_rate_ci95: Some(e.attack_success_rate.ci95), pruned_fraction: None, within_budget: None, seconds: *secs, note: None });
+        rows.push(Row { attack: name.clone(), defense: "none".into(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: e.attack_success_rate.rate, attack_success_rate_ci95: Some(e.attack_success_rate.ci95), pruned_fraction: None, within_budget: None, seconds: *secs, note: None, kept: None });
         file.save(&out.join(format!("{}.safetensors", slug(name))))?;
         stage(progress, &format!("scanning {name}"));
-        scan_model(progress, name, file, Some((&trigger, a.target)))?;
+        let scanned = scan_model(progress, name, file, Some((&trigger, a.target)))?;
         // The activation picture for this model.
         let site = crate::prune::find_site(&file.model, None)?;
         let clean_means = crate::prune::channel_means(&file.model, &ds.val, &ds.normalization, site.index, device, 256, progress)?;
@@ -383,15 +387,45 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
         chart.title = format!("{name}: mean activation of {}", site.name);
         figures.push(Figure { title: chart.title.clone(), svg: chart.to_svg() });
         let known = KnownAttack { trigger: Triggered::Synthesised(trigger), target: a.target, include_target: false };
+        // The detection scan is also the suspect scan that unlearning starts from and `auto`
+        // verifies against; with `auto` planned, every defense is verified as `auto` would
+        // verify it, and `auto`'s row is its choice among those outcomes, not a second run.
+        let with_auto = plan.defenses.contains(&Method::Auto);
+        let suspect = match scanned {
+            Some(o) if with_auto || plan.defenses.contains(&Method::Unlearn) => Some(SuspectScan::new(o, &scan_config, file, &ds, device)?),
+            _ => None,
+        };
+        let mut tried = vec![];
         for &method in &plan.defenses {
             stage(progress, &format!("{name}: {method}"));
             let t = Instant::now();
-            let o = match defend(file, &ds, &defense_config(&plan, method, ds.train.len()), Some(&known), &ad, progress) {
+            let refused = |why: String, t: Instant| Row { attack: name.clone(), defense: method.to_string(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: Some(why), kept: None };
+            if method == Method::Auto
+                && let Some(s) = &suspect
+            {
+                // What `defend --method auto` would have spent: the suspect scan and every
+                // candidate with its verification.
+                let seconds = s.outcome.seconds + tried.iter().filter_map(|(_, r): &(Method, Result<crate::defense::DefenseOutcome>)| r.as_ref().ok().map(|o| o.seconds)).sum::<f64>();
+                rows.push(match crate::defense::verify::choose(s, std::mem::take(&mut tried)) {
+                    Ok((o, _, _)) => Row { kept: Some(o.method.to_string()), seconds, ..defended_row(name, method, &o) },
+                    Err(Error::Invalid(why)) => refused(why, t),
+                    Err(e) => return Err(e),
+                });
+                continue;
+            }
+            let dc = defense_config(&plan, method, ds.train.len());
+            let dc = if with_auto && AUTO_METHODS.contains(&method) { candidate_config(&dc, method, &scan_config) } else { dc };
+            let result = match &suspect {
+                Some(s) => defend_scanned(file, &ds, &dc, Some(&known), Some(s), &ad, progress),
+                None => defend(file, &ds, &dc, Some(&known), &ad, progress),
+            };
+            let o = match result {
                 Ok(o) => o,
                 // A defense that refuses this model (unlearn with nothing suspected) is a
                 // result of the table, not the end of the run.
                 Err(Error::Invalid(why)) => {
-                    rows.push(Row { attack: name.clone(), defense: method.to_string(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: Some(why) });
+                    rows.push(refused(why.clone(), t));
+                    tried.push((method, Err(Error::Invalid(why))));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -401,18 +435,16 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
                 figures.push(Figure { title: chart.title.clone(), svg: chart.to_svg() });
                 curves.push((name.clone(), method.to_string(), o.curve.clone()));
             }
-            rows.push(Row {
-                attack: name.clone(),
-                defense: method.to_string(),
-                val_accuracy: Some(o.after.val_accuracy),
-                clean_accuracy: o.after.clean_accuracy,
-                attack_success_rate: o.after.attack_success_rate,
-                attack_success_rate_ci95: o.after.attack_success_rate_ci95,
-                pruned_fraction: (o.channels > 0).then_some(o.pruned_fraction),
-                within_budget: Some(o.within_budget),
-                seconds: o.seconds,
-                note: None,
-            });
+            // The defense's own time, as before `auto` was planned: verification scans added
+            // for `auto` are its cost, counted in its row (unlearning always verified).
+            let verifying: f64 = match method {
+                Method::Unlearn => 0.0,
+                _ => o.seconds_by_stage.iter().filter(|(s, _)| s == crate::defense::VERIFICATION_STAGE).map(|(_, t)| t).sum(),
+            };
+            rows.push(Row { seconds: o.seconds - verifying, ..defended_row(name, method, &o) });
+            if with_auto && AUTO_METHODS.contains(&method) {
+                tried.push((method, Ok(o)));
+            }
         }
     }
     let baseline_names: Vec<&str> = plan.baseline.iter().map(|a| a.name.as_str()).collect();
@@ -494,6 +526,23 @@ fn compare_under_pruning(rows: &[Row], baselines: &[&str], aware: &str) -> Vec<S
 /// Every defense of a run gets the same defender data (a `clean_fraction` of the training split),
 /// the same budget and the same seed. Batches are cut to the defender's set when it is smaller
 /// (the face task's 60 images).
+/// `o` as a row of the table.
+fn defended_row(attack: &str, method: Method, o: &crate::defense::DefenseOutcome) -> Row {
+    Row {
+        attack: attack.into(),
+        defense: method.to_string(),
+        val_accuracy: Some(o.after.val_accuracy),
+        clean_accuracy: o.after.clean_accuracy,
+        attack_success_rate: o.after.attack_success_rate,
+        attack_success_rate_ci95: o.after.attack_success_rate_ci95,
+        pruned_fraction: (o.channels > 0).then_some(o.pruned_fraction),
+        within_budget: Some(o.within_budget),
+        seconds: o.seconds,
+        note: None,
+        kept: None,
+    }
+}
+
 fn defense_config(plan: &Plan, method: Method, train_len: usize) -> DefenseConfig {
     let mut dc = DefenseConfig::paper(method).with_seed(plan.seed);
     dc.clean_fraction = plan.clean_fraction;
@@ -558,7 +607,7 @@ mod tests {
     use super::*;
 
     fn row(attack: &str, defense: &str, asr: f64) -> Row {
-        Row { attack: attack.into(), defense: defense.into(), val_accuracy: None, clean_accuracy: 0.95, attack_success_rate: Some(asr), attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: 0.0, note: None }
+        Row { attack: attack.into(), defense: defense.into(), val_accuracy: None, clean_accuracy: 0.95, attack_success_rate: Some(asr), attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: 0.0, note: None, kept: None }
     }
 
     #[test]
