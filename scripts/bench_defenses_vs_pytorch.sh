@@ -11,8 +11,10 @@
 # For each: fine-tuning ($EPOCHS epochs, Adam 1e-4, batch 64), FST ($FST_EPOCHS epochs, SGD
 # momentum 0.9 + cosine, batch 128) and ANP's mask optimisation ($ANP_STEPS steps, batch 128),
 # all on 5% of GTSRB's training split with the whole validation split evaluated after every
-# epoch and the best epoch kept, as `fineprune defend` runs them. fineprune's per-epoch seconds
-# come from `defend --json` (its stage times and epoch history), PyTorch's from
+# epoch and the best epoch kept, as `fineprune defend` runs them; and the scan's inversion (its
+# first pass in the patch family: 60 steps, every class's trigger and the untargeted one in one
+# batch of 11 images each, gradients to the input only). fineprune's per-epoch seconds come
+# from `defend --json` and `scan --json` (stage times and epoch history), PyTorch's from
 # `scripts/bench_torch.py peer-loops`. Best of $REPEATS (3) alternating runs per side; prints
 # per-epoch (ANP: per-step) seconds, the ratio (PyTorch / fineprune: above 1 means fineprune is
 # faster) and each side's peak memory, and appends one JSON line per loop to
@@ -59,6 +61,9 @@ for part in $parts; do
   split="$RUNS/defender.npz"
   [ -f "$split" ] || "$PY" scripts/bench_torch.py defender-split "$split" --data-root "$DATA" --clean-fraction 0.05
   for r in $(seq "$REPEATS"); do
+    echo "$part run $r: fineprune scan" >&2
+    /usr/bin/time -v -o "$RUNS/loops-$part-scan-$r.time" "$FP" scan --model "$model" --data "npz:$split" --clean-fraction 1 \
+      --json > "$RUNS/loops-$part-scan-$r.json" 2> "$RUNS/loops-$part-scan-$r.log"
     for m in finetune fst anp; do
       echo "$part run $r: fineprune $m" >&2
       /usr/bin/time -v -o "$RUNS/loops-$part-$m-$r.time" "$FP" defend --model "$model" --data "npz:$split" --method "$m" \
@@ -77,7 +82,8 @@ def peak(path):
 def stage(d, name):
     return next(s["seconds"] for s in d["seconds_by_stage"] if s["stage"] == name)
 rows = []
-for loop, fp_stage, unit in [("finetune", "fine-tuning", "epoch"), ("fst", "feature-shift tuning", "epoch"), ("anp", "ANP mask optimisation", "step")]:
+for loop, fp_stage, unit in [("finetune", "fine-tuning", "epoch"), ("fst", "feature-shift tuning", "epoch"), ("anp", "ANP mask optimisation", "step"),
+                             ("scan", "patch first pass", "step")]:
     fp_best, pt_best, fp_peak, pt_peak = None, None, 0, 0
     for r in range(1, repeats + 1):
         d = json.load(open(f"{runs}/loops-{part}-{loop}-{r}.json"))
@@ -86,8 +92,10 @@ for loop, fp_stage, unit in [("finetune", "fine-tuning", "epoch"), ("fst", "feat
             f, p = stage(d, fp_stage) / max(1, d["finetune_epochs"]), min(t["finetune_epoch_seconds"])
         elif loop == "fst":
             f, p = min(e["seconds"] for e in d["fst"]["history"]), min(t["fst_epoch_seconds"])
-        else:
+        elif loop == "anp":
             f, p = stage(d, fp_stage) / d["anp"]["iterations"], t["anp_seconds"] / t["anp_steps"]
+        else:
+            f, p = stage(d, fp_stage) / t["scan_steps"], t["scan_seconds"] / t["scan_steps"]
         fp_best = f if fp_best is None else min(fp_best, f)
         pt_best = p if pt_best is None else min(pt_best, p)
         fp_peak = max(fp_peak, peak(f"{runs}/loops-{part}-{loop}-{r}.time"))

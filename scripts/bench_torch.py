@@ -26,14 +26,16 @@
         GTSRB's training split as a defender holds it (a seeded 10% to validate on, a fraction of
         the rest as clean data), for both sides of the loop benchmark.
     peer-loops MODEL.onnx|signnet --data-root D --clean-fraction F [--epochs 5 --fst-epochs 5
-        --anp-steps 100] --npz SPLIT.npz
+        --anp-steps 100 --scan-steps 60] --npz SPLIT.npz
         the defense loops of `fineprune defend` written in PyTorch with the same counts, batch
         sizes and optimisers, each followed by what fineprune does per epoch (clean validation
         accuracy on the whole validation split, the best epoch's weights kept): fine-tuning (Adam
         1e-4, batch 64), FST (head re-initialised, SGD momentum 0.9 + cosine, lr 0.01, batch 128,
         penalty alpha <W, W0>, head rescaled to |W0| after every step) and ANP's mask
         optimisation (batch 128; per step one signed noise step and one mask step on the clean
-        and the perturbed loss; every BatchNorm's neurons, batch statistics). MODEL.onnx is the
+        and the perturbed loss; every BatchNorm's neurons, batch statistics) and the scan's first
+        pass in the patch family (--scan-steps batched steps on every class's and the untargeted
+        goal's mask and pattern, the weights frozen). MODEL.onnx is the
         residual GTSRB CNN; `signnet` is a fresh copy of fineprune's signnet for 43 classes.
         Prints the seconds of each loop as one JSON line.
 """
@@ -354,7 +356,7 @@ def write_defender_split(npz, root, clean_fraction, seed=0):
     np.savez(npz, x=x[clean], y=y[clean], x_val=x[val], y_val=y[val], x_test=x[val[:512]], y_test=y[val[:512]])
 
 
-def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, npz, seed=0):
+def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, scan_steps, npz, seed=0):
     import copy
     import math
     if what == "signnet":
@@ -475,6 +477,54 @@ def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, npz, s
     out["anp_steps"] = anp_steps
     out["anp_seconds"] = time.perf_counter() - t
     assert math.isfinite(loss.item())
+    # The scan's first pass in its patch family (src/scan/mod.rs, Inversion::step): every
+    # class's mask and pattern and the untargeted goal's in one batch, per_class clean images
+    # each (512 images in all at most, at least 8 per goal), the weights frozen, Adam (0.1,
+    # betas 0.5/0.9) on the trigger tensors, Neural Cleanse's lambda schedule.
+    model = make().eval()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    raw = torch.from_numpy(d["x"])
+    k = 43
+    goals = k + 1
+    per = max(min(8, 24), min(24, 512 // k))
+    _, c, h, w = raw.shape
+    a = torch.full((goals, 1, h, w), -2.0, requires_grad=True)
+    bpat = torch.zeros((goals, c, h, w), requires_grad=True)
+    sopt = torch.optim.Adam([a, bpat], lr=0.1, betas=(0.5, 0.9))
+    lam = torch.tensor([1e-3] * goals)
+    up, down = [0] * goals, [0] * goals
+    pools = [torch.nonzero(cy != t).flatten() for t in range(k)] + [torch.arange(len(cy))]
+    rows = torch.arange(goals).repeat_interleave(per)
+    away = (rows == k).float()
+    t = time.perf_counter()
+    for _ in range(scan_steps):
+        idx = torch.cat([pool[torch.randint(len(pool), (per,), generator=g)] for pool in pools])
+        labels = torch.where(rows == k, cy[idx], rows)
+        m, pat = torch.sigmoid(a), torch.sigmoid(bpat)
+        size = m.sum(dim=(1, 2, 3))
+        stamped = raw[idx] * (1 - m[rows]) + pat[rows] * m[rows]
+        logits = model((stamped - mean) / std)
+        logp = F.log_softmax(logits, 1).gather(1, labels.view(-1, 1)).flatten()
+        leave = (1 - logp.exp()).clamp_min(1e-6).log()
+        loss = -(logp * (1 - away) + leave * away).sum() / per + (size * lam).sum()
+        sopt.zero_grad()
+        loss.backward()
+        sopt.step()
+        hit = logits.argmax(1)
+        ok = torch.where(rows == k, hit != labels, hit == labels).float().view(goals, per).mean(1)
+        for j in range(goals):
+            if ok[j] >= 0.99:
+                up[j], down[j] = up[j] + 1, 0
+            else:
+                up[j], down[j] = 0, down[j] + 1
+            if up[j] >= 5:
+                lam[j], up[j] = lam[j] * 1.5, 0
+            elif down[j] >= 5:
+                lam[j], down[j] = lam[j] / 1.5 ** 1.5, 0
+    out["scan_steps"] = scan_steps
+    out["scan_seconds"] = time.perf_counter() - t
+    out["scan_images_per_step"] = goals * per
     return out
 
 
@@ -504,6 +554,7 @@ def main():
     lp.add_argument("--epochs", type=int, default=5)
     lp.add_argument("--fst-epochs", type=int, default=5)
     lp.add_argument("--anp-steps", type=int, default=100)
+    lp.add_argument("--scan-steps", type=int, default=60, help="steps of the scan's first pass (patch family)")
     lp.add_argument("--npz", required=True, help="the defender's split (clean, validation) in this .npz, written the first time; fineprune reads the same file")
     ds = sub.add_parser("defender-split")
     ds.add_argument("npz")
@@ -531,7 +582,7 @@ def main():
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=14)
     elif a.cmd == "peer-loops":
-        print(json.dumps(peer_loops(a.model, a.data_root, a.clean_fraction, a.epochs, a.fst_epochs, a.anp_steps, a.npz)), flush=True)
+        print(json.dumps(peer_loops(a.model, a.data_root, a.clean_fraction, a.epochs, a.fst_epochs, a.anp_steps, a.scan_steps, a.npz)), flush=True)
     else:
         print(json.dumps(peer_fineprune(a.model, a.data_root, a.clean_fraction, not a.no_curve)), flush=True)
 

@@ -55,8 +55,10 @@ else:
 print("## Defense loops\n")
 if loops:
     print(f"`scripts/bench_defenses_vs_pytorch.sh`: fine-tuning, FST and ANP's mask optimisation on 5% of GTSRB's "
-          "training split, the validation images evaluated after every epoch, both sides reading the same defender split "
-          f"from one .npz file; each side's best of {loops[0]['repeats']} alternating runs; seconds per epoch (ANP: per step). "
+          "training split, the validation images evaluated after every epoch, and the scan's inversion (its first pass in the "
+          "patch family: every class's trigger and the untargeted one in one batch, gradients to the input only), both sides "
+          f"reading the same defender split from one .npz file; each side's best of {loops[0]['repeats']} alternating runs; "
+          "seconds per epoch (ANP and the scan: per step). "
           "A ratio above 1 means fineprune is faster. `resnet` is the PyTorch-made residual GTSRB CNN (312k weights, "
           "BatchNorm) imported from ONNX; `signnet` fineprune's built-in network (the PyTorch side a copy of it).\n")
     print("| date | commit | model | loop | fineprune s | PyTorch s | ratio | validation images | peak MiB (fineprune / PyTorch) |")

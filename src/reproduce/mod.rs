@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::attack::{AttackConfig, PruningAwareConfig, backdoor, evaluate_attack, pruning_aware_from};
 use crate::data::{DataSpec, Dataset, LoadOptions};
-use crate::defense::verify::{AUTO_METHODS, SuspectScan, candidate_config};
-use crate::defense::{CurvePoint, DefenseConfig, KnownAttack, Method, defend, defend_scanned};
+use crate::defense::verify::{AUTO_METHODS, SuspectScan, candidate_config, choose};
+use crate::defense::{CurvePoint, DefenseConfig, DefenseOutcome, KnownAttack, Method, VERIFICATION_STAGE, defend, defend_scanned};
 use crate::error::{Error, Result};
 use crate::model::ModelFile;
 use crate::scan::{Family, ScanConfig, ScanOutcome, Verdict};
@@ -395,7 +395,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
             Some(o) if with_auto || plan.defenses.contains(&Method::Unlearn) => Some(SuspectScan::new(o, &scan_config, file, &ds, device)?),
             _ => None,
         };
-        let mut tried = vec![];
+        let mut tried: Vec<(Method, Result<DefenseOutcome>)> = vec![];
         for &method in &plan.defenses {
             stage(progress, &format!("{name}: {method}"));
             let t = Instant::now();
@@ -405,8 +405,8 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
             {
                 // What `defend --method auto` would have spent: the suspect scan and every
                 // candidate with its verification.
-                let seconds = s.outcome.seconds + tried.iter().filter_map(|(_, r): &(Method, Result<crate::defense::DefenseOutcome>)| r.as_ref().ok().map(|o| o.seconds)).sum::<f64>();
-                rows.push(match crate::defense::verify::choose(s, std::mem::take(&mut tried)) {
+                let seconds = s.outcome.seconds + tried.iter().filter_map(|(_, r)| r.as_ref().ok().map(|o| o.seconds)).sum::<f64>();
+                rows.push(match choose(s, std::mem::take(&mut tried)) {
                     Ok((o, _, _)) => Row { kept: Some(o.method.to_string()), seconds, ..defended_row(name, method, &o) },
                     Err(Error::Invalid(why)) => refused(why, t),
                     Err(e) => return Err(e),
@@ -439,7 +439,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
             // for `auto` are its cost, counted in its row (unlearning always verified).
             let verifying: f64 = match method {
                 Method::Unlearn => 0.0,
-                _ => o.seconds_by_stage.iter().filter(|(s, _)| s == crate::defense::VERIFICATION_STAGE).map(|(_, t)| t).sum(),
+                _ => o.seconds_by_stage.iter().filter(|(s, _)| s == VERIFICATION_STAGE).map(|(_, t)| t).sum(),
             };
             rows.push(Row { seconds: o.seconds - verifying, ..defended_row(name, method, &o) });
             if with_auto && AUTO_METHODS.contains(&method) {
@@ -527,7 +527,7 @@ fn compare_under_pruning(rows: &[Row], baselines: &[&str], aware: &str) -> Vec<S
 /// the same budget and the same seed. Batches are cut to the defender's set when it is smaller
 /// (the face task's 60 images).
 /// `o` as a row of the table.
-fn defended_row(attack: &str, method: Method, o: &crate::defense::DefenseOutcome) -> Row {
+fn defended_row(attack: &str, method: Method, o: &DefenseOutcome) -> Row {
     Row {
         attack: attack.into(),
         defense: method.to_string(),
