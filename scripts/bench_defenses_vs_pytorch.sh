@@ -12,8 +12,9 @@
 # momentum 0.9 + cosine, batch 128) and ANP's mask optimisation ($ANP_STEPS steps, batch 128),
 # all on 5% of GTSRB's training split with the whole validation split evaluated after every
 # epoch and the best epoch kept, as `fineprune defend` runs them; and the scan's inversion (its
-# first pass in the patch family: 60 steps, every class's trigger and the untargeted one in one
-# batch of 11 images each, gradients to the input only). fineprune's per-epoch seconds come
+# first pass in the patch family: $SCAN_STEPS (60) steps, every class's trigger and the
+# untargeted one in one batch of 11 images each, gradients to the input only; fineprune's scan
+# runs that family alone, without the margin statistic). fineprune's per-epoch seconds come
 # from `defend --json` and `scan --json` (stage times and epoch history), PyTorch's from
 # `scripts/bench_torch.py peer-loops`. Best of $REPEATS (3) alternating runs per side; prints
 # per-epoch (ANP: per-step) seconds, the ratio (PyTorch / fineprune: above 1 means fineprune is
@@ -29,7 +30,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 parts=${*:-resnet signnet}
-THREADS=${THREADS:-2}; REPEATS=${REPEATS:-3}; EPOCHS=${EPOCHS:-5}; FST_EPOCHS=${FST_EPOCHS:-5}; ANP_STEPS=${ANP_STEPS:-100}
+THREADS=${THREADS:-2}; REPEATS=${REPEATS:-3}; EPOCHS=${EPOCHS:-5}; FST_EPOCHS=${FST_EPOCHS:-5}; ANP_STEPS=${ANP_STEPS:-100}; SCAN_STEPS=${SCAN_STEPS:-60}
 VENV=${VENV:-.venv}; RUNS=${RUNS:-target/bench-runs}; DATA=${DATA:-../shared/data}
 export THREADS RAYON_NUM_THREADS=$THREADS
 PY=$VENV/bin/python
@@ -63,7 +64,7 @@ for part in $parts; do
   for r in $(seq "$REPEATS"); do
     echo "$part run $r: fineprune scan" >&2
     /usr/bin/time -v -o "$RUNS/loops-$part-scan-$r.time" "$FP" scan --model "$model" --data "npz:$split" --clean-fraction 1 \
-      --json > "$RUNS/loops-$part-scan-$r.json" 2> "$RUNS/loops-$part-scan-$r.log"
+      --steps "$SCAN_STEPS" --family patch --no-margins --json > "$RUNS/loops-$part-scan-$r.json" 2> "$RUNS/loops-$part-scan-$r.log"
     for m in finetune fst anp; do
       echo "$part run $r: fineprune $m" >&2
       /usr/bin/time -v -o "$RUNS/loops-$part-$m-$r.time" "$FP" defend --model "$model" --data "npz:$split" --method "$m" \
@@ -72,7 +73,7 @@ for part in $parts; do
     done
     echo "$part run $r: PyTorch" >&2
     /usr/bin/time -v -o "$RUNS/loops-$part-torch-$r.time" "$PY" scripts/bench_torch.py peer-loops "$peer" --data-root "$DATA" --clean-fraction 0.05 \
-      --epochs "$EPOCHS" --fst-epochs "$FST_EPOCHS" --anp-steps "$ANP_STEPS" --npz "$split" > "$RUNS/loops-$part-torch-$r.json"
+      --epochs "$EPOCHS" --fst-epochs "$FST_EPOCHS" --anp-steps "$ANP_STEPS" --scan-steps "$SCAN_STEPS" --npz "$split" > "$RUNS/loops-$part-torch-$r.json"
   done
   "$PY" - "$RUNS" "$part" "$REPEATS" "$(stamp)" >> "$out" <<'EOF'
 import json, sys

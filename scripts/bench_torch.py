@@ -222,9 +222,7 @@ def input_aware(name, batch, steps):
 
     out = {"arch": name, "batch": batch, "steps": steps, "threads": THREADS}
     for what, f in (("clean_step", clean), ("joint_step", joint), ("mask_step", mask)):
-        m.train()
-        if what == "joint_step":
-            m.eval()
+        m.train(what == "mask_step")  # the joint phase uses the mask network frozen
         f()
         t = time.perf_counter()
         for _ in range(steps):
@@ -487,7 +485,7 @@ def peer_loops(what, root, clean_fraction, epochs, fst_epochs, anp_steps, scan_s
     raw = torch.from_numpy(d["x"])
     k = 43
     goals = k + 1
-    per = max(min(8, 24), min(24, 512 // k))
+    per = max(8, min(24, 512 // k))  # ScanConfig::first_pass_per_class at the defaults
     _, c, h, w = raw.shape
     a = torch.full((goals, 1, h, w), -2.0, requires_grad=True)
     bpat = torch.zeros((goals, c, h, w), requires_grad=True)

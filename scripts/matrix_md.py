@@ -195,8 +195,8 @@ for task, title, run in runs:
 doc += ["## What removed what", ""] + recommendations() + [""]
 if weak_attacks():
     doc += ["Attacks that did not take in full, or cost clean accuracy:", ""] + weak_attacks() + [""]
-if input_aware():
-    doc += ["## The input-aware generator", ""] + input_aware() + [""]
+if (generator := input_aware()):
+    doc += ["## The input-aware generator", ""] + generator + [""]
 for task, title, run in runs:
     doc += seconds(task, title, run) + [""]
 print("\n".join(doc).rstrip())

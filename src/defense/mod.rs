@@ -377,10 +377,10 @@ struct Pruned {
     anp: Option<anp::AnpReport>,
 }
 
-/// Runs a defense on `file` with the clean data of `ds`. `device` must be an autodiff device.
 /// The stage of [`DefenseOutcome::seconds_by_stage`] that checks the repair without the trigger.
 pub const VERIFICATION_STAGE: &str = "verification scans";
 
+/// Runs a defense on `file` with the clean data of `ds`. `device` must be an autodiff device.
 pub fn defend(file: &ModelFile, ds: &Dataset, cfg: &DefenseConfig, known: Option<&KnownAttack>, device: &Device, progress: &mut dyn Progress) -> Result<DefenseOutcome> {
     if cfg.method == Method::Auto {
         return verify::auto(file, ds, cfg, known, device, progress);

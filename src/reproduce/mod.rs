@@ -399,7 +399,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
         for &method in &plan.defenses {
             stage(progress, &format!("{name}: {method}"));
             let t = Instant::now();
-            let refused = |why: String, t: Instant| Row { attack: name.clone(), defense: method.to_string(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: Some(why), kept: None };
+            let refused = |why: String| Row { attack: name.clone(), defense: method.to_string(), val_accuracy: None, clean_accuracy: e.clean.accuracy, attack_success_rate: None, attack_success_rate_ci95: None, pruned_fraction: None, within_budget: None, seconds: t.elapsed().as_secs_f64(), note: Some(why), kept: None };
             if method == Method::Auto
                 && let Some(s) = &suspect
             {
@@ -408,7 +408,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
                 let seconds = s.outcome.seconds + tried.iter().filter_map(|(_, r)| r.as_ref().ok().map(|o| o.seconds)).sum::<f64>();
                 rows.push(match choose(s, std::mem::take(&mut tried)) {
                     Ok((o, _, _)) => Row { kept: Some(o.method.to_string()), seconds, ..defended_row(name, method, &o) },
-                    Err(Error::Invalid(why)) => refused(why, t),
+                    Err(Error::Invalid(why)) => refused(why),
                     Err(e) => return Err(e),
                 });
                 continue;
@@ -424,7 +424,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
                 // A defense that refuses this model (unlearn with nothing suspected) is a
                 // result of the table, not the end of the run.
                 Err(Error::Invalid(why)) => {
-                    rows.push(refused(why.clone(), t));
+                    rows.push(refused(why.clone()));
                     tried.push((method, Err(Error::Invalid(why))));
                     continue;
                 }
@@ -523,9 +523,6 @@ fn compare_under_pruning(rows: &[Row], baselines: &[&str], aware: &str) -> Vec<S
     out
 }
 
-/// Every defense of a run gets the same defender data (a `clean_fraction` of the training split),
-/// the same budget and the same seed. Batches are cut to the defender's set when it is smaller
-/// (the face task's 60 images).
 /// `o` as a row of the table.
 fn defended_row(attack: &str, method: Method, o: &DefenseOutcome) -> Row {
     Row {
@@ -543,6 +540,9 @@ fn defended_row(attack: &str, method: Method, o: &DefenseOutcome) -> Row {
     }
 }
 
+/// Every defense of a run gets the same defender data (a `clean_fraction` of the training split),
+/// the same budget and the same seed. Batches are cut to the defender's set when it is smaller
+/// (the face task's 60 images).
 fn defense_config(plan: &Plan, method: Method, train_len: usize) -> DefenseConfig {
     let mut dc = DefenseConfig::paper(method).with_seed(plan.seed);
     dc.clean_fraction = plan.clean_fraction;
