@@ -428,6 +428,9 @@ impl Model {
                     (Activation::Flat(a), b) => Activation::Flat(a * b.into_flat()),
                 }
             }
+            // A mask that keeps every channel (ANP's sweep places one at every site) is the
+            // identity: no pass over the values.
+            Op::ChannelMask { keep } if keep.iter().all(|&k| k) => ins.pop().unwrap(),
             Op::ChannelMask { keep } => {
                 let x = ins.pop().unwrap();
                 let m: Vec<f32> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();

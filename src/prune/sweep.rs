@@ -12,9 +12,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::neurons::with_masks;
-use super::{PrefixCache, keep_mask, with_mask};
-use crate::data::{Normalization, Split};
+use super::{PrefixCache, keep_mask, mask_of, with_mask};
+use crate::data::{Normalization, Split, batch};
 use crate::metrics::{argmax, predict};
 use crate::model::graph::Op;
 use crate::model::net::Activation;
@@ -154,7 +153,7 @@ pub fn sweep_split(model: &Model, split: &Split, norm: &Normalization, site: usi
     levels
 }
 
-/// Neuron masks of one pruning level: `(node, keep)` pairs, as [`with_masks`] takes them.
+/// Neuron masks of one pruning level: `(node, keep)` pairs, as [`with_masks`](super::neurons::with_masks) takes them.
 pub type NeuronMasks = Vec<(usize, Vec<bool>)>;
 
 /// Bytes a [`PrefixCache`] may hold per chunk of samples: the cut's values for a few thousand
@@ -173,40 +172,81 @@ fn chunk_at(model: &Model, cut: usize) -> usize {
 }
 
 /// Predictions of `model` on `split` under each level's neuron masks (ANP's thresholds): exact,
-/// and fast because nothing before a level's first masked node changes. Levels that mask the
-/// same first node share one cached prefix and re-run only what follows it; a level without
-/// masks is the unpruned model. `progress(done, total)` counts levels.
+/// and fast because a level re-runs only what its masks change. Every level's network gets a
+/// mask at every masked site (all kept where the level prunes nothing there), so node indices
+/// agree between levels; level j then starts at the first node whose mask differs from level
+/// j - 1's, from the values the levels before it left there, since nothing before that node
+/// differs. A level without masks is the unpruned model. Samples go in batches whose kept
+/// values fit [`CACHE_BYTES`]; `progress(done, total)` counts levels.
 pub fn masked_predictions(model: &Model, split: &Split, norm: &Normalization, levels: &[NeuronMasks], device: &Device, progress: &mut dyn FnMut(usize, usize)) -> LevelPredictions {
     let model = model.valid();
-    let first_masked = |masks: &NeuronMasks| masks.iter().filter(|(_, keep)| keep.iter().any(|k| !k)).map(|(node, _)| *node).min();
-    let mut by_cut: std::collections::BTreeMap<Option<usize>, Vec<usize>> = Default::default();
-    for (j, masks) in levels.iter().enumerate() {
-        by_cut.entry(first_masked(masks)).or_default().push(j);
-    }
+    let mut sites: Vec<usize> = levels.iter().flatten().map(|(node, _)| *node).collect();
+    sites.sort_unstable();
+    sites.dedup();
+    let nets: Vec<Model> = levels.iter().map(|masks| with_masks_at(&model, &sites, masks)).collect();
+    let graph = &nets.first().map_or(&model, |m| m).graph;
+    // starts[j]: the first node level j must run (1: from the input), None when its network is
+    // level j - 1's.
+    let starts: Vec<Option<usize>> = nets
+        .iter()
+        .enumerate()
+        .map(|(j, net)| match j {
+            0 => Some(1),
+            _ => net.graph.nodes.iter().zip(&nets[j - 1].graph.nodes).position(|(a, b)| a.op != b.op),
+        })
+        .collect();
+    // Values a later level reads from before its start, carried from level to level.
+    let mut carried: Vec<usize> = starts.iter().flatten().filter(|&&s| s > 1).flat_map(|&s| graph.frontier(s - 1)).collect();
+    carried.sort_unstable();
+    carried.dedup();
+    let shapes = graph.validate().expect("a model that ran is valid");
+    let per_sample: usize = carried.iter().map(|&n| shapes[n].numel().saturating_mul(4)).sum();
+    let batch_size = (CACHE_BYTES / per_sample.max(1)).clamp(16, 256);
+    let output = graph.output;
     let mut out: LevelPredictions = vec![Vec::with_capacity(split.len()); levels.len()];
-    let mut done = 0;
-    for (cut, group) in by_cut {
-        let Some(cut) = cut else {
-            let unpruned = predict(&model, split, norm, device, 256);
-            for j in group {
-                out[j] = unpruned.clone();
-            }
-            done += 1;
-            progress(done, levels.len());
-            continue;
-        };
-        let masked: Vec<Model> = group.iter().map(|&j| with_masks(&model, &levels[j])).collect();
-        let chunk = chunk_at(&model, cut);
-        for start in (0..split.len()).step_by(chunk) {
-            let cache = PrefixCache::build_range(&model, split, start..(start + chunk).min(split.len()), norm, cut, device, 256, &mut |_, _| {});
-            for (&j, m) in group.iter().zip(&masked) {
-                out[j].extend(cache.predict(m));
+    let order: Vec<usize> = (0..split.len()).collect();
+    let chunks: Vec<&[usize]> = order.chunks(batch_size).collect();
+    for (b, chunk) in chunks.iter().enumerate() {
+        let (x, _) = batch(split, chunk, graph.input_shape, norm, device);
+        let mut values: Vec<Option<Activation>> = vec![None; graph.nodes.len()];
+        values[0] = Some(Activation::Map(x));
+        for (j, net) in nets.iter().enumerate() {
+            let Some(start) = starts[j] else {
+                let same = out[j - 1][out[j - 1].len() - chunk.len()..].to_vec();
+                out[j].extend(same);
+                continue;
+            };
+            let known = graph.frontier(start - 1).into_iter().map(|n| (n, values[n].clone().expect("carried from an earlier level"))).collect();
+            let wanted: Vec<usize> = carried.iter().copied().filter(|&n| n >= start).chain(std::iter::once(output)).collect();
+            let mut got = net.run_cached(start, known, &wanted);
+            out[j].extend(argmax(got.pop().expect("the output").into_flat()));
+            for (n, v) in wanted.into_iter().zip(got) {
+                values[n] = Some(v);
             }
         }
-        done += group.len();
-        progress(done, levels.len());
+        progress(levels.len() * (b + 1) / chunks.len(), levels.len());
     }
     out
+}
+
+/// A copy of `model` with a mask after every node of `sites`: the level's keep where `masks`
+/// names the site, all kept elsewhere (a mask already there keeps its pruned channels pruned),
+/// so every level's network has the same nodes. Weights are shared, not copied.
+fn with_masks_at(model: &Model, sites: &[usize], masks: &NeuronMasks) -> Model {
+    let shapes = model.graph.validate().expect("a model that ran is valid");
+    let mut m = model.clone();
+    // Inserting a node shifts every later index: go from the last site back.
+    for &site in sites.iter().rev() {
+        let given = masks.iter().find(|(node, _)| *node == site).map(|(_, keep)| keep);
+        let old = match mask_of(&m, site).map(|i| &m.graph.nodes[i].op) {
+            Some(Op::ChannelMask { keep }) => Some(keep.clone()),
+            _ => None,
+        };
+        let units = given.or(old.as_ref()).map_or(shapes[site].channels(), Vec::len);
+        let keep: Vec<bool> = (0..units).map(|c| given.is_none_or(|k| k[c]) && old.as_ref().is_none_or(|k| k[c])).collect();
+        m = with_mask(&m, site, &keep);
+    }
+    m
 }
 
 /// The reference: the full masked network re-evaluated at every level.
