@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use burn::tensor::{Device, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, catch_panic};
 
 /// A device as the user names it: `cpu`, `wgpu`, `cuda` or `cuda:N`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,19 +75,38 @@ pub fn open(spec: DeviceSpec) -> Result<Device> {
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 fn probe(device: Device, spec: DeviceSpec) -> Result<Device> {
     let d = device.clone();
-    let run = std::panic::catch_unwind(move || Tensor::<1>::from_floats([1.0, 2.0, 3.0], &d).sum().into_scalar::<f32>());
-    match run {
+    match catch_panic(move || Tensor::<1>::from_floats([1.0, 2.0, 3.0], &d).sum().into_scalar::<f32>()) {
         Ok(6.0) => Ok(device),
         Ok(v) => Err(Error::invalid(format!("device {spec}: a test sum gave {v}, not 6"))),
         Err(panic) => {
-            let why = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("it panicked");
             let hint = match spec {
                 DeviceSpec::Cuda(_) => "is the NVIDIA driver and CUDA toolkit installed?",
                 _ => "is a Vulkan, Metal or DX12 driver installed? (on Linux without a GPU, Mesa's lavapipe: apt install mesa-vulkan-drivers)",
             };
-            Err(Error::invalid(format!("device {spec} does not work here ({}); {hint}", why.lines().next().unwrap_or(why))))
+            Err(Error::invalid(format!("device {spec} does not work here ({}); {hint}", first_line(&panic.message))))
         }
     }
+}
+
+/// Runs `f`, work on the device `spec`. burn's GPU backends report a kernel or an allocation
+/// that failed (most often: the device's memory ran out) by panicking, possibly long into a
+/// run; on a GPU that panic becomes one error line naming the device and what to try. On the
+/// CPU a panic is our bug and is left to unwind as it is.
+pub fn guard<T>(spec: DeviceSpec, f: impl FnOnce() -> T) -> Result<T> {
+    if spec == DeviceSpec::Cpu {
+        return Ok(f());
+    }
+    catch_panic(f).map_err(|panic| {
+        Error::invalid(format!(
+            "device {spec} failed during the computation ({}); on a GPU this is most often its memory running out: try smaller batches (the command's --batch-size or --max-batch), or --device cpu",
+            first_line(&panic.message)
+        ))
+    })
+}
+
+/// The first non-empty line of a panic message (GPU errors come with a chain of "Caused by:").
+fn first_line(message: &str) -> &str {
+    message.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("it panicked")
 }
 
 #[cfg(test)]
@@ -104,6 +123,17 @@ mod tests {
         for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
             assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_panic_on_a_gpu_is_one_error_line_and_the_cpu_is_left_alone() {
+        let err = guard(DeviceSpec::Cuda(1), || -> u8 { panic!("\nOut of memory\nCaused by: a buffer of 9 GiB") }).unwrap_err().to_string();
+        assert!(err.starts_with("device cuda:1 failed during the computation (Out of memory)"), "{err}");
+        assert!(err.contains("--batch-size") && !err.contains('\n'), "{err}");
+        assert_eq!(guard(DeviceSpec::Wgpu, || 7).unwrap(), 7);
+        assert_eq!(guard(DeviceSpec::Cpu, || 7).unwrap(), 7);
+        let cpu_panic = std::panic::catch_unwind(|| guard(DeviceSpec::Cpu, || -> u8 { panic!("our bug") }));
+        assert!(cpu_panic.is_err(), "a panic on the CPU is a bug to see, not a device error");
     }
 
     #[test]

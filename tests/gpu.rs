@@ -90,3 +90,16 @@ fn fine_pruning_on_wgpu_prunes_what_the_cpu_prunes() {
     let (x, y) = (a.after.val_accuracy, b.after.val_accuracy);
     assert!((x - y).abs() <= 0.02, "validation accuracy after fine-tuning: cpu {x}, wgpu {y}");
 }
+
+#[test]
+fn a_computation_too_large_for_the_device_is_one_error_not_a_panic() {
+    // 2^30 floats, 4 GiB in one buffer: beyond lavapipe's 2 GiB allocation limit (and a single
+    // buffer of most GPUs). burn panics on the failed kernel; the guard makes it an error.
+    let device = gpu();
+    let r = fineprune::device::guard(DeviceSpec::Wgpu, || burn::tensor::Tensor::<2>::ones([1 << 15, 1 << 15], &device).sum().into_scalar::<f32>());
+    let err = r.expect_err("a 4 GiB tensor computed on the software device").to_string();
+    assert!(err.contains("device wgpu failed") && err.contains("--batch-size"), "{err}");
+    // The device still works afterwards for work that fits.
+    let small = fineprune::device::guard(DeviceSpec::Wgpu, || burn::tensor::Tensor::<1>::from_floats([1.0, 2.0], &device).sum().into_scalar::<f32>());
+    assert_eq!(small.unwrap(), 3.0);
+}

@@ -103,7 +103,12 @@ impl std::error::Error for Exit {}
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     let device = || fineprune::device::open(cli.device);
-    match cli.command {
+    // On a GPU, a failed kernel or allocation deep in a command is one error line, not a panic.
+    fineprune::device::guard(cli.device, move || run_command(cli.command, device))?
+}
+
+fn run_command(command: Command, device: impl Fn() -> fineprune::Result<burn::tensor::Device>) -> Result<()> {
+    match command {
         Command::Train(a) => cmd_train(a, &device()?),
         Command::Eval(a) => cmd_eval(a, &device()?),
         Command::Attack(a) => cmd_attack(a, &device()?),

@@ -134,20 +134,9 @@ pub fn is_caught_panic(err: &Error) -> bool {
 fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
     // Where it panicked goes into the message, so a user's report (or a fuzz finding) points
     // at the line to fix.
-    let location = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-    let hook = std::panic::take_hook();
-    let seen = location.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        if let (Some(l), Ok(mut seen)) = (info.location(), seen.lock()) {
-            *seen = Some(format!("{}:{}", l.file(), l.line()));
-        }
-    }));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
-    r.map_err(|p| {
-        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-        let at = location.lock().ok().and_then(|l| l.clone()).map(|l| format!(" at {l}")).unwrap_or_default();
-        Error::model(format!("{what} {CAUGHT_PANIC}: {msg}{at}"))
+    crate::error::catch_panic(f).map_err(|p| {
+        let at = p.location.map(|l| format!(" at {l}")).unwrap_or_default();
+        Error::model(format!("{what} {CAUGHT_PANIC}: {}{at}", p.message))
     })
 }
 
