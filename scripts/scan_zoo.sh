@@ -35,7 +35,7 @@ idx = {f["family"]: max((c["index"] for c in f["classes"] if c["index"] is not N
 ratio = min((x["control_ratio"] for f in d["families"] for x in f["finalists"] if not x["control"] and x["control_ratio"] is not None), default=None)
 print(json.dumps({**json.loads("{" + sys.argv[4] + "}"), "model": name, "backdoored": target != "-",
   "true_target": None if target == "-" else int(target), "verdict": d["verdict"], "targets": d["targets"],
-  "max_index": idx, "max_combined_index": d["max_combined_index"], "min_control_ratio": ratio, "suspects": d["suspects"], "thresholds": d["thresholds"],
+  "max_index": idx, "max_combined_index": d["max_combined_index"], "max_margin_index": d["max_margin_index"], "min_control_ratio": ratio, "suspects": d["suspects"], "thresholds": d["thresholds"],
   "holdout_clean_accuracy": d["holdout_clean_accuracy"], "seconds": d["seconds"]}))
 PY
   # A miss (a backdoor not flagged with its target, or a clean model flagged) keeps its picture.
@@ -127,7 +127,7 @@ for r in d["detection"]:
     print(json.dumps({**json.loads("{" + sys.argv[3] + "}"), "model": f"reproduce {task}: {r['model']}",
       "backdoored": planted is not None, "planted": None if planted is None else planted["kind"],
       "true_target": planted.get("class") if planted else None, "verdict": r["verdict"] or "not scanned",
-      "targets": r["targets"], "max_index": {f: v for f, v in r["max_index"]}, "min_control_ratio": r.get("min_control_ratio"), "max_combined_index": r.get("max_combined_index"), "note": r["note"], "seconds": r["seconds"]}))
+      "targets": r["targets"], "max_index": {f: v for f, v in r["max_index"]}, "min_control_ratio": r.get("min_control_ratio"), "max_combined_index": r.get("max_combined_index"), "max_margin_index": r.get("max_margin_index"), "note": r["note"], "seconds": r["seconds"]}))
 PY
     # A miss keeps its pictures: reproduce writes each model's scan to scan-<name>/.
     python3 - "$W/reproduce-$task" "$task" <<'PY'

@@ -196,6 +196,7 @@ pub(super) fn scan_json(o: &ScanOutcome) -> serde_json::Value {
         "thresholds": o.thresholds,
         "min_control_ratio": o.min_control_ratio(),
         "max_combined_index": o.max_combined_index(),
+        "max_margin_index": o.max_margin_index(),
         "holdout_clean_accuracy": o.holdout_clean_accuracy,
         "inversion_samples": o.inversion_samples,
         "holdout_samples": o.holdout_samples,

@@ -200,6 +200,9 @@ pub struct DetectionRow {
     /// The largest combined index of any class ([`crate::scan::ScanOutcome::max_combined_index`]).
     #[serde(default)]
     pub max_combined_index: Option<f64>,
+    /// The largest margin index of any class ([`crate::scan::ScanOutcome::max_margin_index`]).
+    #[serde(default)]
+    pub max_margin_index: Option<f64>,
     pub note: Option<String>,
     pub seconds: f64,
 }
@@ -317,7 +320,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
             Ok(o) => o,
             // The scan refuses what it cannot measure (too little clean data); the table says so.
             Err(Error::Invalid(why)) => {
-                detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: None, targets: vec![], right_target: None, max_index: vec![], min_control_ratio: None, max_combined_index: None, note: Some(why), seconds: t.elapsed().as_secs_f64() });
+                detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: None, targets: vec![], right_target: None, max_index: vec![], min_control_ratio: None, max_combined_index: None, max_margin_index: None, note: Some(why), seconds: t.elapsed().as_secs_f64() });
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -340,8 +343,8 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
             _ => None,
         };
         let max_index = outcome.families.iter().map(|f| (f.family, f.classes.iter().filter_map(|c| c.index).reduce(f64::max))).collect();
-        let (min_control_ratio, max_combined_index) = (outcome.min_control_ratio(), outcome.max_combined_index());
-        detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: Some(outcome.verdict), targets: outcome.targets.clone(), right_target, max_index, min_control_ratio, max_combined_index, note, seconds: t.elapsed().as_secs_f64() });
+        let (min_control_ratio, max_combined_index, max_margin_index) = (outcome.min_control_ratio(), outcome.max_combined_index(), outcome.max_margin_index());
+        detection.push(DetectionRow { model: name.into(), planted: planted.map(|p| p.1), verdict: Some(outcome.verdict), targets: outcome.targets.clone(), right_target, max_index, min_control_ratio, max_combined_index, max_margin_index, note, seconds: t.elapsed().as_secs_f64() });
         Ok(Some(outcome))
     };
 

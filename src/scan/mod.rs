@@ -96,7 +96,8 @@ pub struct Thresholds {
     /// when the first pass, on a large input, had not yet found it.
     pub max_control_ratio: f64,
     /// A class whose maximum-margin index ([`margin`]) is at least this is a suspect, refined
-    /// in every family, and a target when a refined trigger of it works on held-out data.
+    /// in every family, and a target when a refined trigger of it works on held-out data and
+    /// its trigger-size index reaches `suspect`.
     pub margin_flag: f64,
     /// The untargeted trigger's refined size over the smallest refined class's at or below
     /// which, when it misleads held-out data, the model has an untargeted or all-to-all
@@ -122,7 +123,9 @@ pub const MAX_CONTROL_RATIO: f64 = 0.25;
 /// On the 12 clean models of `scripts/scan_views.sh` (2026-12-07: LeNets, signnets on GTSRB
 /// and the synthetic set, speechnet, DeepIDs; docs/detection.md) the largest maximum-margin
 /// index of any class was 4.35 (a synthetic signnet's class 7); the flag keeps the indices'
-/// margin of 1.4x above it.
+/// margin of 1.4x above it. The zoo of 2026-12-07 then found a clean synthetic ResNet-18 with
+/// a class at 16.9: a wide margin confirms only together with a trigger-size index at the
+/// suspect level (see [`decide`]).
 pub const MARGIN_FLAG: f64 = 6.1;
 /// On clean models, a trigger that moves inputs of *every* class off their class is about as
 /// large as the smallest that moves other classes' inputs into one, or larger: from 0.996x (the
@@ -372,6 +375,11 @@ impl ScanOutcome {
     /// The largest combined index of any class (see [`Suspect::combined_index`]).
     pub fn max_combined_index(&self) -> Option<f64> {
         scored_classes(&self.families).into_iter().filter_map(|c| class_evidence(&self.families, c)?.2).reduce(f64::max)
+    }
+
+    /// The largest margin index of any class (see [`margin`]), when margins were measured.
+    pub fn max_margin_index(&self) -> Option<f64> {
+        self.margins.as_ref()?.iter().filter_map(|m| m.index).reduce(f64::max)
     }
 
     /// The reconstructed trigger of the most likely target, if any class is suspected; else,
@@ -1109,7 +1117,8 @@ fn class_evidence(families: &[FamilyResult], class: usize) -> Option<(f64, Famil
 /// target when a refined trigger of it, in either family, works on held-out data with an index
 /// at `flag` or that small a size. A class in `wide` (maximum-margin index at
 /// `margin_flag`) is a suspect, and a target when a refined trigger of it works on held-out
-/// data. Suspects come out most likely first (targets, then by index).
+/// data and its index reaches `suspect`. Suspects come out most likely first (targets, then by
+/// index).
 ///
 /// Without a target class, a family's untargeted trigger at most `untargeted_ratio` of its
 /// smallest refined class's is evidence of an untargeted or all-to-all backdoor, and makes the
@@ -1122,7 +1131,10 @@ pub fn decide(families: &[FamilyResult], wide: &[usize], th: &Thresholds) -> (Ve
         let finalists: Vec<(Family, &Finalist)> = families.iter().flat_map(|f| f.finalists.iter().filter(|x| x.class == class && !x.control).map(move |x| (f.family, x))).collect();
         let tiny = |x: &Finalist| x.control_ratio.is_some_and(|r| r <= th.max_control_ratio);
         let wide_margin = wide.contains(&class);
-        let confirms = |x: &Finalist| x.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x) || wide_margin);
+        // A wide margin alone is no proof: a clean synthetic ResNet-18 (docs/detection.md) has
+        // one class at margin index 16.9 whose trigger is of ordinary size (index 0.44). It
+        // confirms a class whose trigger size is itself at the suspect level.
+        let confirms = |x: &Finalist| x.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr) && (index >= th.flag || tiny(x) || (wide_margin && index >= th.suspect));
         let confirming = finalists.iter().find(|(_, x)| confirms(x));
         // A suspect: an outlier at equal budgets, or a refined trigger far below the controls'
         // (a patch backdoor's first-pass mask can still be hidden in haze on large inputs).
@@ -1240,10 +1252,17 @@ mod tests {
     }
 
     #[test]
-    fn a_margin_at_its_flag_makes_a_suspect_that_a_working_trigger_confirms() {
+    fn a_margin_at_its_flag_makes_a_suspect_that_a_working_trigger_of_suspect_size_confirms() {
         let th = Thresholds::default();
         let f = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.6, 0.95)])];
         assert_eq!(decide(&f, &[], &th).0, Verdict::NoEvidence, "an ordinary size, an ordinary margin");
+        // A wide margin with a working trigger of ordinary size (the clean ResNet-18's class 7):
+        // a suspect, not a target.
+        let (v, s, _) = decide(&f, &[0], &th);
+        assert_eq!((v, s[0].class, s[0].wide_margin), (Verdict::Inconclusive, 0, true));
+        // With its trigger size at the suspect level, below the flag: a target.
+        let f = [family(Family::Patch, &[3.2, 0.0, 0.1], vec![finalist(0, 0.6, 0.95)])];
+        assert_eq!(decide(&f, &[], &th).0, Verdict::Inconclusive, "the index alone, below the flag");
         let (v, s, _) = decide(&f, &[0], &th);
         assert_eq!((v, s[0].class, s[0].wide_margin), (Verdict::Backdoored, 0, true));
         let weak = [family(Family::Patch, &[2.0, 0.0, 0.1], vec![finalist(0, 0.6, 0.5)])];
