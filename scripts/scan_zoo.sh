@@ -50,8 +50,10 @@ PY
     # the true target (when that class was refined).
     mkdir -p docs/results/scan-misses
     cp "$W/$name-report/stamped.png" "docs/results/scan-misses/$name.png" 2>/dev/null || true
+    # (A clean model flagged has no true target: the pattern matches nothing, and the loop
+    # must not end the script under set -e.)
     for f in "$W/$name-report"/*-class"$target".png; do
-      [ -f "$f" ] && cp "$f" "docs/results/scan-misses/$name-$(basename "$f")"
+      if [ -f "$f" ]; then cp "$f" "docs/results/scan-misses/$name-$(basename "$f")"; fi
     done
   fi
 }
