@@ -64,9 +64,10 @@ if not_scanned:
     notes = sorted({r.get("note") or "" for r in not_scanned})
     print(f"- Not scanned: {len(not_scanned)} ({'; '.join(n for n in notes if n)}).")
 margin_seen = f", the largest margin index {fmt(clean_margin)}" if clean_margin is not None else ""
-margin_rule = f", or a margin index of {fmt(th.get('margin_flag'))} or more" if th.get("margin_flag") is not None else ""
+margin_rule = (f", or a margin index of {fmt(th.get('margin_flag'))} or more with an index of at least {fmt(th.get('suspect'))}"
+               if th.get("margin_flag") is not None else "")
 print(f"- On the clean models: the largest outlier index of any class was {fmt(clean_max)}, the smallest refined "
-      f"trigger relative to the controls' {fmt(clean_ratio)}{margin_seen}. The thresholds these runs used: suspect at an index of "
+      f"trigger relative to the controls' {fmt(clean_ratio)}{margin_seen}. The thresholds (the same at every commit above; the newest commit asks more of the margin, and the rows its rule changes were scanned again at it): suspect at an index of "
       f"{fmt(th.get('suspect'))}; a target needs a reconstructed trigger with at least {fmt(th.get('confirm_asr'))} attack "
       f"success on held-out clean data and either an index of {fmt(th.get('flag'))} or more, or a refined size at most "
       f"{fmt(th.get('max_control_ratio'))} of the controls'{margin_rule}.")
@@ -129,7 +130,7 @@ full-image pattern alike), or when its
 refined trigger is far smaller than the controls'; the model is called backdoored when such a
 trigger also works on held-out data and the index is far beyond any clean model's, or the
 refined trigger far below any clean model's ratio, or when its maximum margin (below) is
-far beyond any clean model's. Neural Cleanse's classical MAD index is
+far beyond the clean models' it was set on and its index at the suspect level. Neural Cleanse's classical MAD index is
 reported beside it in `--json`. With many classes each first-pass step gives every class fewer
 images (512 in all, at least 8 each), so a 43-class model costs about what a 10-class one does.
 
@@ -167,7 +168,9 @@ if vrows:
           "of the classes' margins), and which class the model collapses onto when every neuron's scale and shift is moved "
           f"by up to {v0['noise']['eps']:.0%} against the clean loss (**noise**, after BAN: the class that collects the largest "
           "share of other classes' held-out inputs). The margin is part of the verdict: a class at the margin flag is a "
-          "suspect, and a target when its reconstructed trigger works on held-out data. The noise is reported only: it "
+          "suspect, and at these commits a target when its reconstructed trigger works on held-out data; the scan now also "
+          "needs the class's trigger-size index at the suspect level, since a clean ResNet-18 in the zoo above has a class "
+          "far beyond the flag. The noise is reported only: it "
           "collapses clean models too. **agreement**: the noise, the margin and the smallest first-pass trigger of a family "
           "(**smallest**) all name one class; an earlier version of the scan (267c5a9) made that a target too, and dropped "
           "it when it named a class of a clean model.\n")
