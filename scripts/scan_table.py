@@ -64,10 +64,13 @@ if not_scanned:
     notes = sorted({r.get("note") or "" for r in not_scanned})
     print(f"- Not scanned: {len(not_scanned)} ({'; '.join(n for n in notes if n)}).")
 margin_seen = f", the largest margin index {fmt(clean_margin)}" if clean_margin is not None else ""
+# Rows from several commits: a rule change re-scans the models whose verdict it changes.
+newest = max((r for r in rows if "commit" in r), key=lambda r: r["date"])["commit"]
+mixed = f" (of the newest commit, {newest}: the rows of older commits are those its rule leaves unchanged)" if len(commits) > 1 else ""
 margin_rule = (f", or a margin index of {fmt(th.get('margin_flag'))} or more with an index of at least {fmt(th.get('suspect'))}"
                if th.get("margin_flag") is not None else "")
 print(f"- On the clean models: the largest outlier index of any class was {fmt(clean_max)}, the smallest refined "
-      f"trigger relative to the controls' {fmt(clean_ratio)}{margin_seen}. The thresholds (the same at every commit above; the newest commit asks more of the margin, and the rows its rule changes were scanned again at it): suspect at an index of "
+      f"trigger relative to the controls' {fmt(clean_ratio)}{margin_seen}. The thresholds{mixed}: suspect at an index of "
       f"{fmt(th.get('suspect'))}; a target needs a reconstructed trigger with at least {fmt(th.get('confirm_asr'))} attack "
       f"success on held-out clean data and either an index of {fmt(th.get('flag'))} or more, or a refined size at most "
       f"{fmt(th.get('max_control_ratio'))} of the controls'{margin_rule}.")

@@ -53,16 +53,27 @@ pub fn neuron_layers(g: &Graph) -> Vec<NeuronLayer> {
 /// A copy of `model` with a mask after each given node (`(node, keep)`); a mask already there
 /// keeps its pruned channels pruned. Weights are shared, not copied.
 pub fn with_masks(model: &Model, masks: &[(usize, Vec<bool>)]) -> Model {
-    let mut sorted: Vec<&(usize, Vec<bool>)> = masks.iter().filter(|(_, keep)| keep.iter().any(|k| !k)).collect();
+    insert_masks(model, masks.iter().filter(|(_, keep)| keep.iter().any(|k| !k)).cloned().collect())
+}
+
+/// [`with_masks`] with a mask after every node of `sites`, all kept where `masks` does not name
+/// the site (`units[n]`: node n's channels), so that networks built for different `masks`
+/// have the same nodes at the same indices (ANP's threshold sweep relies on it).
+pub fn with_masks_at(model: &Model, units: &[usize], sites: &[usize], masks: &[(usize, Vec<bool>)]) -> Model {
+    let all = sites.iter().map(|&site| masks.iter().find(|(node, _)| *node == site).cloned().unwrap_or_else(|| (site, vec![true; units[site]]))).collect();
+    insert_masks(model, all)
+}
+
+fn insert_masks(model: &Model, mut masks: Vec<(usize, Vec<bool>)>) -> Model {
     // Inserting a node shifts every later index: go from the last node back.
-    sorted.sort_by_key(|(node, _)| std::cmp::Reverse(*node));
+    masks.sort_by_key(|(node, _)| std::cmp::Reverse(*node));
     let mut m = model.clone();
-    for (node, keep) in sorted {
-        let merged: Vec<bool> = match mask_of(&m, *node).map(|i| &m.graph.nodes[i].op) {
-            Some(Op::ChannelMask { keep: old }) => old.iter().zip(keep).map(|(a, b)| *a && *b).collect(),
-            _ => keep.clone(),
+    for (node, keep) in masks {
+        let merged: Vec<bool> = match mask_of(&m, node).map(|i| &m.graph.nodes[i].op) {
+            Some(Op::ChannelMask { keep: old }) => old.iter().zip(&keep).map(|(a, b)| *a && *b).collect(),
+            _ => keep,
         };
-        m = with_mask(&m, *node, &merged);
+        m = with_mask(&m, node, &merged);
     }
     m
 }

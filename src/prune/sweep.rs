@@ -12,7 +12,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::{PrefixCache, keep_mask, mask_of, with_mask};
+use super::neurons::with_masks_at;
+use super::{PrefixCache, keep_mask, with_mask};
 use crate::data::{Normalization, Split, batch};
 use crate::metrics::{argmax, predict};
 use crate::model::graph::Op;
@@ -183,7 +184,8 @@ pub fn masked_predictions(model: &Model, split: &Split, norm: &Normalization, le
     let mut sites: Vec<usize> = levels.iter().flatten().map(|(node, _)| *node).collect();
     sites.sort_unstable();
     sites.dedup();
-    let nets: Vec<Model> = levels.iter().map(|masks| with_masks_at(&model, &sites, masks)).collect();
+    let units: Vec<usize> = model.graph.validate().expect("a model that ran is valid").iter().map(|s| s.channels()).collect();
+    let nets: Vec<Model> = levels.iter().map(|masks| with_masks_at(&model, &units, &sites, masks)).collect();
     let graph = &nets.first().map_or(&model, |m| m).graph;
     // starts[j]: the first node level j must run (1: from the input), None when its network is
     // level j - 1's.
@@ -203,6 +205,12 @@ pub fn masked_predictions(model: &Model, split: &Split, norm: &Normalization, le
     let per_sample: usize = carried.iter().map(|&n| shapes[n].numel().saturating_mul(4)).sum();
     let batch_size = (CACHE_BYTES / per_sample.max(1)).clamp(16, 256);
     let output = graph.output;
+    // Per level, what it reads from earlier levels and what it leaves for later ones (and the
+    // output), the same for every batch.
+    let plans: Vec<Option<(usize, Vec<usize>, Vec<usize>)>> = starts
+        .iter()
+        .map(|s| s.map(|start| (start, graph.frontier(start - 1), carried.iter().copied().filter(|&n| n >= start).chain(std::iter::once(output)).collect())))
+        .collect();
     let mut out: LevelPredictions = vec![Vec::with_capacity(split.len()); levels.len()];
     let order: Vec<usize> = (0..split.len()).collect();
     let chunks: Vec<&[usize]> = order.chunks(batch_size).collect();
@@ -210,43 +218,22 @@ pub fn masked_predictions(model: &Model, split: &Split, norm: &Normalization, le
         let (x, _) = batch(split, chunk, graph.input_shape, norm, device);
         let mut values: Vec<Option<Activation>> = vec![None; graph.nodes.len()];
         values[0] = Some(Activation::Map(x));
-        for (j, net) in nets.iter().enumerate() {
-            let Some(start) = starts[j] else {
+        for (j, (net, plan)) in nets.iter().zip(&plans).enumerate() {
+            let Some((start, reads, wanted)) = plan else {
                 let same = out[j - 1][out[j - 1].len() - chunk.len()..].to_vec();
                 out[j].extend(same);
                 continue;
             };
-            let known = graph.frontier(start - 1).into_iter().map(|n| (n, values[n].clone().expect("carried from an earlier level"))).collect();
-            let wanted: Vec<usize> = carried.iter().copied().filter(|&n| n >= start).chain(std::iter::once(output)).collect();
-            let mut got = net.run_cached(start, known, &wanted);
+            let known = reads.iter().map(|&n| (n, values[n].clone().expect("carried from an earlier level"))).collect();
+            let mut got = net.run_cached(*start, known, wanted);
             out[j].extend(argmax(got.pop().expect("the output").into_flat()));
-            for (n, v) in wanted.into_iter().zip(got) {
+            for (&n, v) in wanted.iter().zip(got) {
                 values[n] = Some(v);
             }
         }
         progress(levels.len() * (b + 1) / chunks.len(), levels.len());
     }
     out
-}
-
-/// A copy of `model` with a mask after every node of `sites`: the level's keep where `masks`
-/// names the site, all kept elsewhere (a mask already there keeps its pruned channels pruned),
-/// so every level's network has the same nodes. Weights are shared, not copied.
-fn with_masks_at(model: &Model, sites: &[usize], masks: &NeuronMasks) -> Model {
-    let shapes = model.graph.validate().expect("a model that ran is valid");
-    let mut m = model.clone();
-    // Inserting a node shifts every later index: go from the last site back.
-    for &site in sites.iter().rev() {
-        let given = masks.iter().find(|(node, _)| *node == site).map(|(_, keep)| keep);
-        let old = match mask_of(&m, site).map(|i| &m.graph.nodes[i].op) {
-            Some(Op::ChannelMask { keep }) => Some(keep.clone()),
-            _ => None,
-        };
-        let units = given.or(old.as_ref()).map_or(shapes[site].channels(), Vec::len);
-        let keep: Vec<bool> = (0..units).map(|c| given.is_none_or(|k| k[c]) && old.as_ref().is_none_or(|k| k[c])).collect();
-        m = with_mask(&m, site, &keep);
-    }
-    m
 }
 
 /// The reference: the full masked network re-evaluated at every level.

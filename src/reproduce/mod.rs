@@ -198,10 +198,8 @@ pub struct DetectionRow {
     /// The smallest refined trigger relative to the controls' (see [`crate::scan::Thresholds`]).
     pub min_control_ratio: Option<f64>,
     /// The largest combined index of any class ([`crate::scan::ScanOutcome::max_combined_index`]).
-    #[serde(default)]
     pub max_combined_index: Option<f64>,
     /// The largest margin index of any class ([`crate::scan::ScanOutcome::max_margin_index`]).
-    #[serde(default)]
     pub max_margin_index: Option<f64>,
     pub note: Option<String>,
     pub seconds: f64,
