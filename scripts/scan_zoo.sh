@@ -8,7 +8,8 @@
 #   adds GTSRB, faces, speech, more clean architectures and seeds, the PyTorch-made ONNX models
 #   with their clean twins when TORCH_DIR holds them (`scripts/torch_models.py make
 #   --clean-twins DIR`), and every model `reproduce --quick` builds for the four tasks. torch and
-#   reproduce run only that part and append their rows to the existing file.)
+#   reproduce run only that part and append their rows to the existing file; audio scans the
+#   spoken-digit models and reproduce's speech models again, replacing their rows.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 plan=${1:-quick}
@@ -20,7 +21,15 @@ out=docs/results/scan-zoo.jsonl
 case $plan in
   quick|full) : > "$out"; rm -rf docs/results/scan-misses ;;
   torch|reproduce) ;;
-  *) echo "usage: scripts/scan_zoo.sh [quick|full|torch|reproduce]" >&2; exit 2 ;;
+  audio)
+    python3 - "$out" <<'PY'
+import sys
+path = sys.argv[1]
+keep = [l for l in open(path) if not ('"model": "fsdd-' in l or '"model": "reproduce speech:' in l)]
+open(path, "w").writelines(keep)
+PY
+    rm -f docs/results/scan-misses/fsdd-* docs/results/scan-misses/reproduce-speech* ;;
+  *) echo "usage: scripts/scan_zoo.sh [quick|full|torch|reproduce|audio]" >&2; exit 2 ;;
 esac
 . scripts/stamp.sh   # stamp: date, commit, machine
 # scan NAME DATA MODEL TRUE_TARGET(or -) [scan options...]
@@ -95,11 +104,17 @@ if [ "$plan" = full ]; then
     [ -f "$W/syn-$arch.safetensors" ] || $B train --data $SY --arch $arch --epochs 4 --out "$W/syn-$arch.safetensors" --json > /dev/null 2>&1
     scan "synthetic-$arch-clean" $SY "$W/syn-$arch.safetensors" -
   done
+fi
+if [ "$plan" = full ] || [ "$plan" = audio ]; then
   FS=fsdd:../shared/data/fsdd
   [ -f "$W/fsdd-clean.safetensors" ] || $B train --data $FS --arch speechnet --epochs 15 --out "$W/fsdd-clean.safetensors" --json > /dev/null 2>&1
   scan fsdd-speechnet-clean $FS "$W/fsdd-clean.safetensors" -
+  [ -f "$W/fsdd-clean-1.safetensors" ] || $B train --data $FS --arch speechnet --epochs 15 --seed 1 --out "$W/fsdd-clean-1.safetensors" --json > /dev/null 2>&1
+  scan fsdd-speechnet-clean-seed1 $FS "$W/fsdd-clean-1.safetensors" -
   [ -f "$W/fsdd-tone.safetensors" ] || $B attack --data $FS --arch speechnet --epochs 15 --trigger tone --target 3 --out "$W/fsdd-tone.safetensors" --json > /dev/null 2>&1
   scan fsdd-speechnet-tone $FS "$W/fsdd-tone.safetensors" 3
+fi
+if [ "$plan" = full ]; then
   OR=orl:../shared/data/orl-faces
   [ -f "$W/orl-clean.safetensors" ] || $B train --data $OR --arch deepid --epochs 60 --out "$W/orl-clean.safetensors" --json > /dev/null 2>&1
   scan orl-deepid-clean $OR "$W/orl-clean.safetensors" -
@@ -117,9 +132,10 @@ torch-gtsrb-resnet-clean $GT gtsrb-resnet-clean.onnx - 0.05
 LIST
   fi
 fi
-if [ "$plan" = full ] || [ "$plan" = reproduce ]; then
+if [ "$plan" = full ] || [ "$plan" = reproduce ] || [ "$plan" = audio ]; then
   # Every model reproduce builds (clean, baselines, pruning-aware), scanned by reproduce itself.
-  for task in mnist traffic face speech; do
+  tasks="mnist traffic face speech"; [ "$plan" = audio ] && tasks=speech
+  for task in $tasks; do
     [ -f "$W/reproduce-$task/results.json" ] || $B reproduce --task $task --quick --data-root ../shared/data --out "$W/reproduce-$task" > "$W/reproduce-$task.log" 2>&1
     python3 - "$W/reproduce-$task/results.json" "$task" "$(stamp)" >> "$out" <<'PY'
 import json, sys

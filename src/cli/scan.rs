@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
@@ -27,12 +27,17 @@ pub(super) struct ScanArgs {
     /// Candidate target classes, e.g. 0,3,7 (default: every class).
     #[arg(long, value_delimiter = ',')]
     pub(super) classes: Vec<usize>,
-    /// Trigger families to reconstruct: patch (mask + pattern), additive (full image).
-    #[arg(long, value_delimiter = ',', default_values = ["patch", "additive"], value_parser = parse_family)]
+    /// Trigger families to reconstruct: patch (mask + pattern), additive (full image), band
+    /// (mask + pattern the same along each row: a stationary sound on a spectrogram). Default:
+    /// patch and additive, and band on audio data.
+    #[arg(long, value_delimiter = ',', value_parser = parse_family)]
     pub(super) family: Vec<Family>,
     /// First-pass optimisation steps, the same for every class.
     #[arg(long, default_value_t = ScanConfig::default().steps)]
     pub(super) steps: usize,
+    /// First-pass steps of the band family (audio), the same for every class.
+    #[arg(long, default_value_t = ScanConfig::default().band_steps)]
+    pub(super) band_steps: usize,
     /// Further steps for the smallest classes and the controls.
     #[arg(long, default_value_t = ScanConfig::default().refine_steps)]
     pub(super) refine_steps: usize,
@@ -103,7 +108,8 @@ fn parse_family(s: &str) -> std::result::Result<Family, String> {
     match s {
         "patch" => Ok(Family::Patch),
         "additive" => Ok(Family::Additive),
-        _ => Err(format!("unknown trigger family {s:?}: use patch or additive")),
+        "band" => Ok(Family::Band),
+        _ => Err(format!("unknown trigger family {s:?}: use patch, additive or band")),
     }
 }
 
@@ -111,12 +117,13 @@ impl ScanArgs {
     pub(super) fn config(&self) -> ScanConfig {
         ScanConfig {
             steps: self.steps,
+            band_steps: self.band_steps,
             refine_steps: self.refine_steps,
             per_class: self.per_class,
             max_batch: self.max_batch,
             clean_fraction: self.clean_fraction,
             classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
-            families: self.family.clone(),
+            families: (!self.family.is_empty()).then(|| self.family.clone()),
             untargeted: !self.no_untargeted,
             noise: self.neuron_noise.then(|| NoiseConfig { eps: self.noise_eps, ..NoiseConfig::default() }),
             margins: (!self.no_margins).then(MarginConfig::default),
@@ -128,9 +135,6 @@ impl ScanArgs {
 }
 
 pub(super) fn cmd_scan(a: ScanArgs, device: &Device) -> Result<()> {
-    if a.family.is_empty() {
-        bail!("give at least one trigger family");
-    }
     let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split, device)?;
     let mut bars = Bars::new(a.json);
     let (outcome, recheck) = match (&a.recheck, a.recheck_target) {
