@@ -70,8 +70,6 @@ pub struct Plan {
     pub anp_iterations: Option<usize>,
     /// FST's epochs (None: its default for the number of classes).
     pub fst_epochs: Option<usize>,
-    /// The scan's first-pass and refinement steps (None: its defaults).
-    pub scan_steps: Option<(usize, usize)>,
     /// Quick runs keep this many validation and test samples (None: all): every defense
     /// evaluates both many times, so on a large test set they dominate a quick run.
     pub eval_samples: Option<(usize, usize)>,
@@ -128,7 +126,6 @@ impl Task {
             anp_iterations: None,
             // Quick runs: a first look at every defense, not their measured strength.
             fst_epochs: quick.then_some(3),
-            scan_steps: None,
             eval_samples: None,
             seed,
         };
@@ -303,13 +300,7 @@ pub fn run(plan: Plan, quick: bool, out: &Path, device: &burn::tensor::Device, p
     let mut figures = Vec::new();
     let mut detection = Vec::new();
     let mut detection_pngs = Vec::new();
-    let scan_config = {
-        let mut c = ScanConfig { clean_fraction: plan.clean_fraction, seed, ..ScanConfig::default() };
-        if let Some((steps, refine)) = plan.scan_steps {
-            (c.steps, c.refine_steps) = (steps, refine);
-        }
-        c
-    };
+    let scan_config = ScanConfig { clean_fraction: plan.clean_fraction, seed, ..ScanConfig::default() };
     // Scans `file` (without its trigger) into `out/scan-SLUG/`; the real trigger only draws the
     // comparison picture and says whether the suspect is the planted target.
     let mut scan_model = |progress: &mut dyn Stages, name: &str, file: &ModelFile, planted: Option<(&crate::trigger::Trigger, Target)>| -> Result<Option<ScanOutcome>> {

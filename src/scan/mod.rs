@@ -9,6 +9,9 @@
 //! - **additive**: `x' = clamp(x + d)` over the whole image, size = the L2 norm of `d` (what a
 //!   blended or noise trigger needs, which a small mask cannot express).
 //!
+//! and on audio a third, the **band** ([`Family::Band`]): a patch whose mask and pattern are the
+//! same along each spectrogram row, size = rows (a stationary sound, such as a tone).
+//!
 //! A backdoor's target needs a far smaller change than any other class. Inversion is training
 //! with the roles swapped: the weights are frozen (no weight gradient is computed) and the
 //! trigger tensors of *all* candidate classes ride in one batch, each row stamped with its
@@ -147,8 +150,8 @@ pub struct ScanConfig {
     pub steps: usize,
     /// The band family's first-pass steps (see [`Family::Band`]): its per-row masks start at
     /// about eight rows and must shrink to the one or two a tone needs; on a speechnet with a
-    /// planted tone (2026-12-07) the tone's class stood at index 3.7 after 60 steps and 7.9
-    /// after 200, while a clean speechnet's largest stayed at 2.0.
+    /// planted tone (2026-12-07, band alone) the tone's class stood at index 0.1 after 60 steps
+    /// (its mask not yet shrunk) and 7.9 after 200, while a clean speechnet's largest was 2.0.
     pub band_steps: usize,
     /// Further steps for the finalists and controls.
     pub refine_steps: usize,
@@ -570,38 +573,22 @@ impl Inversion<'_> {
         let lambdas = Tensor::<1>::from_data(TensorData::new(live.iter().map(|&s| states[s].lambda as f32).collect::<Vec<_>>(), [l]), &self.device);
         let ad = self.device.clone().autodiff();
         let (stamped, size, leaves): (Tensor<4>, Tensor<1>, Vec<Tensor<4>>) = match self.family {
-            Family::Patch => {
-                let mut a = Vec::with_capacity(l * h * w);
-                let mut b = Vec::with_capacity(l * c * h * w);
+            Family::Patch | Family::Band => {
+                // A band has one mask and pattern value per row, the same in every column.
+                let cols = if self.family == Family::Band { 1 } else { w };
+                let mask_len = h * cols;
+                let mut a = Vec::with_capacity(l * mask_len);
+                let mut b = Vec::with_capacity(l * c * mask_len);
                 for chunk in stacked.chunks(plen) {
-                    a.extend_from_slice(&chunk[..h * w]);
-                    b.extend_from_slice(&chunk[h * w..]);
+                    a.extend_from_slice(&chunk[..mask_len]);
+                    b.extend_from_slice(&chunk[mask_len..]);
                 }
-                let a = Tensor::<4>::from_data(TensorData::new(a, [l, 1, h, w]), &ad).require_grad();
-                let b = Tensor::<4>::from_data(TensorData::new(b, [l, c, h, w]), &ad).require_grad();
+                let a = Tensor::<4>::from_data(TensorData::new(a, [l, 1, h, cols]), &ad).require_grad();
+                let b = Tensor::<4>::from_data(TensorData::new(b, [l, c, h, cols]), &ad).require_grad();
                 let [lo, hi] = self.range;
                 let m = sigmoid(a.clone());
                 let p = sigmoid(b.clone()).mul_scalar(hi - lo).add_scalar(lo);
                 let size = m.clone().sum_dim(3).sum_dim(2).reshape([l]);
-                let mr = m.select(0, rows.clone().autodiff());
-                let pr = p.select(0, rows.clone().autodiff());
-                let stamped = x.autodiff() * (mr.clone().neg() + 1.0) + pr * mr;
-                (stamped, size, vec![a, b])
-            }
-            Family::Band => {
-                let mut a = Vec::with_capacity(l * h);
-                let mut b = Vec::with_capacity(l * c * h);
-                for chunk in stacked.chunks(plen) {
-                    a.extend_from_slice(&chunk[..h]);
-                    b.extend_from_slice(&chunk[h..]);
-                }
-                let a = Tensor::<4>::from_data(TensorData::new(a, [l, 1, h, 1]), &ad).require_grad();
-                let b = Tensor::<4>::from_data(TensorData::new(b, [l, c, h, 1]), &ad).require_grad();
-                let [lo, hi] = self.range;
-                let m = sigmoid(a.clone());
-                let p = sigmoid(b.clone()).mul_scalar(hi - lo).add_scalar(lo);
-                let size = m.clone().sum_dim(2).reshape([l]);
-                // Each row's mask and pattern, the same in every column (frame).
                 let mr = m.select(0, rows.clone().autodiff()).expand([n, 1, h, w]);
                 let pr = p.select(0, rows.clone().autodiff()).expand([n, c, h, w]);
                 let stamped = x.autodiff() * (mr.clone().neg() + 1.0) + pr * mr;
@@ -1069,9 +1056,8 @@ pub struct Reinversion {
 /// size its L2 norm).
 fn start_of(start: &Trigger, shape: [usize; 3]) -> Result<(Family, f64)> {
     let (family, size) = match start {
-        Trigger::Reconstructed { shape: own, mask: Some(m), pattern, .. } if *own == shape && m.len() == shape[1] * shape[2] && pattern.len() == shape.iter().product::<usize>() && is_band(shape, m, pattern) => {
-            (Family::Band, m.iter().step_by(shape[2]).map(|&v| v as f64).sum())
-        }
+        // (Its arrays' lengths are checked below.)
+        Trigger::Reconstructed { mask: Some(m), pattern, .. } if is_band(shape, m, pattern) => (Family::Band, m.iter().step_by(shape[2]).map(|&v| v as f64).sum()),
         Trigger::Reconstructed { mask: Some(m), .. } => (Family::Patch, m.iter().map(|&v| v as f64).sum()),
         Trigger::Reconstructed { mask: None, pattern, .. } => (Family::Additive, pattern.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()),
         _ => return Err(Error::invalid("a re-inversion starts from a reconstructed trigger (a scan's FAMILY-classK.json)")),
@@ -1373,6 +1359,29 @@ mod tests {
         // The wrong family or another input shape is refused.
         assert!(params_of(Family::Patch, shape, range, &additive).is_err());
         assert!(params_of(Family::Additive, [2, 3, 2], range, &additive).is_err());
+
+        // A band: one mask and pattern value per row, the same in every column; a re-inversion
+        // recognises it as a band (size in rows), a patch's mask as a patch.
+        let band_params: Vec<f32> = (0..2 + 4).map(|i| (i as f32 - 2.5) / 2.0).collect();
+        let band = trigger_of(Family::Band, shape, range, &band_params);
+        let Trigger::Reconstructed { mask: Some(m), pattern, .. } = &band else { panic!("a band has a mask") };
+        assert_eq!((m.len(), pattern.len()), (6, 12));
+        assert!(m[..3].iter().all(|&v| v == m[0]) && m[3..].iter().all(|&v| v == m[3]) && m[0] != m[3]);
+        let back = params_of(Family::Band, shape, range, &band).unwrap();
+        assert!(band_params.iter().zip(&back).all(|(a, b)| (a - b).abs() < 1e-3), "{band_params:?} vs {back:?}");
+        let (family, size) = start_of(&band, shape).unwrap();
+        assert_eq!(family, Family::Band);
+        assert!((size - (m[0] + m[3]) as f64).abs() < 1e-6);
+        let patch = trigger_of(Family::Patch, shape, range, &params);
+        assert_eq!(start_of(&patch, shape).unwrap().0, Family::Patch);
+        assert!(params_of(Family::Band, shape, range, &patch).is_err());
+    }
+
+    #[test]
+    fn the_band_is_a_default_family_on_audio_only() {
+        assert!(!ScanConfig::default_families(false).contains(&Family::Band));
+        assert!(ScanConfig::default_families(true).contains(&Family::Band));
+        assert!(ScanConfig::default_families(true).starts_with(&ScanConfig::default_families(false)));
     }
 
     #[test]
