@@ -3,7 +3,7 @@
 //! and global triggers.
 //!
 //! For every candidate target class the scan looks for the smallest change that sends clean
-//! inputs of *other* classes to it, in two families:
+//! inputs of *other* classes to it, in two families on every input:
 //! - **patch**: `x' = (1 - m) x + m p` with a mask `m` (per pixel) and a pattern `p`, size =
 //!   the mask's L1 norm in pixels (what a sticker needs);
 //! - **additive**: `x' = clamp(x + d)` over the whole image, size = the L2 norm of `d` (what a
@@ -332,8 +332,8 @@ impl Verdict {
     }
 }
 
-/// One suspected target class. The evidence may come from two families: the largest index from
-/// one, the confirming trigger from the other (a patch backdoor can stand out most among the
+/// One suspected target class. The evidence may come from several families: the largest index
+/// from one, the confirming trigger from another (a patch backdoor can stand out most among the
 /// additive patterns, and its patch trigger confirm it); or from both together, when each family
 /// sees the same class stand out a little (a blended trigger is reached by a patch and by a
 /// full-image pattern alike).
@@ -1175,7 +1175,7 @@ fn class_evidence(families: &[FamilyResult], class: usize) -> Option<(f64, Famil
 /// The verdict from the families' first-pass indices and refined finalists: a class is a
 /// suspect when its index (the largest over the families, or their combination) reaches
 /// `suspect` or a refined trigger of it is at most `max_control_ratio` of the controls', and a
-/// target when a refined trigger of it, in either family, works on held-out data with an index
+/// target when a refined trigger of it, in any family, works on held-out data with an index
 /// at `flag` or that small a size. A class in `wide` (maximum-margin index at
 /// `margin_flag`) is a suspect, and a target when a refined trigger of it works on held-out
 /// data and its index reaches `suspect`. Suspects come out most likely first (targets, then by
