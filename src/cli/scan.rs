@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
@@ -27,17 +27,12 @@ pub(super) struct ScanArgs {
     /// Candidate target classes, e.g. 0,3,7 (default: every class).
     #[arg(long, value_delimiter = ',')]
     pub(super) classes: Vec<usize>,
-    /// Trigger families to reconstruct: patch (mask + pattern), additive (full image), band
-    /// (mask + pattern the same along each row: a stationary sound on a spectrogram). Default:
-    /// patch and additive, and band on audio data.
-    #[arg(long, value_delimiter = ',', value_parser = parse_family)]
+    /// Trigger families to reconstruct: patch (mask + pattern), additive (full image).
+    #[arg(long, value_delimiter = ',', default_values = ["patch", "additive"], value_parser = parse_family)]
     pub(super) family: Vec<Family>,
     /// First-pass optimisation steps, the same for every class.
     #[arg(long, default_value_t = ScanConfig::default().steps)]
     pub(super) steps: usize,
-    /// First-pass steps of the band family (audio), the same for every class.
-    #[arg(long, default_value_t = ScanConfig::default().band_steps)]
-    pub(super) band_steps: usize,
     /// Further steps for the smallest classes and the controls.
     #[arg(long, default_value_t = ScanConfig::default().refine_steps)]
     pub(super) refine_steps: usize,
@@ -108,8 +103,7 @@ fn parse_family(s: &str) -> std::result::Result<Family, String> {
     match s {
         "patch" => Ok(Family::Patch),
         "additive" => Ok(Family::Additive),
-        "band" => Ok(Family::Band),
-        _ => Err(format!("unknown trigger family {s:?}: use patch, additive or band")),
+        _ => Err(format!("unknown trigger family {s:?}: use patch or additive")),
     }
 }
 
@@ -117,13 +111,12 @@ impl ScanArgs {
     pub(super) fn config(&self) -> ScanConfig {
         ScanConfig {
             steps: self.steps,
-            band_steps: self.band_steps,
             refine_steps: self.refine_steps,
             per_class: self.per_class,
             max_batch: self.max_batch,
             clean_fraction: self.clean_fraction,
             classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
-            families: (!self.family.is_empty()).then(|| self.family.clone()),
+            families: self.family.clone(),
             untargeted: !self.no_untargeted,
             noise: self.neuron_noise.then(|| NoiseConfig { eps: self.noise_eps, ..NoiseConfig::default() }),
             margins: (!self.no_margins).then(MarginConfig::default),
@@ -135,6 +128,9 @@ impl ScanArgs {
 }
 
 pub(super) fn cmd_scan(a: ScanArgs, device: &Device) -> Result<()> {
+    if a.family.is_empty() {
+        bail!("give at least one trigger family");
+    }
     let (file, ds) = load_model_and_data(&a.model, &a.data, &a.split, device)?;
     let mut bars = Bars::new(a.json);
     let (outcome, recheck) = match (&a.recheck, a.recheck_target) {
@@ -256,7 +252,7 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
     }
     let th = &o.thresholds;
     println!(
-        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index (in one family, or the families' combined) is {:.1} or more, or its refined size is at most {:.2} of the controls', or its maximum-margin index is {:.1} or more with an index of at least {:.1} (suspect: index {:.1}, that small a size or that margin)",
+        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index (in one family, or both families' combined) is {:.1} or more, or its refined size is at most {:.2} of the controls', or its maximum-margin index is {:.1} or more with an index of at least {:.1} (suspect: index {:.1}, that small a size or that margin)",
         100.0 * th.confirm_asr,
         th.flag,
         th.max_control_ratio,

@@ -3,14 +3,11 @@
 //! and global triggers.
 //!
 //! For every candidate target class the scan looks for the smallest change that sends clean
-//! inputs of *other* classes to it, in two families on every input:
+//! inputs of *other* classes to it, in two families:
 //! - **patch**: `x' = (1 - m) x + m p` with a mask `m` (per pixel) and a pattern `p`, size =
 //!   the mask's L1 norm in pixels (what a sticker needs);
 //! - **additive**: `x' = clamp(x + d)` over the whole image, size = the L2 norm of `d` (what a
 //!   blended or noise trigger needs, which a small mask cannot express).
-//!
-//! and on audio a third, the **band** ([`Family::Band`]): a patch whose mask and pattern are the
-//! same along each spectrogram row, size = rows (a stationary sound, such as a tone).
 //!
 //! A backdoor's target needs a far smaller change than any other class. Inversion is training
 //! with the roles swapped: the weights are frozen (no weight gradient is computed) and the
@@ -63,10 +60,6 @@ pub enum Family {
     Patch,
     /// Full-image additive pattern; size = L2 norm.
     Additive,
-    /// Mask + pattern constant along each row (a spectrogram's frequency bin over the whole
-    /// clip); size = mask L1 in rows. A stationary sound (a tone, a hum) is one or two rows,
-    /// while a patch must pay for every frame it covers. Default on audio inputs only.
-    Band,
 }
 
 impl Family {
@@ -74,7 +67,6 @@ impl Family {
         match self {
             Family::Patch => "patch",
             Family::Additive => "additive",
-            Family::Band => "band",
         }
     }
 
@@ -83,7 +75,6 @@ impl Family {
         match self {
             Family::Patch => "mask L1 (pixels)",
             Family::Additive => "L2 norm of the added pattern",
-            Family::Band => "mask L1 (rows, each across the whole clip)",
         }
     }
 }
@@ -148,11 +139,6 @@ pub const UNTARGETED_RATIO: f64 = 0.7;
 pub struct ScanConfig {
     /// First-pass optimisation steps, the same for every candidate class.
     pub steps: usize,
-    /// The band family's first-pass steps (see [`Family::Band`]): its per-row masks start at
-    /// about eight rows and must shrink to the one or two a tone needs; on a speechnet with a
-    /// planted tone (2026-12-07, band alone) the tone's class stood at index 0.1 after 60 steps
-    /// (its mask not yet shrunk) and 7.9 after 200, while a clean speechnet's largest was 2.0.
-    pub band_steps: usize,
     /// Further steps for the finalists and controls.
     pub refine_steps: usize,
     /// Smallest classes of each family refined and measured on held-out data.
@@ -171,8 +157,7 @@ pub struct ScanConfig {
     pub clean_fraction: f64,
     /// Candidate target classes; `None`: all.
     pub classes: Option<Vec<usize>>,
-    /// The trigger families to reconstruct; `None`: [`ScanConfig::default_families`].
-    pub families: Option<Vec<Family>>,
+    pub families: Vec<Family>,
     /// Also reconstruct a trigger towards any wrong class (untargeted and all-to-all backdoors).
     pub untargeted: bool,
     /// The maximum-margin statistic ([`margin`]); `None`: not computed.
@@ -192,24 +177,12 @@ impl ScanConfig {
     pub fn first_pass_per_class(&self, classes: usize) -> usize {
         (self.max_batch / classes.max(1)).clamp(MIN_PER_CLASS.min(self.per_class), self.per_class)
     }
-
-    /// The families a scan reconstructs when none are named: patch and additive, and on audio
-    /// inputs (spectrograms) the band too. Images get no band: a stripe across the whole image
-    /// is no trigger shape of theirs, and the scan would pay a third of its time for it.
-    pub fn default_families(audio: bool) -> Vec<Family> {
-        let mut f = vec![Family::Patch, Family::Additive];
-        if audio {
-            f.push(Family::Band);
-        }
-        f
-    }
 }
 
 impl Default for ScanConfig {
     fn default() -> Self {
         ScanConfig {
             steps: 60,
-            band_steps: 200,
             refine_steps: 140,
             finalists: 3,
             controls: 2,
@@ -218,7 +191,7 @@ impl Default for ScanConfig {
             lr: 0.1,
             clean_fraction: 1.0,
             classes: None,
-            families: None,
+            families: vec![Family::Patch, Family::Additive],
             untargeted: true,
             margins: Some(MarginConfig::default()),
             noise: None,
@@ -332,8 +305,8 @@ impl Verdict {
     }
 }
 
-/// One suspected target class. The evidence may come from several families: the largest index
-/// from one, the confirming trigger from another (a patch backdoor can stand out most among the
+/// One suspected target class. The evidence may come from two families: the largest index from
+/// one, the confirming trigger from the other (a patch backdoor can stand out most among the
 /// additive patterns, and its patch trigger confirm it); or from both together, when each family
 /// sees the same class stand out a little (a blended trigger is reached by a patch and by a
 /// full-image pattern alike).
@@ -504,7 +477,6 @@ impl Inversion<'_> {
         match self.family {
             Family::Patch => h * w + c * h * w,
             Family::Additive => c * h * w,
-            Family::Band => h + c * h,
         }
     }
 
@@ -512,17 +484,13 @@ impl Inversion<'_> {
         let n = self.param_len();
         let [_, h, w] = self.shape;
         let mut params = vec![0f32; n];
-        match self.family {
+        if self.family == Family::Patch {
             // mask = sigmoid(-2) ~ 0.12 everywhere, pattern = 0.5.
-            Family::Patch => params[..h * w].fill(-2.0),
-            Family::Band => params[..h].fill(-2.0),
-            Family::Additive => {}
+            params[..h * w].fill(-2.0);
         }
         let lambda = match self.family {
             Family::Patch => 1e-3,
             Family::Additive => 1e-2,
-            // A row is `w` pixels: the patch's pressure per pixel.
-            Family::Band => 1e-3 * w as f64,
         };
         ClassState { params, adam_m: vec![0.0; n], adam_v: vec![0.0; n], steps: 0, lambda, up: 0, down: 0, best_size: None, best_params: None, best_batch_asr: 0.0 }
     }
@@ -573,24 +541,21 @@ impl Inversion<'_> {
         let lambdas = Tensor::<1>::from_data(TensorData::new(live.iter().map(|&s| states[s].lambda as f32).collect::<Vec<_>>(), [l]), &self.device);
         let ad = self.device.clone().autodiff();
         let (stamped, size, leaves): (Tensor<4>, Tensor<1>, Vec<Tensor<4>>) = match self.family {
-            Family::Patch | Family::Band => {
-                // A band has one mask and pattern value per row, the same in every column.
-                let cols = if self.family == Family::Band { 1 } else { w };
-                let mask_len = h * cols;
-                let mut a = Vec::with_capacity(l * mask_len);
-                let mut b = Vec::with_capacity(l * c * mask_len);
+            Family::Patch => {
+                let mut a = Vec::with_capacity(l * h * w);
+                let mut b = Vec::with_capacity(l * c * h * w);
                 for chunk in stacked.chunks(plen) {
-                    a.extend_from_slice(&chunk[..mask_len]);
-                    b.extend_from_slice(&chunk[mask_len..]);
+                    a.extend_from_slice(&chunk[..h * w]);
+                    b.extend_from_slice(&chunk[h * w..]);
                 }
-                let a = Tensor::<4>::from_data(TensorData::new(a, [l, 1, h, cols]), &ad).require_grad();
-                let b = Tensor::<4>::from_data(TensorData::new(b, [l, c, h, cols]), &ad).require_grad();
+                let a = Tensor::<4>::from_data(TensorData::new(a, [l, 1, h, w]), &ad).require_grad();
+                let b = Tensor::<4>::from_data(TensorData::new(b, [l, c, h, w]), &ad).require_grad();
                 let [lo, hi] = self.range;
                 let m = sigmoid(a.clone());
                 let p = sigmoid(b.clone()).mul_scalar(hi - lo).add_scalar(lo);
                 let size = m.clone().sum_dim(3).sum_dim(2).reshape([l]);
-                let mr = m.select(0, rows.clone().autodiff()).expand([n, 1, h, w]);
-                let pr = p.select(0, rows.clone().autodiff()).expand([n, c, h, w]);
+                let mr = m.select(0, rows.clone().autodiff());
+                let pr = p.select(0, rows.clone().autodiff());
                 let stamped = x.autodiff() * (mr.clone().neg() + 1.0) + pr * mr;
                 (stamped, size, vec![a, b])
             }
@@ -620,13 +585,12 @@ impl Inversion<'_> {
         let sizes = host(size.detach().without_autodiff());
         let mut grad_rows: Vec<Vec<f32>> = vec![Vec::with_capacity(plen); l];
         match self.family {
-            Family::Patch | Family::Band => {
+            Family::Patch => {
                 let ga = host(leaves[0].grad(&grads).ok_or_else(|| Error::model("no gradient reached the trigger mask"))?);
                 let gb = host(leaves[1].grad(&grads).ok_or_else(|| Error::model("no gradient reached the trigger pattern"))?);
-                let mask_len = if self.family == Family::Band { h } else { h * w };
                 for (k, g) in grad_rows.iter_mut().enumerate() {
-                    g.extend_from_slice(&ga[k * mask_len..(k + 1) * mask_len]);
-                    g.extend_from_slice(&gb[k * c * mask_len..(k + 1) * c * mask_len]);
+                    g.extend_from_slice(&ga[k * h * w..(k + 1) * h * w]);
+                    g.extend_from_slice(&gb[k * c * h * w..(k + 1) * c * h * w]);
                 }
             }
             Family::Additive => {
@@ -658,30 +622,15 @@ impl Inversion<'_> {
 }
 
 /// The trigger a family's optimisation parameters stand for: patch parameters are the mask's
-/// logits (h*w) then the pattern's (c*h*w, squashed into `range`); band ones the same per row
-/// (h, then c*h), spread over every column; additive ones the pattern.
+/// logits (h*w) then the pattern's (c*h*w, squashed into `range`); additive ones the pattern.
 fn trigger_of(family: Family, shape: [usize; 3], range: [f32; 2], params: &[f32]) -> Trigger {
     let [_, h, w] = shape;
     let sig = |a: f32| 1.0 / (1.0 + (-a).exp());
     let [lo, hi] = range;
-    let mask_len = match family {
-        Family::Patch => h * w,
-        Family::Band => h,
-        Family::Additive => return Trigger::Reconstructed { shape, mask: None, pattern: params.to_vec(), range },
-    };
-    let mask = params[..mask_len].iter().map(|&a| sig(a));
-    let pattern = params[mask_len..].iter().map(|&b| lo + (hi - lo) * sig(b));
-    let (mask, pattern) = match family {
-        Family::Band => (mask.flat_map(|v| std::iter::repeat_n(v, w)).collect(), pattern.flat_map(|v| std::iter::repeat_n(v, w)).collect()),
-        _ => (mask.collect(), pattern.collect()),
-    };
-    Trigger::Reconstructed { shape, mask: Some(mask), pattern, range }
-}
-
-/// Whether a masked trigger is a band: mask and pattern the same along every row.
-fn is_band(shape: [usize; 3], mask: &[f32], pattern: &[f32]) -> bool {
-    let w = shape[2];
-    mask.chunks(w).chain(pattern.chunks(w)).all(|row| row.iter().all(|&v| v == row[0]))
+    match family {
+        Family::Patch => Trigger::Reconstructed { shape, mask: Some(params[..h * w].iter().map(|&a| sig(a)).collect()), pattern: params[h * w..].iter().map(|&b| lo + (hi - lo) * sig(b)).collect(), range },
+        Family::Additive => Trigger::Reconstructed { shape, mask: None, pattern: params.to_vec(), range },
+    }
 }
 
 /// The inverse of [`trigger_of`] (mask and pattern values at the ends of their ranges are
@@ -699,10 +648,8 @@ fn params_of(family: Family, shape: [usize; 3], range: [f32; 2], trigger: &Trigg
     if *own != shape || pattern.len() != c * h * w || mask.as_ref().is_some_and(|m| m.len() != h * w) {
         return Err(Error::invalid(format!("the trigger to start from is for inputs {own:?}, the model takes {shape:?}")));
     }
-    let unit = |v: f32| logit((v - lo) / (hi - lo).max(f32::MIN_POSITIVE));
     match (family, mask) {
-        (Family::Patch, Some(m)) => Ok(m.iter().map(|&v| logit(v)).chain(pattern.iter().map(|&v| unit(v))).collect()),
-        (Family::Band, Some(m)) if is_band(shape, m, pattern) => Ok(m.iter().step_by(w).map(|&v| logit(v)).chain(pattern.iter().step_by(w).map(|&v| unit(v))).collect()),
+        (Family::Patch, Some(m)) => Ok(m.iter().map(|&v| logit(v)).chain(pattern.iter().map(|&v| logit((v - lo) / (hi - lo).max(f32::MIN_POSITIVE)))).collect()),
         (Family::Additive, None) => Ok(pattern.clone()),
         _ => Err(Error::invalid(format!("the trigger to start from is not of the {} family", family.name()))),
     }
@@ -871,7 +818,7 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         }
         None => (0..classes).collect(),
     };
-    if cfg.steps == 0 || cfg.band_steps == 0 || cfg.per_class == 0 || !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+    if cfg.steps == 0 || cfg.per_class == 0 || !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(Error::invalid("scan steps, images per class and learning rate must be positive"));
     }
     let th = &cfg.thresholds;
@@ -916,11 +863,7 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
     };
     let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
     let mut families = vec![];
-    let run_families = cfg.families.clone().unwrap_or_else(|| ScanConfig::default_families(!ds.train.waves.is_empty()));
-    if run_families.is_empty() {
-        return Err(Error::invalid("the list of trigger families is empty"));
-    }
-    for &family in &run_families {
+    for &family in &cfg.families {
         let job = Inversion { file, family, shape, inv, pools, untargeted: classes, untargeted_rng: std::cell::RefCell::new(Rng::new(cfg.seed ^ 0xA11)), range: *range, mean: mean.clone(), std: std.clone(), device: device.clone() };
         // The goals: the candidate classes, then (last) any wrong class.
         let goals: Vec<usize> = candidates.iter().copied().chain(cfg.untargeted.then_some(classes)).collect();
@@ -929,8 +872,7 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         let all: Vec<usize> = (0..goals.len()).collect();
         let first = cfg.first_pass_per_class(candidates.len());
         let also = if cfg.untargeted { " and the untargeted goal" } else { "" };
-        let steps = if family == Family::Band { cfg.band_steps } else { cfg.steps };
-        job.run(&all, &goals, &mut states, steps, first, cfg, &mut rng, &format!("scan ({}): {} classes{also} x {steps} steps, {first} images each", family.name(), candidates.len()), progress)?;
+        job.run(&all, &goals, &mut states, cfg.steps, first, cfg, &mut rng, &format!("scan ({}): {} classes{also} x {} steps, {first} images each", family.name(), candidates.len(), cfg.steps), progress)?;
         lap(&format!("{} first pass", family.name()), &mut stages);
 
         // The statistic, at equal budgets.
@@ -1051,13 +993,10 @@ pub struct Reinversion {
 }
 
 /// The family and size of a trigger a re-inversion can start from: a scan's reconstruction
-/// for inputs of `shape` (a patch with a mask, size its L1; a band, whose mask and pattern are
-/// the same along every row, size its mask's L1 in rows; an additive pattern without a mask,
-/// size its L2 norm).
+/// for inputs of `shape` (a patch with a mask, size its L1; an additive pattern without, size
+/// its L2 norm).
 fn start_of(start: &Trigger, shape: [usize; 3]) -> Result<(Family, f64)> {
     let (family, size) = match start {
-        // (Its arrays' lengths are checked below.)
-        Trigger::Reconstructed { mask: Some(m), pattern, .. } if is_band(shape, m, pattern) => (Family::Band, m.iter().step_by(shape[2]).map(|&v| v as f64).sum()),
         Trigger::Reconstructed { mask: Some(m), .. } => (Family::Patch, m.iter().map(|&v| v as f64).sum()),
         Trigger::Reconstructed { mask: None, pattern, .. } => (Family::Additive, pattern.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()),
         _ => return Err(Error::invalid("a re-inversion starts from a reconstructed trigger (a scan's FAMILY-classK.json)")),
@@ -1175,7 +1114,7 @@ fn class_evidence(families: &[FamilyResult], class: usize) -> Option<(f64, Famil
 /// The verdict from the families' first-pass indices and refined finalists: a class is a
 /// suspect when its index (the largest over the families, or their combination) reaches
 /// `suspect` or a refined trigger of it is at most `max_control_ratio` of the controls', and a
-/// target when a refined trigger of it, in any family, works on held-out data with an index
+/// target when a refined trigger of it, in either family, works on held-out data with an index
 /// at `flag` or that small a size. A class in `wide` (maximum-margin index at
 /// `margin_flag`) is a suspect, and a target when a refined trigger of it works on held-out
 /// data and its index reaches `suspect`. Suspects come out most likely first (targets, then by
@@ -1359,29 +1298,6 @@ mod tests {
         // The wrong family or another input shape is refused.
         assert!(params_of(Family::Patch, shape, range, &additive).is_err());
         assert!(params_of(Family::Additive, [2, 3, 2], range, &additive).is_err());
-
-        // A band: one mask and pattern value per row, the same in every column; a re-inversion
-        // recognises it as a band (size in rows), a patch's mask as a patch.
-        let band_params: Vec<f32> = (0..2 + 4).map(|i| (i as f32 - 2.5) / 2.0).collect();
-        let band = trigger_of(Family::Band, shape, range, &band_params);
-        let Trigger::Reconstructed { mask: Some(m), pattern, .. } = &band else { panic!("a band has a mask") };
-        assert_eq!((m.len(), pattern.len()), (6, 12));
-        assert!(m[..3].iter().all(|&v| v == m[0]) && m[3..].iter().all(|&v| v == m[3]) && m[0] != m[3]);
-        let back = params_of(Family::Band, shape, range, &band).unwrap();
-        assert!(band_params.iter().zip(&back).all(|(a, b)| (a - b).abs() < 1e-3), "{band_params:?} vs {back:?}");
-        let (family, size) = start_of(&band, shape).unwrap();
-        assert_eq!(family, Family::Band);
-        assert!((size - (m[0] + m[3]) as f64).abs() < 1e-6);
-        let patch = trigger_of(Family::Patch, shape, range, &params);
-        assert_eq!(start_of(&patch, shape).unwrap().0, Family::Patch);
-        assert!(params_of(Family::Band, shape, range, &patch).is_err());
-    }
-
-    #[test]
-    fn the_band_is_a_default_family_on_audio_only() {
-        assert!(!ScanConfig::default_families(false).contains(&Family::Band));
-        assert!(ScanConfig::default_families(true).contains(&Family::Band));
-        assert!(ScanConfig::default_families(true).starts_with(&ScanConfig::default_families(false)));
     }
 
     #[test]
