@@ -23,9 +23,10 @@ case $plan in
   torch|reproduce) ;;
   audio)
     python3 - "$out" <<'PY'
-import sys
+import json, sys
 path = sys.argv[1]
-keep = [l for l in open(path) if not ('"model": "fsdd-' in l or '"model": "reproduce speech:' in l)]
+audio = lambda l: json.loads(l)["model"].startswith(("fsdd-", "reproduce speech:"))
+keep = [l for l in open(path) if l.strip() and not audio(l)]
 open(path, "w").writelines(keep)
 PY
     rm -f docs/results/scan-misses/fsdd-* docs/results/scan-misses/reproduce-speech* ;;
@@ -134,7 +135,7 @@ LIST
 fi
 if [ "$plan" = full ] || [ "$plan" = reproduce ] || [ "$plan" = audio ]; then
   # Every model reproduce builds (clean, baselines, pruning-aware), scanned by reproduce itself.
-  tasks="mnist traffic face speech"; [ "$plan" = audio ] && tasks=speech
+  if [ "$plan" = audio ]; then tasks=speech; else tasks="mnist traffic face speech"; fi
   for task in $tasks; do
     [ -f "$W/reproduce-$task/results.json" ] || $B reproduce --task $task --quick --data-root ../shared/data --out "$W/reproduce-$task" > "$W/reproduce-$task.log" 2>&1
     python3 - "$W/reproduce-$task/results.json" "$task" "$(stamp)" >> "$out" <<'PY'

@@ -250,16 +250,7 @@ pub(super) fn print_scan(o: &ScanOutcome, names: &[String]) {
             n.accuracy
         );
     }
-    let th = &o.thresholds;
-    println!(
-        "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index (in one family, or both families' combined) is {:.1} or more, or its refined size is at most {:.2} of the controls', or its maximum-margin index is {:.1} or more with an index of at least {:.1} (suspect: index {:.1}, that small a size or that margin)",
-        100.0 * th.confirm_asr,
-        th.flag,
-        th.max_control_ratio,
-        th.margin_flag,
-        th.suspect,
-        th.suspect
-    );
+    println!("{}", o.thresholds.rule());
     for n in &o.notes {
         println!("note: {n}");
     }

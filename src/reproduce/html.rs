@@ -87,14 +87,10 @@ pub fn reproduction(r: &Reproduction) -> String {
 /// Every model of the run scanned from clean data alone: verdict, suspects, scores, and the
 /// reconstructed trigger beside the real one.
 fn detection(h: &mut String, r: &Reproduction) {
-    let t = crate::scan::Thresholds::default();
     let _ = write!(
         h,
-        "<h2>Detection</h2><p>Each model scanned with <code>fineprune scan</code> from the defender's clean data alone (the real trigger is used only for the pictures and the <i>right target</i> column). The outlier index is a leave-one-out robust z-score of a class's log trigger size against the other classes, the margin index the same of how far each class's score can be pushed above the rest. A class is a target when its reconstructed trigger sends at least {:.0}% of held-out inputs to it and either its index is at least {}, or its refined trigger is at most {} of ordinary classes', or its margin index is at least {} (see docs/detection.md).</p>",
-        t.confirm_asr * 100.0,
-        t.flag,
-        t.max_control_ratio,
-        t.margin_flag
+        "<h2>Detection</h2><p>Each model scanned with <code>fineprune scan</code> from the defender's clean data alone (the real trigger is used only for the pictures and the <i>right target</i> column). The outlier index is a leave-one-out robust z-score of a class's log trigger size against the other classes, the margin index the same of how far each class's score can be pushed above the rest; {} (see docs/detection.md).</p>",
+        esc(&crate::scan::Thresholds::default().rule())
     );
     h.push_str("<table><tr><th>model</th><th>planted target</th><th>verdict</th><th>suspected targets</th><th>right target</th><th>max index (patch / additive)</th><th>max margin index</th><th>seconds</th></tr>");
     let idx = |row: &super::DetectionRow, f: crate::scan::Family| row.max_index.iter().find(|m| m.0 == f).and_then(|m| m.1).map(|v| format!("{v:.2}")).unwrap_or("—".into());

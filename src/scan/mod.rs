@@ -111,6 +111,22 @@ impl Default for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// When a class is a target, in one sentence (what [`decide`] does), for the CLI and the
+    /// reports.
+    pub fn rule(&self) -> String {
+        format!(
+            "a class is a target when its reconstructed trigger reaches {:.0}% attack success on held-out clean inputs and either its index (in one family, or both families' combined) is {:.1} or more, or its refined size is at most {:.2} of the controls', or its maximum-margin index is {:.1} or more with an index of at least {:.1} (suspect: index {:.1}, that small a size or that margin)",
+            100.0 * self.confirm_asr,
+            self.flag,
+            self.max_control_ratio,
+            self.margin_flag,
+            self.suspect,
+            self.suspect
+        )
+    }
+}
+
 /// The default thresholds (see [`Thresholds`]), set on clean models only. On the 18 clean
 /// models of the zoo of 2026-12-02 (docs/detection.md: LeNets, PyTorch CNNs and a residual net,
 /// signnets, VGG, ResNet-18, DeepID, speechnet) the largest index of any class was 3.43 in one
@@ -1249,6 +1265,14 @@ mod tests {
         // Different classes in the two families do not add up.
         let f = [family(Family::Patch, &[4.0, 0.2, 0.1], vec![finalist(0, 0.4, 0.95)]), family(Family::Additive, &[0.1, 3.8, 0.3], vec![finalist(1, 0.5, 0.9)])];
         assert_eq!(decide(&f, &[], &th).0, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn the_printed_rule_gives_the_thresholds_in_use() {
+        let rule = Thresholds { flag: 7.5, margin_flag: 9.5, suspect: 2.5, max_control_ratio: 0.15, ..Thresholds::default() }.rule();
+        for v in ["7.5 or more", "0.15 of the controls'", "9.5 or more with an index of at least 2.5", "90%"] {
+            assert!(rule.contains(v), "{v:?} not in {rule:?}");
+        }
     }
 
     #[test]
