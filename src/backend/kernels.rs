@@ -310,29 +310,41 @@ pub fn conv2d_input_grad_im2col(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> V
 
 /// Gradient of the weight: sum over samples of `grad[n] (O x P) * im2col(x[n])^T (P x K)`;
 /// returns [O, C, kh, kw].
+///
+/// Each group's multiply writes the transpose, dW^T [K, O] = col [K, count*P] * dy^T: the
+/// `gemm` crate runs that layout at the forward pass's speed, while writing [O, K] directly ran
+/// 2-5x slower on the shapes of a residual net's convolutions (32 x 288 from 1,024 positions:
+/// 19 against 83 GFLOPS on one core). The partial sums stay transposed; one transpose of the
+/// O x K total at the end.
 pub fn conv2d_weight_grad(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let (p, k, o) = (g.positions(), g.patch(), g.out_channels);
     let partials: Vec<Vec<f32>> = groups(g)
         .par_iter()
         .map(|&(first, count)| {
             let ld = count * p;
-            let mut dw = uninit(o * k);
+            let mut dwt = uninit(k * o);
             with_scratch(k * ld, if count == 1 { 0 } else { o * ld }, |col, dy| {
                 group_im2col(g, x, first, count, col);
                 let dy = group_grad(grad, o, p, first, count, dy);
-                // dW [O, K] = dy [O, count*P] * col^T [count*P, K]
-                matmul_into(o, k, ld, &mut dw, dy, ld as isize, 1, col, 1, ld as isize);
+                // dW^T [K, O] = col [K, count*P] * dy^T [count*P, O]
+                matmul_into(k, o, ld, &mut dwt, col, ld as isize, 1, dy, 1, ld as isize);
             });
-            // SAFETY: the multiply wrote all O * K elements.
-            unsafe { assume_init(dw) }
+            // SAFETY: the multiply wrote all K * O elements.
+            unsafe { assume_init(dwt) }
         })
         .collect();
     let mut iter = partials.into_iter();
-    let mut total = iter.next().unwrap_or_else(|| vec![0.0; o * k]);
+    let Some(mut total) = iter.next() else { return vec![0.0; o * k] };
     for part in iter {
         total.iter_mut().zip(part).for_each(|(t, v)| *t += v);
     }
-    total
+    let mut dw = vec![0.0; o * k];
+    for (kk, row) in total.chunks_exact(o).enumerate() {
+        for (oo, &v) in row.iter().enumerate() {
+            dw[oo * k + kk] = v;
+        }
+    }
+    dw
 }
 
 /// A max pooling's geometry (no padding, no dilation, floor mode).
