@@ -27,6 +27,14 @@ pub fn applies(g: &ConvGeom) -> bool {
     supported(g) && ((channels >= 64 && pixels >= 256) || (channels >= 128 && pixels >= 64))
 }
 
+/// Whether a convolution's input gradient goes through Winograd: where [`applies`] holds, and
+/// also at 32 channels on 32x32 images or larger, where im2col's input gradient pays for
+/// col2im's scattered additions, which the forward pass does not.
+pub fn applies_input_grad(g: &ConvGeom) -> bool {
+    let (channels, pixels) = (g.in_channels.min(g.out_channels), g.height * g.width);
+    applies(g) || (supported(g) && channels >= 32 && pixels >= 1024)
+}
+
 /// The geometries the kernels compute correctly: 3x3, stride 1, no dilation, padding at most
 /// 2, an output at least one pixel wide.
 fn supported(g: &ConvGeom) -> bool {
