@@ -311,18 +311,27 @@ pub fn conv2d_input_grad_im2col(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> V
 /// Samples `first..first+count` of `grad` [N, O, P] as one transposed matrix [count*P, O] in
 /// `dst`: row i*P + p holds every channel's gradient at position p of sample first+i.
 fn group_grad_transposed(grad: &[f32], o: usize, p: usize, first: usize, count: usize, dst: &mut [f32]) {
-    // Blocks of positions: each channel's block is read contiguously, and the block's rows
-    // of `dst` stay in cache while every channel is written into them.
-    const BLOCK: usize = 16;
+    // Eight channels at a time: eight sequential reads, one contiguous write of eight (an
+    // element at a time, the transpose took a twentieth of a residual net's training step).
+    const LANES: usize = 8;
     for i in 0..count {
         let sample = &grad[(first + i) * o * p..(first + i + 1) * o * p];
         let rows = &mut dst[i * p * o..(i + 1) * p * o];
-        for p0 in (0..p).step_by(BLOCK) {
-            let p1 = (p0 + BLOCK).min(p);
-            for (c, plane) in sample.chunks_exact(p).enumerate() {
-                for (q, &v) in plane[p0..p1].iter().enumerate() {
-                    rows[(p0 + q) * o + c] = v;
+        let mut c0 = 0;
+        while c0 + LANES <= o {
+            let planes: [&[f32]; LANES] = std::array::from_fn(|l| &sample[(c0 + l) * p..(c0 + l + 1) * p]);
+            for (q, row) in rows.chunks_exact_mut(o).enumerate() {
+                let out: &mut [f32; LANES] = (&mut row[c0..c0 + LANES]).try_into().expect("eight lanes");
+                for l in 0..LANES {
+                    out[l] = planes[l][q];
                 }
+            }
+            c0 += LANES;
+        }
+        for c in c0..o {
+            let plane = &sample[c * p..(c + 1) * p];
+            for (row, &v) in rows.chunks_exact_mut(o).zip(plane) {
+                row[c] = v;
             }
         }
     }

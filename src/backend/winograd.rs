@@ -86,6 +86,7 @@ fn transform_inputs(g: &ConvGeom, x: &[f32], first: usize, count: usize, v: &mut
     let pw = 2 * tw + 2;
     let mut d = vec![0.0f32; 4 * pw];
     let mut r = vec![0.0f32; 4 * pw];
+    let (mut even, mut odd) = (vec![0.0f32; tw + 1], vec![0.0f32; tw + 1]);
     for s in 0..count {
         let sample = &x[(first + s) * g.in_channels * h * w..][..g.in_channels * h * w];
         for c in 0..g.in_channels {
@@ -114,18 +115,22 @@ fn transform_inputs(g: &ConvGeom, x: &[f32], first: usize, count: usize, v: &mut
                     r2[k] = d2[k] - d1[k];
                     r3[k] = d1[k] - d3[k];
                 }
-                // ... B on each tile's columns: a0-a2, a1+a2, a2-a1, a1-a3.
+                // ... B on each tile's columns: a0-a2, a1+a2, a2-a1, a1-a3, where tile tx's
+                // columns a0..a3 are 2tx..2tx+3: the even and odd columns apart, each output
+                // is a contiguous loop over the tiles (one element at a time, the scattered
+                // writes took most of this transform).
                 let base = c * t_all + s * per_sample + ty * tw;
                 for (i, ri) in r.chunks_exact(pw).enumerate() {
-                    let at = |j: usize| (4 * i + j) * ct + base;
-                    let (o0, o1, o2, o3) = (at(0), at(1), at(2), at(3));
-                    for tx in 0..tw {
-                        let a = &ri[2 * tx..2 * tx + 4];
-                        v[o0 + tx] = a[0] - a[2];
-                        v[o1 + tx] = a[1] + a[2];
-                        v[o2 + tx] = a[2] - a[1];
-                        v[o3 + tx] = a[1] - a[3];
+                    for k in 0..=tw {
+                        even[k] = ri[2 * k];
+                        odd[k] = ri[2 * k + 1];
                     }
+                    let (e0, e1, o0, o1) = (&even[..tw], &even[1..=tw], &odd[..tw], &odd[1..=tw]);
+                    let at = |j: usize| (4 * i + j) * ct + base;
+                    v[at(0)..at(0) + tw].iter_mut().zip(e0.iter().zip(e1)).for_each(|(d, (a0, a2))| *d = a0 - a2);
+                    v[at(1)..at(1) + tw].iter_mut().zip(o0.iter().zip(e1)).for_each(|(d, (a1, a2))| *d = a1 + a2);
+                    v[at(2)..at(2) + tw].iter_mut().zip(o0.iter().zip(e1)).for_each(|(d, (a1, a2))| *d = a2 - a1);
+                    v[at(3)..at(3) + tw].iter_mut().zip(o0.iter().zip(o1)).for_each(|(d, (a1, a3))| *d = a1 - a3);
                 }
             }
         }
