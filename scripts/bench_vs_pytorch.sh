@@ -32,7 +32,9 @@ mkdir -p "$RUNS"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "creating $VENV with CPU PyTorch" >&2
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch
+  # The CPU-only wheel where PyTorch's own index is reachable; else the package registry's
+  # (which carries the CUDA libraries too, unused here).
+  "$VENV/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch || "$VENV/bin/pip" install -q torch
   "$VENV/bin/pip" install -q onnx onnxruntime numpy pillow
 fi
 PY="$VENV/bin/python"
@@ -60,7 +62,8 @@ open(sys.argv[1], "w").writelines(keep)' docs/results/throughput.jsonl "$ARCHS"
   else
     : > docs/results/throughput.jsonl
   fi
-  "$PY" -c "import torchvision" 2>/dev/null || "$VENV/bin/pip" install -q torchvision
+  # torchvision only to export the mobile nets (MOBILE= skips them).
+  [ -z "$MOBILE" ] || "$PY" -c "import torchvision" 2>/dev/null || "$VENV/bin/pip" install -q torchvision
   for arch in sign-resnet $MOBILE; do
     [ -f "$RUNS/$arch.onnx" ] || "$PY" scripts/bench_torch.py export "$arch" "$RUNS/$arch.onnx" 2>/dev/null
   done

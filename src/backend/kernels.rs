@@ -280,7 +280,7 @@ fn group_grad<'a>(grad: &'a [f32], o: usize, p: usize, first: usize, count: usiz
 
 /// Gradient of the input: `grad` [N, O, Ho, Wo] -> [N, C, H, W].
 pub fn conv2d_input_grad(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32> {
-    if super::winograd::applies_input_grad(g) {
+    if super::winograd::applies(g) {
         return super::winograd::conv3x3_input_grad(g, weight, grad);
     }
     conv2d_input_grad_im2col(g, weight, grad)

@@ -559,8 +559,7 @@ mod tests {
             // Winograd (see `winograd::applies`), odd sizes and both usual paddings.
             ([2, 64, 16, 17], 65, [3, 3], [1, 1], [1, 1], [1, 1]),
             ([2, 128, 10, 9], 128, [3, 3], [1, 1], [0, 0], [1, 1]),
-            // 32 channels on 32x32 or larger: im2col forward, Winograd input gradient (see
-            // `winograd::applies_input_grad`).
+            // Winograd's smallest channel count, 32 on 32x32 or larger.
             ([2, 32, 32, 33], 32, [3, 3], [1, 1], [1, 1], [1, 1]),
         ];
         for (case, (xs, o, k, stride, pad, dil)) in cases.into_iter().enumerate() {

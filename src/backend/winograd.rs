@@ -16,23 +16,17 @@ use rayon::prelude::*;
 use super::common::{ConvGeom, assume_init, matmul, split_groups, uninit, with_scratch};
 
 /// Whether a convolution goes through Winograd: 3x3, stride 1, no dilation, padding at most 2
-/// (so the input gradient is one too), at least 64 channels in and out on 16x16 images or
-/// larger, at least 128 on 8x8 to 15x15. Below that the transforms cost more than the
+/// (so the input gradient is one too), at least 32 channels in and out on 32x32 images or
+/// larger, 64 on 16x16, 128 on 8x8 to 15x15. Below that the transforms cost more than the
 /// multiplies saved. Timed per layer on this machine (batch 64, one thread, best of 7, fuzzers
 /// running beside it), Winograd against im2col: 0.79x at 64 channels 32x32, 0.88x at 64
 /// 16x16, 0.52x for 64 -> 128 at 16x16, 0.77x at 128 16x16, 0.81x at 128 8x8, 0.74x at 256
-/// 8x8; but 1.36x for 64 -> 128 at 8x8, 1.0x for 32 -> 64 at 32x32 and 1.1x at 512 4x4.
+/// 8x8; but 1.36x for 64 -> 128 at 8x8 and 1.1x at 512 4x4. With groups of 64 tiles (see
+/// [`groups`]), at 32 channels 32x32 (batch 64, two threads): forward 7.5-8.3 ms against
+/// im2col's 8.4-9.7, input gradient 7.2-8.0 against 8.9-9.4.
 pub fn applies(g: &ConvGeom) -> bool {
     let (channels, pixels) = (g.in_channels.min(g.out_channels), g.height * g.width);
-    supported(g) && ((channels >= 64 && pixels >= 256) || (channels >= 128 && pixels >= 64))
-}
-
-/// Whether a convolution's input gradient goes through Winograd: where [`applies`] holds, and
-/// also at 32 channels on 32x32 images or larger, where im2col's input gradient pays for
-/// col2im's scattered additions, which the forward pass does not.
-pub fn applies_input_grad(g: &ConvGeom) -> bool {
-    let (channels, pixels) = (g.in_channels.min(g.out_channels), g.height * g.width);
-    applies(g) || (supported(g) && channels >= 32 && pixels >= 1024)
+    supported(g) && ((channels >= 32 && pixels >= 1024) || (channels >= 64 && pixels >= 256) || (channels >= 128 && pixels >= 64))
 }
 
 /// The geometries the kernels compute correctly: 3x3, stride 1, no dilation, padding at most
@@ -185,10 +179,14 @@ fn transform_outputs(g: &ConvGeom, m: &[f32], count: usize, bias: &[f32], out: &
     }
 }
 
-/// Sample groups `(first, count)` of about 512 tiles each (as wide as im2col's groups), at
-/// least as many groups as threads.
+/// Sample groups `(first, count)` of about 64 tiles each, at least as many groups as threads.
+/// A group's transformed tiles and products (16 * channels * tiles floats each) then stay in
+/// the core's cache between the transforms and the multiplies; groups of 512 tiles (as wide as
+/// im2col's) wrote megabytes that the next step read back from memory. Per layer, batch 64,
+/// two threads, 512 -> 64 tiles: 128 channels 8x8 forward 7.0-7.6 -> 5.5-6.0 ms, input
+/// gradient 7.0 -> 5.4-5.5; 64 channels 16x16 6.5-6.9 -> 6.0, 7.4-7.7 -> 6.0-6.2.
 fn groups(g: &ConvGeom) -> Vec<(usize, usize)> {
-    const COLUMNS: usize = 512;
+    const COLUMNS: usize = 64;
     let (th, tw) = tiles(g);
     let threads = rayon::current_num_threads().max(1);
     let size = COLUMNS.div_ceil((th * tw).max(1)).min(g.batch.div_ceil(threads)).max(1);
