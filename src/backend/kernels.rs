@@ -21,7 +21,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 pub use super::common::ConvGeom;
-use super::common::{assume_init, matmul, matmul_into, split_groups, uninit, wide_simd, with_scratch, zeroed};
+use super::common::{assume_init, matmul, matmul_into, sample_groups, split_groups, uninit, wide_simd, with_scratch, zeroed};
 
 /// The output columns `lo..hi` whose input column `x0 + ox * stride` lies inside `0..w`.
 fn inside(x0: isize, stride: usize, wo: usize, w: isize) -> (usize, usize) {
@@ -170,14 +170,9 @@ fn col2im(g: &ConvGeom, col: &[f32], ld: usize, dx: &mut [f32]) {
 /// Sample groups `(first, count)`: the im2col matrix of a group, [C*kh*kw, count*P], is what one
 /// matrix multiply works on. Deep layers have few positions per sample, so single-sample
 /// multiplies would be thin and re-pack the weights every time; grouping makes them about 512
-/// columns wide. Groups run in parallel, one single-threaded multiply each (measured faster than
-/// one multiply split across threads), so there are at least as many as threads.
+/// columns wide (see [`sample_groups`]).
 fn groups(g: &ConvGeom) -> Vec<(usize, usize)> {
-    const COLUMNS: usize = 512;
-    let threads = rayon::current_num_threads().max(1);
-    let wide = COLUMNS.div_ceil(g.positions().max(1));
-    let size = wide.min(g.batch.div_ceil(threads)).max(1);
-    (0..g.batch).step_by(size).map(|first| (first, size.min(g.batch - first))).collect()
+    sample_groups(g.batch, g.positions(), 512)
 }
 
 /// The im2col matrix of samples `first..first + count`, [K, count * P], in `col`.

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::common::{ConvGeom, assume_init, matmul, split_groups, uninit, with_scratch};
+use super::common::{ConvGeom, assume_init, matmul, sample_groups, split_groups, uninit, with_scratch};
 
 /// Whether a convolution goes through Winograd: 3x3, stride 1, no dilation, padding at most 2
 /// (so the input gradient is one too), at least 32 channels in and out on 32x32 images or
@@ -179,18 +179,15 @@ fn transform_outputs(g: &ConvGeom, m: &[f32], count: usize, bias: &[f32], out: &
     }
 }
 
-/// Sample groups `(first, count)` of about 64 tiles each, at least as many groups as threads.
+/// Sample groups `(first, count)` of about 64 tiles each (see [`sample_groups`]).
 /// A group's transformed tiles and products (16 * channels * tiles floats each) then stay in
 /// the core's cache between the transforms and the multiplies; groups of 512 tiles (as wide as
 /// im2col's) wrote megabytes that the next step read back from memory. Per layer, batch 64,
 /// two threads, 512 -> 64 tiles: 128 channels 8x8 forward 7.0-7.6 -> 5.5-6.0 ms, input
 /// gradient 7.0 -> 5.4-5.5; 64 channels 16x16 6.5-6.9 -> 6.0, 7.4-7.7 -> 6.0-6.2.
 fn groups(g: &ConvGeom) -> Vec<(usize, usize)> {
-    const COLUMNS: usize = 64;
     let (th, tw) = tiles(g);
-    let threads = rayon::current_num_threads().max(1);
-    let size = COLUMNS.div_ceil((th * tw).max(1)).min(g.batch.div_ceil(threads)).max(1);
-    (0..g.batch).step_by(size).map(|first| (first, size.min(g.batch - first))).collect()
+    sample_groups(g.batch, th * tw, 64)
 }
 
 /// Forward convolution for a geometry where [`applies`] holds: `x` [N, C, H, W], `weight`
