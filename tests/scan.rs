@@ -8,6 +8,7 @@ mod common;
 
 use fineprune::attack::{AttackConfig, backdoor};
 use fineprune::data::{DataSpec, Dataset, Kind, LoadOptions};
+use fineprune::defense::verify::RepairStatus;
 use fineprune::defense::{DefenseConfig, Method, defend};
 use fineprune::rng::Rng;
 use fineprune::scan::{Family, ScanConfig, Verdict, recheck, scan};
@@ -77,6 +78,8 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
     let v = o.verification.as_ref().unwrap();
     assert_eq!(v.target, Some(target));
     assert!(v.reconstructed_asr_after.unwrap() < 0.5 * v.reconstructed_asr_before.unwrap(), "{v:?}");
+    assert_eq!(v.status == RepairStatus::StillFlagged, v.still_flagged, "{v:?}");
+    assert_eq!(o.candidates.iter().find(|c| c.chosen).unwrap().status, v.status);
     let onnx = fineprune::model::onnx::to_onnx_bytes(&o.model).unwrap();
     let model = tract_onnx::prelude::Framework::model_for_read(&tract_onnx::onnx(), &mut std::io::Cursor::new(&onnx[..]));
     assert!(model.is_ok(), "tract reads the repaired model");
@@ -89,10 +92,12 @@ fn a_planted_patch_is_found_with_its_class_and_place_and_a_clean_model_is_not_fl
     let (goal, _, trigger) = out.best_trigger().unwrap();
     let (_, again) = recheck(&bad, &ds, &quick(), trigger, goal, &dev, &mut Silent).unwrap();
     let small = again.reinversion.size.expect("found again on the backdoored model");
-    assert!(again.reinverted_flagged && small <= 2.0 * again.reinversion.start_size, "{again:?}");
+    assert!(again.reinverted_flagged && !again.reinverted_removed && small <= 2.0 * again.reinversion.start_size, "{again:?}");
     let (out, on_clean) = recheck(&clean, &ds, &quick(), trigger, goal, &dev, &mut Silent).unwrap();
     assert_ne!(out.verdict, Verdict::Backdoored, "{:?}", out.suspects);
     assert!(!on_clean.reinverted_flagged && on_clean.reinversion.size.is_none_or(|s| s > 3.0 * small), "{small} on the backdoored model, {on_clean:?} on the clean one");
+    // The clean model is what a perfect repair would leave: the check says the trigger is gone.
+    assert!(on_clean.reinverted_removed, "{on_clean:?}");
     // A goal outside the model, or a trigger for other inputs, is refused before any scan.
     let e = recheck(&clean, &ds, &quick(), trigger, Some(10), &dev, &mut Silent).unwrap_err().to_string();
     assert!(e.contains("class 10"), "{e}");

@@ -9,6 +9,7 @@ use clap::Args;
 use serde_json::json;
 
 use fineprune::defense::{AnpConfig, Budget, DefenseConfig, FstConfig, KnownAttack, Method, StopRule, defend};
+use fineprune::defense::verify::RepairStatus;
 use fineprune::train::TrainConfig;
 
 use super::args::{SplitArgs, ModelArgs, TriggerArgs, load_model_and_data, resolve_backdoor, layer_name};
@@ -240,7 +241,7 @@ pub(super) fn cmd_defend(a: DefendArgs, device: &Device) -> Result<()> {
                     r(v.reconstructed_asr_before),
                     r(v.reconstructed_asr_after),
                     v.after_verdict.name(),
-                    if v.still_flagged { " (STILL FLAGGED)" } else { "" }
+                    repair_phrase(v.status)
                 ),
                 None if v.untargeted => println!(
                     "  check without the trigger: reconstructed untargeted trigger ({}), share of inputs sent to another class {} -> {}; fresh scan of the output: {}{}",
@@ -248,9 +249,9 @@ pub(super) fn cmd_defend(a: DefendArgs, device: &Device) -> Result<()> {
                     r(v.reconstructed_asr_before),
                     r(v.reconstructed_asr_after),
                     v.after_verdict.name(),
-                    if v.still_flagged { " (STILL FLAGGED)" } else { "" }
+                    repair_phrase(v.status)
                 ),
-                None => println!("  check without the trigger: the suspect scan suspected no class ({}); fresh scan of the output: {}", v.before_verdict.name(), v.after_verdict.name()),
+                None => println!("  check without the trigger: the suspect scan suspected no class ({}); fresh scan of the output: {}{}", v.before_verdict.name(), v.after_verdict.name(), repair_phrase(v.status)),
             }
             if let Some(r) = &v.recheck {
                 println!("  on the output, {}", super::scan::describe_recheck(r));
@@ -266,7 +267,11 @@ pub(super) fn cmd_defend(a: DefendArgs, device: &Device) -> Result<()> {
                     if c.within_budget { "" } else { " (outside the budget)" },
                     r(c.reconstructed_asr_after),
                     c.reinverted_ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
-                    if c.still_flagged { ", still flagged" } else { "" },
+                    match c.status {
+                        RepairStatus::StillFlagged => ", still flagged",
+                        RepairStatus::Unverified => ", unverified",
+                        RepairStatus::NoEvidence => "",
+                    },
                     c.attack_success_rate.map(|v| format!(", known-trigger attack success {v:.4}")).unwrap_or_default()
                 ),
             };
@@ -291,4 +296,13 @@ pub(super) fn cmd_defend(a: DefendArgs, device: &Device) -> Result<()> {
         return Err(Exit::OUT_OF_BUDGET.into());
     }
     Ok(())
+}
+
+/// The repair check's answer, after the fresh scan's verdict.
+fn repair_phrase(status: RepairStatus) -> &'static str {
+    match status {
+        RepairStatus::StillFlagged => " -- STILL FLAGGED: the backdoor is still there",
+        RepairStatus::Unverified => " -- UNVERIFIED: not flagged, but the old trigger is still easier to find than on clean models (or the fresh scan is inconclusive); measure the repair with a known trigger if you have one",
+        RepairStatus::NoEvidence => " -- no evidence left",
+    }
 }

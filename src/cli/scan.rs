@@ -58,6 +58,11 @@ pub(super) struct ScanArgs {
     /// at most this multiple of the smallest class's (and misleads held-out data).
     #[arg(long, default_value_t = fineprune::scan::UNTARGETED_RATIO)]
     pub(super) untargeted_ratio: f64,
+    /// With --recheck: the re-inverted trigger at this fraction of the fresh scan's reference or
+    /// more is as hard to find as on clean models (below it, and above the flag, the repair is
+    /// not shown to have worked).
+    #[arg(long, default_value_t = fineprune::scan::REMOVED_RATIO)]
+    pub(super) removed_ratio: f64,
     /// Do not look for untargeted and all-to-all backdoors (one goal fewer to optimise).
     #[arg(long)]
     pub(super) no_untargeted: bool,
@@ -120,7 +125,7 @@ impl ScanArgs {
             untargeted: !self.no_untargeted,
             noise: self.neuron_noise.then(|| NoiseConfig { eps: self.noise_eps, ..NoiseConfig::default() }),
             margins: (!self.no_margins).then(MarginConfig::default),
-            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, max_control_ratio: self.max_control_ratio, margin_flag: self.margin_flag, untargeted_ratio: self.untargeted_ratio, ..Thresholds::default() },
+            thresholds: Thresholds { suspect: self.suspect_index, flag: self.flag_index, max_control_ratio: self.max_control_ratio, margin_flag: self.margin_flag, untargeted_ratio: self.untargeted_ratio, removed_ratio: self.removed_ratio, ..Thresholds::default() },
             seed: self.seed,
             ..ScanConfig::default()
         }
@@ -179,7 +184,13 @@ pub(super) fn describe_recheck(r: &Recheck) -> String {
         re.start_size,
         r.reinverted_ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
         re.held_out.holdout_asr.map_or("-".to_string(), |v| format!("{v:.3}")),
-        if r.reinverted_flagged { " -- FLAGGED: a small trigger works again, the backdoor is still there" } else { " -- not flagged" }
+        if r.reinverted_flagged {
+            " -- FLAGGED: a small trigger works again, the backdoor is still there"
+        } else if r.reinverted_removed {
+            " -- as hard to find as on clean models"
+        } else {
+            " -- not flagged, but easier to find than on clean models: not shown gone"
+        }
     )
 }
 

@@ -63,6 +63,32 @@ impl SuspectScan {
     }
 }
 
+/// What the check without the trigger can say about a repair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RepairStatus {
+    /// The backdoor is still there: the output is called backdoored, its old target (or the
+    /// untargeted evidence) is suspected again, or the old trigger is found again small.
+    StillFlagged,
+    /// Not flagged, and not shown gone either: the fresh scan is inconclusive, or the old
+    /// trigger is found again smaller than on clean models (below
+    /// [`crate::scan::Thresholds::removed_ratio`]). A repair left here has fooled the check
+    /// before: the reconstructed trigger had lost its effect while the real one still worked.
+    Unverified,
+    /// The fresh scan finds nothing and the old trigger is as hard to find as on clean models.
+    NoEvidence,
+}
+
+impl RepairStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            RepairStatus::StillFlagged => "still-flagged",
+            RepairStatus::Unverified => "unverified",
+            RepairStatus::NoEvidence => "no-evidence",
+        }
+    }
+}
+
 /// A repair, checked without the trigger.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verification {
@@ -89,6 +115,8 @@ pub struct Verification {
     /// The output is still called backdoored, its old target is still suspected, or the
     /// re-inverted trigger is flagged.
     pub still_flagged: bool,
+    /// The check's answer in one word (see [`RepairStatus`]).
+    pub status: RepairStatus,
     pub seconds_before_scan: f64,
     pub seconds_after_scan: f64,
 }
@@ -112,6 +140,13 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
     // Still backdoored, the old target (or the untargeted evidence) still suspected, or a small
     // trigger found again near the old one.
     let still_flagged = after.verdict == Verdict::Backdoored || target.is_some_and(|t| after.targets.contains(&t)) || (untargeted && after.untargeted.is_some()) || recheck.as_ref().is_some_and(|r| r.reinverted_flagged);
+    let status = if still_flagged {
+        RepairStatus::StillFlagged
+    } else if after.verdict == Verdict::Inconclusive || recheck.as_ref().is_some_and(|r| !r.reinverted_removed) {
+        RepairStatus::Unverified
+    } else {
+        RepairStatus::NoEvidence
+    };
     Ok(Verification {
         before_verdict: s.outcome.verdict,
         before_targets: s.outcome.targets.clone(),
@@ -124,9 +159,15 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
         after_targets: after.targets,
         recheck,
         still_flagged,
+        status,
         seconds_before_scan: s.outcome.seconds,
         seconds_after_scan: after.seconds,
     })
+}
+
+/// The check's answer on a defense's outcome; still flagged when it was not checked.
+fn status_of(o: &DefenseOutcome) -> RepairStatus {
+    o.verification.as_ref().map_or(RepairStatus::StillFlagged, |v| v.status)
 }
 
 /// How hard the suspect's trigger is to find again on a repair: the re-inverted size over the
@@ -187,6 +228,8 @@ pub struct Candidate {
     /// [`Recheck::reinverted_ratio`]).
     pub reinverted_ratio: Option<f64>,
     pub still_flagged: bool,
+    /// The check's answer (see [`RepairStatus`]); still flagged when the check did not run.
+    pub status: RepairStatus,
     /// Attack success of a known trigger (evaluation only; never used to choose).
     pub attack_success_rate: Option<f64>,
     pub seconds: f64,
@@ -245,6 +288,7 @@ pub fn choose(suspect: &SuspectScan, tried: Vec<(Method, Result<DefenseOutcome>)
                     reconstructed_asr_after: v.and_then(|v| v.reconstructed_asr_after),
                     reinverted_ratio: v.and_then(|v| v.recheck.as_ref()?.reinverted_ratio),
                     still_flagged: v.is_none_or(|v| v.still_flagged),
+                    status: status_of(&o),
                     attack_success_rate: o.after.attack_success_rate,
                     seconds: o.seconds,
                     chosen: false,
@@ -254,16 +298,16 @@ pub fn choose(suspect: &SuspectScan, tried: Vec<(Method, Result<DefenseOutcome>)
             }
             Err(e) => {
                 notes.push(format!("auto: {method} failed: {e}"));
-                candidates.push(Candidate { method, within_budget: false, val_accuracy: 0.0, reconstructed_asr_after: None, reinverted_ratio: None, still_flagged: true, attack_success_rate: None, seconds: 0.0, chosen: false, error: Some(e.to_string()) });
+                candidates.push(Candidate { method, within_budget: false, val_accuracy: 0.0, reconstructed_asr_after: None, reinverted_ratio: None, still_flagged: true, status: RepairStatus::StillFlagged, attack_success_rate: None, seconds: 0.0, chosen: false, error: Some(e.to_string()) });
             }
         }
     }
-    // Within the budget first, then not flagged again, then the hardest to re-invert (see
-    // [`hardness`]), then the lowest reconstructed-trigger attack success, then the highest
-    // validation accuracy.
+    // Within the budget first, then the check's answer (no evidence, unverified, still
+    // flagged), then the hardest to re-invert (see [`hardness`]), then the lowest
+    // reconstructed-trigger attack success, then the highest validation accuracy.
     let key = |o: &DefenseOutcome| {
         let v = o.verification.as_ref();
-        (o.within_budget, !v.is_none_or(|v| v.still_flagged), v.map_or(0.0, hardness), -v.and_then(|v| v.reconstructed_asr_after).unwrap_or(0.0), o.after.val_accuracy)
+        (o.within_budget, status_of(o), v.map_or(0.0, hardness), -v.and_then(|v| v.reconstructed_asr_after).unwrap_or(0.0), o.after.val_accuracy)
     };
     let best = (0..outcomes.len())
         .max_by(|&a, &b| key(&outcomes[a]).partial_cmp(&key(&outcomes[b])).expect("finite numbers"))
@@ -273,7 +317,15 @@ pub fn choose(suspect: &SuspectScan, tried: Vec<(Method, Result<DefenseOutcome>)
         c.chosen = c.method == chosen.method && c.error.is_none();
     }
     notes.push(if chosen.within_budget {
-        format!("auto: kept {} (within the budget, {}flagged again by a fresh scan)", chosen.method, if chosen.verification.as_ref().is_some_and(|v| v.still_flagged) { "still " } else { "not " })
+        let check = match status_of(&chosen) {
+            RepairStatus::StillFlagged => "still flagged by the check without the trigger: no candidate removed the backdoor".to_string(),
+            RepairStatus::Unverified => format!(
+                "not flagged, but not verified either: no candidate made the old trigger as hard to find as on clean models ({:.2}x the reference); measure it with a known trigger if you have one",
+                suspect.config.thresholds.removed_ratio
+            ),
+            RepairStatus::NoEvidence => "the check without the trigger finds no evidence left".to_string(),
+        };
+        format!("auto: kept {} (within the budget; {check})", chosen.method)
     } else {
         "auto: no candidate stayed within the clean-accuracy budget".to_string()
     });

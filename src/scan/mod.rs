@@ -103,11 +103,15 @@ pub struct Thresholds {
     /// which, when it misleads held-out data, the model has an untargeted or all-to-all
     /// backdoor (see [`UntargetedResult`]).
     pub untargeted_ratio: f64,
+    /// A repair check ([`recheck`]): the suspect's trigger re-inverted on a repaired model at
+    /// this fraction of the fresh scan's reference or more is as hard to find as on clean
+    /// models. Between the flag and this the backdoor is neither found again nor shown gone.
+    pub removed_ratio: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: MAX_CONTROL_RATIO, margin_flag: MARGIN_FLAG, untargeted_ratio: UNTARGETED_RATIO }
+        Thresholds { suspect: SUSPECT_INDEX, flag: FLAG_INDEX, confirm_asr: 0.9, max_control_ratio: MAX_CONTROL_RATIO, margin_flag: MARGIN_FLAG, untargeted_ratio: UNTARGETED_RATIO, removed_ratio: REMOVED_RATIO }
     }
 }
 
@@ -150,6 +154,14 @@ pub const MARGIN_FLAG: f64 = 6.1;
 /// speechnet, DeepID, and PyTorch's MNIST CNN and residual GTSRB net; docs/detection.md). The
 /// flag keeps the index flag's margin of 1.4x below that smallest clean ratio.
 pub const UNTARGETED_RATIO: f64 = 0.7;
+/// What a removed backdoor looks like to [`recheck`]: each backdoored model's reconstructed
+/// trigger re-inverted on a clean model of the same task and architecture, the outcome of a
+/// perfect repair (`scripts/recheck_twins.sh`, 2026-12-08: 11 pairs of LeNets, signnets on
+/// GTSRB and the synthetic set, DeepIDs; docs/detection.md). The re-inverted trigger was never
+/// below 1.48x the clean model's reference; 1.0, a trigger as large as a median class's, keeps
+/// at least the thresholds' 1.4x margin below that. Repairs that fooled the earlier two-answer
+/// check (the real trigger still working) were re-found at 0.30-0.44x.
+pub const REMOVED_RATIO: f64 = 1.0;
 
 #[derive(Clone, Debug)]
 pub struct ScanConfig {
@@ -766,6 +778,10 @@ pub struct Recheck {
     /// ratio for the untargeted goal) and the trigger works on held-out data: the backdoor the
     /// trigger stood for is still there.
     pub reinverted_flagged: bool,
+    /// The trigger was not found again, or only at [`Thresholds::removed_ratio`] of the
+    /// reference or more: as hard to find as on clean models, no evidence the backdoor it stood
+    /// for is left.
+    pub reinverted_removed: bool,
 }
 
 /// Scans `file` and searches again for `trigger` (an earlier scan's reconstruction, towards
@@ -785,7 +801,8 @@ pub fn recheck(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, trigger: &Trigg
     let reinverted_ratio = reinverted_ratio(&outcome, &reinversion);
     let limit = if target.is_some() { th.max_control_ratio } else { th.untargeted_ratio };
     let reinverted_flagged = reinverted_ratio.is_some_and(|q| q <= limit) && reinversion.held_out.holdout_asr.is_some_and(|a| a >= th.confirm_asr);
-    Ok((outcome, Recheck { reinversion, reinverted_ratio, reinverted_flagged }))
+    let reinverted_removed = reinversion.size.is_none() || reinverted_ratio.is_some_and(|q| q >= th.removed_ratio);
+    Ok((outcome, Recheck { reinversion, reinverted_ratio, reinverted_flagged, reinverted_removed }))
 }
 
 /// A re-inverted trigger's size over the scan's reference in its family (see
@@ -838,7 +855,7 @@ fn scan_then_reinvert(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, again: O
         return Err(Error::invalid("scan steps, images per class and learning rate must be positive"));
     }
     let th = &cfg.thresholds;
-    let ratios = [th.max_control_ratio, th.untargeted_ratio];
+    let ratios = [th.max_control_ratio, th.untargeted_ratio, th.removed_ratio];
     if !(th.suspect.is_finite() && th.flag.is_finite() && th.margin_flag.is_finite() && (0.0..=1.0).contains(&th.confirm_asr) && ratios.iter().all(|r| r.is_finite() && *r >= 0.0)) {
         return Err(Error::invalid(format!("scan thresholds must be finite, the ratios not negative and the attack success in [0, 1]: {th:?}")));
     }
