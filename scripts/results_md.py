@@ -186,7 +186,7 @@ if readme:
         "fineprune": ("`fineprune` (the paper)", "prunes the last conv layer's channels dormant on clean data, then fine-tunes", "clean data"),
         "anp": ("`anp` (Wu & Wang 2021)", "learns per-neuron masks under adversarial neuron noise, prunes the low ones", "clean data"),
         "fst": ("`fst` (Min et al. 2023)", "re-initialises the classifier head and fine-tunes away from it", "clean data"),
-        "unlearn": ("`unlearn` (Neural Cleanse)", "fine-tunes with a share of clean data stamped with the reconstructed trigger at true labels", "clean data, a scan that finds the trigger"),
+        "unlearn": ("`unlearn` (Neural Cleanse)", "fine-tunes with a share of clean data stamped with the reconstructed trigger at true labels; again with the trigger re-found on the result while it is still small (up to 3 rounds)", "clean data, a scan that finds the trigger"),
         "auto": ("`auto`", "all of the above, cheapest first; keeps the one fresh scans check best", "clean data"),
     }
     table = ["| defense | what it does | needs | measured ([docs/results.md](docs/results.md), [docs/detection.md](docs/detection.md)) |", "|---|---|---|---|"]

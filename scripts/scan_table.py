@@ -150,7 +150,9 @@ re-inverts the suspect's trigger on the output starting from where it was: its r
 over the fresh scan's controls' (for the untargeted trigger, over the smallest class's) is
 flagged at the scan's own thresholds when the trigger also works on held-out data (still
 flagged?). `--method unlearn` fine-tunes with 20% of the clean data stamped with the
-reconstructed trigger at its true label (Neural Cleanse's mitigation); `--method auto` runs
+reconstructed trigger at its true label (Neural Cleanse's mitigation), then searches for the
+trigger again on the result and, while it is found smaller than a median class's, unlearns that
+one too (up to three rounds in all, after BTI-DBF); `--method auto` runs
 fineprune, anp, fst and unlearn, drops outputs outside the budget and keeps the one with the
 best check (no evidence left, then unverified, then still flagged) whose old trigger is hardest
 to re-invert (the ratio, counted up to 1), printing every candidate. The check has three

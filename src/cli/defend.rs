@@ -85,6 +85,11 @@ pub(super) struct DefendArgs {
     /// unlearn: the share of the clean data stamped with the reconstructed trigger.
     #[arg(long, default_value_t = 0.2)]
     pub(super) unlearn_share: f64,
+    /// unlearn: the most rounds; after each but the last the trigger is searched for again on
+    /// the unlearned model, and one still found smaller than a median class's is unlearned too
+    /// (1: Neural Cleanse's single round).
+    #[arg(long, default_value_t = fineprune::defense::UNLEARN_ROUNDS)]
+    pub(super) unlearn_rounds: usize,
     /// Write curve.csv, curve.svg and result.json here.
     #[arg(long)]
     pub(super) report: Option<PathBuf>,
@@ -173,6 +178,7 @@ pub(super) fn cmd_defend(a: DefendArgs, device: &Device) -> Result<()> {
     };
     cfg.fst = FstConfig { alpha: a.fst.fst_alpha, epochs: a.fst.fst_epochs, lr: a.fst.fst_lr, batch_size: a.fst.fst_batch_size, ..cfg.fst };
     cfg.unlearn_share = a.unlearn_share;
+    cfg.unlearn_rounds = a.unlearn_rounds;
     // With no trigger to measure, the repair is checked against reconstructed ones.
     if known.is_none() && !a.no_verify {
         cfg.verify = Some(fineprune::scan::ScanConfig { clean_fraction: a.clean_fraction, seed: a.seed, ..Default::default() });

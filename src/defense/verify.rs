@@ -24,7 +24,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelFile};
 use crate::rng::Rng;
-use crate::scan::{Family, Recheck, ScanConfig, ScanOutcome, Verdict, holdout_success, recheck, scan};
+use crate::scan::{Family, Recheck, ScanConfig, ScanOutcome, Verdict, holdout_success, recheck, reinvert_alone, reinverted_ratio, scan};
 use crate::train::{TrainData, train};
 use crate::progress::Progress;
 use crate::trigger::Use;
@@ -190,8 +190,14 @@ fn hardness(v: &Verification) -> f64 {
 
 /// Neural Cleanse's unlearning: the clean data with `cfg.unlearn_share` of it stamped with the
 /// reconstructed trigger (labels unchanged), fine-tuned as fine-tuning is; the epoch is chosen
-/// on clean validation accuracy.
-pub(super) fn unlearn(model: Model, ds: &Dataset, cfg: &DefenseConfig, s: &SuspectScan, device: &Device, progress: &mut dyn Progress) -> Result<(Model, usize)> {
+/// on clean validation accuracy. Then, for up to `cfg.unlearn_rounds` rounds in all (after
+/// BTI-DBF's unlearning): the newest trigger is searched for again on the unlearned model from
+/// where it was; while it is still found smaller than a median class's (below the scan's
+/// `removed_ratio`, measured against the suspect scan's controls) it joins the stamps, and the
+/// model is unlearned again. A model that learned to ignore one reconstruction while a trigger
+/// near it (such as the real one) still works is then taught that one too. Every choice here
+/// is made on clean data and reconstructed triggers.
+pub(super) fn unlearn(file: &ModelFile, model: Model, ds: &Dataset, cfg: &DefenseConfig, s: &SuspectScan, device: &Device, progress: &mut dyn Progress) -> Result<(Model, usize)> {
     let Some((target, family, trigger)) = s.outcome.best_trigger() else {
         return Err(Error::invalid(format!(
             "unlearn needs a reconstructed trigger, and the scan suspected no class (verdict {}); nothing to unlearn",
@@ -201,20 +207,54 @@ pub(super) fn unlearn(model: Model, ds: &Dataset, cfg: &DefenseConfig, s: &Suspe
     if !(0.0..=1.0).contains(&cfg.unlearn_share) {
         return Err(Error::invalid(format!("the unlearning share {} is not in [0, 1]", cfg.unlearn_share)));
     }
-    let mut clean = defender_split(&ds.train, cfg.clean_fraction, cfg.finetune.seed)?;
-    let mut idx: Vec<usize> = (0..clean.len()).collect();
+    let base = defender_split(&ds.train, cfg.clean_fraction, cfg.finetune.seed)?;
+    let mut idx: Vec<usize> = (0..base.len()).collect();
     let mut rng = Rng::new(cfg.finetune.seed ^ 0x0C1E);
     rng.shuffle(&mut idx);
-    idx.truncate((cfg.unlearn_share * clean.len() as f64).round() as usize);
-    let stamp = trigger.stamper(model.graph.input_shape)?;
-    for &i in &idx {
-        stamp.apply_sample(&mut clean, i, Use::Test, &mut rng)?;
-    }
+    idx.truncate((cfg.unlearn_share * base.len() as f64).round() as usize);
     let goal = target.map_or("the untargeted goal".to_string(), |t| format!("class {t}"));
-    progress.note(&format!("unlearn: {} of {} clean samples stamped with the reconstructed {} trigger of {goal}, at their true labels", idx.len(), clean.len(), family.name()));
-    let data = TrainData { train: &clean, val: &ds.val, normalization: &ds.normalization };
-    let outcome = train(model.train(), &data, &cfg.finetune, device, progress)?;
-    Ok((outcome.model, outcome.history.len()))
+    let rounds = cfg.unlearn_rounds.max(1);
+    let removed = s.config.thresholds.removed_ratio;
+    let mut stamps = vec![trigger.clone()];
+    let (mut model, mut epochs) = (model, 0);
+    for round in 1..=rounds {
+        // The stamped samples take the triggers in turn: each is unlearned on a share of them.
+        let mut clean = base.clone();
+        let stampers = stamps.iter().map(|t| t.stamper(model.graph.input_shape)).collect::<Result<Vec<_>>>()?;
+        for (j, &i) in idx.iter().enumerate() {
+            stampers[j % stampers.len()].apply_sample(&mut clean, i, Use::Test, &mut rng)?;
+        }
+        progress.note(&format!(
+            "unlearn round {round} of at most {rounds}: {} of {} clean samples stamped with {} reconstructed {} trigger(s) of {goal}, at their true labels",
+            idx.len(),
+            clean.len(),
+            stamps.len(),
+            family.name()
+        ));
+        let data = TrainData { train: &clean, val: &ds.val, normalization: &ds.normalization };
+        let outcome = train(model.train(), &data, &cfg.finetune, device, progress)?;
+        model = outcome.model;
+        epochs += outcome.history.len();
+        if round == rounds {
+            break;
+        }
+        let unlearned = ModelFile { model: model.valid(), info: file.info.clone() };
+        let again = reinvert_alone(&unlearned, ds, &s.config, stamps.last().expect("one trigger at least"), target, device, progress)?;
+        match (reinverted_ratio(&s.outcome, &again), again.trigger) {
+            (Some(ratio), Some(found)) if ratio < removed => {
+                progress.note(&format!("unlearn round {round}: the trigger is found again at {ratio:.2}x the suspect's median class (below {removed:.2}x): unlearning it too"));
+                stamps.push(found);
+            }
+            (ratio, _) => {
+                progress.note(&format!(
+                    "unlearn round {round}: the trigger is found again only {} (as on a clean model): done",
+                    ratio.map_or("never".to_string(), |q| format!("at {q:.2}x the suspect's median class"))
+                ));
+                break;
+            }
+        }
+    }
+    Ok((model, epochs))
 }
 
 /// One defense `auto` tried.

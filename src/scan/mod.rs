@@ -807,7 +807,7 @@ pub fn recheck(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, trigger: &Trigg
 
 /// A re-inverted trigger's size over the scan's reference in its family (see
 /// [`Recheck::reinverted_ratio`]).
-fn reinverted_ratio(outcome: &ScanOutcome, r: &Reinversion) -> Option<f64> {
+pub fn reinverted_ratio(outcome: &ScanOutcome, r: &Reinversion) -> Option<f64> {
     let fam = outcome.families.iter().find(|f| f.family == r.family)?;
     let refined = |control: bool| fam.finalists.iter().filter(move |x| x.control == control).filter_map(|x| x.size);
     let reference = if r.target.is_some() {
@@ -1023,6 +1023,26 @@ pub struct Reinversion {
     pub size: Option<f64>,
     #[serde(flatten)]
     pub held_out: HeldOut,
+    /// The re-inverted trigger itself (at its smallest working size), when it was found.
+    #[serde(skip)]
+    pub trigger: Option<Trigger>,
+}
+
+/// `start` (an earlier scan's reconstruction, towards `target` or, with `None`, any wrong
+/// class) searched for again on `file` from where it was, on the clean data a scan with `cfg`
+/// uses, without the scan around it: one re-inversion, for a repair's own rounds (unlearning
+/// checks with it whether the trigger is still easy to find). Its size is measured against a
+/// reference the caller holds, such as the suspect scan's (see [`reinverted_ratio`]).
+pub fn reinvert_alone(file: &ModelFile, ds: &Dataset, cfg: &ScanConfig, start: &Trigger, target: Option<usize>, device: &Device, progress: &mut dyn Progress) -> Result<Reinversion> {
+    let device = device.clone().without_autodiff();
+    let classes = file.info.classes.len();
+    if let Some(t) = target.filter(|&t| t >= classes) {
+        return Err(Error::invalid(format!("the trigger to re-invert was towards class {t}, which is not a class of the model (0..{classes})")));
+    }
+    let (family, start_size) = start_of(start, file.model.graph.input_shape)?;
+    let candidates: Vec<usize> = (0..classes).collect();
+    let sets = clean_sets(file, ds, cfg, &candidates, &device, &mut vec![], progress)?;
+    reinvert(file, cfg, &sets, start, family, start_size, target, &device, progress)
 }
 
 /// The family and size of a trigger a re-inversion can start from: a scan's reconstruction
@@ -1058,7 +1078,7 @@ fn reinvert(file: &ModelFile, cfg: &ScanConfig, sets: &CleanSets, start: &Trigge
     let st = &states[0];
     let trigger = st.best_params.as_ref().map(|p| job.trigger(p));
     let held_out = trigger.as_ref().map(|t| holdout_success(file, &sets.hold, t, target, shape, device)).transpose()?.unwrap_or_default();
-    Ok(Reinversion { family, target, start_size, size: st.best_size, held_out })
+    Ok(Reinversion { family, target, start_size, size: st.best_size, held_out, trigger })
 }
 
 /// The clean data a scan inverts on and measures with.
