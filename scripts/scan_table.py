@@ -300,8 +300,10 @@ if defended:
     print("\nExit status 3 means the result was outside the budget and no model was written. The re-inverted size "
           "ratio is the suspect's trigger searched for again on the output, from where it was, over the fresh scan's "
           "controls (untargeted: over its smallest class), flagged at the scan's own thresholds (the control ratio "
-          "for a class, the untargeted ratio for the untargeted trigger, with a working trigger on held-out data). `auto` ranks the "
-          "candidates not flagged by that ratio, counted up to 1.")
+          "for a class, the untargeted ratio for the untargeted trigger, with a working trigger on held-out data). The repair check "
+          "is *no-evidence* when the fresh scan finds nothing and that ratio is at least a median class's (1.00x; *What a removed "
+          "backdoor looks like*, above), *unverified* when neither flags but one of them does not show the backdoor gone. `auto` "
+          "ranks the candidates within the budget by that answer, then by the ratio, counted up to 1.")
     for r in defended:
         if r.get("candidates"):
             cands = "; ".join(f"{'**' if c.get('chosen') else ''}{c['method']}{'**' if c.get('chosen') else ''} "
@@ -320,8 +322,10 @@ if defended:
               "left, but the real trigger still succeeded on more than half of the inputs "
               f"({named(fooled)}). A reconstructed trigger is a stand-in for the real one, not a measurement of it.")
     else:
-        print(f"\nThe check without the trigger found no evidence left on none of the {sum(map(live, defended))} repairs where the "
-              "real trigger still succeeded on more than half of the inputs.")
+        still = [r for r in defended if live(r)]
+        print(f"\n**No repair fooled the check without the trigger**: of the {len(still)} where the real trigger still succeeded on "
+              f"more than half of the inputs, it called none *no evidence left* ({sum(check(r) == 'still-flagged' for r in still)} "
+              f"still flagged, {sum(check(r) == 'unverified' for r in still)} unverified).")
     if declined:
         print(f"\nCalled *unverified* (not flagged, but the old trigger still easier to find than on clean models), with the "
               f"real trigger still succeeding on more than half of the inputs: {named(declined)}.")

@@ -273,11 +273,7 @@ pub(super) fn cmd_defend(a: DefendArgs, device: &Device) -> Result<()> {
                     if c.within_budget { "" } else { " (outside the budget)" },
                     r(c.reconstructed_asr_after),
                     c.reinverted_ratio.map_or("-".to_string(), |q| format!("{q:.2}x")),
-                    match c.status {
-                        RepairStatus::StillFlagged => ", still flagged",
-                        RepairStatus::Unverified => ", unverified",
-                        RepairStatus::NoEvidence => "",
-                    },
+                    if c.status == RepairStatus::NoEvidence { String::new() } else { format!(", {}", c.status.name()) },
                     c.attack_success_rate.map(|v| format!(", known-trigger attack success {v:.4}")).unwrap_or_default()
                 ),
             };

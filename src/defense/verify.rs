@@ -72,8 +72,8 @@ pub enum RepairStatus {
     StillFlagged,
     /// Not flagged, and not shown gone either: the fresh scan is inconclusive, or the old
     /// trigger is found again smaller than on clean models (below
-    /// [`crate::scan::Thresholds::removed_ratio`]). A repair left here has fooled the check
-    /// before: the reconstructed trigger had lost its effect while the real one still worked.
+    /// [`crate::scan::Thresholds::removed_ratio`]). Repairs that a check with only the other
+    /// two answers passed while the real trigger still worked were of this kind.
     Unverified,
     /// The fresh scan finds nothing and the old trigger is as hard to find as on clean models.
     NoEvidence,
