@@ -192,7 +192,9 @@ if readme:
     table = ["| defense | what it does | needs | measured ([docs/results.md](docs/results.md), [docs/detection.md](docs/detection.md)) |", "|---|---|---|---|"]
     for m, (name, does, needs) in what.items():
         table.append(f"| {name} | {does} | {needs} | {cell[m]} |")
-    when = f"{dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "")
+    # The repairs checked without a trigger are measured apart: their dates count too.
+    every = sorted(set(dates) | {r["date"][:10] for r in repairs if "date" in r})
+    when = f"{every[0]}" + (f" to {every[-1]}" if len(every) > 1 else "")
     table.append(f"\n*Removed*: within the budget, attack success at least halved and below 0.1, measured with the real trigger "
                  f"({when}, {', '.join(machines)}).")
     replace_blocks(readme, [(("<!-- which defense: scripts/results_md.py -->", "<!-- end of which defense -->"), "\n".join(table))])
