@@ -239,16 +239,19 @@ pub(super) fn unlearn(file: &ModelFile, model: Model, ds: &Dataset, cfg: &Defens
             break;
         }
         let unlearned = ModelFile { model: model.valid(), info: file.info.clone() };
-        let again = reinvert_alone(&unlearned, ds, &s.config, stamps.last().expect("one trigger at least"), target, device, progress)?;
+        // From the suspect's trigger, where the final check starts too: the triggers to remove
+        // are the ones near it.
+        let again = reinvert_alone(&unlearned, ds, &s.config, trigger, target, device, progress)?;
+        let reference = if target.is_some() { "the suspect's median class" } else { "the suspect's smallest class" };
         match (reinverted_ratio(&s.outcome, &again), again.trigger) {
             (Some(ratio), Some(found)) if ratio < removed => {
-                progress.note(&format!("unlearn round {round}: the trigger is found again at {ratio:.2}x the suspect's median class (below {removed:.2}x): unlearning it too"));
+                progress.note(&format!("unlearn round {round}: the trigger is found again at {ratio:.2}x {reference} (below {removed:.2}x): unlearning it too"));
                 stamps.push(found);
             }
             (ratio, _) => {
                 progress.note(&format!(
                     "unlearn round {round}: the trigger is found again only {} (as on a clean model): done",
-                    ratio.map_or("never".to_string(), |q| format!("at {q:.2}x the suspect's median class"))
+                    ratio.map_or("never".to_string(), |q| format!("at {q:.2}x {reference}"))
                 ));
                 break;
             }
