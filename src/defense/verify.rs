@@ -191,10 +191,10 @@ fn hardness(v: &Verification) -> f64 {
 /// Neural Cleanse's unlearning: the clean data with `cfg.unlearn_share` of it stamped with the
 /// reconstructed trigger (labels unchanged), fine-tuned as fine-tuning is; the epoch is chosen
 /// on clean validation accuracy. Then, for up to `cfg.unlearn_rounds` rounds in all (after
-/// BTI-DBF's unlearning): the newest trigger is searched for again on the unlearned model from
-/// where it was; while it is still found smaller than a median class's (below the scan's
-/// `removed_ratio`, measured against the suspect scan's controls) it joins the stamps, and the
-/// model is unlearned again. A model that learned to ignore one reconstruction while a trigger
+/// BTI-DBF's unlearning): the suspect's trigger is searched for again on the unlearned model
+/// from where it was (as the final check does); while the trigger found is still smaller than a
+/// median class's (below the scan's `removed_ratio`, measured against the suspect scan's
+/// reference) it joins the stamps, and the model is unlearned again. A model that learned to ignore one reconstruction while a trigger
 /// near it (such as the real one) still works is then taught that one too. Every choice here
 /// is made on clean data and reconstructed triggers.
 pub(super) fn unlearn(file: &ModelFile, model: Model, ds: &Dataset, cfg: &DefenseConfig, s: &SuspectScan, device: &Device, progress: &mut dyn Progress) -> Result<(Model, usize)> {
