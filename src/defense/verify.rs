@@ -361,9 +361,9 @@ pub fn choose(suspect: &SuspectScan, tried: Vec<(Method, Result<DefenseOutcome>)
     }
     notes.push(if chosen.within_budget {
         let check = match status_of(&chosen) {
-            RepairStatus::StillFlagged => "still flagged by the check without the trigger: no candidate removed the backdoor".to_string(),
+            RepairStatus::StillFlagged => "still flagged by the check without the trigger: no candidate within the budget removed the backdoor".to_string(),
             RepairStatus::Unverified => format!(
-                "not flagged, but not verified either: no candidate made the old trigger as hard to find as on clean models ({:.2}x the reference); measure it with a known trigger if you have one",
+                "not flagged, but not verified either: no candidate within the budget made the old trigger as hard to find as on clean models ({:.2}x the reference); measure it with a known trigger if you have one",
                 suspect.config.thresholds.removed_ratio
             ),
             RepairStatus::NoEvidence => "the check without the trigger finds no evidence left".to_string(),
