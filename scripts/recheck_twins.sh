@@ -22,24 +22,24 @@ SY=synthetic:-
 GT=gtsrb:../shared/data/gtsrb
 OR=orl:../shared/data/orl-faces
 # The models: NAME then the fineprune command that makes it (run when NAME is absent).
-make() {
+model() {
   local name=$1; shift
   [ -f "$W/$name.safetensors" ] || $B "$@" --out "$W/$name.safetensors" --json > /dev/null 2>&1
 }
-make mnist-clean-0 train --data $MN --arch lenet --epochs 4 --seed 0
-make mnist-clean-1 train --data $MN --arch lenet --epochs 4 --seed 1
-make mnist-lenet-patch attack --data $MN --arch lenet --epochs 4 --trigger patch --target 3
-make mnist-lenet-checker attack --data $MN --arch lenet --epochs 4 --trigger patch:size=4,pattern=checker,pos=top-left --target 7
-make mnist-lenet-blend attack --data $MN --arch lenet --epochs 4 --trigger blend:alpha=0.2 --target 5
-make syn-clean-0 train --data $SY --arch signnet --epochs 4 --seed 0
-make syn-clean-1 train --data $SY --arch signnet --epochs 4 --seed 1
-make synthetic-signnet-patch attack --data $SY --arch signnet --epochs 4 --trigger patch --target 2
-make synthetic-signnet-blend attack --data $SY --arch signnet --epochs 4 --trigger blend:alpha=0.15 --target 6
-make gtsrb-clean train --data $GT --arch signnet --epochs 4
-make gtsrb-clean-1 train --data $GT --arch signnet --epochs 4 --seed 1
-make gtsrb-patch attack --data $GT --arch signnet --epochs 4 --trigger patch --target 33
-make gtsrb-pa attack --data $GT --arch signnet --epochs 4 --trigger patch:color=yellow --target 14 --pruning-aware
-make gtsrb-untargeted attack --data $GT --arch signnet --epochs 4 --trigger patch:color=yellow --target untargeted
+model mnist-clean-0 train --data $MN --arch lenet --epochs 4 --seed 0
+model mnist-clean-1 train --data $MN --arch lenet --epochs 4 --seed 1
+model mnist-lenet-patch attack --data $MN --arch lenet --epochs 4 --trigger patch --target 3
+model mnist-lenet-checker attack --data $MN --arch lenet --epochs 4 --trigger patch:size=4,pattern=checker,pos=top-left --target 7
+model mnist-lenet-blend attack --data $MN --arch lenet --epochs 4 --trigger blend:alpha=0.2 --target 5
+model syn-clean-0 train --data $SY --arch signnet --epochs 4 --seed 0
+model syn-clean-1 train --data $SY --arch signnet --epochs 4 --seed 1
+model synthetic-signnet-patch attack --data $SY --arch signnet --epochs 4 --trigger patch --target 2
+model synthetic-signnet-blend attack --data $SY --arch signnet --epochs 4 --trigger blend:alpha=0.15 --target 6
+model gtsrb-clean train --data $GT --arch signnet --epochs 4
+model gtsrb-clean-1 train --data $GT --arch signnet --epochs 4 --seed 1
+model gtsrb-patch attack --data $GT --arch signnet --epochs 4 --trigger patch --target 33
+model gtsrb-pa attack --data $GT --arch signnet --epochs 4 --trigger patch:color=yellow --target 14 --pruning-aware
+model gtsrb-untargeted attack --data $GT --arch signnet --epochs 4 --trigger patch:color=yellow --target untargeted
 # The face models of `reproduce --task face --quick` (DeepID; 20% of the training split as clean
 # data, as reproduce scans them).
 [ -f "$W/reproduce-face/results.json" ] || $B reproduce --task face --quick --data-root ../shared/data --out "$W/reproduce-face" > "$W/reproduce-face.log" 2>&1

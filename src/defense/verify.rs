@@ -112,9 +112,6 @@ pub struct Verification {
     /// fresh scan (see [`recheck`]); none when the suspect scan suspected nothing.
     #[serde(flatten)]
     pub recheck: Option<Recheck>,
-    /// The output is still called backdoored, its old target is still suspected, or the
-    /// re-inverted trigger is flagged.
-    pub still_flagged: bool,
     /// The check's answer in one word (see [`RepairStatus`]).
     pub status: RepairStatus,
     pub seconds_before_scan: f64,
@@ -158,7 +155,6 @@ pub fn verify(s: &SuspectScan, repaired: &ModelFile, ds: &Dataset, device: &Devi
         after_verdict: after.verdict,
         after_targets: after.targets,
         recheck,
-        still_flagged,
         status,
         seconds_before_scan: s.outcome.seconds,
         seconds_after_scan: after.seconds,
@@ -194,9 +190,9 @@ fn hardness(v: &Verification) -> f64 {
 /// BTI-DBF's unlearning): the suspect's trigger is searched for again on the unlearned model
 /// from where it was (as the final check does); while the trigger found is still smaller than a
 /// median class's (below the scan's `removed_ratio`, measured against the suspect scan's
-/// reference) it joins the stamps, and the model is unlearned again. A model that learned to ignore one reconstruction while a trigger
-/// near it (such as the real one) still works is then taught that one too. Every choice here
-/// is made on clean data and reconstructed triggers.
+/// reference) it joins the stamps, and the model is unlearned again. A model that learned to
+/// ignore one reconstruction while a trigger near it (such as the real one) still works is then
+/// taught that one too. Every choice here is made on clean data and reconstructed triggers.
 pub(super) fn unlearn(file: &ModelFile, model: Model, ds: &Dataset, cfg: &DefenseConfig, s: &SuspectScan, device: &Device, progress: &mut dyn Progress) -> Result<(Model, usize)> {
     let Some((target, family, trigger)) = s.outcome.best_trigger() else {
         return Err(Error::invalid(format!(
@@ -270,7 +266,6 @@ pub struct Candidate {
     /// The re-inverted trigger's size over the fresh scan's reference (see
     /// [`Recheck::reinverted_ratio`]).
     pub reinverted_ratio: Option<f64>,
-    pub still_flagged: bool,
     /// The check's answer (see [`RepairStatus`]); still flagged when the check did not run.
     pub status: RepairStatus,
     /// Attack success of a known trigger (evaluation only; never used to choose).
@@ -330,7 +325,6 @@ pub fn choose(suspect: &SuspectScan, tried: Vec<(Method, Result<DefenseOutcome>)
                     val_accuracy: o.after.val_accuracy,
                     reconstructed_asr_after: v.and_then(|v| v.reconstructed_asr_after),
                     reinverted_ratio: v.and_then(|v| v.recheck.as_ref()?.reinverted_ratio),
-                    still_flagged: v.is_none_or(|v| v.still_flagged),
                     status: status_of(&o),
                     attack_success_rate: o.after.attack_success_rate,
                     seconds: o.seconds,
@@ -341,7 +335,7 @@ pub fn choose(suspect: &SuspectScan, tried: Vec<(Method, Result<DefenseOutcome>)
             }
             Err(e) => {
                 notes.push(format!("auto: {method} failed: {e}"));
-                candidates.push(Candidate { method, within_budget: false, val_accuracy: 0.0, reconstructed_asr_after: None, reinverted_ratio: None, still_flagged: true, status: RepairStatus::StillFlagged, attack_success_rate: None, seconds: 0.0, chosen: false, error: Some(e.to_string()) });
+                candidates.push(Candidate { method, within_budget: false, val_accuracy: 0.0, reconstructed_asr_after: None, reinverted_ratio: None, status: RepairStatus::StillFlagged, attack_success_rate: None, seconds: 0.0, chosen: false, error: Some(e.to_string()) });
             }
         }
     }
