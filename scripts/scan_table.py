@@ -293,7 +293,7 @@ if defended:
         chosen = f" ({r['chosen']})" if r.get("chosen") else ""
         # Backdoored with no target: the check used the untargeted trigger (any wrong class).
         target = f" ({r['target']})" if r.get("target") is not None else (" (no target: untargeted trigger)" if r.get("scan_before") == "backdoored" else "")
-        after = "-" if r.get("scan_after") is None else r["scan_after"] + (" (still flagged)" if r.get("still_flagged") else "")
+        after = "-" if r.get("scan_after") is None else r["scan_after"] + (" (still flagged)" if check(r) == "still-flagged" else "")
         secs = "-" if r.get("seconds") is None else f"{r['seconds']:.0f}"
         print(f"| {r['model']} | {r['method']}{chosen} | {r['exit_status']} | {'yes' if r.get('within_budget') else 'no'} | "
               f"{arrow(r.get('val_before'), r.get('val_after'))} | {r.get('scan_before') or '-'}{target} | "
